@@ -1,0 +1,60 @@
+"""The `lrlab` command: a Hydra app over the packaged config tree.
+
+Bad input (an LrlabError) prints one paragraph on stderr and exits with status 2; the full
+traceback goes to the job's log file only. In a multirun the error is re-raised so the sweeper
+can record the failed job.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from lrlab.errors import LrlabError
+
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+
+log = logging.getLogger("lrlab")
+trace_log = logging.getLogger("lrlab.trace")
+
+
+def run_task(cfg: DictConfig) -> float:
+    """Run the configured task inside a Hydra job; returns the objective (final error_rate)."""
+    from lrlab.run import run_experiment
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        result = run_experiment(
+            cfg,
+            output_dir=hydra_cfg.runtime.output_dir,
+            launch_dir=hydra_cfg.runtime.cwd,
+            overrides=list(hydra_cfg.overrides.task),
+        )
+    except LrlabError as exc:
+        trace_log.exception("lrlab stopped on bad input")
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise
+        log_file = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
+        print(f"lrlab: error: {exc}\n(full trace in {log_file})", file=sys.stderr)
+        sys.exit(2)
+    return float(result.final["error_rate"])
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> float:
+    return run_task(cfg)
+
+
+def main() -> None:
+    """Console-script entry point (`lrlab`, `python -m lrlab`)."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

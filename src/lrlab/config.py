@@ -1,0 +1,182 @@
+"""Structured-config schemas: the composed Hydra config is merged into these dataclasses so a
+misspelt key, a wrong type or an impossible value fails before any data is loaded or run started."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lrlab.errors import ConfigError
+
+TASKS = ("train",)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "32", "bf16", "16")
+DATA_SOURCES = ("elpv", "digits", "imagefolder", "torchvision")
+TRACKING_BACKENDS = ("mlflow", "none")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    pretrained: Any = False
+    body_groups: int = 2
+    drop_rate: Optional[float] = None
+    drop_path_rate: Optional[float] = None
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rot90: bool = False
+    scale: list[float] = field(default_factory=lambda: [0.35, 1.0])
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    classes: int = 4
+    root: Optional[str] = None
+    dataset: Optional[str] = None
+    download: bool = False
+    image_size: int = 224
+    batch_size: int = 32
+    num_workers: int = 0
+    valid_pct: float = 0.25
+    split_seed: int = 0
+    in_memory: bool = True
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING
+    epochs: int = 1
+    lr: float = 1e-3
+    pct_start: Optional[float] = None
+    div: Optional[float] = None
+    div_final: Optional[float] = None
+
+
+@dataclass
+class TrainConfig:
+    grad_accum: int = 1
+    grad_clip: Optional[float] = None
+    channels_last: bool = True
+    compile: bool = False
+    log_every: int = 25
+    progress: Any = "auto"
+    checkpoints: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    backend: str = "mlflow"
+    uri: Optional[str] = None
+    experiment: str = "lrlab"
+    run_name: Optional[str] = None
+    log_model: bool = True
+
+
+@dataclass
+class LrlabConfig:
+    task: str = "train"
+    name: str = "lrlab"
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"
+    deterministic: bool = False
+    epochs: int = 5
+    lr: float = 1e-3
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: Any = field(default_factory=dict)
+    schedule: Any = field(default_factory=dict)
+    stages: list[StageConfig] = field(default_factory=list)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
+    text = str(value)
+    if text not in allowed:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)}.")
+    return text
+
+
+def _positive(value: float, key: str) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}={value!r} must be positive.")
+
+
+def check_model_name(name: str) -> None:
+    """Fail with close matches when timm has no architecture called `name`."""
+    import timm
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.6)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise ConfigError(
+        f"model.name={name!r} is not a timm model.{hint} "
+        "List every name with `python -c \"import timm; print(timm.list_models('*resnet*'))\"`."
+    )
+
+
+def check_pretrained(value: Any) -> None:
+    """`model.pretrained` is false, true, 'bundled' or the path of an existing weights file."""
+    if isinstance(value, bool) or value in ("bundled",):
+        return
+    if isinstance(value, str) and Path(value).expanduser().is_file():
+        return
+    raise ConfigError(
+        f"model.pretrained={value!r} is not valid: use false (random init), true (timm hub, needs "
+        "internet), bundled (offline ImageNet EfficientNet-Lite0), or the path of an existing "
+        ".pth/.safetensors weights file."
+    )
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Merge `cfg` into the schema and check values; raises ConfigError naming the bad key."""
+    try:
+        schema = OmegaConf.structured(LrlabConfig)
+        merged = OmegaConf.merge(schema, cfg)
+        OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        where = f" (key: {key})" if key else ""
+        raise ConfigError(f"Invalid configuration{where}: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+
+    merged.task = _choice(merged.task, TASKS, "task")
+    merged.device = _choice(merged.device, DEVICES, "device")
+    merged.precision = _choice(merged.precision, PRECISIONS, "precision")
+    _choice(merged.data.name, DATA_SOURCES, "data.name")
+    _choice(merged.tracking.backend, TRACKING_BACKENDS, "tracking.backend")
+    _positive(merged.data.batch_size, "data.batch_size")
+    _positive(merged.data.image_size, "data.image_size")
+    _positive(merged.train.grad_accum, "train.grad_accum")
+    _positive(merged.train.log_every, "train.log_every")
+    if merged.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers={merged.data.num_workers} must be >= 0.")
+    if not 0 < merged.data.valid_pct < 1:
+        raise ConfigError(f"data.valid_pct={merged.data.valid_pct} must be between 0 and 1.")
+    if merged.data.name == "elpv" and merged.data.classes not in (2, 4):
+        raise ConfigError(f"data.classes={merged.data.classes} is not valid for elpv; choose 4 or 2.")
+    if merged.data.name == "imagefolder":
+        root = Path(str(merged.data.root)).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"data.root={str(merged.data.root)!r} is not an existing directory.")
+    if not merged.stages:
+        raise ConfigError("stages is empty: give at least one stage (name, epochs, lr).")
+    for i, stage in enumerate(merged.stages):
+        _positive(stage.lr, f"stages.{i}.lr")
+        if stage.epochs < 0:
+            raise ConfigError(f"stages.{i}.epochs={stage.epochs} must be >= 0.")
+    check_model_name(merged.model.name)
+    check_pretrained(merged.model.pretrained)
+    return merged

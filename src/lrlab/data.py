@@ -1,0 +1,349 @@
+"""Datasets and loaders: bundled ELPV and digits, image folders and torchvision datasets.
+
+Small datasets are decoded once into uint8 tensors and served by `TensorLoader`, which indexes,
+augments (one batched affine warp) and normalises whole batches on the training device: torch's
+DataLoader would collate and transform sample by sample in Python every epoch. Larger or
+file-based datasets go through a DataLoader with timm's own transforms.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from lrlab.errors import LrlabError
+
+log = logging.getLogger(__name__)
+
+ELPV_PROBABILITIES = (0.0, 1 / 3, 2 / 3, 1.0)
+
+
+@dataclass
+class TensorSplit:
+    """Images as uint8 (N, C, H, W) at the training size, labels as int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ImageSource:
+    """A classification dataset split into train and valid, before any loader is built."""
+
+    train: TensorSplit | Dataset
+    valid: TensorSplit | Dataset
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class Normalization:
+    """Per-channel mean and std (of 0..1 pixels) and the resize interpolation of a model."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+
+
+def _stratified_split(strata: np.ndarray, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(strata))
+    train_idx, valid_idx = train_test_split(index, test_size=valid_pct, random_state=seed, stratify=strata)
+    return np.sort(train_idx), np.sort(valid_idx)
+
+
+def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a uint8 (N, C, H, W) stack to size x size with antialiasing, in chunks to bound memory."""
+    if images.shape[-2:] == (size, size):
+        return images.contiguous()
+    out = []
+    for chunk in images.split(256):
+        resized = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(resized.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _split_tensors(images: torch.Tensor, labels: np.ndarray, strata: np.ndarray, valid_pct: float, seed: int) -> tuple[TensorSplit, TensorSplit]:
+    train_idx, valid_idx = _stratified_split(strata, valid_pct, seed)
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    return TensorSplit(images[train_idx], y[train_idx]), TensorSplit(images[valid_idx], y[valid_idx])
+
+
+def load_elpv(image_size: int, classes: int = 4, valid_pct: float = 0.25, split_seed: int = 0) -> ImageSource:
+    """The bundled ELPV solar cells, stratified by class and cell type (mono/poly)."""
+    try:
+        from elpv_dataset.utils import load_dataset
+    except ImportError as exc:
+        raise LrlabError("data=elpv needs the elpv-dataset package: pip install elpv-dataset") from exc
+    images, probs, types = load_dataset()
+    level = np.rint(np.asarray(probs) * 3).astype(np.int64)
+    if classes == 4:
+        labels, names = level, ["p=0", "p=1/3", "p=2/3", "p=1"]
+    else:
+        labels, names = (level >= 2).astype(np.int64), ["functional", "defective"]
+    strata = labels * 2 + (np.asarray(types) == "poly").astype(np.int64)
+    stack = _resize_uint8(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), image_size)
+    train, valid = _split_tensors(stack, labels, strata, valid_pct, split_seed)
+    return ImageSource(train, valid, names)
+
+
+def load_digits(image_size: int, valid_pct: float = 0.25, split_seed: int = 0) -> ImageSource:
+    """scikit-learn's bundled 8x8 digits, scaled to uint8 and resized to image_size."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    digits = sk_digits()
+    pixels = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    stack = _resize_uint8(pixels, image_size)
+    train, valid = _split_tensors(stack, digits.target, digits.target, valid_pct, split_seed)
+    return ImageSource(train, valid, [str(c) for c in digits.target_names])
+
+
+class _Subset(Dataset):
+    """A subset of an image dataset with its own transform (train and valid differ)."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int], transform: Any = None):
+        self.base, self.indices, self.transform = base, list(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        image, label = self.base[self.indices[i]]
+        image = image.convert("RGB")
+        return (self.transform(image) if self.transform else image), label
+
+
+def _dataset_targets(dataset: Dataset) -> np.ndarray:
+    for attr in ("targets", "_labels", "labels"):
+        if hasattr(dataset, attr):
+            return np.asarray(getattr(dataset, attr))
+    return np.asarray([dataset[i][1] for i in range(len(dataset))])
+
+
+def load_imagefolder(root: str, valid_pct: float = 0.2, split_seed: int = 0) -> ImageSource:
+    """ROOT/train + ROOT/valid (or val) class folders, or one class-folder tree split by valid_pct."""
+    from torchvision.datasets import ImageFolder
+
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise LrlabError(f"data.root={root!r} is not an existing directory.")
+    valid_dir = next((base / name for name in ("valid", "val") if (base / name).is_dir()), None)
+    try:
+        if (base / "train").is_dir() and valid_dir is not None:
+            train, valid = ImageFolder(str(base / "train")), ImageFolder(str(valid_dir))
+            if train.classes != valid.classes:
+                raise LrlabError(f"{base}/train and {valid_dir} hold different class folders.")
+            return ImageSource(_Subset(train, range(len(train))), _Subset(valid, range(len(valid))), train.classes)
+        full = ImageFolder(str(base))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise LrlabError(f"data.root={root!r} holds no images in class folders: {exc}") from exc
+    train_idx, valid_idx = _stratified_split(np.asarray(full.targets), valid_pct, split_seed)
+    return ImageSource(_Subset(full, train_idx), _Subset(full, valid_idx), full.classes)
+
+
+def _torchvision_split(cls: type, root: str, download: bool, train: bool) -> Dataset | None:
+    params = inspect.signature(cls).parameters
+    if "train" in params:
+        return cls(root, train=train, download=download)
+    if "split" in params:
+        names = ("train", "trainval") if train else ("val", "valid", "test")
+        for name in names:
+            try:
+                return cls(root, split=name, download=download)
+            except ValueError:
+                continue
+    return None if not train else cls(root, download=download)
+
+
+def load_torchvision(dataset: str, root: str, download: bool = False, valid_pct: float = 0.2, split_seed: int = 0) -> ImageSource:
+    """Any torchvision classification dataset by class name, with its official split when it has one."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, str(dataset), None)
+    if not isinstance(cls, type):
+        import difflib
+
+        close = difflib.get_close_matches(str(dataset), tvd.__all__, n=5)
+        raise LrlabError(f"data.dataset={dataset!r} is not a torchvision dataset. Close matches: {', '.join(close) or 'none'}.")
+    try:
+        train = _torchvision_split(cls, root, download, train=True)
+        valid = _torchvision_split(cls, root, download, train=False)
+    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
+        hint = "pass data.download=true (needs internet)" if not download else "check the internet connection"
+        raise LrlabError(
+            f"Could not load torchvision dataset {dataset} from data.root={root!r} ({type(exc).__name__}: {exc}); "
+            f"{hint}, or use an offline dataset: data=elpv, data=digits or data=imagefolder data.root=PATH."
+        ) from exc
+    classes = list(getattr(train, "classes", []))
+    if valid is None:
+        train_idx, valid_idx = _stratified_split(_dataset_targets(train), valid_pct, split_seed)
+        return ImageSource(_Subset(train, train_idx), _Subset(train, valid_idx), classes)
+    if not classes:
+        classes = [str(c) for c in sorted(set(_dataset_targets(train).tolist()))]
+    return ImageSource(_Subset(train, range(len(train))), _Subset(valid, range(len(valid))), classes)
+
+
+def materialize(dataset: Dataset, image_size: int) -> TensorSplit:
+    """Decode an image dataset once into a uint8 tensor stack at image_size (resize + centre crop)."""
+    from torchvision.transforms import v2
+
+    to_tensor = v2.Compose([v2.PILToTensor(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+    images, labels = [], []
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        images.append(to_tensor(image))
+        labels.append(int(label))
+    return TensorSplit(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
+
+
+def load_source(cfg: Mapping[str, Any]) -> ImageSource:
+    """Build the ImageSource a data config names (elpv, digits, imagefolder, torchvision)."""
+    name = cfg["name"]
+    if name == "elpv":
+        source = load_elpv(cfg["image_size"], cfg.get("classes", 4), cfg["valid_pct"], cfg["split_seed"])
+    elif name == "digits":
+        source = load_digits(cfg["image_size"], cfg["valid_pct"], cfg["split_seed"])
+    elif name == "imagefolder":
+        source = load_imagefolder(cfg["root"], cfg["valid_pct"], cfg["split_seed"])
+    elif name == "torchvision":
+        source = load_torchvision(cfg["dataset"], cfg["root"], cfg.get("download", False), cfg["valid_pct"], cfg["split_seed"])
+    else:
+        raise LrlabError(f"data.name={name!r} is not valid; choose elpv, digits, imagefolder or torchvision.")
+    if cfg.get("in_memory") and not isinstance(source.train, TensorSplit):
+        log.info("Decoding %s into memory at %d px ...", name, cfg["image_size"])
+        source = ImageSource(materialize(source.train, cfg["image_size"]), materialize(source.valid, cfg["image_size"]), source.class_names)
+    return source
+
+
+def _affine_params(n: int, augment: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor | None:
+    """Random (n, 2, 3) affine matrices for crop-scale, flips and 90-degree turns; None if all off."""
+    hflip, vflip = float(augment.get("hflip", 0)), float(augment.get("vflip", 0))
+    rot90 = bool(augment.get("rot90", False))
+    scale = augment.get("scale") or [1.0, 1.0]
+    lo, hi = float(scale[0]), float(scale[1])
+    if hflip == 0 and vflip == 0 and not rot90 and lo >= 1.0:
+        return None
+    area = lo + (hi - lo) * torch.rand(n, generator=generator)
+    log_ratio = (torch.rand(n, generator=generator) * 2 - 1) * math.log(4 / 3) if lo < 1.0 else torch.zeros(n)
+    sx = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
+    sy = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+    tx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sx)
+    ty = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sy)
+    fx = torch.where(torch.rand(n, generator=generator) < hflip, -1.0, 1.0)
+    fy = torch.where(torch.rand(n, generator=generator) < vflip, -1.0, 1.0)
+    k = torch.randint(0, 4, (n,), generator=generator) if rot90 else torch.zeros(n, dtype=torch.int64)
+    cos = torch.tensor([1.0, 0.0, -1.0, 0.0])[k]
+    sin = torch.tensor([0.0, 1.0, 0.0, -1.0])[k]
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * sx * fx, -sin * sy * fy
+    theta[:, 1, 0], theta[:, 1, 1] = sin * sx * fx, cos * sy * fy
+    theta[:, 0, 2], theta[:, 1, 2] = tx, ty
+    return theta
+
+
+class TensorLoader:
+    """Batches of an in-memory TensorSplit: seeded shuffling, batched augmentation, normalisation.
+
+    Yields (float images normalised with the model's mean/std, 3 channels, labels) on `device`.
+    The data order and augmentation depend only on `seed` and the number of epochs drawn so far.
+    """
+
+    def __init__(
+        self,
+        split: TensorSplit,
+        batch_size: int,
+        norm: Normalization,
+        device: torch.device | str = "cpu",
+        shuffle: bool = False,
+        drop_last: bool = False,
+        augment: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ):
+        self.device = torch.device(device)
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.augment = dict(augment or {})
+        self.generator = torch.Generator().manual_seed(seed)
+        channels = len(norm.mean)
+        self.mean = torch.tensor(norm.mean, device=self.device).view(1, channels, 1, 1) * 255
+        self.std = torch.tensor(norm.std, device=self.device).view(1, channels, 1, 1) * 255
+        self.channels = channels
+
+    @property
+    def dataset_size(self) -> int:
+        return len(self.labels)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[index].float()
+        if x.shape[1] != self.channels:
+            x = x.expand(-1, self.channels, -1, -1)
+        if self.augment:
+            theta = _affine_params(len(index), self.augment, self.generator)
+            if theta is not None:
+                grid = F.affine_grid(theta.to(self.device), list(x.shape), align_corners=False)
+                x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        return (x - self.mean) / self.std, self.labels[index]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for i in range(len(self)):
+            yield self._batch(order[i * self.batch_size : (i + 1) * self.batch_size])
+
+
+def _timm_transform(norm: Normalization, image_size: int, training: bool, augment: Mapping[str, Any]) -> Any:
+    from timm.data import create_transform
+
+    kwargs: dict[str, Any] = dict(
+        input_size=(3, image_size, image_size), is_training=training, mean=norm.mean, std=norm.std,
+        interpolation=norm.interpolation,
+    )
+    if training:
+        kwargs.update(hflip=float(augment.get("hflip", 0.5)), vflip=float(augment.get("vflip", 0.0)),
+                      scale=tuple(augment.get("scale") or (0.08, 1.0)))
+    return create_transform(**kwargs)
+
+
+def make_loaders(
+    source: ImageSource,
+    cfg: Mapping[str, Any],
+    norm: Normalization,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> tuple[Any, Any]:
+    """Train and valid loaders for a source: TensorLoaders in memory, else DataLoaders with timm transforms."""
+    batch_size, augment = int(cfg["batch_size"]), dict(cfg.get("augment") or {})
+    if isinstance(source.train, TensorSplit):
+        train = TensorLoader(source.train, batch_size, norm, device, shuffle=True, drop_last=len(source.train) > batch_size, augment=augment, seed=seed)
+        valid = TensorLoader(source.valid, batch_size * 2, norm, device)
+        return train, valid
+    source.train.transform = _timm_transform(norm, cfg["image_size"], True, augment)
+    source.valid.transform = _timm_transform(norm, cfg["image_size"], False, augment)
+    workers = int(cfg.get("num_workers", 0))
+    common = dict(num_workers=workers, pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0)
+    train = DataLoader(source.train, batch_size=batch_size, shuffle=True, drop_last=len(source.train) > batch_size,
+                       generator=torch.Generator().manual_seed(seed), **common)
+    valid = DataLoader(source.valid, batch_size=batch_size * 2, shuffle=False, **common)
+    return train, valid

@@ -1,0 +1,272 @@
+"""The train/eval loop: mixed precision, channels_last, optional torch.compile, gradient
+accumulation and clipping, losses read back to the host only every `log_every` steps.
+
+It knows nothing about Hydra or MLflow: it reports through `Callback` objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from lrlab.errors import LrlabError
+from lrlab.optim import momentum_of
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(LrlabError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class StepRecord:
+    """One optimizer step: its global index, mean loss, and the LR/momentum applied per layer group."""
+
+    step: int
+    loss: float
+    lrs: dict[str, float]
+    momentum: float | None
+
+
+@dataclass
+class EpochResult:
+    """Metrics of one epoch; `epoch` counts across stages, `stage_epoch` within the stage."""
+
+    stage: str
+    epoch: int
+    stage_epoch: int
+    train_loss: float
+    valid_loss: float
+    accuracy: float
+    error_rate: float
+    seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if k in ("train_loss", "valid_loss", "accuracy", "error_rate")}
+
+
+class Callback:
+    """Hooks the engine calls; subclass and override what you need."""
+
+    def on_fit_start(self, engine: "Engine", stage: str, epochs: int, steps_per_epoch: int) -> None: ...
+
+    def on_steps(self, engine: "Engine", records: list[StepRecord]) -> None: ...
+
+    def on_epoch_end(self, engine: "Engine", result: EpochResult) -> None: ...
+
+    def on_fit_end(self, engine: "Engine", stage: str, results: list[EpochResult]) -> None: ...
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; an explicit device must be available."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LrlabError("device=cuda but torch sees no CUDA GPU; use device=auto or device=cpu.")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise LrlabError("device=mps but MPS is not available; use device=auto or device=cpu.")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 on GPUs that support it (else fp16) and fp32 elsewhere."""
+    precision = str(precision)
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "16"
+    return "32"
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
+
+
+class Engine:
+    """Trains and evaluates one model on one device; stages call `fit` once each."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device | str = "cpu",
+        precision: str = "32",
+        loss_fn: nn.Module | None = None,
+        grad_accum: int = 1,
+        grad_clip: float | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        log_every: int = 25,
+        progress: bool = False,
+        callbacks: Sequence[Callback] = (),
+    ):
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        if self.precision not in ("32", "bf16", "16"):
+            raise LrlabError(f"precision={precision!r} is not valid; choose auto, 32, bf16 or 16.")
+        self.model = model
+        self.forward_model = torch.compile(model) if compile else model
+        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.grad_accum, self.grad_clip = int(grad_accum), grad_clip
+        self.channels_last, self.log_every, self.progress = channels_last, int(log_every), progress
+        self.callbacks = list(callbacks)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "16" else None
+        self.global_step = 0
+        self.global_epoch = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of the configured precision (a no-op for fp32)."""
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def steps_per_epoch(self, loader: Any) -> int:
+        """Optimizer steps in one pass over `loader` (a partial accumulation still steps)."""
+        return math.ceil(len(loader) / self.grad_accum)
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns the detached, unscaled loss."""
+        x, y = self._to_device(x, y)
+        with self.autocast():
+            loss = self.loss_fn(self.forward_model(x), y)
+        scaled = loss * scale
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        return loss.detach()
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Unscale, clip, step and clear gradients (skipped by the GradScaler on overflow)."""
+        if self.grad_clip:
+            if self.scaler:
+                self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _step_info(self, optimizer: torch.optim.Optimizer) -> tuple[dict[str, float], float | None]:
+        lrs = {g.get("group_name", str(i)): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
+        return lrs, momentum_of(optimizer.param_groups[-1])
+
+    def _flush(self, pending: list[torch.Tensor], infos: list[tuple[int, dict[str, float], float | None]]) -> list[float]:
+        if not pending:
+            return []
+        values = torch.stack(pending).float().tolist()
+        records = [StepRecord(step, loss, lrs, mom) for (step, lrs, mom), loss in zip(infos, values)]
+        pending.clear()
+        infos.clear()
+        for cb in self.callbacks:
+            cb.on_steps(self, records)
+        bad = next((r for r in records if not math.isfinite(r.loss)), None)
+        if bad is not None:
+            raise TrainingDiverged(
+                f"The training loss became {bad.loss} at step {bad.step} (lr {max(bad.lrs.values()):.3g}); "
+                "lower the learning rate, or use precision=32 / train.grad_clip to rule out overflow."
+            )
+        return values
+
+    def train_epoch(self, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> float:
+        """One pass over `loader`; returns the mean training loss over optimizer steps."""
+        self.model.train()
+        optimizer.zero_grad(set_to_none=True)
+        pending: list[torch.Tensor] = []
+        infos: list[tuple[int, dict[str, float], float | None]] = []
+        losses: list[float] = []
+        micro: list[torch.Tensor] = []
+        n_batches = len(loader)
+        batches = loader
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(loader, total=n_batches, leave=False, desc=f"epoch {self.global_epoch}", unit="batch")
+            batches = bar
+        for i, (x, y) in enumerate(batches):
+            last_of_step = (i + 1) % self.grad_accum == 0 or i + 1 == n_batches
+            in_step = self.grad_accum if (i // self.grad_accum + 1) * self.grad_accum <= n_batches else n_batches % self.grad_accum
+            micro.append(self.backward(x, y, scale=1.0 / in_step))
+            if not last_of_step:
+                continue
+            info = self._step_info(optimizer)
+            self.optimizer_step(optimizer)
+            if scheduler is not None:
+                scheduler.step()
+            pending.append(torch.stack(micro).mean())
+            micro.clear()
+            infos.append((self.global_step, *info))
+            self.global_step += 1
+            if len(pending) >= self.log_every:
+                losses += self._flush(pending, infos)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        losses += self._flush(pending, infos)
+        if bar is not None:
+            bar.close()
+        return sum(losses) / max(1, len(losses))
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable) -> dict[str, float]:
+        """Mean loss, accuracy and error rate over `loader`, with one host sync at the end."""
+        was_training = self.model.training
+        self.model.eval()
+        total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        count = 0
+        for x, y in loader:
+            x, y = self._to_device(x, y)
+            with self.autocast():
+                logits = self.forward_model(x)
+            total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+            count += len(y)
+        self.model.train(was_training)
+        loss, acc = (total_loss / max(1, count)).item(), correct.item() / max(1, count)
+        return {"valid_loss": loss, "accuracy": acc, "error_rate": 1.0 - acc}
+
+    def fit(
+        self,
+        train_loader: Any,
+        valid_loader: Any,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        epochs: int,
+        stage: str = "train",
+    ) -> list[EpochResult]:
+        """Train for `epochs` epochs, evaluating after each; callbacks see every step and epoch."""
+        steps = self.steps_per_epoch(train_loader)
+        for cb in self.callbacks:
+            cb.on_fit_start(self, stage, epochs, steps)
+        results: list[EpochResult] = []
+        for stage_epoch in range(epochs):
+            start = time.perf_counter()
+            train_loss = self.train_epoch(train_loader, optimizer, scheduler)
+            metrics = self.evaluate(valid_loader)
+            seconds = time.perf_counter() - start
+            result = EpochResult(stage, self.global_epoch, stage_epoch, train_loss, seconds=seconds, **metrics)
+            results.append(result)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, result)
+            self.global_epoch += 1
+        for cb in self.callbacks:
+            cb.on_fit_end(self, stage, results)
+        return results

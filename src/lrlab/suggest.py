@@ -1,0 +1,238 @@
+"""Loss smoothing and learning-rate suggestion rules for the LR range test.
+
+These are written by hand rather than imported because fastai is not a
+dependency of lrlab, and in fastai the rules live inside its ``Learner``
+machinery (``Recorder``'s ``AvgSmoothLoss`` and ``Learner.lr_find``), so they
+cannot be reused on a plain ``(lrs, losses)`` curve.  The definitions follow
+fastai's ``callback/schedule.py`` (``valley``, ``steep``, ``minimum``,
+``slide``) index for index, including its quirks, which are noted per rule.
+
+The rules expect *smoothed* losses, i.e. the output of :func:`ema_smooth`,
+which is what fastai's recorder stores; :func:`suggest` does not smooth.
+Computation is in float64, whereas fastai uses float32 tensors, so results can
+differ only where two candidates tie to within float32 rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+RULES = ("valley", "steep", "minimum", "slide")
+
+
+def _as_1d(values: ArrayLike, name: str) -> np.ndarray:
+    """Return ``values`` as a 1-D float64 array, or raise ``ValueError``."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    return arr
+
+
+def _check_beta(beta: float) -> None:
+    """Raise ``ValueError`` unless ``0 <= beta < 1``."""
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must satisfy 0 <= beta < 1, got {beta}")
+
+
+def _curve(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(lrs, losses)`` as equal-length 1-D float64 arrays."""
+    lr_arr = _as_1d(lrs, "lrs")
+    loss_arr = _as_1d(losses, "losses")
+    if lr_arr.shape != loss_arr.shape:
+        raise ValueError(
+            f"lrs and losses must have the same length, got {lr_arr.size} and {loss_arr.size}"
+        )
+    return lr_arr, loss_arr
+
+
+def _trimmed_curve(
+    lrs: ArrayLike, losses: ArrayLike, rule: str, min_points: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an already-trimmed curve for ``rule``: finite losses and at least ``min_points`` points."""
+    lr_arr, loss_arr = _curve(lrs, losses)
+    if not np.all(np.isfinite(loss_arr)):
+        raise ValueError(f"{rule}: losses contain NaN or inf; pass the curve through trim() first")
+    if loss_arr.size < min_points:
+        raise ValueError(
+            f"{rule}: needs at least {min_points} point(s) after trimming, got {loss_arr.size}"
+        )
+    return lr_arr, loss_arr
+
+
+def finite_prefix(losses: ArrayLike) -> int:
+    """Return the number of leading finite losses, i.e. the index of the first NaN or inf."""
+    arr = _as_1d(losses, "losses")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    return int(bad[0]) if bad.size else int(arr.size)
+
+
+def _ema_pass(values: np.ndarray, beta: float) -> np.ndarray:
+    """Debiased EMA of an all-finite array, as a ratio of weighted sums so that output[0] == values[0]."""
+    out = np.empty_like(values)
+    num = 0.0
+    den = 0.0
+    for i, value in enumerate(values):
+        num = beta * num + value
+        den = beta * den + 1.0
+        out[i] = num / den
+    return out
+
+
+def ema_smooth(losses: ArrayLike, beta: float = 0.98) -> np.ndarray:
+    """Causal debiased EMA, as fastai's recorder smooths losses: ``avg/(1-beta**(i+1))``.
+
+    From the first non-finite loss onwards the output is NaN; the first output equals the first loss.
+    """
+    _check_beta(beta)
+    arr = _as_1d(losses, "losses")
+    out = np.full_like(arr, np.nan)
+    k = finite_prefix(arr)
+    out[:k] = _ema_pass(arr[:k], beta)
+    return out
+
+
+def zero_lag_smooth(losses: ArrayLike, beta: float = 0.98) -> np.ndarray:
+    """Forward-backward debiased EMA with no phase lag, applied to the finite prefix.
+
+    The debiased EMA is run forward then backward, and also backward then forward, and
+    the two results are averaged.  Writing the passes directly (instead of
+    ``scipy.signal.filtfilt``) needs no edge padding, so curves of any length, even
+    one point, work, and debiasing removes the zero-start bias at both ends.  Averaging
+    both orders makes the smoother commute exactly with reversing the curve, so a dip
+    symmetric about the middle of the curve keeps its argmin; a single forward-backward
+    order does not, because the debiased start-up transient is one-sided.  Off-centre dips
+    can still move a few points at large ``beta`` because of edge effects.  Non-finite
+    entries, and everything after the first one, are NaN.
+    """
+    _check_beta(beta)
+    arr = _as_1d(losses, "losses")
+    out = np.full_like(arr, np.nan)
+    k = finite_prefix(arr)
+    head = arr[:k]
+    forward_backward = _ema_pass(_ema_pass(head, beta)[::-1], beta)[::-1]
+    backward_forward = _ema_pass(_ema_pass(head[::-1], beta)[::-1], beta)
+    out[:k] = 0.5 * (forward_backward + backward_forward)
+    return out
+
+
+def trim(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Apply fastai's ``lr_find`` trimming: keep ``[n//10 : -5]``, then cut at the first non-finite loss.
+
+    ``n`` is the number of recorded points (fastai uses its requested ``num_it``, which
+    equals ``n`` unless the run stopped early).  fastai cuts at the first NaN only; here
+    ``inf`` and ``-inf`` cut too.
+    """
+    lr_arr, loss_arr = _curve(lrs, losses)
+    n = loss_arr.size
+    lr_arr = lr_arr[n // 10 : -5]
+    loss_arr = loss_arr[n // 10 : -5]
+    k = finite_prefix(loss_arr)
+    return lr_arr[:k].copy(), loss_arr[:k].copy()
+
+
+def suggest_minimum(lrs: ArrayLike, losses: ArrayLike) -> float:
+    """fastai ``minimum``: the learning rate at the lowest loss (first if tied), divided by 10.
+
+    Needs at least one point.
+    """
+    lr_arr, loss_arr = _trimmed_curve(lrs, losses, "minimum", 1)
+    return float(lr_arr[int(np.argmin(loss_arr))]) / 10.0
+
+
+def suggest_steep(lrs: ArrayLike, losses: ArrayLike) -> float:
+    """fastai ``steep``: the left point of the most negative slope of loss against ``log(lr)``.
+
+    Needs at least two points, positive learning rates and distinct consecutive learning rates.
+    """
+    lr_arr, loss_arr = _trimmed_curve(lrs, losses, "steep", 2)
+    if not np.all(np.isfinite(lr_arr) & (lr_arr > 0)):
+        raise ValueError("steep: learning rates must be finite and positive (the slope uses log(lr))")
+    log_steps = np.diff(np.log(lr_arr))
+    if np.any(log_steps == 0):
+        raise ValueError("steep: consecutive learning rates must differ")
+    grads = np.diff(loss_arr) / log_steps
+    return float(lr_arr[int(np.argmin(grads))])
+
+
+def suggest_valley(lrs: ArrayLike, losses: ArrayLike) -> float:
+    """fastai ``valley``: a point about 2/3 of the way along the longest decreasing run of the curve.
+
+    ``lds[i]`` is the length of the longest strictly decreasing subsequence ending at
+    ``i``; ``max_end`` is its first argmax and, as in fastai, ``max_start = max_end -
+    lds[max_end]`` (one before the run's first point), or 0 when no point has
+    ``lds > 1``.  The index ``max_start + int(s) + int(s/2)`` with
+    ``s = (max_end - max_start)/3`` can be -1, which, as in fastai, wraps to the last
+    point.  Needs at least one point.
+    """
+    lr_arr, loss_arr = _trimmed_curve(lrs, losses, "valley", 1)
+    n = loss_arr.size
+    lds = np.ones(n, dtype=np.int64)
+    for i in range(1, n):
+        higher = loss_arr[:i] > loss_arr[i]
+        if higher.any():
+            lds[i] = lds[:i][higher].max() + 1
+    max_end = int(np.argmax(lds))
+    max_start = max_end - int(lds[max_end]) if lds[max_end] > 1 else 0
+    sections = (max_end - max_start) / 3
+    idx = max_start + int(sections) + int(sections / 2)
+    return float(lr_arr[idx])
+
+
+def suggest_slide(
+    lrs: ArrayLike,
+    losses: ArrayLike,
+    lr_diff: int = 15,
+    thresh: float = 0.005,
+    adjust_value: float = 1.0,
+) -> float:
+    """fastai ``slide``: walk a window of ``lr_diff`` points leftwards from the end of the curve.
+
+    With ``g = np.gradient(losses)`` (per index, not per lr), the window ``(r, l) = (-1,
+    -1 - lr_diff)`` moves one point left while ``l`` is a valid negative index and
+    ``|g[r] - g[l]| > thresh``, remembering ``lrs[l]`` before each move; the result is the
+    last remembered learning rate (initially ``lrs[-1 - lr_diff]``) times
+    ``adjust_value``.  Needs more than ``lr_diff`` points and at least two.
+    """
+    if int(lr_diff) != lr_diff or lr_diff < 0:
+        raise ValueError(f"slide: lr_diff must be a non-negative integer, got {lr_diff}")
+    lr_diff = int(lr_diff)
+    lr_arr, loss_arr = _trimmed_curve(lrs, losses, "slide", max(lr_diff + 1, 2))
+    loss_grad = np.gradient(loss_arr)
+    r_idx = -1
+    l_idx = r_idx - lr_diff
+    local_min_lr = lr_arr[l_idx]
+    while l_idx >= -loss_arr.size and abs(loss_grad[r_idx] - loss_grad[l_idx]) > thresh:
+        local_min_lr = lr_arr[l_idx]
+        r_idx -= 1
+        l_idx -= 1
+    return float(local_min_lr) * adjust_value
+
+
+_RULE_FUNCS = {
+    "valley": suggest_valley,
+    "steep": suggest_steep,
+    "minimum": suggest_minimum,
+    "slide": suggest_slide,
+}
+
+
+def suggest(lrs: ArrayLike, losses: ArrayLike, method: str = "valley") -> float | dict[str, float]:
+    """Trim a smoothed range-test curve with :func:`trim` and apply one rule, or all of them.
+
+    ``method`` is one of :data:`RULES` or ``"all"``; ``"all"`` returns ``{rule: lr}`` with
+    NaN for any rule the curve is too short for, while a single rule raises ``ValueError``.
+    """
+    if method != "all" and method not in RULES:
+        valid = ", ".join(repr(m) for m in (*RULES, "all"))
+        raise ValueError(f"unknown method {method!r}; valid methods are {valid}")
+    lr_arr, loss_arr = trim(lrs, losses)
+    if method != "all":
+        return _RULE_FUNCS[method](lr_arr, loss_arr)
+    result: dict[str, float] = {}
+    for rule in RULES:
+        try:
+            result[rule] = _RULE_FUNCS[rule](lr_arr, loss_arr)
+        except ValueError:
+            result[rule] = float("nan")
+    return result

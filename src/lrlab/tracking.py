@@ -1,0 +1,170 @@
+"""MLflow tracking: one run per experiment (optionally nested under a parent), flattened config
+params, config/override artifacts, provenance tags, buffered per-step and per-epoch metrics,
+the epoch table, checkpoints, and a terminal status that is never left RUNNING."""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import logging
+import math
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from lrlab.engine import Callback, EpochResult, StepRecord
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_KEY = 250
+MAX_PARAM_VALUE = 6000
+BATCH_LIMIT = 1000
+
+
+def default_tracking_uri(directory: str | Path) -> str:
+    """`sqlite:///<absolute directory>/mlflow.db`: absolute, so jobs started elsewhere share one store."""
+    return f"sqlite:///{(Path(directory).resolve() / 'mlflow.db').as_posix()}"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted keys (`stages.0.lr`) to string values, cut to MLflow's key and value length limits."""
+    items: dict[str, str] = {}
+    if isinstance(tree, Mapping):
+        pairs: Iterable[tuple[Any, Any]] = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        pairs = enumerate(tree)
+    else:
+        return {prefix[:MAX_PARAM_KEY]: str(tree)[:MAX_PARAM_VALUE]}
+    for key, value in pairs:
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, (Mapping, list, tuple)) and len(value) > 0:
+            items.update(flatten(value, name))
+        else:
+            items[name[:MAX_PARAM_KEY]] = str(value)[:MAX_PARAM_VALUE]
+    return items
+
+
+def _git(*args: str, cwd: str | Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def provenance_tags(cwd: str | Path | None = None) -> dict[str, str]:
+    """Git commit and dirty flag (when `cwd` is in a git repo) and package versions."""
+    tags: dict[str, str] = {}
+    for pkg in ("lrlab", "torch", "torchvision", "timm", "mlflow", "optuna", "hydra-core"):
+        try:
+            tags[f"version.{pkg}"] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    where = Path(cwd or Path.cwd())
+    commit = _git("rev-parse", "HEAD", cwd=where)
+    if commit:
+        status = _git("status", "--porcelain", "--untracked-files=no", cwd=where)
+        tags.update({"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(status))})
+    return tags
+
+
+class MlflowTracker(Callback):
+    """Logs one run to an MLflow store; use as an engine callback and end it with `finish`."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str | None = None, parent_run_id: str | None = None):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = None
+            if uri.startswith("sqlite:///"):
+                location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment).as_uri()
+            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            experiment_id = found.experiment_id
+        tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+        self.run_id: str = run.info.run_id
+        self.experiment_id = experiment_id
+        self._metrics: list[Any] = []
+        self._metric_cls = mlflow.entities.Metric
+        self._param_cls = mlflow.entities.Param
+        self._rows: list[EpochResult] = []
+        self.finished = False
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params in MLflow-sized batches (values stringified and cut to the length limits)."""
+        flat = flatten(dict(params))
+        entries = [self._param_cls(k, v) for k, v in flat.items()]
+        for i in range(0, len(entries), 100):
+            self.client.log_batch(self.run_id, params=entries[i : i + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value)[:5000])
+
+    def log_metric(self, key: str, value: float, step: int = 0) -> None:
+        """Buffer one metric value (written at the next flush)."""
+        if value is None or not math.isfinite(float(value)):
+            value = float("nan")
+        self._metrics.append(self._metric_cls(key, float(value), int(time.time() * 1000), int(step)))
+
+    def flush(self) -> None:
+        """Write buffered metrics with as few store transactions as MLflow allows."""
+        while self._metrics:
+            chunk, self._metrics = self._metrics[:BATCH_LIMIT], self._metrics[BATCH_LIMIT:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def on_steps(self, engine: Any, records: list[StepRecord]) -> None:
+        for r in records:
+            self.log_metric("step_train_loss", r.loss, r.step)
+            for group, lr in r.lrs.items():
+                self.log_metric(f"lr_{group}", lr, r.step)
+            if r.momentum is not None:
+                self.log_metric("momentum", r.momentum, r.step)
+
+    def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
+        values = {**result.metrics(), "epoch_seconds": result.seconds}
+        for key, value in values.items():
+            self.log_metric(key, value, result.epoch)
+            self.log_metric(f"{result.stage}/{key}", value, result.epoch)
+        self._rows.append(result)
+        self.flush()
+
+    def on_fit_end(self, engine: Any, stage: str, results: list[EpochResult]) -> None:
+        self.flush()
+
+    def log_epoch_table(self, rows: Sequence[EpochResult] | None = None) -> None:
+        """The per-epoch table as `epochs.csv`."""
+        rows = list(rows if rows is not None else self._rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "epochs.csv"
+            with path.open("w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["stage", "epoch", "stage_epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds"])
+                for r in rows:
+                    writer.writerow([r.stage, r.epoch, r.stage_epoch, r.train_loss, r.valid_loss, r.error_rate, r.accuracy, round(r.seconds, 3)])
+            self.log_artifact(path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run with FINISHED, FAILED or KILLED (flushing what is buffered first)."""
+        if self.finished:
+            return
+        try:
+            self.flush()
+        finally:
+            self.client.set_terminated(self.run_id, status=status)
+            self.finished = True
