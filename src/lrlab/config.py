@@ -150,7 +150,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         where = f" (key: {key})" if key else ""
-        raise ConfigError(f"Invalid configuration{where}: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+        reason = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
+        raise ConfigError(f"Invalid configuration{where}: {reason}.") from exc
 
     merged.task = _choice(merged.task, TASKS, "task")
     merged.device = _choice(merged.device, DEVICES, "device")

@@ -1,0 +1,52 @@
+"""Shared fixtures: offline environment, config composition, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from lrlab.cli import CONFIG_DIR
+
+# Tests must never reach the network: hub clients fail fast instead of retrying.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def compose_cfg():
+    """Compose lrlab's config with overrides, as the CLI would (without running Hydra's job)."""
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return _compose
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path):
+    """Run `python -m lrlab ARGS` in `tmp_path`; returns the CompletedProcess."""
+
+    def _run(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        return subprocess.run(
+            [sys.executable, "-m", "lrlab", *args], cwd=cwd or tmp_path, env=env, capture_output=True,
+            text=True, timeout=timeout,
+        )
+
+    return _run

@@ -1,0 +1,107 @@
+"""End-to-end runs of the real CLI in a subprocess, checked against the MLflow SQLite store."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+SMOKE = ("experiment=smoke", "train.checkpoints=true")
+
+
+def _client(directory: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{directory / 'mlflow.db'}")
+
+
+def _runs(directory: Path):
+    client = _client(directory)
+    experiments = client.search_experiments()
+    return client, client.search_runs([e.experiment_id for e in experiments])
+
+
+def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Path) -> None:
+    first = run_cli(*SMOKE)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "epoch  train_loss  valid_loss  error_rate" in first.stdout
+    second = run_cli(*SMOKE)
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    client, runs = _runs(tmp_path)
+    assert len(runs) == 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    histories = []
+    for run in runs:
+        assert run.data.params["model.name"] == "test_efficientnet"
+        assert run.data.params["data.name"] == "digits"
+        assert run.data.tags["seed"] == "42"
+        assert "version.torch" in run.data.tags
+        valid = client.get_metric_history(run.info.run_id, "valid_loss")
+        errors = client.get_metric_history(run.info.run_id, "error_rate")
+        assert [m.step for m in valid] == [0, 1]
+        assert len(client.get_metric_history(run.info.run_id, "step_train_loss")) == 2 * 21
+        histories.append(([m.value for m in valid], [m.value for m in errors]))
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config", "epochs.csv", "model"} <= artifacts
+        config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
+        assert {"config/config.yaml", "config/overrides.yaml"} <= config_files
+    assert histories[0] == histories[1], "same config and seed must give identical metrics"
+    assert histories[0][1][-1] < 0.5, "the tiny model should learn digits in two epochs"
+    checkpoints = list((tmp_path / "outputs").rglob("best.pt"))
+    assert len(checkpoints) == 2
+
+
+def test_unknown_model_fails_cleanly_before_any_run(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("experiment=smoke", "model.name=resnet9999")
+    assert proc.returncode != 0
+    console = proc.stdout + proc.stderr
+    assert "resnet9999" in console and "resnet50" in console
+    assert "Traceback" not in console
+    log_files = list((tmp_path / "outputs").rglob("lrlab.log"))
+    assert log_files and "Traceback" in log_files[0].read_text()
+    db = tmp_path / "mlflow.db"
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("select count(*) from runs where status='RUNNING'").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.batch_size=0", "data.batch_size"),
+        ("lr=-1", "stages.0.lr"),
+        ("data.batch_size=abc", "data.batch_size"),
+        ("precision=64", "precision"),
+    ],
+)
+def test_bad_values_fail_with_the_key_named(run_cli, override: str, expected: str) -> None:
+    proc = run_cli("experiment=smoke", "tracking=none", override)
+    assert proc.returncode == 2
+    assert expected in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_unknown_group_option_lists_the_choices(run_cli) -> None:
+    proc = run_cli("experiment=smoke", "model=foo")
+    assert proc.returncode != 0
+    assert "efficientnet_lite0" in proc.stderr and "resnet34" in proc.stderr
+
+
+def test_cfg_job_prints_every_group(run_cli) -> None:
+    proc = run_cli("--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    for key in ("model:", "data:", "optimizer:", "schedule:", "stages:", "tracking:"):
+        assert key in proc.stdout
+    assert "tf_efficientnet_lite0" in proc.stdout
+
+
+def test_user_config_dir_adds_an_experiment(run_cli, tmp_path: Path) -> None:
+    user = tmp_path / "myconf" / "experiment"
+    user.mkdir(parents=True)
+    (user / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - smoke\nname: mine\nepochs: 1\ndata:\n  image_size: 16\n"
+    )
+    proc = run_cli("--config-dir", str(tmp_path / "myconf"), "experiment=mine", "tracking=none", "train.checkpoints=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "16 px" in proc.stdout
+    assert "stage full: 1 epoch(s)" in proc.stdout
