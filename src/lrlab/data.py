@@ -12,6 +12,7 @@ import inspect
 import logging
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -85,20 +86,28 @@ def _split_tensors(images: torch.Tensor, labels: np.ndarray, strata: np.ndarray,
     return TensorSplit(images[train_idx], y[train_idx]), TensorSplit(images[valid_idx], y[valid_idx])
 
 
-def load_elpv(image_size: int, classes: int = 4, valid_pct: float = 0.25, split_seed: int = 0) -> ImageSource:
-    """The bundled ELPV solar cells, stratified by class and cell type (mono/poly)."""
+@lru_cache(maxsize=1)
+def _elpv_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode the 2,624 bundled ELPV images once per process (a few seconds)."""
     try:
         from elpv_dataset.utils import load_dataset
     except ImportError as exc:
         raise LrlabError("data=elpv needs the elpv-dataset package: pip install elpv-dataset") from exc
     images, probs, types = load_dataset()
+    images.setflags(write=False)
+    return images, probs, types
+
+
+def load_elpv(image_size: int, classes: int = 4, valid_pct: float = 0.25, split_seed: int = 0) -> ImageSource:
+    """The bundled ELPV solar cells, stratified by class and cell type (mono/poly)."""
+    images, probs, types = _elpv_arrays()
     level = np.rint(np.asarray(probs) * 3).astype(np.int64)
     if classes == 4:
         labels, names = level, ["p=0", "p=1/3", "p=2/3", "p=1"]
     else:
         labels, names = (level >= 2).astype(np.int64), ["functional", "defective"]
     strata = labels * 2 + (np.asarray(types) == "poly").astype(np.int64)
-    stack = _resize_uint8(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), image_size)
+    stack = _resize_uint8(torch.from_numpy(images.copy()).unsqueeze(1), image_size)
     train, valid = _split_tensors(stack, labels, strata, valid_pct, split_seed)
     return ImageSource(train, valid, names)
 

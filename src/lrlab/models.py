@@ -8,10 +8,14 @@ work the same way for every timm architecture (for a resnet this gives fastai's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 import timm
@@ -68,7 +72,8 @@ def create_model(
         return model
     if pretrained is True:
         try:
-            return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+            with _hub_offline_unless_reachable():
+                return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
         except Exception as exc:  # hub errors come from requests, huggingface_hub, urllib, timm
             raise LrlabError(
                 f"Could not get hub weights for model.name={name!r} with model.pretrained=true "
@@ -85,6 +90,31 @@ def create_model(
         )
     except Exception as exc:
         raise LrlabError(f"Could not load weights file {path} into {name}: {exc}") from exc
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable() -> Iterator[None]:
+    """Switch huggingface_hub to offline mode (cache only) when the hub cannot be reached, so an
+    offline request fails at once instead of after a minute of retries."""
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE or _hub_reachable():
+        yield
+        return
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = False
 
 
 def normalization(model: nn.Module) -> Normalization:

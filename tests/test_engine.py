@@ -1,0 +1,130 @@
+"""The train/eval loop: accumulation, precision, read-back batching, divergence, checkpoints."""
+
+from __future__ import annotations
+
+import collections
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lrlab.checkpoint import CheckpointCallback, load_checkpoint, save_atomic
+from lrlab.data import Normalization, TensorLoader, load_digits
+from lrlab.engine import Callback, Engine, TrainingDiverged
+from lrlab.optim import constant
+
+NORM = Normalization((0.5,), (0.5,))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(image_size=8)
+
+
+def _mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def _loaders(digits, batch_size: int):
+    train = TensorLoader(digits.train, batch_size, NORM, shuffle=True, drop_last=True, seed=0)
+    return train, TensorLoader(digits.valid, 256, NORM)
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.chunks: list[int] = []
+        self.steps: list[int] = []
+
+    def on_steps(self, engine, records):
+        self.chunks.append(len(records))
+        self.steps += [r.step for r in records]
+
+
+def test_gradient_accumulation_matches_the_big_batch(digits) -> None:
+    results = []
+    for batch, accum in ((64, 1), (32, 2), (16, 4)):
+        model = _mlp()
+        train, _ = _loaders(digits, 64)
+        engine = Engine(model, grad_accum=accum)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        # the same images in the same order: draw the 64-batches and split them
+        big = list(train)
+        micro = [(x[i : i + batch], y[i : i + batch]) for x, y in big for i in range(0, 64, batch)]
+        assert engine.steps_per_epoch(micro) == len(big)
+        engine.train_epoch(micro, opt)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(results[0], results[1], atol=1e-6) and torch.allclose(results[0], results[2], atol=1e-6)
+
+
+def test_losses_are_read_back_in_chunks_of_log_every(digits) -> None:
+    model, rec = _mlp(), Recorder()
+    train, valid = _loaders(digits, 64)
+    engine = Engine(model, log_every=5, callbacks=[rec])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    engine.fit(train, valid, opt, constant(opt, [1e-3], len(train)), epochs=1)
+    assert rec.chunks == [5, 5, 5, 5, 1] and rec.steps == list(range(21))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "16"])
+def test_mixed_precision_on_cpu_trains(digits, precision: str) -> None:
+    model = _mlp()
+    train, valid = _loaders(digits, 64)
+    engine = Engine(model, precision=precision)
+    assert (engine.scaler is not None) == (precision == "16")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    before = engine.evaluate(valid)["valid_loss"]
+    results = engine.fit(train, valid, opt, constant(opt, [3e-3], len(train)), epochs=2)
+    assert results[-1].valid_loss < before * 0.5 and results[-1].accuracy > 0.8
+
+
+def test_non_finite_loss_stops_training(digits) -> None:
+    model = _mlp()
+    train, valid = _loaders(digits, 64)
+    batches = list(train)[:8]
+    batches[4] = (torch.full_like(batches[4][0], float("nan")), batches[4][1])
+    engine = Engine(model, log_every=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TrainingDiverged, match="lower the learning rate"):
+        engine.fit(batches, valid, opt, None, epochs=1)
+
+
+def test_channels_last_conv_net_matches_contiguous(digits) -> None:
+    outs = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        engine = Engine(model, channels_last=channels_last)
+        outs.append(engine.evaluate(TensorLoader(digits.valid, 128, NORM))["valid_loss"])
+    assert outs[0] == pytest.approx(outs[1], rel=1e-5)
+
+
+def test_checkpoints_are_atomic_best_by_valid_loss_and_weights_only(digits, tmp_path: Path) -> None:
+    model = _mlp()
+    train, valid = _loaders(digits, 64)
+    ckpt = CheckpointCallback(tmp_path)
+    engine = Engine(model, callbacks=[ckpt])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    results = engine.fit(train, valid, opt, constant(opt, [3e-3], 2 * len(train)), epochs=2)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["metrics"]["valid_loss"] == min(r.valid_loss for r in results)
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["3.weight"], model[3].weight.detach())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"obj": collections.Counter(a=1), "f": partial(print)}, evil)
+    with pytest.raises(Exception):
+        load_checkpoint(evil)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        save_atomic({"x": Unpicklable()}, tmp_path / "last.pt")
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["3.weight"], model[3].weight.detach())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "evil.pt", "last.pt"]

@@ -1,0 +1,77 @@
+"""Model creation from each weight source, head replacement and layer groups on real timm models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from lrlab.config import check_model_name
+from lrlab.errors import ConfigError, LrlabError
+from lrlab.models import create_model, layer_groups, normalization
+
+
+def test_resnet_layer_groups_match_fastai_split() -> None:
+    model = create_model("resnet18", num_classes=7)
+    groups = layer_groups(model, body_groups=2)
+    assert [g.name for g in groups] == ["body0", "body1", "head"]
+    first, second, head = (set(n.split(".")[0] for n in g.param_names) for g in groups)
+    assert first == {"conv1", "bn1", "layer1", "layer2"}
+    assert second == {"layer3", "layer4"}
+    assert head == {"fc"} and model.fc.out_features == 7
+    names = [n for g in groups for n in g.param_names]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    assert len(names) == len(set(names))
+
+
+def test_efficientnet_groups_keep_order_and_cover_everything() -> None:
+    model = create_model("tf_efficientnet_lite0", num_classes=4, pretrained="bundled")
+    groups = layer_groups(model, body_groups=3)
+    assert len(groups) == 4 and groups[-1].param_names == ["classifier.weight", "classifier.bias"]
+    assert groups[0].param_names[0] == "conv_stem.weight"
+    assert "conv_head.weight" in groups[2].param_names
+    assert sum(len(g.param_names) for g in groups) == len(list(model.parameters()))
+
+
+def test_bundled_weights_keep_the_body_and_replace_the_head() -> None:
+    model = create_model("tf_efficientnet_lite0", num_classes=4, pretrained="bundled")
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    from lrlab.weights import load_bundled_weights
+
+    load_bundled_weights(reference, "tf_efficientnet_lite0")
+    assert torch.equal(model.conv_stem.weight, reference.conv_stem.weight)
+    assert model.classifier.out_features == 4
+    norm = normalization(model)
+    assert norm.mean == (0.5, 0.5, 0.5) and norm.std == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_weights_file_loads_body_and_resizes_head(tmp_path: Path, suffix: str) -> None:
+    torch.manual_seed(0)
+    source = timm.create_model("test_resnet", pretrained=False, num_classes=1000)
+    path = tmp_path / f"weights{suffix}"
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    model = create_model("test_resnet", num_classes=3, pretrained=str(path))
+    assert model.get_classifier().out_features == 3
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    assert all(torch.equal(v, state[k]) for k, v in body.items())
+
+
+def test_hub_weights_offline_name_the_offline_options() -> None:
+    with pytest.raises(LrlabError, match="model.pretrained=bundled"):
+        create_model("resnet18", num_classes=2, pretrained=True)
+
+
+def test_bundled_weights_need_the_matching_architecture() -> None:
+    with pytest.raises(LrlabError, match="tf_efficientnet_lite0"):
+        create_model("resnet18", num_classes=2, pretrained="bundled")
+
+
+def test_unknown_model_name_suggests_close_matches() -> None:
+    with pytest.raises(ConfigError, match="resnet50"):
+        check_model_name("resnet9999")
+    check_model_name("resnet50.a1_in1k")

@@ -1,0 +1,76 @@
+"""Parameter groups and schedules checked against fastai's numbers."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+
+from lrlab.models import create_model, layer_groups
+from lrlab.optim import build_optimizer, cosine, group_lrs, one_cycle, param_groups
+
+
+@pytest.fixture
+def model_and_groups():
+    model = create_model("resnet18", num_classes=5)
+    return model, layer_groups(model, 2)
+
+
+def test_param_groups_cover_all_params_and_skip_decay_on_norm_and_bias(model_and_groups) -> None:
+    model, groups = model_and_groups
+    for p in model.layer1.parameters():
+        p.requires_grad_(False)
+    pg = param_groups(model, groups, weight_decay=0.01)
+    ids = [id(p) for g in pg for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+    no_decay = {id(p) for g in pg if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert id(model.bn1.weight) in no_decay and id(model.fc.bias) in no_decay
+    assert id(model.fc.weight) not in no_decay
+    assert [g["layer_group"] for g in pg] == [0, 0, 1, 1, 2, 2]
+
+
+def test_adamw_defaults_are_fastais(model_and_groups, compose_cfg) -> None:
+    from hydra.utils import instantiate
+
+    model, groups = model_and_groups
+    opt = build_optimizer(instantiate(compose_cfg().optimizer), model, groups, lr=1e-3)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["betas"] == (0.9, 0.99) and opt.defaults["eps"] == 1e-5
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.01, 0.0}
+
+
+def test_one_cycle_follows_fastai(model_and_groups) -> None:
+    model, groups = model_and_groups
+    opt = build_optimizer(partial(torch.optim.AdamW, betas=(0.9, 0.99)), model, groups, lr=1.0)
+    peaks = group_lrs(opt, [1e-4, 1e-3, 1e-2])
+    total, div, div_final = 100, 25.0, 1e5
+    sched = one_cycle(opt, peaks, total, pct_start=0.25, div=div, div_final=div_final)
+    lrs, moms = [], []
+    for _ in range(total):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        moms.append(opt.param_groups[-1]["betas"][0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx([p / div for p in peaks])
+    peak_step = max(range(total), key=lambda i: lrs[i][-1])
+    assert peak_step == 24 and lrs[peak_step] == pytest.approx(peaks)
+    assert lrs[-1] == pytest.approx([p / div_final for p in peaks], rel=1e-6)
+    assert moms[0] == pytest.approx(0.95) and moms[24] == pytest.approx(0.85) and moms[-1] == pytest.approx(0.95)
+    mid = 12
+    expected = peaks[-1] / div + (peaks[-1] - peaks[-1] / div) * (1 - math.cos(math.pi * mid / 24)) / 2
+    assert lrs[mid][-1] == pytest.approx(expected)
+
+
+def test_cosine_warmup_then_decay(model_and_groups) -> None:
+    model, groups = model_and_groups
+    opt = build_optimizer(partial(torch.optim.SGD, momentum=0.9), model, groups, lr=1.0)
+    sched = cosine(opt, group_lrs(opt, [0.1] * 3), 40, pct_start=0.1, div=10, div_final=1e3)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01) and lrs[4] == pytest.approx(0.1)
+    assert lrs[-1] == pytest.approx(1e-4) and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))

@@ -1,0 +1,39 @@
+"""The config tree ships inside a regular (non-editable) wheel and Hydra finds it there."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_config_tree_and_composes(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )
+    wheel = next(tmp_path.glob("lrlab-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in ("lrlab/conf/config.yaml", "lrlab/conf/model/efficientnet_lite0.yaml",
+                     "lrlab/conf/experiment/smoke.yaml", "lrlab/conf/hydra/job_logging/lrlab.yaml"):
+        assert required in names
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    script = (
+        "import lrlab.cli, hydra\n"
+        "assert lrlab.cli.CONFIG_DIR.startswith(%r), lrlab.cli.CONFIG_DIR\n"
+        "with hydra.initialize_config_dir(config_dir=lrlab.cli.CONFIG_DIR, version_base='1.3'):\n"
+        "    cfg = hydra.compose('config', overrides=['experiment=smoke'])\n"
+        "print(cfg.model.name, cfg.data.name)\n" % str(target)
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["test_efficientnet", "digits"]
