@@ -24,8 +24,9 @@ log = logging.getLogger("lrlab")
 trace_log = logging.getLogger("lrlab.trace")
 
 
-def run_task(cfg: DictConfig) -> float:
-    """Run the configured task inside a Hydra job; returns the objective (final error_rate)."""
+def run_task(cfg: DictConfig) -> float | None:
+    """Run the configured task inside a Hydra job; returns the objective (final error_rate of a
+    training run, None for the range test alone)."""
     from lrlab.run import run_experiment
 
     hydra_cfg = HydraConfig.get()
@@ -43,11 +44,12 @@ def run_task(cfg: DictConfig) -> float:
         log_file = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
         print(f"lrlab: error: {exc}\n(full trace in {log_file})", file=sys.stderr)
         sys.exit(2)
-    return float(result.final["error_rate"])
+    error = result.final.get("error_rate")
+    return None if error is None else float(error)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float | None:
     return run_task(cfg)
 
 

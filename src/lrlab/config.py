@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lrlab.errors import ConfigError
 
-TASKS = ("train",)
+TASKS = ("train", "lr_find")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "bf16", "16")
 DATA_SOURCES = ("elpv", "digits", "imagefolder", "torchvision")
@@ -75,6 +75,23 @@ class TrainConfig:
 
 
 @dataclass
+class LrFinderConfig:
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    num_iter: int = 100
+    mode: str = "exp"
+    smoothing: str = "zero_lag"
+    beta: float = 0.98
+    stop_div: bool = True
+    div_factor: float = 4.0
+    suggest: str = "valley"
+    repeats: int = 1
+    val_batches: int = 0
+    per_group: bool = False
+    read_every: int = 10
+
+
+@dataclass
 class TrackingConfig:
     backend: str = "mlflow"
     uri: Optional[str] = None
@@ -100,6 +117,7 @@ class LrlabConfig:
     schedule: Any = field(default_factory=dict)
     stages: list[StageConfig] = field(default_factory=list)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    lr_finder: LrFinderConfig = field(default_factory=LrFinderConfig)
 
 
 def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
@@ -141,6 +159,23 @@ def check_pretrained(value: Any) -> None:
     )
 
 
+def _check_lr_finder(f: DictConfig) -> None:
+    _choice(f.mode, ("exp", "linear"), "lr_finder.mode")
+    _choice(f.smoothing, ("zero_lag", "ema"), "lr_finder.smoothing")
+    _choice(f.suggest, ("valley", "steep", "minimum", "slide", "all"), "lr_finder.suggest")
+    _positive(f.start_lr, "lr_finder.start_lr")
+    if not f.end_lr > f.start_lr:
+        raise ConfigError(f"lr_finder.end_lr={f.end_lr} must be greater than lr_finder.start_lr={f.start_lr}.")
+    if f.num_iter < 2:
+        raise ConfigError(f"lr_finder.num_iter={f.num_iter} must be at least 2.")
+    if not 0 <= f.beta < 1:
+        raise ConfigError(f"lr_finder.beta={f.beta} must be in [0, 1).")
+    if not f.div_factor > 1:
+        raise ConfigError(f"lr_finder.div_factor={f.div_factor} must be greater than 1.")
+    _positive(f.repeats, "lr_finder.repeats")
+    _positive(f.read_every, "lr_finder.read_every")
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Merge `cfg` into the schema and check values; raises ConfigError naming the bad key."""
     try:
@@ -172,6 +207,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         root = Path(str(merged.data.root)).expanduser()
         if not root.is_dir():
             raise ConfigError(f"data.root={str(merged.data.root)!r} is not an existing directory.")
+    _check_lr_finder(merged.lr_finder)
     if not merged.stages:
         raise ConfigError("stages is empty: give at least one stage (name, epochs, lr).")
     for i, stage in enumerate(merged.stages):

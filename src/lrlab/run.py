@@ -22,6 +22,7 @@ from lrlab.checkpoint import CheckpointCallback
 from lrlab.config import validate
 from lrlab.data import load_source, make_loaders
 from lrlab.engine import Engine, EpochResult, resolve_device, resolve_precision
+from lrlab.lr_finder import find_lr
 from lrlab.models import count_parameters, create_model, layer_groups, model_summary, normalization, to_device
 from lrlab.optim import build_optimizer
 from lrlab.progress import ConsoleTable, format_time
@@ -49,30 +50,38 @@ def _progress_enabled(setting: Any) -> bool:
     return sys.stderr.isatty()
 
 
-def run_experiment(
-    cfg: DictConfig,
-    output_dir: str | Path,
-    launch_dir: str | Path | None = None,
-    overrides: list[str] | None = None,
-    parent_run_id: str | None = None,
-) -> RunResult:
-    """Train as `cfg` says, logging to MLflow unless `tracking.backend=none`."""
+@dataclass
+class Setup:
+    """The components a config builds before any run is started (so bad input fails first)."""
+
+    cfg: DictConfig
+    device: torch.device
+    precision: str
+    model: torch.nn.Module
+    groups: list
+    train_loader: Any
+    valid_loader: Any
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    stages: list[Stage]
+
+
+def build(cfg: DictConfig) -> Setup:
+    """Validate `cfg`, seed, and build data, model, layer groups, loaders and optimizer."""
     cfg = validate(cfg)
-    output_dir, launch_dir = Path(output_dir), Path(launch_dir or Path.cwd())
     seed_everything(cfg.seed, cfg.deterministic)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-
     started = time.perf_counter()
-    source = load_source(OmegaConf.to_container(cfg.data, resolve=True))
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    source = load_source(data_cfg)
     model = create_model(cfg.model.name, source.num_classes, cfg.model.pretrained, cfg.model.drop_rate, cfg.model.drop_path_rate)
     groups = layer_groups(model, cfg.model.body_groups)
     norm = normalization(model)
     model = to_device(model, device, cfg.train.channels_last)
     data_device = device if cfg.data.in_memory else "cpu"
-    train_loader, valid_loader = make_loaders(source, OmegaConf.to_container(cfg.data, resolve=True), norm, data_device, cfg.seed)
+    train_loader, valid_loader = make_loaders(source, data_cfg, norm, data_device, cfg.seed)
     optimizer = build_optimizer(instantiate(cfg.optimizer), model, groups, lr=float(cfg.stages[0].lr))
-    schedule = instantiate(cfg.schedule)
     stages = [Stage(**OmegaConf.to_container(s, resolve=True)) for s in cfg.stages]
     log.info(
         f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, pretrained={cfg.model.pretrained}) on "
@@ -80,30 +89,52 @@ def run_experiment(
         f"{cfg.data.image_size} px) | device {device}, precision {precision} | setup {time.perf_counter() - started:.1f}s"
     )
     log.info("layer groups:\n" + model_summary(model, groups))
+    return Setup(cfg, device, precision, model, groups, train_loader, valid_loader, optimizer,
+                 instantiate(cfg.schedule), stages)
 
-    callbacks: list[Any] = [ConsoleTable()]
-    checkpoints = CheckpointCallback(output_dir / "checkpoints") if cfg.train.checkpoints else None
-    if checkpoints:
-        callbacks.append(checkpoints)
-    tracker: MlflowTracker | None = None
-    if cfg.tracking.backend == "mlflow":
-        uri = cfg.tracking.uri or default_tracking_uri(launch_dir)
-        run_name = cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tracker = MlflowTracker(uri, cfg.tracking.experiment, run_name, parent_run_id)
-        callbacks.append(tracker)
-    engine = Engine(
-        model, device, precision, grad_accum=cfg.train.grad_accum, grad_clip=cfg.train.grad_clip,
-        channels_last=cfg.train.channels_last, compile=cfg.train.compile, log_every=cfg.train.log_every,
-        progress=_progress_enabled(cfg.train.progress), callbacks=callbacks,
+
+def _engine(setup: Setup, callbacks: list[Any]) -> Engine:
+    t = setup.cfg.train
+    return Engine(
+        setup.model, setup.device, setup.precision, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
+        channels_last=t.channels_last, compile=t.compile, log_every=t.log_every,
+        progress=_progress_enabled(t.progress), callbacks=callbacks,
     )
+
+
+def _tracker(cfg: DictConfig, launch_dir: Path, parent_run_id: str | None) -> MlflowTracker | None:
+    if cfg.tracking.backend != "mlflow":
+        return None
+    uri = cfg.tracking.uri or default_tracking_uri(launch_dir)
+    run_name = cfg.tracking.run_name or f"{cfg.name}-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return MlflowTracker(uri, cfg.tracking.experiment, run_name, parent_run_id)
+
+
+def run_experiment(
+    cfg: DictConfig,
+    output_dir: str | Path,
+    launch_dir: str | Path | None = None,
+    overrides: list[str] | None = None,
+    parent_run_id: str | None = None,
+) -> RunResult:
+    """Run the task `cfg.task` names (train or lr_find), logging to MLflow unless `tracking=none`."""
+    output_dir, launch_dir = Path(output_dir), Path(launch_dir or Path.cwd())
+    setup = build(cfg)
+    cfg = setup.cfg
+    checkpoints = CheckpointCallback(output_dir / "checkpoints") if cfg.train.checkpoints and cfg.task == "train" else None
+    callbacks: list[Any] = [ConsoleTable()] + ([checkpoints] if checkpoints else [])
+    tracker = _tracker(cfg, launch_dir, parent_run_id)
+    if tracker:
+        callbacks.append(tracker)
+    engine = _engine(setup, callbacks)
     status = "FAILED"
     try:
         if tracker:
-            _log_run_start(tracker, cfg, overrides or [], launch_dir, device, precision, output_dir)
-        results = run_stages(engine, groups, train_loader, valid_loader, stages, optimizer, schedule)
-        final = results[-1].metrics() if results else engine.evaluate(valid_loader)
-        if tracker:
-            _log_run_end(tracker, cfg, results, final, checkpoints, output_dir)
+            _log_run_start(tracker, cfg, overrides or [], launch_dir, setup.device, setup.precision, output_dir)
+        if cfg.task == "lr_find":
+            result = _lr_find_task(setup, engine, tracker, output_dir)
+        else:
+            result = _train_task(setup, engine, tracker, checkpoints)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -111,14 +142,69 @@ def run_experiment(
     finally:
         if tracker:
             tracker.finish(status)
+    result.output_dir = output_dir
+    if tracker:
+        result.run_id = tracker.run_id
+        log.info(f"MLflow run {tracker.run_id} in {tracker.uri}  (view: mlflow ui --backend-store-uri {tracker.uri})")
+    return result
+
+
+def _train_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None,
+                checkpoints: CheckpointCallback | None) -> RunResult:
+    results = run_stages(engine, setup.groups, setup.train_loader, setup.valid_loader, setup.stages,
+                         setup.optimizer, setup.schedule)
+    final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
+    if tracker:
+        _log_run_end(tracker, setup.cfg, results, final, checkpoints)
     total = sum(r.seconds for r in results)
     log.info(
         f"done in {format_time(total)}: valid_loss {final['valid_loss']:.4f}, error_rate {final['error_rate']:.4f}, "
         f"accuracy {final['accuracy']:.4f}"
     )
+    return RunResult(results, final)
+
+
+def finder_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """`find_lr` keyword arguments from the `lr_finder` config group."""
+    keys = ("start_lr", "end_lr", "num_iter", "mode", "smoothing", "beta", "stop_div", "div_factor", "repeats",
+            "val_batches", "per_group", "read_every")
+    kwargs = {k: cfg.lr_finder[k] for k in keys}
+    kwargs["suggest"] = "valley" if cfg.lr_finder.suggest == "all" else cfg.lr_finder.suggest
+    return kwargs
+
+
+def _lr_find_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None, output_dir: Path) -> RunResult:
+    cfg = setup.cfg
+    found = find_lr(setup.model, setup.train_loader, setup.optimizer, engine=engine, seed=cfg.seed,
+                    val_loader=setup.valid_loader, progress=_progress_enabled(cfg.train.progress), **finder_kwargs(cfg))
+    results = found if isinstance(found, dict) else {"all": found}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final: dict[str, float] = {}
+    for name, res in results.items():
+        label = "" if name == "all" else f" (layer group {name})"
+        log.info(f"\nLR range test{label}: {len(res.lrs)} steps, {res.stop_reason}, {res.seconds:.1f}s")
+        log.info(res.table())
+        suffix = "" if name == "all" else f"_{name}"
+        png = output_dir / f"lr_find{suffix}.png"
+        res.plot(png, title=f"{cfg.name}: {cfg.model.name} on {cfg.data.name}{label}")
+        csv_path = res.to_csv(output_dir / f"lr_find{suffix}.csv")
+        log.info(f"plot: {png}")
+        prefix = "lr_find" if name == "all" else f"lr_find/{name}"
+        for rule, lr in res.suggestions.items():
+            final[f"{prefix}/suggested_{rule}"] = lr
+            if rule in res.spread:
+                final[f"{prefix}/log10_iqr_{rule}"] = res.spread[rule]["log10_iqr"]
+        final[f"{prefix}/seconds"] = res.seconds
+        if tracker:
+            tracker.log_artifact(png, "lr_finder")
+            tracker.log_artifact(csv_path, "lr_finder")
+            tracker.log_params({f"{prefix}.suggestion.{rule}": f"{lr:.6g}" for rule, lr in res.suggestions.items()})
+            tracker.set_tags({f"{prefix}.stop_reason": res.stop_reason})
     if tracker:
-        log.info(f"MLflow run {tracker.run_id} in {tracker.uri}  (view: mlflow ui --backend-store-uri {tracker.uri})")
-    return RunResult(results, final, tracker.run_id if tracker else None, output_dir)
+        for key, value in final.items():
+            tracker.log_metric(key, value)
+        tracker.flush()
+    return RunResult([], final, extra={"lr_finder": results})
 
 
 def _log_run_start(tracker: MlflowTracker, cfg: DictConfig, overrides: list[str], launch_dir: Path,
@@ -135,7 +221,7 @@ def _log_run_start(tracker: MlflowTracker, cfg: DictConfig, overrides: list[str]
 
 
 def _log_run_end(tracker: MlflowTracker, cfg: DictConfig, results: list[EpochResult], final: dict[str, float],
-                 checkpoints: CheckpointCallback | None, output_dir: Path) -> None:
+                 checkpoints: CheckpointCallback | None) -> None:
     for key, value in final.items():
         tracker.log_metric(f"final_{key}", value, results[-1].epoch if results else 0)
     if results:
