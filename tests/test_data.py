@@ -120,3 +120,21 @@ def test_missing_root_and_offline_torchvision_give_clear_errors(tmp_path: Path) 
     with pytest.raises(LrlabError, match="CIFAR10"):
         load_source({"name": "torchvision", "dataset": "CIFAR11", "root": str(tmp_path), "valid_pct": 0.2,
                      "split_seed": 0, "image_size": 8})
+
+
+def test_elpv_from_a_folder_copy_in_another_image_format(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i in range(64):
+        prob = (0.0, 1 / 3, 2 / 3, 1.0)[i % 4]
+        kind = "mono" if (i // 4) % 2 else "poly"
+        name = f"images/cell{i:04d}.webp"
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(tmp_path / name, lossless=True)
+        lines.append(f"{name}  {prob}  {kind}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    source = load_source({"name": "elpv", "root": str(tmp_path), "classes": 4, "image_size": 10,
+                          "valid_pct": 0.25, "split_seed": 0})
+    assert len(source.train) == 48 and len(source.valid) == 16
+    assert Counter(source.valid.labels.tolist()) == {0: 4, 1: 4, 2: 4, 3: 4}
+    assert source.train.images.shape[1:] == (1, 10, 10)

@@ -86,21 +86,39 @@ def _split_tensors(images: torch.Tensor, labels: np.ndarray, strata: np.ndarray,
     return TensorSplit(images[train_idx], y[train_idx]), TensorSplit(images[valid_idx], y[valid_idx])
 
 
-@lru_cache(maxsize=1)
-def _elpv_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode the 2,624 bundled ELPV images once per process (a few seconds)."""
+def _elpv_labels_file(root: str | None) -> Path:
+    if root:
+        path = Path(root).expanduser()
+        path = path / "labels.csv" if path.is_dir() else path
+        if not path.is_file():
+            raise LrlabError(f"data.root={root!r}: no ELPV labels.csv there (expected the elpv-dataset layout).")
+        return path
     try:
-        from elpv_dataset.utils import load_dataset
+        import elpv_dataset
     except ImportError as exc:
-        raise LrlabError("data=elpv needs the elpv-dataset package: pip install elpv-dataset") from exc
-    images, probs, types = load_dataset()
+        raise LrlabError("data=elpv needs the elpv-dataset package (pip install elpv-dataset) or data.root=PATH") from exc
+    return Path(elpv_dataset.__file__).parent / "data" / "labels.csv"
+
+
+@lru_cache(maxsize=2)
+def _elpv_arrays(root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode the 2,624 ELPV images once per process: from the elpv-dataset package, or from a
+    copy of its `labels.csv` + `images/` layout under `root` (any image format PIL reads)."""
+    from PIL import Image
+
+    labels = _elpv_labels_file(root)
+    rows = [line.split() for line in labels.read_text().splitlines() if line.strip()]
+    images = np.stack([np.asarray(Image.open(labels.parent / path).convert("L")) for path, _, _ in rows])
+    probs = np.array([float(p) for _, p, _ in rows])
+    types = np.array([t for _, _, t in rows])
     images.setflags(write=False)
     return images, probs, types
 
 
-def load_elpv(image_size: int, classes: int = 4, valid_pct: float = 0.25, split_seed: int = 0) -> ImageSource:
-    """The bundled ELPV solar cells, stratified by class and cell type (mono/poly)."""
-    images, probs, types = _elpv_arrays()
+def load_elpv(image_size: int, classes: int = 4, valid_pct: float = 0.25, split_seed: int = 0,
+              root: str | None = None) -> ImageSource:
+    """The ELPV solar cells (bundled, or under `root`), stratified by class and cell type (mono/poly)."""
+    images, probs, types = _elpv_arrays(root)
     level = np.rint(np.asarray(probs) * 3).astype(np.int64)
     if classes == 4:
         labels, names = level, ["p=0", "p=1/3", "p=2/3", "p=1"]
@@ -225,7 +243,7 @@ def load_source(cfg: Mapping[str, Any]) -> ImageSource:
     """Build the ImageSource a data config names (elpv, digits, imagefolder, torchvision)."""
     name = cfg["name"]
     if name == "elpv":
-        source = load_elpv(cfg["image_size"], cfg.get("classes", 4), cfg["valid_pct"], cfg["split_seed"])
+        source = load_elpv(cfg["image_size"], cfg.get("classes", 4), cfg["valid_pct"], cfg["split_seed"], cfg.get("root"))
     elif name == "digits":
         source = load_digits(cfg["image_size"], cfg["valid_pct"], cfg["split_seed"])
     elif name == "imagefolder":
