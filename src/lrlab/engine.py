@@ -48,6 +48,7 @@ class EpochResult:
     accuracy: float
     error_rate: float
     seconds: float
+    train_images_per_s: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
@@ -124,6 +125,9 @@ class Engine:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "16" else None
         self.global_step = 0
         self.global_epoch = 0
+        self.images_seen = 0
+        if self.device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+            torch.backends.cudnn.benchmark = True
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of the configured precision (a no-op for fp32)."""
@@ -187,6 +191,7 @@ class Engine:
 
     def train_epoch(self, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> float:
         """One pass over `loader`; returns the mean training loss over optimizer steps."""
+        self.images_seen = 0
         self.model.train()
         optimizer.zero_grad(set_to_none=True)
         pending: list[torch.Tensor] = []
@@ -205,6 +210,7 @@ class Engine:
             last_of_step = (i + 1) % self.grad_accum == 0 or i + 1 == n_batches
             in_step = self.grad_accum if (i // self.grad_accum + 1) * self.grad_accum <= n_batches else n_batches % self.grad_accum
             micro.append(self.backward(x, y, scale=1.0 / in_step))
+            self.images_seen += len(y)
             if not last_of_step:
                 continue
             info = self._step_info(optimizer)
@@ -260,9 +266,11 @@ class Engine:
         for stage_epoch in range(epochs):
             start = time.perf_counter()
             train_loss = self.train_epoch(train_loader, optimizer, scheduler)
+            train_seconds = time.perf_counter() - start
             metrics = self.evaluate(valid_loader)
             seconds = time.perf_counter() - start
-            result = EpochResult(stage, self.global_epoch, stage_epoch, train_loss, seconds=seconds, **metrics)
+            result = EpochResult(stage, self.global_epoch, stage_epoch, train_loss, seconds=seconds,
+                                 train_images_per_s=self.images_seen / max(train_seconds, 1e-9), **metrics)
             results.append(result)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, result)

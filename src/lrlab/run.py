@@ -157,9 +157,10 @@ def _train_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None,
     if tracker:
         _log_run_end(tracker, setup.cfg, results, final, checkpoints)
     total = sum(r.seconds for r in results)
+    speed = sum(r.train_images_per_s for r in results) / max(1, len(results))
     log.info(
-        f"done in {format_time(total)}: valid_loss {final['valid_loss']:.4f}, error_rate {final['error_rate']:.4f}, "
-        f"accuracy {final['accuracy']:.4f}"
+        f"done in {format_time(total)} ({total / max(1, len(results)):.1f} s/epoch, {speed:.0f} train images/s): "
+        f"valid_loss {final['valid_loss']:.4f}, error_rate {final['error_rate']:.4f}, accuracy {final['accuracy']:.4f}"
     )
     return RunResult(results, final)
 

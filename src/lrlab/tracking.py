@@ -137,7 +137,7 @@ class MlflowTracker(Callback):
                 self.log_metric("momentum", r.momentum, r.step)
 
     def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
-        values = {**result.metrics(), "epoch_seconds": result.seconds}
+        values = {**result.metrics(), "epoch_seconds": result.seconds, "train_images_per_s": result.train_images_per_s}
         for key, value in values.items():
             self.log_metric(key, value, result.epoch)
             self.log_metric(f"{result.stage}/{key}", value, result.epoch)
