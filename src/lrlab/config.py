@@ -57,7 +57,13 @@ class DataConfig:
 class StageConfig:
     name: str = MISSING
     epochs: int = 1
-    lr: float = 1e-3
+    lr: Any = "find"
+    trainable: str = "all"
+    train_bn: bool = True
+    lr_rule: Optional[str] = None
+    lr_scale: float = 1.0
+    lr_spread: float = 1.0
+    lr_spread_mode: str = "geometric"
     pct_start: Optional[float] = None
     div: Optional[float] = None
     div_final: Optional[float] = None
@@ -109,7 +115,8 @@ class LrlabConfig:
     precision: str = "auto"
     deterministic: bool = False
     epochs: int = 5
-    lr: float = 1e-3
+    freeze_epochs: int = 1
+    lr: Any = "find"
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -157,6 +164,33 @@ def check_pretrained(value: Any) -> None:
         "internet), bundled (offline ImageNet EfficientNet-Lite0), or the path of an existing "
         ".pth/.safetensors weights file."
     )
+
+
+RULE_CHOICES = ("valley", "steep", "minimum", "slide")
+
+
+def _check_stage(stage: DictConfig, key: str) -> None:
+    if stage.lr != "find":
+        try:
+            stage.lr = float(stage.lr)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}.lr={stage.lr!r} is not valid: use find (range test) or a positive number.") from None
+        _positive(stage.lr, f"{key}.lr")
+    if stage.epochs < 0:
+        raise ConfigError(f"{key}.epochs={stage.epochs} must be >= 0.")
+    trainable = str(stage.trainable)
+    if trainable not in ("head", "all") and not (trainable.startswith("from:") and trainable[5:].lstrip("-").isdigit()):
+        raise ConfigError(f"{key}.trainable={trainable!r} is not valid: use head, all, or from:K (K a layer-group index).")
+    if stage.lr_rule is not None:
+        _choice(stage.lr_rule, RULE_CHOICES, f"{key}.lr_rule")
+    _positive(stage.lr_scale, f"{key}.lr_scale")
+    if not stage.lr_spread >= 1:
+        raise ConfigError(f"{key}.lr_spread={stage.lr_spread} must be >= 1 (the first group gets lr / lr_spread).")
+    _choice(stage.lr_spread_mode, ("geometric", "slice_hi"), f"{key}.lr_spread_mode")
+    for name in ("pct_start",):
+        value = stage[name]
+        if value is not None and not 0 < value < 1:
+            raise ConfigError(f"{key}.{name}={value} must be between 0 and 1.")
 
 
 def _check_lr_finder(f: DictConfig) -> None:
@@ -211,9 +245,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     if not merged.stages:
         raise ConfigError("stages is empty: give at least one stage (name, epochs, lr).")
     for i, stage in enumerate(merged.stages):
-        _positive(stage.lr, f"stages.{i}.lr")
-        if stage.epochs < 0:
-            raise ConfigError(f"stages.{i}.epochs={stage.epochs} must be >= 0.")
+        _check_stage(stage, f"stages.{i}")
     check_model_name(merged.model.name)
     check_pretrained(merged.model.pretrained)
     return merged

@@ -58,6 +58,8 @@ class EpochResult:
 class Callback:
     """Hooks the engine calls; subclass and override what you need."""
 
+    def on_stage_start(self, engine: "Engine", start: Any) -> None: ...
+
     def on_fit_start(self, engine: "Engine", stage: str, epochs: int, steps_per_epoch: int) -> None: ...
 
     def on_steps(self, engine: "Engine", records: list[StepRecord]) -> None: ...
@@ -126,8 +128,15 @@ class Engine:
         self.global_step = 0
         self.global_epoch = 0
         self.images_seen = 0
+        self.eval_modules: list[nn.Module] = []
         if self.device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
             torch.backends.cudnn.benchmark = True
+
+    def train_mode(self) -> None:
+        """model.train(), except `eval_modules` (norm layers of frozen groups) stay in eval mode."""
+        self.model.train()
+        for module in self.eval_modules:
+            module.eval()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of the configured precision (a no-op for fp32)."""
@@ -192,7 +201,7 @@ class Engine:
     def train_epoch(self, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> float:
         """One pass over `loader`; returns the mean training loss over optimizer steps."""
         self.images_seen = 0
-        self.model.train()
+        self.train_mode()
         optimizer.zero_grad(set_to_none=True)
         pending: list[torch.Tensor] = []
         infos: list[tuple[int, dict[str, float], float | None]] = []
@@ -245,7 +254,8 @@ class Engine:
             total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()
             count += len(y)
-        self.model.train(was_training)
+        if was_training:
+            self.train_mode()
         loss, acc = (total_loss / max(1, count)).item(), correct.item() / max(1, count)
         return {"valid_loss": loss, "accuracy": acc, "error_rate": 1.0 - acc}
 

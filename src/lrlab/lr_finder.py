@@ -86,6 +86,17 @@ class LRFinderResult:
                 writer.writerow(row)
         return path
 
+    def save(self, directory: str | Path, stem: str = "lr_find", title: str | None = None) -> tuple[Path, Path]:
+        """Write `<stem>.png` and `<stem>.csv` into `directory`; returns both paths."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        png = directory / f"{stem}.png"
+        figure = self.plot(png, title=title)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+        return png, self.to_csv(directory / f"{stem}.csv")
+
     def plot(self, path: str | Path | None = None, ax: Any = None, title: str | None = None) -> Any:
         """Loss against LR on a log axis: raw and smoothed curves, every suggestion, the band of
         repeated curves. Saves a PNG when `path` is given; returns the matplotlib Figure."""
@@ -208,6 +219,8 @@ class _Snapshot:
         if gen is not None and self.loader_state is not None:
             gen.set_state(self.loader_state)
         model.train(self.training)
+        if self.training:
+            engine.train_mode()
         engine.global_step = self.global_step
 
 
@@ -251,8 +264,7 @@ def _run_curve(
     label: str,
 ) -> _Curve:
     """Ramp the swept groups' LRs over `schedule` and record one loss per optimizer step."""
-    model = engine.model
-    model.train()
+    engine.train_mode()
     batches = _endless(loader)
     fixed = [g["lr"] for g in optimizer.param_groups]
     lrs: list[float] = []
@@ -322,7 +334,7 @@ def _held_out_loss(engine: Engine, batches: list[Any]) -> float:
             out = engine.forward_model(x)
         total += float(nn.functional.cross_entropy(out.float(), y, reduction="sum"))
         count += len(y)
-    engine.model.train()
+    engine.train_mode()
     return total / max(1, count)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from lrlab.engine import Callback, EpochResult
@@ -31,8 +32,36 @@ def table_row(result: EpochResult) -> str:
     return "  ".join(cells)
 
 
+def describe_stage(start: Any) -> list[str]:
+    """Console lines for a stage's decisions: trainable groups, range test, chosen and per-group LRs."""
+    stage = start.stage
+    lines = [f"stage {stage.name}: trainable {', '.join(start.trainable_groups)} ({start.trainable_params:,d} params)"
+             + ("; optimizer state cleared" if start.cleared_optimizer_state else "")]
+    if start.finder is not None:
+        f = start.finder
+        rules = ", ".join(f"{r} {v:.2e}{'*' if r == start.rule else ''}" for r, v in f.suggestions.items())
+        lines.append(f"  range test: {len(f.lrs)} steps, {f.stop_reason}, {f.seconds:.1f}s: {rules}")
+        lines.append(f"  lr {start.lr:.3g} = {start.rule} suggestion x {stage.lr_scale:g}")
+    else:
+        lines.append(f"  lr {start.lr:.3g} (fixed)")
+    lines.append("  peak lr per layer group: " + ", ".join(f"{g}={v:.3g}" for g, v in start.layer_lrs.items()))
+    return lines
+
+
 class ConsoleTable(Callback):
-    """Prints a header when a stage starts and one row per epoch."""
+    """Prints each stage's decisions (saving its range-test plot in `directory`), a header when a
+    stage starts fitting and one row per epoch."""
+
+    def __init__(self, directory: str | Path | None = None):
+        self.directory = Path(directory) if directory is not None else None
+
+    def on_stage_start(self, engine: Any, start: Any) -> None:
+        log.info("")
+        for line in describe_stage(start):
+            log.info(line)
+        if start.finder is not None and self.directory is not None:
+            png, _ = start.finder.save(self.directory, f"lr_find_{start.stage.name}", title=f"stage {start.stage.name}")
+            log.info(f"  plot: {png}")
 
     def on_fit_start(self, engine: Any, stage: str, epochs: int, steps_per_epoch: int) -> None:
         log.info("")

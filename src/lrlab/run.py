@@ -81,7 +81,7 @@ def build(cfg: DictConfig) -> Setup:
     model = to_device(model, device, cfg.train.channels_last)
     data_device = device if cfg.data.in_memory else "cpu"
     train_loader, valid_loader = make_loaders(source, data_cfg, norm, data_device, cfg.seed)
-    optimizer = build_optimizer(instantiate(cfg.optimizer), model, groups, lr=float(cfg.stages[0].lr))
+    optimizer = build_optimizer(instantiate(cfg.optimizer), model, groups, lr=cfg.lr_finder.start_lr)
     stages = [Stage(**OmegaConf.to_container(s, resolve=True)) for s in cfg.stages]
     log.info(
         f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, pretrained={cfg.model.pretrained}) on "
@@ -122,7 +122,7 @@ def run_experiment(
     setup = build(cfg)
     cfg = setup.cfg
     checkpoints = CheckpointCallback(output_dir / "checkpoints") if cfg.train.checkpoints and cfg.task == "train" else None
-    callbacks: list[Any] = [ConsoleTable()] + ([checkpoints] if checkpoints else [])
+    callbacks: list[Any] = [ConsoleTable(output_dir)] + ([checkpoints] if checkpoints else [])
     tracker = _tracker(cfg, launch_dir, parent_run_id)
     if tracker:
         callbacks.append(tracker)
@@ -151,8 +151,12 @@ def run_experiment(
 
 def _train_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None,
                 checkpoints: CheckpointCallback | None) -> RunResult:
+    kwargs = finder_kwargs(setup.cfg)
+    rule = kwargs.pop("suggest")
+    kwargs.update(seed=setup.cfg.seed, progress=_progress_enabled(setup.cfg.train.progress),
+                  val_loader=setup.valid_loader)
     results = run_stages(engine, setup.groups, setup.train_loader, setup.valid_loader, setup.stages,
-                         setup.optimizer, setup.schedule)
+                         setup.optimizer, setup.schedule, finder=kwargs, default_rule=rule)
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
     if tracker:
         _log_run_end(tracker, setup.cfg, results, final, checkpoints)
@@ -186,9 +190,7 @@ def _lr_find_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None, o
         log.info(f"\nLR range test{label}: {len(res.lrs)} steps, {res.stop_reason}, {res.seconds:.1f}s")
         log.info(res.table())
         suffix = "" if name == "all" else f"_{name}"
-        png = output_dir / f"lr_find{suffix}.png"
-        res.plot(png, title=f"{cfg.name}: {cfg.model.name} on {cfg.data.name}{label}")
-        csv_path = res.to_csv(output_dir / f"lr_find{suffix}.csv")
+        png, csv_path = res.save(output_dir, f"lr_find{suffix}", title=f"{cfg.name}: {cfg.model.name} on {cfg.data.name}{label}")
         log.info(f"plot: {png}")
         prefix = "lr_find" if name == "all" else f"lr_find/{name}"
         for rule, lr in res.suggestions.items():

@@ -128,6 +128,24 @@ class MlflowTracker(Callback):
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def on_stage_start(self, engine: Any, start: Any) -> None:
+        """Per stage: chosen LR and rule, peak LR per group, trainable params, range-test artifacts."""
+        name = start.stage.name
+        params = {f"stage.{name}.lr": f"{start.lr:.6g}", f"stage.{name}.lr_rule": start.rule or "fixed",
+                  f"stage.{name}.trainable_params": start.trainable_params,
+                  f"stage.{name}.trainable_groups": ",".join(start.trainable_groups)}
+        params.update({f"stage.{name}.peak_lr.{g}": f"{v:.6g}" for g, v in start.layer_lrs.items()})
+        if start.finder is not None:
+            params.update({f"stage.{name}.suggestion.{r}": f"{v:.6g}" for r, v in start.finder.suggestions.items()})
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in start.finder.save(tmp, f"lr_find_{name}", title=f"stage {name}"):
+                    self.log_artifact(path, f"lr_finder/{name}")
+            self.log_metric(f"{name}/lr_find_seconds", start.finder.seconds, engine.global_epoch)
+        self.log_params(params)
+        self.log_metric(f"{name}/lr", start.lr, engine.global_epoch)
+        self.log_metric(f"{name}/trainable_params", start.trainable_params, engine.global_epoch)
+        self.flush()
+
     def on_steps(self, engine: Any, records: list[StepRecord]) -> None:
         for r in records:
             self.log_metric("step_train_loss", r.loss, r.step)

@@ -1,35 +1,129 @@
-"""The staged runner: one optimizer over all parameters, one scheduler per stage with per-group
-peak learning rates, one `Engine.fit` per stage."""
+"""The staged runner (fastai's `fine_tune` and more): per stage, freeze or unfreeze layer groups,
+optionally run the range test and take its suggestion, spread discriminative LRs over the groups,
+build that stage's one-cycle scheduler and fit.
+
+One optimizer holds every parameter from the start (so unfreezing needs no new param group and
+no new scheduler wiring); frozen parameters have requires_grad off, so they get no gradient and
+no weight decay; the optimizer state is cleared whenever the trainable set changes, as fastai does.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
+from torch import nn
+
 from lrlab.engine import Engine, EpochResult
+from lrlab.lr_finder import LRFinderResult, find_lr
 from lrlab.models import LayerGroup
-from lrlab.optim import group_lrs
+from lrlab.optim import group_lrs, set_lrs
 
 log = logging.getLogger("lrlab")
 
 ScheduleFactory = Callable[..., Any]
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
 @dataclass
 class Stage:
-    """One training stage: its name, epochs, peak learning rate and optional schedule overrides."""
+    """One training stage.
+
+    trainable: 'head', 'all', or 'from:K' (layer groups K.. onwards; negative K counts from the end).
+    lr: a number, or 'find' to take the range test's `lr_rule` suggestion times `lr_scale`.
+    lr_spread: the first layer group gets lr / lr_spread, the head lr, geometric in between
+    (lr_spread_mode 'slice_hi' instead gives every body group lr / lr_spread, as fastai's slice(lr)).
+    """
 
     name: str
     epochs: int
-    lr: float
+    lr: float | str = "find"
+    trainable: str = "all"
+    train_bn: bool = True
+    lr_rule: str | None = None
+    lr_scale: float = 1.0
+    lr_spread: float = 1.0
+    lr_spread_mode: str = "geometric"
     pct_start: float | None = None
     div: float | None = None
     div_final: float | None = None
 
     def schedule_overrides(self) -> dict[str, float]:
         return {k: v for k, v in (("pct_start", self.pct_start), ("div", self.div), ("div_final", self.div_final)) if v is not None}
+
+
+@dataclass
+class StageStart:
+    """What a stage decided before fitting: reported to callbacks (console, MLflow)."""
+
+    stage: Stage
+    index: int
+    lr: float
+    rule: str | None
+    layer_lrs: dict[str, float]
+    trainable_groups: list[str]
+    trainable_params: int
+    finder: LRFinderResult | None = None
+    cleared_optimizer_state: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def trainable_group_indices(trainable: str, n_groups: int) -> list[int]:
+    """Indices of the layer groups a `trainable` spec unfreezes ('head', 'all', 'from:K')."""
+    if trainable == "all":
+        return list(range(n_groups))
+    if trainable == "head":
+        return [n_groups - 1]
+    if trainable.startswith("from:"):
+        try:
+            k = int(trainable[5:])
+        except ValueError:
+            k = None
+        if k is not None and -n_groups <= k < n_groups:
+            return list(range(k % n_groups, n_groups))
+    raise ValueError(f"trainable={trainable!r} is not valid; use head, all, or from:K with -{n_groups} <= K < {n_groups}")
+
+
+def spread_lrs(lr: float, n_groups: int, spread: float = 1.0, mode: str = "geometric") -> list[float]:
+    """Per layer group LRs: geometric from lr/spread (first) to lr (head), fastai's slice(lo, hi);
+    or mode 'slice_hi': lr/spread for every body group and lr for the head, fastai's slice(hi)."""
+    if n_groups == 1 or spread == 1.0:
+        return [lr] * n_groups
+    if mode == "slice_hi":
+        return [lr / spread] * (n_groups - 1) + [lr]
+    if mode != "geometric":
+        raise ValueError(f"lr_spread_mode={mode!r} is not valid; use geometric or slice_hi")
+    lo = lr / spread
+    return [lo * (lr / lo) ** (i / (n_groups - 1)) for i in range(n_groups)]
+
+
+def freeze(model: nn.Module, groups: Sequence[LayerGroup], trainable: Sequence[int], train_bn: bool) -> list[nn.Module]:
+    """Set requires_grad per layer group; with train_bn, norm layers of frozen groups stay
+    trainable. Returns the norm modules to keep in eval mode (frozen groups when not train_bn)."""
+    names = dict(model.named_parameters())
+    frozen_names = {n for i, g in enumerate(groups) if i not in trainable for n in g.param_names}
+    norm_param_names: set[str] = set()
+    norm_modules: dict[str, nn.Module] = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, NORM_TYPES):
+            for pname, _ in module.named_parameters(recurse=False):
+                full = f"{module_name}.{pname}" if module_name else pname
+                norm_param_names.add(full)
+                if full in frozen_names:
+                    norm_modules[module_name] = module
+    for name, param in names.items():
+        keep = name not in frozen_names or (train_bn and name in norm_param_names)
+        param.requires_grad_(keep)
+        if not keep:
+            param.grad = None
+    return [] if train_bn else list(norm_modules.values())
+
+
+def _trainable_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def run_stages(
@@ -40,20 +134,53 @@ def run_stages(
     stages: Sequence[Stage],
     optimizer: torch.optim.Optimizer,
     schedule: ScheduleFactory,
+    finder: dict[str, Any] | None = None,
+    default_rule: str = "valley",
 ) -> list[EpochResult]:
-    """Run each stage in order and return every epoch's result."""
+    """Run each stage in order and return every epoch's result.
+
+    `finder` holds keyword arguments for `find_lr` (used by stages whose lr is 'find').
+    """
     results: list[EpochResult] = []
     steps = engine.steps_per_epoch(train_loader)
-    for stage in stages:
+    model = engine.model
+    previous: tuple[int, ...] | None = None
+    for index, stage in enumerate(stages):
         if stage.epochs <= 0:
             continue
-        layer_lrs = [stage.lr] * len(groups)
-        log.info(
-            f"stage {stage.name}: peak lr per layer group: "
-            + ", ".join(f"{g.name}={lr:.3g}" for g, lr in zip(groups, layer_lrs))
-        )
+        trainable = trainable_group_indices(stage.trainable, len(groups))
+        engine.eval_modules = freeze(model, groups, trainable, stage.train_bn)
+        cleared = previous is not None and tuple(trainable) != previous
+        if cleared:
+            optimizer.state.clear()
+        previous = tuple(trainable)
+        ratios = spread_lrs(1.0, len(groups), stage.lr_spread, stage.lr_spread_mode)
+        found: LRFinderResult | None = None
+        rule = None
+        if stage.lr == "find":
+            rule = stage.lr_rule or default_rule
+            set_lrs(optimizer, group_lrs(optimizer, ratios))
+            kwargs = dict(finder or {})
+            kwargs["suggest"] = rule
+            kwargs["per_group"] = False
+            found = find_lr(model, train_loader, optimizer, engine=engine, **kwargs)
+            lr = found.suggestions[rule] * stage.lr_scale
+            if not (math.isfinite(lr) and lr > 0):
+                raise ValueError(
+                    f"stage {stage.name}: the range test gave no {rule} suggestion ({found.stop_reason}); "
+                    f"set stages.{index}.lr to a number or try another lr_rule"
+                )
+        else:
+            lr = float(stage.lr) * stage.lr_scale
+        layer_lrs = [lr * r for r in ratios]
+        start = StageStart(stage, index, lr, rule, {g.name: v for g, v in zip(groups, layer_lrs)},
+                           [groups[i].name for i in trainable], _trainable_count(model), found, cleared)
+        for cb in engine.callbacks:
+            hook = getattr(cb, "on_stage_start", None)
+            if hook:
+                hook(engine, start)
         scheduler = schedule(optimizer, max_lr=group_lrs(optimizer, layer_lrs), total_steps=steps * stage.epochs,
                              **stage.schedule_overrides())
         results += engine.fit(train_loader, valid_loader, optimizer, scheduler, stage.epochs, stage=stage.name)
+    engine.eval_modules = []
     return results
-

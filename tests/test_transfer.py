@@ -1,0 +1,148 @@
+"""Staged transfer training on a real timm model: freezing, train_bn, discriminative LRs, the
+one-cycle end point, optimizer-state clearing, finder-driven LRs and gradual unfreezing."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lrlab.data import ImageSource, TensorLoader, TensorSplit, load_digits
+from lrlab.engine import Callback, Engine
+from lrlab.models import create_model, layer_groups, normalization
+from lrlab.optim import build_optimizer, one_cycle
+from lrlab.transfer import NORM_TYPES, Stage, run_stages, spread_lrs, trainable_group_indices
+
+ADAMW = partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    full = load_digits(image_size=8)
+    return ImageSource(TensorSplit(full.train.images[:320], full.train.labels[:320]),
+                       TensorSplit(full.valid.images[:64], full.valid.labels[:64]), full.class_names)
+
+
+class Spy(Callback):
+    """Records stage decisions, the optimizer state size at each stage start, and applied LRs."""
+
+    def __init__(self, optimizer):
+        self.starts, self.state_sizes, self.lrs = [], [], []
+        self.optimizer = optimizer
+        optimizer.register_step_pre_hook(lambda opt, a, k: self.lrs.append([g["lr"] for g in opt.param_groups]))
+
+    def on_stage_start(self, engine, start):
+        self.starts.append(start)
+        self.state_sizes.append(len(self.optimizer.state))
+
+
+def _setup(digits, seed=0):
+    torch.manual_seed(seed)
+    model = create_model("test_efficientnet", num_classes=10)
+    groups = layer_groups(model, 2)
+    norm = normalization(model)
+    train = TensorLoader(digits.train, 32, norm, shuffle=True, drop_last=True, seed=seed)
+    valid = TensorLoader(digits.valid, 64, norm)
+    optimizer = build_optimizer(ADAMW, model, groups, lr=1e-3)
+    spy = Spy(optimizer)
+    return model, groups, train, valid, optimizer, Engine(model, callbacks=[spy]), spy
+
+
+def _norm_param_names(model) -> set[str]:
+    return {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, NORM_TYPES)
+            for p, _ in mod.named_parameters(recurse=False)}
+
+
+@pytest.mark.parametrize("train_bn", [True, False])
+def test_head_stage_leaves_frozen_groups_bit_identical(digits, train_bn: bool) -> None:
+    model, groups, train, valid, optimizer, engine, _ = _setup(digits)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run_stages(engine, groups, train, valid, [Stage("head", 1, lr=1e-2, trainable="head", train_bn=train_bn)],
+               optimizer, one_cycle)
+    after = model.state_dict()
+    norms = _norm_param_names(model)
+    head = set(groups[-1].param_names)
+    body_params = [n for g in groups[:-1] for n in g.param_names]
+    for name in body_params:
+        same = torch.equal(before[name], after[name])
+        assert same != (train_bn and name in norms), name
+    running = [k for k in before if k.endswith("running_mean")]
+    assert running and all(torch.equal(before[k], after[k]) != train_bn for k in running)
+    assert all(not torch.equal(before[n], after[n]) for n in head)
+
+
+def test_discriminative_lrs_are_geometric_and_one_cycle_ends_at_div_final(digits) -> None:
+    assert spread_lrs(1e-3, 3, 100) == pytest.approx([1e-5, 1e-4, 1e-3], rel=1e-12)
+    assert spread_lrs(2e-3, 3, 10, "slice_hi") == pytest.approx([2e-4, 2e-4, 2e-3])
+    assert spread_lrs(1e-3, 4, 1000) == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3])
+    model, groups, train, valid, optimizer, engine, spy = _setup(digits)
+    stage = Stage("all", 1, lr=1e-3, trainable="all", lr_spread=100, pct_start=0.3, div=5, div_final=1e5)
+    run_stages(engine, groups, train, valid, [stage], optimizer, one_cycle)
+    layer = [g["layer_group"] for g in optimizer.param_groups]
+    rows = np.array(spy.lrs)
+    peaks = rows.max(axis=0)
+    expected = [1e-5, 1e-4, 1e-3]
+    np.testing.assert_allclose(peaks, [expected[k] for k in layer], rtol=1e-9)
+    np.testing.assert_allclose(rows[0], [expected[k] / 5 for k in layer], rtol=1e-9)
+    np.testing.assert_allclose(rows[-1], [expected[k] / 1e5 for k in layer], rtol=1e-6)
+    assert spy.starts[0].layer_lrs == pytest.approx(dict(zip(["body0", "body1", "head"], expected)))
+
+
+def test_unfreezing_clears_optimizer_state_and_gradual_unfreezes_in_order(digits) -> None:
+    model, groups, train, valid, optimizer, engine, spy = _setup(digits)
+    stages = [Stage("head", 1, lr=1e-2, trainable="head"), Stage("from_body1", 1, lr=1e-3, trainable="from:-2"),
+              Stage("again", 1, lr=1e-3, trainable="from:1"), Stage("all", 1, lr=1e-3, trainable="all", lr_spread=10)]
+    run_stages(engine, groups, train, valid, stages, optimizer, one_cycle)
+    assert [s.trainable_groups for s in spy.starts] == [["head"], ["body1", "head"], ["body1", "head"],
+                                                         ["body0", "body1", "head"]]
+    assert [s.cleared_optimizer_state for s in spy.starts] == [False, True, False, True]
+    assert spy.state_sizes[0] == 0 and spy.state_sizes[1] == 0 and spy.state_sizes[2] > 0 and spy.state_sizes[3] == 0
+    counts = [s.trainable_params for s in spy.starts]
+    assert counts[0] < counts[1] == counts[2] < counts[3] == sum(p.numel() for p in model.parameters())
+    assert trainable_group_indices("from:0", 3) == [0, 1, 2] and trainable_group_indices("from:-1", 3) == [2]
+    with pytest.raises(ValueError):
+        trainable_group_indices("from:5", 3)
+
+
+def test_find_stage_uses_the_suggestion_times_lr_scale(digits) -> None:
+    model, groups, train, valid, optimizer, engine, spy = _setup(digits)
+    stage = Stage("head", 1, lr="find", trainable="head", lr_rule="minimum", lr_scale=0.5, lr_spread=10)
+    run_stages(engine, groups, train, valid, [stage], optimizer, one_cycle,
+               finder={"num_iter": 30, "end_lr": 1.0}, default_rule="valley")
+    start = spy.starts[0]
+    assert start.rule == "minimum" and start.finder is not None
+    assert start.lr == pytest.approx(start.finder.suggestions["minimum"] * 0.5, rel=1e-12)
+    assert start.layer_lrs["head"] == pytest.approx(start.lr) and start.layer_lrs["body0"] == pytest.approx(start.lr / 10)
+    head_col = [g["layer_group"] for g in optimizer.param_groups].index(2)
+    assert optimizer.param_groups[head_col]["max_lr"] == pytest.approx(start.lr, rel=1e-12)
+
+
+@pytest.mark.parametrize("preset", ["fastai_fine_tune", "gradual"])
+def test_stage_presets_run_and_log_from_the_cli(run_cli, tmp_path: Path, preset: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    args = ["experiment=smoke", f"stages={preset}", "epochs=1", "freeze_epochs=1", "lr_finder.num_iter=30"]
+    if preset == "gradual":
+        args.append("lr=find")
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    names = ["head", "unfrozen"] if preset == "fastai_fine_tune" else ["head", "from_body1", "all"]
+    for i, name in enumerate(names):
+        assert f"stage {name}:" in proc.stdout
+        assert f"stage.{name}.peak_lr.head" in run.data.params
+        history = client.get_metric_history(run.info.run_id, f"{name}/valid_loss")
+        assert [m.step for m in history] == [i]
+    if preset == "fastai_fine_tune":
+        assert run.data.params["stage.head.peak_lr.body0"] == "0.0002"
+        assert run.data.params["stage.unfrozen.peak_lr.body0"] == "1e-05"
+    else:
+        assert "range test:" in proc.stdout
+        files = {a.path for a in client.list_artifacts(run.info.run_id, "lr_finder/from_body1")}
+        assert files == {"lr_finder/from_body1/lr_find_from_body1.png", "lr_finder/from_body1/lr_find_from_body1.csv"}
+    assert len(client.get_metric_history(run.info.run_id, "valid_loss")) == len(names)
