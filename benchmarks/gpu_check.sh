@@ -23,9 +23,8 @@ done
 echo "== LR-finder speed (ratio to plain training) =="
 $py benchmarks/lr_find_speed.py --device cuda --precision bf16 --steps 100 --experiments smoke \
   2>&1 | tee "$OUT/lr_find_speed.log"
-$py benchmarks/lr_find_speed.py --device cuda --precision bf16 --steps 100 --experiments elpv \
-  ${ELPV_ROOT:+data.root=$ELPV_ROOT} ${WEIGHTS:+model.pretrained=$WEIGHTS} data.image_size=224 \
-  2>&1 | grep -v "^experiment" | tee -a "$OUT/lr_find_speed.log"
+$py benchmarks/lr_find_speed.py ${ELPV_ROOT:+data.root=$ELPV_ROOT} ${WEIGHTS:+model.pretrained=$WEIGHTS} \
+  data.image_size=224 --device cuda --precision bf16 --steps 100 --experiments elpv 2>&1 | grep -v "^experiment" | tee -a "$OUT/lr_find_speed.log"
 echo "== range test, 3 repeats, elpv 224 px =="
 $py -m lrlab task=lr_find $elpv $gpu data.image_size=224 lr_finder.repeats=3 lr_finder.suggest=all \
   hydra.run.dir=outputs/gpu_lr_find 2>&1 | tee "$OUT/lr_find.log"

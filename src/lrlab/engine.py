@@ -113,6 +113,7 @@ class Engine:
         log_every: int = 25,
         progress: bool = False,
         callbacks: Sequence[Callback] = (),
+        cudnn_benchmark: bool = True,
     ):
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -129,8 +130,8 @@ class Engine:
         self.global_epoch = 0
         self.images_seen = 0
         self.eval_modules: list[nn.Module] = []
-        if self.device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
-            torch.backends.cudnn.benchmark = True
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = cudnn_benchmark and not torch.are_deterministic_algorithms_enabled()
 
     def train_mode(self) -> None:
         """model.train(), except `eval_modules` (norm layers of frozen groups) stay in eval mode."""

@@ -98,7 +98,7 @@ def _engine(setup: Setup, callbacks: list[Any]) -> Engine:
     return Engine(
         setup.model, setup.device, setup.precision, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
         channels_last=t.channels_last, compile=t.compile, log_every=t.log_every,
-        progress=_progress_enabled(t.progress), callbacks=callbacks,
+        progress=_progress_enabled(t.progress), callbacks=callbacks, cudnn_benchmark=t.cudnn_benchmark,
     )
 
 
