@@ -89,6 +89,7 @@ class LrFinderConfig:
     mode: str = "exp"
     smoothing: str = "zero_lag"
     beta: float = 0.98
+    zero_lag_beta: float = 0.8
     stop_div: bool = True
     div_factor: float = 4.0
     suggest: str = "valley"
@@ -203,8 +204,9 @@ def _check_lr_finder(f: DictConfig) -> None:
         raise ConfigError(f"lr_finder.end_lr={f.end_lr} must be greater than lr_finder.start_lr={f.start_lr}.")
     if f.num_iter < 2:
         raise ConfigError(f"lr_finder.num_iter={f.num_iter} must be at least 2.")
-    if not 0 <= f.beta < 1:
-        raise ConfigError(f"lr_finder.beta={f.beta} must be in [0, 1).")
+    for key in ("beta", "zero_lag_beta"):
+        if not 0 <= f[key] < 1:
+            raise ConfigError(f"lr_finder.{key}={f[key]} must be in [0, 1).")
     if not f.div_factor > 1:
         raise ConfigError(f"lr_finder.div_factor={f.div_factor} must be greater than 1.")
     _positive(f.repeats, "lr_finder.repeats")

@@ -398,6 +398,7 @@ def find_lr(
     mode: str = "exp",
     smoothing: str = "zero_lag",
     beta: float = 0.98,
+    zero_lag_beta: float = 0.8,
     stop_div: bool = True,
     div_factor: float = 4.0,
     suggest: str = "valley",
@@ -416,6 +417,8 @@ def find_lr(
     """Run the LR range test and restore every piece of state it touched.
 
     `optimizer` is a built optimizer or a factory called as `factory(model.parameters())`.
+    `beta` is the causal EMA's (fastai's 0.98: the `ema` smoothing and the divergence test);
+    `zero_lag_beta` is the per-pass coefficient of the default `zero_lag` smoothing.
     Returns one LRFinderResult, or with `per_group=True` one per layer group (keyed by name).
     Pass an `engine` to reuse its device, precision, GradScaler and accumulation settings.
     """
@@ -461,7 +464,7 @@ def find_lr(
                 label = f"lr_find {name}" + (f" {r + 1}/{repeats}" if repeats > 1 else "")
                 curve = _run_curve(engine, optimizer, train_loader, schedule, sweep, group_ratios, stop_div,
                                    div_factor, beta, read_every, held_out, progress, label)
-                runs.append(_result_from(curve, smoothing, beta, suggest, name))
+                runs.append(_result_from(curve, smoothing, beta if smoothing == "ema" else zero_lag_beta, suggest, name))
             out[name] = runs[0] if repeats == 1 else summarize_repeats(runs)
     finally:
         snapshot.restore(model, optimizer, engine, train_loader)

@@ -69,11 +69,11 @@ def create_model(
         except WeightsError as exc:
             raise LrlabError(str(exc)) from exc
         model.reset_classifier(num_classes)
-        return zero_head(model)
+        return model
     if pretrained is True:
         try:
             with _hub_offline_unless_reachable():
-                return zero_head(timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs))
+                return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
         except Exception as exc:  # hub errors come from requests, huggingface_hub, urllib, timm
             raise LrlabError(
                 f"Could not get hub weights for model.name={name!r} with model.pretrained=true "
@@ -85,21 +85,11 @@ def create_model(
     if not path.is_file():
         raise LrlabError(f"model.pretrained={pretrained!r} is not an existing weights file. {OFFLINE_HINT}")
     try:
-        return zero_head(timm.create_model(
+        return timm.create_model(
             name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=num_classes, **kwargs
-        ))
+        )
     except Exception as exc:
         raise LrlabError(f"Could not load weights file {path} into {name}: {exc}") from exc
-
-
-def zero_head(model: nn.Module) -> nn.Module:
-    """Zero the new classifier of a pretrained body (as BiT does): the first loss is then
-    ln(num_classes) instead of that of a random projection of features the body never saw
-    together, and the range test and first epochs tune the head rather than undo it."""
-    with torch.no_grad():
-        for p in model.get_classifier().parameters():
-            p.zero_()
-    return model
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -171,7 +171,7 @@ def _train_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None,
 
 def finder_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """`find_lr` keyword arguments from the `lr_finder` config group."""
-    keys = ("start_lr", "end_lr", "num_iter", "mode", "smoothing", "beta", "stop_div", "div_factor", "repeats",
+    keys = ("start_lr", "end_lr", "num_iter", "mode", "smoothing", "beta", "zero_lag_beta", "stop_div", "div_factor", "repeats",
             "val_batches", "per_group", "read_every")
     kwargs = {k: cfg.lr_finder[k] for k in keys}
     kwargs["suggest"] = "valley" if cfg.lr_finder.suggest == "all" else cfg.lr_finder.suggest
