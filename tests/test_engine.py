@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import pickle
 from functools import partial
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def test_checkpoints_are_atomic_best_by_valid_loss_and_weights_only(digits, tmp_
 
     evil = tmp_path / "evil.pt"
     torch.save({"obj": collections.Counter(a=1), "f": partial(print)}, evil)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         load_checkpoint(evil)
 
     class Unpicklable:

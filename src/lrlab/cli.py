@@ -8,6 +8,7 @@ can record the failed job.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def run_task(cfg: DictConfig) -> float | None:
     from lrlab.run import run_experiment
 
     hydra_cfg = HydraConfig.get()
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_experiment(
             cfg,
@@ -46,6 +48,11 @@ def run_task(cfg: DictConfig) -> float | None:
         sys.exit(2)
     error = result.final.get("error_rate")
     return None if error is None else float(error)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's time limit, `kill`) ends the run like Ctrl-C: MLflow status KILLED."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
