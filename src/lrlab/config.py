@@ -78,7 +78,7 @@ class TrainConfig:
     log_every: int = 25
     progress: Any = "auto"
     checkpoints: bool = True
-    cudnn_benchmark: bool = True
+    cudnn_benchmark: bool = False
 
 
 @dataclass
