@@ -113,7 +113,7 @@ class Engine:
         log_every: int = 25,
         progress: bool = False,
         callbacks: Sequence[Callback] = (),
-        cudnn_benchmark: bool = True,
+        cudnn_benchmark: bool = False,
     ):
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
