@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -154,7 +155,8 @@ def _band(curves: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]
     stack = np.full((len(curves), n), np.nan)
     for i, c in enumerate(curves):
         stack[i, : min(n, len(c))] = c[:n]
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # columns where every curve has stopped
         return np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
 
 
@@ -360,12 +362,9 @@ def summarize_repeats(results: Sequence[LRFinderResult]) -> LRFinderResult:
     for i, r in enumerate(results):
         stack[i, : len(r.smoothed)] = r.smoothed
         raw[i, : len(r.losses)] = r.losses
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median_curve, median_raw = np.nanmedian(stack, axis=0), np.nanmedian(raw, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median_curve, median_raw = np.nanmedian(stack, axis=0), np.nanmedian(raw, axis=0)
     suggestions, spread = {}, {}
     for rule in first.suggestions:
         values = np.array([r.suggestions[rule] for r in results], dtype=np.float64)
