@@ -119,11 +119,14 @@ def test_interrupted_run_ends_killed_not_running(tmp_path: Path, sig: int) -> No
     proc = subprocess.Popen([sys.executable, "-m", "lrlab", "experiment=smoke", "epochs=200"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in proc.stdout:
-        if line.startswith("epoch  train_loss"):
-            break
-    proc.send_signal(sig)
-    proc.communicate(timeout=120)
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch  train_loss"):
+                break
+        proc.send_signal(sig)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode != 0
     _, runs = _runs(tmp_path)
     assert [r.info.status for r in runs] == ["KILLED"]
