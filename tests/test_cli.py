@@ -130,3 +130,11 @@ def test_interrupted_run_ends_killed_not_running(tmp_path: Path, sig: int) -> No
     assert proc.returncode != 0
     _, runs = _runs(tmp_path)
     assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_multirun_jobs_share_one_store_in_the_launch_directory(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("-m", "experiment=smoke", "lr=1e-3,1e-2", "epochs=1", "train.checkpoints=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if p.is_dir()) == ["0", "1"]
+    _, runs = _runs(tmp_path)
+    assert sorted((r.info.status, r.data.params["stages.0.lr"]) for r in runs) == [("FINISHED", "0.001"), ("FINISHED", "0.01")]
