@@ -313,10 +313,6 @@ class TensorLoader:
         self.std = torch.tensor(norm.std, device=self.device).view(1, channels, 1, 1) * 255
         self.channels = channels
 
-    @property
-    def dataset_size(self) -> int:
-        return len(self.labels)
-
     def __len__(self) -> int:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)

@@ -41,10 +41,6 @@ class LayerGroup:
     name: str
     param_names: list[str] = field(default_factory=list)
 
-    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        named = dict(model.named_parameters())
-        return [named[n] for n in self.param_names]
-
 
 def create_model(
     name: str,
@@ -154,9 +150,9 @@ def layer_groups(model: nn.Module, body_groups: int = 2) -> list[LayerGroup]:
     return groups
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (optionally only those with requires_grad)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def model_summary(model: nn.Module, groups: list[LayerGroup]) -> str:
