@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -49,7 +49,6 @@ class EpochResult:
     error_rate: float
     seconds: float
     train_images_per_s: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if k in ("train_loss", "valid_loss", "accuracy", "error_rate")}

@@ -96,6 +96,7 @@ class MlflowTracker(Callback):
         self._metrics: list[Any] = []
         self._metric_cls = mlflow.entities.Metric
         self._param_cls = mlflow.entities.Param
+        self._tag_cls = mlflow.entities.RunTag
         self._rows: list[EpochResult] = []
         self.finished = False
 
@@ -107,8 +108,9 @@ class MlflowTracker(Callback):
             self.client.log_batch(self.run_id, params=entries[i : i + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value)[:5000])
+        """Set tags in one store transaction (values cut to MLflow's length limit)."""
+        entries = [self._tag_cls(k, str(v)[:5000]) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, tags=entries)
 
     def log_metric(self, key: str, value: float, step: int = 0) -> None:
         """Buffer one metric value (written at the next flush)."""

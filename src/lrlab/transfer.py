@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -68,7 +68,6 @@ class StageStart:
     trainable_params: int
     finder: LRFinderResult | None = None
     cleared_optimizer_state: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def trainable_group_indices(trainable: str, n_groups: int) -> list[int]:
