@@ -132,9 +132,13 @@ def test_interrupted_run_ends_killed_not_running(tmp_path: Path, sig: int) -> No
     assert [r.info.status for r in runs] == ["KILLED"]
 
 
-def test_multirun_jobs_share_one_store_in_the_launch_directory(run_cli, tmp_path: Path) -> None:
+def test_plain_multirun_is_a_grid_study_sharing_one_store(run_cli, tmp_path: Path) -> None:
     proc = run_cli("-m", "experiment=smoke", "lr=1e-3,1e-2", "epochs=1", "train.checkpoints=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if p.is_dir()) == ["0", "1"]
     _, runs = _runs(tmp_path)
-    assert sorted((r.info.status, r.data.params["stages.0.lr"]) for r in runs) == [("FINISHED", "0.001"), ("FINISHED", "0.01")]
+    parents = [r for r in runs if r.data.tags.get("lrlab.sweep") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted((r.info.status, r.data.params["stages.0.lr"]) for r in children) == [("FINISHED", "0.001"), ("FINISHED", "0.01")]

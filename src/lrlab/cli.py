@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,9 +26,9 @@ log = logging.getLogger("lrlab")
 trace_log = logging.getLogger("lrlab.trace")
 
 
-def run_task(cfg: DictConfig) -> float | None:
-    """Run the configured task inside a Hydra job; returns the objective (final error_rate of a
-    training run, None for the range test alone)."""
+def run_task(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured task inside a Hydra job; returns `RunResult.summary()` (final metrics,
+    seconds, per-stage LRs), which the sweeper turns into the trial's objective values."""
     from lrlab.run import run_experiment
 
     hydra_cfg = HydraConfig.get()
@@ -46,8 +47,7 @@ def run_task(cfg: DictConfig) -> float | None:
         log_file = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
         print(f"lrlab: error: {exc}\n(full trace in {log_file})", file=sys.stderr)
         sys.exit(2)
-    error = result.final.get("error_rate")
-    return None if error is None else float(error)
+    return result.summary()
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -56,7 +56,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     return run_task(cfg)
 
 

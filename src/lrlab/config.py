@@ -106,6 +106,18 @@ class TrackingConfig:
     experiment: str = "lrlab"
     run_name: Optional[str] = None
     log_model: bool = True
+    parent_run_id: Optional[str] = None
+
+
+@dataclass
+class TrialConfig:
+    """Which Optuna trial this job is (set by the sweeper): the job reports per-epoch metrics to it."""
+
+    storage: Optional[str] = None
+    study: Optional[str] = None
+    number: Optional[int] = None
+    source: Optional[str] = None
+    metric: str = "error_rate"
 
 
 @dataclass
@@ -127,6 +139,7 @@ class LrlabConfig:
     stages: list[StageConfig] = field(default_factory=list)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     lr_finder: LrFinderConfig = field(default_factory=LrFinderConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
 
 
 def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
@@ -245,6 +258,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         if not root.is_dir():
             raise ConfigError(f"data.root={str(merged.data.root)!r} is not an existing directory.")
     _check_lr_finder(merged.lr_finder)
+    if merged.trial.study is not None:
+        _choice(merged.trial.metric, ("error_rate", "valid_loss", "accuracy", "train_loss"), "trial.metric")
+        if merged.trial.storage is None or merged.trial.number is None:
+            raise ConfigError("trial.study is set but trial.storage or trial.number is missing (the sweeper sets all three).")
     if not merged.stages:
         raise ConfigError("stages is empty: give at least one stage (name, epochs, lr).")
     for i, stage in enumerate(merged.stages):

@@ -48,6 +48,11 @@ def describe_stage(start: Any) -> list[str]:
     return lines
 
 
+def finder_file_stem(stage_name: str) -> str:
+    """File name (without suffix) of a stage's range-test plot and curve in the run directory."""
+    return f"lr_find_{stage_name}"
+
+
 class ConsoleTable(Callback):
     """Prints each stage's decisions (saving its range-test plot in `directory`), a header when a
     stage starts fitting and one row per epoch."""
@@ -60,7 +65,7 @@ class ConsoleTable(Callback):
         for line in describe_stage(start):
             log.info(line)
         if start.finder is not None and self.directory is not None:
-            png, _ = start.finder.save(self.directory, f"lr_find_{start.stage.name}", title=f"stage {start.stage.name}")
+            png, _ = start.finder.save(self.directory, finder_file_stem(start.stage.name), title=f"stage {start.stage.name}")
             log.info(f"  plot: {png}")
 
     def on_fit_start(self, engine: Any, stage: str, epochs: int, steps_per_epoch: int) -> None:

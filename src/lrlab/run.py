@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -21,12 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 from lrlab.checkpoint import CheckpointCallback
 from lrlab.config import validate
 from lrlab.data import load_source, make_loaders
-from lrlab.engine import Engine, EpochResult, resolve_device, resolve_precision
+from lrlab.engine import Callback, Engine, EpochResult, resolve_device, resolve_precision
 from lrlab.lr_finder import find_lr
 from lrlab.models import count_parameters, create_model, layer_groups, model_summary, normalization, to_device
 from lrlab.optim import build_optimizer
-from lrlab.progress import ConsoleTable, format_time
+from lrlab.progress import ConsoleTable, finder_file_stem, format_time
 from lrlab.reproducibility import seed_everything
+from lrlab.study import TrialReporter, load_trial
 from lrlab.tracking import MlflowTracker, default_tracking_uri, provenance_tags
 from lrlab.transfer import Stage, run_stages
 
@@ -42,6 +44,32 @@ class RunResult:
     run_id: str | None = None
     output_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data for a sweeper (picklable, YAML-able): final metrics, seconds spent training
+        and in range tests, and each stage's chosen LR, rule and range-test curve file."""
+        train_seconds = sum(r.seconds for r in self.epochs)
+        finder_seconds = sum(s.get("finder_seconds", 0.0) for s in self.stages)
+        return {"metrics": {k: float(v) for k, v in self.final.items()}, "train_seconds": train_seconds,
+                "finder_seconds": finder_seconds, "stages": self.stages, "run_id": self.run_id,
+                "output_dir": str(self.output_dir) if self.output_dir else None}
+
+
+class StageLog(Callback):
+    """Records each stage's decisions (LR, rule, range-test seconds and curve file) for `RunResult.stages`."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.stages: list[dict[str, Any]] = []
+
+    def on_stage_start(self, engine: Any, start: Any) -> None:
+        entry: dict[str, Any] = {"index": start.index, "name": start.stage.name, "lr": float(start.lr), "rule": start.rule}
+        if start.finder is not None:
+            entry["finder_seconds"] = float(start.finder.seconds)
+            entry["suggestions"] = {r: float(v) for r, v in start.finder.suggestions.items()}
+            entry["curve"] = str(self.directory / f"{finder_file_stem(start.stage.name)}.csv")
+        self.stages.append(entry)
 
 
 def _progress_enabled(setting: Any) -> bool:
@@ -122,12 +150,15 @@ def run_experiment(
     setup = build(cfg)
     cfg = setup.cfg
     checkpoints = CheckpointCallback(output_dir / "checkpoints") if cfg.train.checkpoints and cfg.task == "train" else None
-    callbacks: list[Any] = [ConsoleTable(output_dir)] + ([checkpoints] if checkpoints else [])
-    tracker = _tracker(cfg, launch_dir, parent_run_id)
+    stage_log = StageLog(output_dir)
+    callbacks: list[Any] = [ConsoleTable(output_dir), stage_log] + ([checkpoints] if checkpoints else [])
+    if cfg.trial.study is not None:
+        callbacks.append(TrialReporter(load_trial(cfg.trial.storage, cfg.trial.study, cfg.trial.number), cfg.trial.metric))
+    tracker = _tracker(cfg, launch_dir, parent_run_id or cfg.tracking.parent_run_id)
     if tracker:
         callbacks.append(tracker)
     engine = _engine(setup, callbacks)
-    status = "FAILED"
+    status, trial_state = "FAILED", "FAIL"
     try:
         if tracker:
             _log_run_start(tracker, cfg, overrides or [], launch_dir, setup.device, setup.precision, output_dir)
@@ -135,14 +166,20 @@ def run_experiment(
             result = _lr_find_task(setup, engine, tracker, output_dir)
         else:
             result = _train_task(setup, engine, tracker, checkpoints)
-        status = "FINISHED"
+        status, trial_state = "FINISHED", "COMPLETE"
+    except optuna.TrialPruned:
+        status, trial_state = "KILLED", "PRUNED"
+        raise
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         if tracker:
+            if cfg.trial.study is not None:
+                tracker.set_tags({"trial.state": trial_state})
             tracker.finish(status)
     result.output_dir = output_dir
+    result.stages = stage_log.stages
     if tracker:
         result.run_id = tracker.run_id
         log.info(f"MLflow run {tracker.run_id} in {tracker.uri}  (view: mlflow ui --backend-store-uri {tracker.uri})")
@@ -219,6 +256,9 @@ def _log_run_start(tracker: MlflowTracker, cfg: DictConfig, overrides: list[str]
         "overrides": " ".join(overrides), "output_dir": str(output_dir), "python": platform.python_version(),
         "task": cfg.task,
     })
+    if cfg.trial.study is not None:
+        tracker.set_tags({"trial.study": cfg.trial.study, "trial.number": cfg.trial.number,
+                          "trial.source": cfg.trial.source or "search", "trial.state": "RUNNING"})
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
     tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), "config/overrides.yaml")
 

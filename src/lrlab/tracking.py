@@ -73,7 +73,9 @@ def provenance_tags(cwd: str | Path | None = None) -> dict[str, str]:
 class MlflowTracker(Callback):
     """Logs one run to an MLflow store; use as an engine callback and end it with `finish`."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str | None = None, parent_run_id: str | None = None):
+    def __init__(self, uri: str, experiment: str, run_name: str | None = None, parent_run_id: str | None = None,
+                 run_id: str | None = None):
+        """Start a new run, or (with `run_id`) continue an existing one, e.g. a resumed sweep's parent."""
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -89,9 +91,12 @@ class MlflowTracker(Callback):
             experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             experiment_id = found.experiment_id
-        tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
-        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
-        self.run_id: str = run.info.run_id
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            self.run_id: str = run_id
+        else:
+            tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+            self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         self.experiment_id = experiment_id
         self._metrics: list[Any] = []
         self._metric_cls = mlflow.entities.Metric

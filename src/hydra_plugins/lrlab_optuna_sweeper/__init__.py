@@ -1,0 +1,1 @@
+"""lrlab's Optuna sweeper for Hydra (`hydra/sweeper=lrlab_optuna`)."""

@@ -1,0 +1,230 @@
+"""End-to-end sweeps through `lrlab -m` with lrlab's Optuna sweeper: real Optuna SQLite storages,
+real MLflow SQLite stores, the smoke experiment (digits + a tiny timm model)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+VS_FINDER = ("-m", "experiment=smoke", "search=lr_vs_finder", "train.checkpoints=false")
+
+
+def _study(directory: Path, name: str) -> optuna.Study:
+    db = directory / "sweeps" / name / "optuna.db"
+    assert db.is_file(), f"no study storage at {db}"
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+
+
+def _runs(directory: Path) -> tuple[MlflowClient, list]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{directory / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    return client, client.search_runs([e.experiment_id for e in experiments], max_results=1000)
+
+
+def _parent_and_children(directory: Path):
+    _, runs = _runs(directory)
+    parents = [r for r in runs if r.data.tags.get("lrlab.sweep") == "parent"]
+    assert len(parents) == 1, [r.data.tags for r in runs]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], children
+
+
+def _states(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+def test_lr_vs_finder_sweep_finishes_resumes_and_reports(run_cli, tmp_path: Path) -> None:
+    proc = run_cli(*VS_FINDER, "hydra.sweeper.n_trials=8", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    study = _study(tmp_path, "smoke-lr_vs_finder")
+    assert _states(study) == {"COMPLETE": 8}
+    sources = sorted(t.user_attrs["source"] for t in study.trials)
+    assert sources == ["lr_finder:minimum", "lr_finder:slide", "lr_finder:steep", "lr_finder:valley"] + ["search"] * 4
+    # The finder trials ran first, and their params are the LRs their range tests chose.
+    assert all(t.user_attrs["source"].startswith("lr_finder:") for t in study.trials[:4])
+    for trial in study.trials[:4]:
+        stage = trial.user_attrs["stages"][0]
+        assert stage["rule"] == trial.user_attrs["source"].split(":")[1]
+        assert trial.params["stages.0.lr"] == pytest.approx(stage["lr"])
+        assert stage["suggestions"][stage["rule"]] == pytest.approx(stage["lr"])
+    searched = [t for t in study.trials if t.user_attrs["source"] == "search"]
+    assert all(1e-5 <= t.params["stages.0.lr"] <= 1e-1 for t in searched)
+    assert len({t.params["stages.0.lr"] for t in searched}) == 4
+
+    parent, children = _parent_and_children(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["study_name"] == "smoke-lr_vs_finder" and parent.data.params["sampler"] == "tpe"
+    assert parent.data.params["search.stages.0.lr"] == "float [1e-05, 0.1], log"
+    assert len(children) == 8 and all(r.info.status == "FINISHED" for r in children)
+    by_number = {int(r.data.tags["trial.number"]): r for r in children}
+    assert sorted(by_number) == list(range(8))
+    for trial in study.trials:
+        run = by_number[trial.number]
+        assert run.data.tags["trial.source"] == trial.user_attrs["source"]
+        assert run.data.tags["trial.state"] == "COMPLETE"
+        assert float(run.data.metrics["final_error_rate"]) == pytest.approx(trial.value)
+
+    sweep_dir = tmp_path / "sweeps" / "smoke-lr_vs_finder"
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert results.best_value == pytest.approx(study.best_value)
+    assert dict(results.best_params) == pytest.approx(study.best_params)
+    report = (sweep_dir / "finder_vs_search.md").read_text()
+    for rule in ("valley", "steep", "minimum", "slide"):
+        assert f"| {rule} |" in report
+    assert "regret" in report and "of 5" in report
+    assert (sweep_dir / "finder_vs_search.png").stat().st_size > 10_000
+    client, _ = _runs(tmp_path)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"optimization_results.yaml", "finder_vs_search.md", "finder_vs_search.png"} <= artifacts
+
+    # The same command again: the study is complete, nothing is added.
+    again = run_cli(*VS_FINDER, "hydra.sweeper.n_trials=8", timeout=600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert len(_study(tmp_path, "smoke-lr_vs_finder").trials) == 8
+    # Raising n_trials to 10 adds exactly two searched trials, new points, under the same parent run.
+    more = run_cli(*VS_FINDER, "hydra.sweeper.n_trials=10", timeout=600)
+    assert more.returncode == 0, more.stderr[-4000:]
+    study = _study(tmp_path, "smoke-lr_vs_finder")
+    assert _states(study) == {"COMPLETE": 10}
+    assert [t.user_attrs["source"] for t in study.trials[8:]] == ["search", "search"]
+    assert len({t.params["stages.0.lr"] for t in study.trials if t.user_attrs["source"] == "search"}) == 6
+    parent, children = _parent_and_children(tmp_path)
+    assert len(children) == 10
+
+    # The report regenerates from the sweep directory and from the parent run id.
+    (sweep_dir / "finder_vs_search.md").unlink()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for target in (str(sweep_dir), parent.info.run_id):
+        regen = subprocess.run([sys.executable, "-m", "lrlab.report", target], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert regen.returncode == 0, regen.stderr[-3000:]
+        assert "of 7" in (sweep_dir / "finder_vs_search.md").read_text()
+
+
+@pytest.mark.slow
+def test_median_pruner_prunes_trials_in_optuna_and_mlflow(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("-m", "experiment=smoke", "search=lr", "epochs=4", "train.checkpoints=false",
+                   "hydra.sweeper.n_trials=8", "hydra.sweeper.pruner=median",
+                   "+hydra.sweeper.pruner_kwargs.n_startup_trials=2", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    study = _study(tmp_path, "smoke-lr")
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, _states(study)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 8
+    assert all(len(t.intermediate_values) < 4 for t in pruned)
+    assert all(len(t.intermediate_values) == 4 for t in study.trials if t.state == TrialState.COMPLETE)
+    _, children = _parent_and_children(tmp_path)
+    by_number = {int(r.data.tags["trial.number"]): r for r in children}
+    for trial in pruned:
+        assert by_number[trial.number].data.tags["trial.state"] == "PRUNED"
+        assert by_number[trial.number].info.status == "KILLED"
+
+
+def _failing_search(tmp_path: Path) -> Path:
+    conf = tmp_path / "conf" / "search"
+    conf.mkdir(parents=True)
+    (conf / "diverge_first.yaml").write_text(
+        "# @package _global_\n"
+        "defaults:\n  - lr\n"
+        "hydra:\n  sweeper:\n    study_name: diverge_first\n    enqueue:\n      - {stages.0.lr: 1.0e+6}\n"
+    )
+    return tmp_path / "conf"
+
+
+def test_a_job_that_raises_fails_its_trial_and_the_sweep_goes_on(run_cli, tmp_path: Path) -> None:
+    conf = _failing_search(tmp_path)
+    proc = run_cli("-m", f"--config-dir={conf}", "experiment=smoke", "search=diverge_first", "epochs=1",
+                   "train.checkpoints=false", "hydra.sweeper.n_trials=2", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    study = _study(tmp_path, "diverge_first")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "TrainingDiverged" in study.trials[0].user_attrs["error"]
+    _, children = _parent_and_children(tmp_path)
+    failed = next(r for r in children if r.data.tags["trial.number"] == "0")
+    assert failed.info.status == "FAILED" and failed.data.tags["trial.state"] == "FAIL"
+
+
+def test_too_many_failures_stop_the_sweep(run_cli, tmp_path: Path) -> None:
+    conf = _failing_search(tmp_path)
+    proc = run_cli("-m", f"--config-dir={conf}", "experiment=smoke", "search=diverge_first", "epochs=1",
+                   "train.checkpoints=false", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=0",
+                   "tracking=none", timeout=600)
+    assert proc.returncode != 0
+    assert "max_failure_rate" in proc.stderr
+    study = _study(tmp_path, "diverge_first")
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+
+
+def _lrlab(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lrlab", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_leaves_no_running_trial_after_resume(tmp_path: Path) -> None:
+    args = ("-m", "experiment=smoke", "search=lr", "epochs=30", "train.checkpoints=false", "hydra.sweeper.n_trials=1")
+    proc = _lrlab(*args, cwd=tmp_path)
+    db = tmp_path / "sweeps" / "smoke-lr" / "optuna.db"
+    try:
+        deadline = time.time() + 120
+        running = []
+        while time.time() < deadline and not running:
+            time.sleep(0.5)
+            if db.is_file():
+                try:
+                    running = _study(tmp_path, "smoke-lr").get_trials(states=(TrialState.RUNNING,))
+                except Exception:
+                    running = []
+        assert running, "the sweep never started a trial"
+        time.sleep(3)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    assert [t.state for t in _study(tmp_path, "smoke-lr").trials] == [TrialState.RUNNING]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    changed = subprocess.run([sys.executable, "-m", "lrlab", *args[:3], "epochs=1", *args[4:]], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=600)
+    # Other overrides make another experiment: the sweeper refuses to mix it into this study.
+    assert changed.returncode != 0 and "hydra.sweeper.study_name" in changed.stderr
+    resumed = subprocess.run([sys.executable, "-m", "lrlab", *args], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [t.state for t in _study(tmp_path, "smoke-lr").trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    _, children = _parent_and_children(tmp_path)
+    assert sorted((r.data.tags["trial.number"], r.info.status) for r in children) == [("0", "KILLED"), ("1", "FINISHED")]
+
+
+@pytest.mark.slow
+def test_two_workers_fill_one_study_exactly(tmp_path: Path) -> None:
+    args = ("-m", "experiment=smoke", "search=lr", "epochs=1", "train.checkpoints=false", "tracking=none",
+            "hydra.sweeper.n_trials=6")
+    workers = [_lrlab(*args, cwd=tmp_path)]
+    time.sleep(1.0)
+    workers.append(_lrlab(*args, cwd=tmp_path))
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    study = _study(tmp_path, "smoke-lr")
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    assert len({t.number for t in complete}) == 6
+    assert len({t.params["stages.0.lr"] for t in complete}) == 6
+    workers_used = {t.user_attrs["lrlab.worker"] for t in complete}
+    assert len(workers_used) == 2, "both workers should have run trials"
