@@ -1,4 +1,4 @@
-"""The config tree ships inside a regular (non-editable) wheel and Hydra finds it there."""
+"""The config tree and the sweeper plugin ship inside a regular (non-editable) wheel and Hydra finds them there."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def test_wheel_carries_the_config_tree_and_composes(tmp_path: Path) -> None:
     wheel = next(tmp_path.glob("lrlab-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("lrlab/conf/config.yaml", "lrlab/conf/model/efficientnet_lite0.yaml",
-                     "lrlab/conf/experiment/smoke.yaml", "lrlab/conf/hydra/job_logging/lrlab.yaml"):
+                     "lrlab/conf/experiment/smoke.yaml", "lrlab/conf/hydra/job_logging/lrlab.yaml",
+                     "lrlab/conf/search/lr_vs_finder.yaml",
+                     "hydra_plugins/lrlab_optuna_sweeper/lrlab_optuna_sweeper.py"):
         assert required in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
@@ -30,10 +32,10 @@ def test_wheel_carries_the_config_tree_and_composes(tmp_path: Path) -> None:
         "import lrlab.cli, hydra\n"
         "assert lrlab.cli.CONFIG_DIR.startswith(%r), lrlab.cli.CONFIG_DIR\n"
         "with hydra.initialize_config_dir(config_dir=lrlab.cli.CONFIG_DIR, version_base='1.3'):\n"
-        "    cfg = hydra.compose('config', overrides=['experiment=smoke'])\n"
-        "print(cfg.model.name, cfg.data.name)\n" % str(target)
+        "    cfg = hydra.compose('config', overrides=['experiment=smoke', 'search=lr_vs_finder'], return_hydra_config=True)\n"
+        "print(cfg.model.name, cfg.data.name, cfg.hydra.sweeper._target_.rsplit('.', 1)[-1], cfg.hydra.sweep.dir)\n" % str(target)
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["test_efficientnet", "digits"]
+    assert out.stdout.split() == ["test_efficientnet", "digits", "LrlabOptunaSweeper", "sweeps/smoke-lr_vs_finder"]

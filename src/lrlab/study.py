@@ -6,6 +6,7 @@ in-process, which a Hydra launcher in another process or machine cannot hand ove
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ import optuna
 from lrlab.engine import Callback, EpochResult
 
 log = logging.getLogger("lrlab")
+# lrlab records trial heartbeats itself (not through Study.optimize), which Optuna flags as experimental.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 PRUNER_ATTR = "lrlab.pruner"
 PRUNERS = ("none", "median", "hyperband", "successive_halving")

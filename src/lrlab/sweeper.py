@@ -16,7 +16,6 @@ import os
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +34,6 @@ from lrlab.search_space import SearchSpace, format_value, parse_search_space
 from lrlab.study import HEARTBEAT_INTERVAL_S, PRUNER_ATTR, PRUNERS, make_pruner, open_storage
 
 log = logging.getLogger("lrlab.sweep")
-# lrlab drives heartbeats itself (not through Study.optimize), which Optuna flags as experimental.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid", "qmc", "gp", "nsgaii")
 FINDER_RULES = ("valley", "steep", "minimum", "slide")
@@ -289,8 +285,11 @@ class OptunaSweep:
         worker = f"{socket.gethostname()}:{os.getpid()}"
         asked = []
         for _ in range(count):
-            study.sampler = make_sampler(self.settings, space, offset=len(study.get_trials(deepcopy=False)))
+            offset = len(study.get_trials(deepcopy=False))
+            study.sampler = make_sampler(self.settings, space, offset=offset)
             trial = study.ask()
+            if trial.number != offset:  # another worker asked at the same time: draw its own values
+                study.sampler = make_sampler(self.settings, space, offset=trial.number)
             trial.set_user_attr(WORKER_ATTR, worker)
             asked.append(trial)
         taken = sorted(t.number for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING)))
@@ -369,6 +368,8 @@ class OptunaSweep:
         """Run trials until the study holds `n_trials` finished ones; returns the batches' job returns."""
         assert self.config is not None and self.launcher is not None, "setup() must run first"
         s = self.settings
+        if self.config.task != "train":
+            raise ConfigError(f"a sweep needs task=train (its trials are trainings), not task={self.config.task}.")
         stages = OmegaConf.to_container(self.config.stages, resolve=True)
         space = parse_search_space(s.params, arguments, stages)
         if self.config.hydra.runtime.choices.get("search") is None and space.is_discrete() and s.sampler == "tpe":
