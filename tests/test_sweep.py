@@ -165,8 +165,8 @@ def test_too_many_failures_stop_the_sweep(run_cli, tmp_path: Path) -> None:
     proc = run_cli("-m", f"--config-dir={conf}", "experiment=smoke", "search=diverge_first", "epochs=1",
                    "train.checkpoints=false", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=0",
                    "tracking=none", timeout=600)
-    assert proc.returncode != 0
-    assert "max_failure_rate" in proc.stderr
+    assert proc.returncode == 2
+    assert "max_failure_rate" in proc.stderr and "Traceback" not in proc.stderr
     study = _study(tmp_path, "diverge_first")
     assert [t.state for t in study.trials] == [TrialState.FAIL]
 
@@ -228,3 +228,25 @@ def test_two_workers_fill_one_study_exactly(tmp_path: Path) -> None:
     assert len({t.params["stages.0.lr"] for t in complete}) == 6
     workers_used = {t.user_attrs["lrlab.worker"] for t in complete}
     assert len(workers_used) == 2, "both workers should have run trials"
+
+
+@pytest.mark.slow
+def test_journal_storage_and_batches_of_n_jobs(run_cli, tmp_path: Path) -> None:
+    journal = tmp_path / "shared" / "study.log"
+    proc = run_cli("-m", "experiment=smoke", "search=lr", "epochs=1", "train.checkpoints=false", "tracking=none",
+                   "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler=random",
+                   f"hydra.sweeper.storage=journal://{journal}", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("Launching 2 jobs locally") + proc.stderr.count("Launching 2 jobs locally") == 2
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    study = optuna.load_study(study_name="smoke-lr", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert _states(study) == {"COMPLETE": 4}
+    results = OmegaConf.load(tmp_path / "sweeps" / "smoke-lr" / "optimization_results.yaml")
+    assert results.storage == f"journal://{journal}" and results.best_value == pytest.approx(study.best_value)
+
+
+def test_a_sweep_of_range_tests_is_refused_in_one_line(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("-m", "experiment=smoke", "search=lr", "task=lr_find", timeout=300)
+    assert proc.returncode == 2
+    assert "lrlab: error: a sweep needs task=train" in proc.stderr and "Traceback" not in proc.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,12 @@ def markdown(study: optuna.Study) -> str:
         beaten = str(r.beaten_after) if r.beaten_after else f"not beaten in {len(searched)}"
         lines.append(f"| {r.rule} | " + " | ".join(lrs) + f" | {_fmt(r.value)} | {_fmt(valid)} | "
                      f"{r.rank} of {len(searched) + 1} | {_fmt(r.regret, '+.4f')} | {beaten} | {r.seconds:.0f} |")
-    if not rows:
+    unfinished = [t for t in study.trials if _source(t).startswith("lr_finder:") and t.state != TrialState.COMPLETE]
+    for t in unfinished:
+        reason = t.user_attrs.get("error") or t.user_attrs.get("pruned") or ""
+        lines.append(f"| {_source(t).split(':', 1)[1]} | " + " | ".join("n/a" for _ in keys)
+                     + f" | {t.state.name} {reason[:120]} |" + " |" * 6)
+    if not rows and not unfinished:
         lines.append("| (no finder trials: add `enqueue: [lr_finder]`, or use `search=lr_vs_finder`) |" + " |" * (len(heads) + 6))
     lines.append("")
     lines += ["## Best searched trials", ""]
@@ -249,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else target
         run_id = study.user_attrs.get("lrlab.mlflow_parent_run")
         uri = args.tracking_uri or study.user_attrs.get("lrlab.mlflow_uri")
+    elif not re.fullmatch(r"[0-9a-f]{32}", args.target):
+        raise SystemExit(f"lrlab-report: {args.target} is neither a sweep directory nor an MLflow run id")
     else:
         from lrlab.tracking import default_tracking_uri
 

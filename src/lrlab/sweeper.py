@@ -338,12 +338,16 @@ class OptunaSweep:
         """Tell Optuna how the job ended; a finder trial's params are the LRs its range tests chose."""
         if ret.status == JobStatus.COMPLETED:
             summary = ret.return_value
-            source = str(trial.user_attrs.get(SOURCE))
-            if source.startswith("lr_finder:"):
+            try:
+                values = objective_values(summary, self.settings.metrics)
+            except ConfigError:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            if str(trial.user_attrs.get(SOURCE)).startswith("lr_finder:"):
                 self._record_finder_params(storage, trial, summary, space)
             for key in ("metrics", "train_seconds", "finder_seconds", "stages", "run_id", "output_dir"):
                 trial.set_user_attr(key, summary.get(key))
-            study.tell(trial, objective_values(summary, self.settings.metrics))
+            study.tell(trial, values)
             return TrialState.COMPLETE
         error = ret._return_value
         if isinstance(error, optuna.TrialPruned):
@@ -557,7 +561,7 @@ def _trial_line(study: optuna.Study, trial: optuna.Trial, state: TrialState, sec
     else:
         outcome = f"FAILED ({frozen.user_attrs.get('error', '')})"
     done = _count(study, DONE)
-    return f"[{done}/{n_trials}] trial {trial.number} ({frozen.user_attrs.get(SOURCE)}) {params}: {outcome}"
+    return f"[{done}/{n_trials}] trial {trial.number} ({frozen.user_attrs.get(SOURCE)}) {params}: {outcome} ({seconds:.0f} s)"
 
 
 def write_results(study: optuna.Study, directory: Path) -> Path:

@@ -6,6 +6,7 @@ it without registering it in sys.modules, so no `from __future__ import annotati
 dataclass would fail to resolve its string annotations and break every Hydra start).
 """
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -51,4 +52,11 @@ class LrlabOptunaSweeper(Sweeper):
         self.sweep_impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        return self.sweep_impl.sweep(arguments)
+        """Run the sweep; bad input (an LrlabError) prints one paragraph and exits with status 2."""
+        from lrlab.errors import LrlabError
+
+        try:
+            return self.sweep_impl.sweep(arguments)
+        except LrlabError as exc:
+            print(f"lrlab: error: {exc}", file=sys.stderr)
+            sys.exit(2)
