@@ -211,3 +211,11 @@ def test_lr_find_from_the_cli_logs_plot_csv_and_suggestions(run_cli, tmp_path: P
     assert files == {"lr_finder/lr_find.png", "lr_finder/lr_find.csv"}
     assert float(run.data.params["lr_find.suggestion.valley"]) == pytest.approx(run.data.metrics["lr_find/suggested_valley"], rel=1e-5)
     assert run.data.metrics["lr_find/seconds"] > 0
+
+
+def test_elpv_preset_suggests_on_fastais_curve_and_the_group_default_stays_zero_lag(compose_cfg) -> None:
+    # The ELPV sweep (experiments/elpv_sweep.md) measured valley's regret at +0.005 on fastai's EMA
+    # curve against +0.142 on the zero-lag one, so the default experiment uses lr_finder=fastai.
+    assert compose_cfg().lr_finder.smoothing == "ema"
+    assert compose_cfg("lr_finder=default").lr_finder.smoothing == "zero_lag"
+    assert compose_cfg("experiment=smoke").lr_finder.smoothing == "zero_lag"
