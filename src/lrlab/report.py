@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
+
+from lrlab.study import open_storage
 
 REPORT_FILE = "finder_vs_search.md"
 PLOT_FILE = "finder_vs_search.png"
@@ -229,14 +232,10 @@ def write_report(study: optuna.Study, directory: str | Path) -> list[Path]:
 
 
 def _study_from_dir(directory: Path) -> optuna.Study:
-    from omegaconf import OmegaConf
-
     results = directory / "optimization_results.yaml"
     if not results.is_file():
         raise SystemExit(f"lrlab-report: {directory} has no optimization_results.yaml; is it a sweep directory?")
     data = OmegaConf.load(results)
-    from lrlab.study import open_storage
-
     return optuna.load_study(study_name=str(data.name), storage=open_storage(str(data.storage)))
 
 
@@ -271,7 +270,6 @@ def main(argv: list[str] | None = None) -> int:
         params = run.data.params
         if "study_name" not in params:
             raise SystemExit(f"lrlab-report: run {args.target} is not a sweep's parent run (no study_name param)")
-        from lrlab.study import open_storage
 
         study = optuna.load_study(study_name=params["study_name"], storage=open_storage(params["storage"]))
         run_id = args.target

@@ -4,6 +4,7 @@ the sweeper's `params` mapping (whose keys may use `stages.*.<key>` for every st
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,20 +37,18 @@ class SearchSpace:
         return f"{self.override_keys.get(key, '++' + key)}={format_value(value)}"
 
     def is_discrete(self) -> bool:
-        return all(isinstance(d, CategoricalDistribution) or (isinstance(d, IntDistribution) and not d.log)
-                   for d in self.params.values())
+        return all(_finite_values(d) is not None for d in self.params.values())
 
     def grid(self) -> dict[str, list[Any]]:
         """Every value of each discrete dimension (for a grid sampler)."""
-        grid = {}
-        for key, dist in self.params.items():
-            if isinstance(dist, CategoricalDistribution):
-                grid[key] = list(dist.choices)
-            elif isinstance(dist, IntDistribution) and not dist.log:
-                grid[key] = list(range(dist.low, dist.high + 1, dist.step))
-            else:
+        grid = {key: _finite_values(dist) for key, dist in self.params.items()}
+        for key, values in grid.items():
+            if values is None:
                 raise ConfigError(f"sampler=grid needs finite choices; {key} is an interval. Use choice(...) or range(...).")
         return grid
+
+    def grid_size(self) -> int:
+        return math.prod(len(values) for values in self.grid().values())
 
     def describe(self) -> dict[str, str]:
         return {key: describe_distribution(dist) for key, dist in self.params.items()}
@@ -58,6 +57,15 @@ class SearchSpace:
         """Searched stage learning rates, `stages.<i>.lr`, in stage order."""
         keys = [k for k in self.params if k.startswith("stages.") and k.endswith(".lr")]
         return sorted(keys, key=lambda k: int(k.split(".")[1]))
+
+
+def _finite_values(dist: BaseDistribution) -> list[Any] | None:
+    """Every value a discrete distribution can take; None for an interval."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, IntDistribution) and not dist.log:
+        return list(range(dist.low, dist.high + 1, dist.step))
+    return None
 
 
 def describe_distribution(dist: BaseDistribution) -> str:

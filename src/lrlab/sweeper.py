@@ -11,11 +11,11 @@ and be pruned; the sweeper tells Optuna the outcome, tags MLflow, and at the end
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -35,7 +36,7 @@ from lrlab.study import HEARTBEAT_INTERVAL_S, PRUNER_ATTR, PRUNERS, make_pruner,
 
 log = logging.getLogger("lrlab.sweep")
 
-SAMPLERS = ("tpe", "random", "cmaes", "grid", "qmc", "gp", "nsgaii")
+SAMPLERS = ("tpe", "random", "cmaes", "grid", "qmc", "gp", "nsgaii")  # grid: see _AskTellGridSampler
 FINDER_RULES = ("valley", "steep", "minimum", "slide")
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 SOURCE = "source"
@@ -95,27 +96,20 @@ class SweepSettings:
         return [str(m) for m in (self.metric if isinstance(self.metric, (list, tuple)) else [self.metric])]
 
 
+SAMPLER_CLASSES = {
+    "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler,
+    "qmc": optuna.samplers.QMCSampler, "gp": optuna.samplers.GPSampler, "nsgaii": optuna.samplers.NSGAIISampler,
+}
 STORAGE_INDEXED = ("qmc", "grid")  # samplers whose sequence lives in the storage: keep one seed
 
 
 def make_sampler(settings: SweepSettings, space: SearchSpace, offset: int = 0) -> optuna.samplers.BaseSampler:
     """The configured Optuna sampler, seeded with `seed + offset` (the sweeper passes the number of
     trials already in the study, so a resumed sweep does not replay the first sweep's draws)."""
-    kwargs = dict(settings.sampler_kwargs)
     seed = None if settings.seed is None else settings.seed + (0 if settings.sampler in STORAGE_INDEXED else offset)
-    if settings.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, **kwargs)
-    if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if settings.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, **kwargs)
-    if settings.sampler == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, **kwargs)
-    if settings.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, **kwargs)
-    if settings.sampler == "nsgaii":
-        return optuna.samplers.NSGAIISampler(seed=seed, **kwargs)
-    return _AskTellGridSampler(space.grid(), seed=seed)
+    if settings.sampler == "grid":
+        return _AskTellGridSampler(space.grid(), seed=seed)
+    return SAMPLER_CLASSES[settings.sampler](seed=seed, **settings.sampler_kwargs)
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):
@@ -144,6 +138,11 @@ def objective_values(summary: dict[str, Any], metrics: Sequence[str]) -> list[fl
     return values
 
 
+def _heartbeats_on(storage: optuna.storages.BaseStorage) -> bool:
+    """RDB storages opened by `open_storage` record heartbeats; journal storages cannot."""
+    return bool(getattr(storage, "heartbeat_interval", None))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -159,7 +158,7 @@ class _Heartbeat:
 
     def __init__(self, storage: optuna.storages.BaseStorage, trial_ids: Sequence[int]):
         self.storage, self.trial_ids = storage, list(trial_ids)
-        self.enabled = hasattr(storage, "record_heartbeat") and getattr(storage, "heartbeat_interval", None)
+        self.enabled = _heartbeats_on(storage)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
@@ -183,7 +182,7 @@ class _Heartbeat:
             self._thread.join()
 
 
-class OptunaSweep:
+class OptunaSweep(Sweeper):
     """A Hydra sweeper that fills an Optuna study up to `n_trials` finished (complete or pruned) trials."""
 
     def __init__(self, **settings: Any):
@@ -224,7 +223,7 @@ class OptunaSweep:
         pruner_spec = {"name": self.settings.pruner, **self.settings.pruner_kwargs}
         study = optuna.create_study(
             storage=storage, study_name=self._study_name(), load_if_exists=True,
-            sampler=make_sampler(self.settings, space), pruner=make_pruner(dict(pruner_spec)),
+            sampler=make_sampler(self.settings, space), pruner=make_pruner(pruner_spec),
             directions=self.settings.directions,
         )
         existing = study.user_attrs.get(FIXED_ATTR)
@@ -251,7 +250,7 @@ class OptunaSweep:
             if name == host and pid.isdigit() and not _pid_alive(int(pid)):
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 failed.append(trial.number)
-        if getattr(storage, "heartbeat_interval", None):
+        if _heartbeats_on(storage):
             before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
             optuna.storages.fail_stale_trials(study)
             after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
@@ -379,9 +378,9 @@ class OptunaSweep:
         if self.config.hydra.runtime.choices.get("search") is None and space.is_discrete() and s.sampler == "tpe":
             # A plain `lrlab -m a=1,2 b=x,y` runs every combination once, as Hydra's basic sweeper does.
             s.sampler = "grid"
-            s.n_trials = math.prod(len(v) for v in space.grid().values())
-        elif s.sampler == "grid" and s.n_trials > math.prod(len(v) for v in space.grid().values()):
-            s.n_trials = math.prod(len(v) for v in space.grid().values())
+            s.n_trials = space.grid_size()
+        elif s.sampler == "grid" and s.n_trials > space.grid_size():
+            s.n_trials = space.grid_size()
             log.info(f"sampler=grid: n_trials capped at the grid's {s.n_trials} points")
         study, storage = self.open_study(space)
         sweep_dir = self._sweep_dir()
@@ -394,7 +393,7 @@ class OptunaSweep:
         log.info(f"study {study.study_name!r} in {study.user_attrs['lrlab.storage']}: "
                  f"{_count(study, DONE)}/{s.n_trials} trials finished; searching {space.describe()}")
         returns: list[Any] = []
-        failures, status = 0, "FAILED"
+        failures, last_error, status = 0, None, "FAILED"
         try:
             while True:
                 self.recover(study, storage)
@@ -410,7 +409,7 @@ class OptunaSweep:
                 started = time.perf_counter()
                 try:
                     batch = [self._overrides(t, space, study, parent.run_id if parent else None) for t in trials]
-                    self.validate_batch(batch)
+                    self.validate_batch_is_legal(batch)
                     with _Heartbeat(storage, [t._trial_id for t in trials]):
                         results = self.launcher.launch(batch, initial_job_idx=self.job_idx)
                 except BaseException:
@@ -421,12 +420,14 @@ class OptunaSweep:
                 returns.append(results)
                 for trial, ret in zip(trials, results, strict=True):
                     state = self._record(study, storage, trial, ret, space)
-                    failures += state == TrialState.FAIL
+                    if state == TrialState.FAIL:
+                        failures += 1
+                        last_error = _frozen(study, trial.number).user_attrs.get("error")
                     log.info(_trial_line(study, trial, state, time.perf_counter() - started, s.n_trials))
                 if failures > s.max_failure_rate * s.n_trials:
                     raise SweepFailed(
                         f"{failures} trials failed, more than max_failure_rate={s.max_failure_rate} of "
-                        f"n_trials={s.n_trials}; the last error: {study.trials[trials[-1].number].user_attrs.get('error')}"
+                        f"n_trials={s.n_trials}; the last error: {last_error}"
                     )
             status = "FINISHED"
         except KeyboardInterrupt:
@@ -435,12 +436,6 @@ class OptunaSweep:
         finally:
             self._finish(study, sweep_dir, parent, status)
         return returns
-
-    def validate_batch(self, batch: list[list[str]]) -> None:
-        """Compose every job's config before launching, so bad overrides fail the sweep early."""
-        from hydra.plugins.sweeper import Sweeper
-
-        Sweeper.validate_batch_is_legal(self, batch)  # type: ignore[arg-type]
 
     def _parent_run(self, study: optuna.Study, space: SearchSpace) -> Any:
         if self.config.tracking.backend != "mlflow":
@@ -451,8 +446,7 @@ class OptunaSweep:
         run_id = study.user_attrs.get(PARENT_ATTR)
         if run_id is not None:
             try:
-                tracker = MlflowTracker(uri, self.config.tracking.experiment, run_id=run_id)
-                return tracker
+                return MlflowTracker(uri, self.config.tracking.experiment, run_id=run_id)
             except Exception as exc:
                 log.warning(f"cannot continue the sweep's MLflow parent run {run_id} ({exc}); starting a new one")
         tracker = MlflowTracker(uri, self.config.tracking.experiment, run_name=f"sweep-{study.study_name}")
@@ -518,6 +512,10 @@ def _widen(dist: BaseDistribution, value: Any) -> BaseDistribution | None:
     return None
 
 
+def _frozen(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    return study.get_trials(deepcopy=False)[number]
+
+
 def _count(study: optuna.Study, states: Sequence[TrialState]) -> int:
     return len(study.get_trials(deepcopy=False, states=tuple(states)))
 
@@ -552,7 +550,7 @@ def _kill_orphaned_children(parent: Any, trial_numbers: Sequence[int]) -> None:
 
 
 def _trial_line(study: optuna.Study, trial: optuna.Trial, state: TrialState, seconds: float, n_trials: int) -> str:
-    frozen = study.trials[trial.number]
+    frozen = _frozen(study, trial.number)
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in frozen.params.items())
     if state == TrialState.COMPLETE:
         outcome = "value " + ", ".join(f"{v:.4f}" for v in frozen.values)
@@ -566,11 +564,11 @@ def _trial_line(study: optuna.Study, trial: optuna.Trial, state: TrialState, sec
 
 def write_results(study: optuna.Study, directory: Path) -> Path:
     """`optimization_results.yaml`: best params and value(s), counts, and where the study lives."""
-    states = {state.name: _count(study, (state,)) for state in TrialState}
+    states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
     data: dict[str, Any] = {
         "name": study.study_name, "storage": study.user_attrs.get("lrlab.storage"),
         "metric": study.user_attrs.get("lrlab.metric"), "directions": [d.name.lower() for d in study.directions],
-        "trials": {k.lower(): v for k, v in states.items() if v},
+        "trials": {k.lower(): v for k, v in sorted(states.items())},
     }
     best = _best(study)
     if best is not None and len(study.directions) == 1:
