@@ -17,11 +17,12 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from lrlab.cli import CONFIG_DIR
-from lrlab.engine import Engine
-from lrlab.lr_finder import find_lr
-from lrlab.optim import constant, group_lrs
-from lrlab.run import build
+from lrlab.app.build import build
+from lrlab.app.cli import CONFIG_DIR
+from lrlab.core.engine import Engine
+from lrlab.core.optim import group_lrs
+from lrlab.core.schedules import constant
+from lrlab.finder.range_test import find_lr
 
 
 class Take:
@@ -43,7 +44,13 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(experiment: str, steps: int, device: str, precision: str, repeats: int, extra: list[str]) -> dict:
-    overrides = [f"experiment={experiment}", f"device={device}", f"precision={precision}", "tracking=none", *extra]
+    overrides = [
+        f"experiment={experiment}",
+        f"device={device}",
+        f"precision={precision}",
+        "tracking=none",
+        *extra,
+    ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     setup = build(cfg)
@@ -61,8 +68,16 @@ def measure(experiment: str, steps: int, device: str, precision: str, repeats: i
 
     def finder() -> float:
         start = time.perf_counter()
-        find_lr(setup.model, setup.train_loader, optimizer, engine=engine, num_iter=steps, start_lr=1e-7,
-                end_lr=1e-2, stop_div=False)
+        find_lr(
+            setup.model,
+            setup.train_loader,
+            optimizer,
+            engine=engine,
+            num_iter=steps,
+            start_lr=1e-7,
+            end_lr=1e-2,
+            stop_div=False,
+        )
         _sync(setup.device)
         return time.perf_counter() - start
 
@@ -79,9 +94,17 @@ def measure(experiment: str, steps: int, device: str, precision: str, repeats: i
                 memory[name] = torch.cuda.max_memory_allocated(setup.device) / 2**20
     best = {k: min(v) for k, v in times.items()}
     images = steps * setup.cfg.data.batch_size
-    return {"experiment": experiment, "device": str(setup.device), "precision": setup.precision, "steps": steps,
-            "train_s": best["train"], "lr_find_s": best["lr_find"], "ratio": best["lr_find"] / best["train"],
-            "train_img_s": images / best["train"], "memory_mib": memory}
+    return {
+        "experiment": experiment,
+        "device": str(setup.device),
+        "precision": setup.precision,
+        "steps": steps,
+        "train_s": best["train"],
+        "lr_find_s": best["lr_find"],
+        "ratio": best["lr_find"] / best["train"],
+        "train_img_s": images / best["train"],
+        "memory_mib": memory,
+    }
 
 
 def main() -> None:
@@ -93,13 +116,22 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. data.image_size=224")
     args = parser.parse_args()
-    print(f"{'experiment':<10} {'device':<6} {'prec':<5} {'steps':>5} {'train s':>8} {'lr_find s':>9} {'ratio':>6} "
-          f"{'img/s':>8}  peak MiB (train / lr_find)")
+    print(
+        f"{'experiment':<10} {'device':<6} {'prec':<5} {'steps':>5} {'train s':>8} {'lr_find s':>9} {'ratio':>6} "
+        f"{'img/s':>8}  peak MiB (train / lr_find)"
+    )
     for experiment in args.experiments:
         r = measure(experiment, args.steps, args.device, args.precision, args.repeats, args.overrides)
-        mem = f"{r['memory_mib'].get('train', 0):.0f} / {r['memory_mib'].get('lr_find', 0):.0f}" if r["memory_mib"] else "-"
-        print(f"{r['experiment']:<10} {r['device']:<6} {r['precision']:<5} {r['steps']:>5} {r['train_s']:>8.2f} "
-              f"{r['lr_find_s']:>9.2f} {r['ratio']:>6.3f} {r['train_img_s']:>8.1f}  {mem}", flush=True)
+        mem = (
+            f"{r['memory_mib'].get('train', 0):.0f} / {r['memory_mib'].get('lr_find', 0):.0f}"
+            if r["memory_mib"]
+            else "-"
+        )
+        print(
+            f"{r['experiment']:<10} {r['device']:<6} {r['precision']:<5} {r['steps']:>5} {r['train_s']:>8.2f} "
+            f"{r['lr_find_s']:>9.2f} {r['ratio']:>6.3f} {r['train_img_s']:>8.1f}  {mem}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from lrlab.cli import CONFIG_DIR
+from lrlab.app.cli import CONFIG_DIR
 
 # Tests must never reach the network: hub clients fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,8 +45,12 @@ def run_cli(tmp_path: Path):
     def _run(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         return subprocess.run(
-            [sys.executable, "-m", "lrlab", *args], cwd=cwd or tmp_path, env=env, capture_output=True,
-            text=True, timeout=timeout,
+            [sys.executable, "-m", "lrlab", *args],
+            cwd=cwd or tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     return _run

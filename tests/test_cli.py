@@ -105,7 +105,13 @@ def test_user_config_dir_adds_an_experiment(run_cli, tmp_path: Path) -> None:
     (user / "mine.yaml").write_text(
         "# @package _global_\ndefaults:\n  - smoke\nname: mine\nepochs: 1\ndata:\n  image_size: 16\n"
     )
-    proc = run_cli("--config-dir", str(tmp_path / "myconf"), "experiment=mine", "tracking=none", "train.checkpoints=false")
+    proc = run_cli(
+        "--config-dir",
+        str(tmp_path / "myconf"),
+        "experiment=mine",
+        "tracking=none",
+        "train.checkpoints=false",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "16 px" in proc.stdout
     assert "stage full: 1 epoch(s)" in proc.stdout
@@ -116,9 +122,15 @@ def test_interrupted_run_ends_killed_not_running(tmp_path: Path, sig: int) -> No
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     # A shell without job control starts background jobs with SIGINT ignored; give the child the
     # default disposition so the test sees what Ctrl-C does in a terminal.
-    proc = subprocess.Popen([sys.executable, "-m", "lrlab", "experiment=smoke", "epochs=200"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lrlab", "experiment=smoke", "epochs=200"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         for line in proc.stdout:
             if line.startswith("epoch  train_loss"):
@@ -141,4 +153,7 @@ def test_plain_multirun_is_a_grid_study_sharing_one_store(run_cli, tmp_path: Pat
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(parents) == 1 and len(children) == 2
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    assert sorted((r.info.status, r.data.params["stages.0.lr"]) for r in children) == [("FINISHED", "0.001"), ("FINISHED", "0.01")]
+    assert sorted((r.info.status, r.data.params["stages.0.lr"]) for r in children) == [
+        ("FINISHED", "0.001"),
+        ("FINISHED", "0.01"),
+    ]

@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lrlab.data import Normalization, TensorLoader, TensorSplit, load_digits, load_elpv, load_source, make_loaders
+from lrlab.data.loaders import TensorLoader, make_loaders
+from lrlab.data.sources import load_digits, load_elpv, load_source
+from lrlab.data.types import Normalization, TensorSplit
 from lrlab.errors import LrlabError
 
 NORM = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -91,8 +93,17 @@ def _write_tree(root: Path, classes=("cat", "dog"), per_class: int = 6) -> None:
 
 def test_imagefolder_single_tree_split_and_timm_transforms(tmp_path: Path) -> None:
     _write_tree(tmp_path)
-    cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": 16, "batch_size": 4, "num_workers": 0,
-           "valid_pct": 0.25, "split_seed": 0, "in_memory": False, "augment": {"hflip": 0.5, "scale": [0.5, 1.0]}}
+    cfg = {
+        "name": "imagefolder",
+        "root": str(tmp_path),
+        "image_size": 16,
+        "batch_size": 4,
+        "num_workers": 0,
+        "valid_pct": 0.25,
+        "split_seed": 0,
+        "in_memory": False,
+        "augment": {"hflip": 0.5, "scale": [0.5, 1.0]},
+    }
     source = load_source(cfg)
     assert source.class_names == ["cat", "dog"] and len(source.train) == 9 and len(source.valid) == 3
     train, valid = make_loaders(source, cfg, NORM)
@@ -104,8 +115,17 @@ def test_imagefolder_single_tree_split_and_timm_transforms(tmp_path: Path) -> No
 def test_imagefolder_train_valid_tree_in_memory(tmp_path: Path) -> None:
     _write_tree(tmp_path / "train")
     _write_tree(tmp_path / "valid", per_class=2)
-    cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": 12, "batch_size": 4, "num_workers": 0,
-           "valid_pct": 0.2, "split_seed": 0, "in_memory": True, "augment": {}}
+    cfg = {
+        "name": "imagefolder",
+        "root": str(tmp_path),
+        "image_size": 12,
+        "batch_size": 4,
+        "num_workers": 0,
+        "valid_pct": 0.2,
+        "split_seed": 0,
+        "in_memory": True,
+        "augment": {},
+    }
     source = load_source(cfg)
     assert isinstance(source.train, TensorSplit)
     assert source.train.images.shape == (12, 3, 12, 12) and len(source.valid) == 4
@@ -113,13 +133,38 @@ def test_imagefolder_train_valid_tree_in_memory(tmp_path: Path) -> None:
 
 def test_missing_root_and_offline_torchvision_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(LrlabError, match="not an existing directory"):
-        load_source({"name": "imagefolder", "root": str(tmp_path / "nope"), "valid_pct": 0.2, "split_seed": 0, "image_size": 8})
+        load_source(
+            {
+                "name": "imagefolder",
+                "root": str(tmp_path / "nope"),
+                "valid_pct": 0.2,
+                "split_seed": 0,
+                "image_size": 8,
+            }
+        )
     with pytest.raises(LrlabError, match="data.download=true"):
-        load_source({"name": "torchvision", "dataset": "CIFAR10", "root": str(tmp_path), "download": False,
-                     "valid_pct": 0.2, "split_seed": 0, "image_size": 8})
+        load_source(
+            {
+                "name": "torchvision",
+                "dataset": "CIFAR10",
+                "root": str(tmp_path),
+                "download": False,
+                "valid_pct": 0.2,
+                "split_seed": 0,
+                "image_size": 8,
+            }
+        )
     with pytest.raises(LrlabError, match="CIFAR10"):
-        load_source({"name": "torchvision", "dataset": "CIFAR11", "root": str(tmp_path), "valid_pct": 0.2,
-                     "split_seed": 0, "image_size": 8})
+        load_source(
+            {
+                "name": "torchvision",
+                "dataset": "CIFAR11",
+                "root": str(tmp_path),
+                "valid_pct": 0.2,
+                "split_seed": 0,
+                "image_size": 8,
+            }
+        )
 
 
 def test_elpv_from_a_folder_copy_in_another_image_format(tmp_path: Path) -> None:
@@ -133,8 +178,16 @@ def test_elpv_from_a_folder_copy_in_another_image_format(tmp_path: Path) -> None
         Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(tmp_path / name, lossless=True)
         lines.append(f"{name}  {prob}  {kind}")
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
-    source = load_source({"name": "elpv", "root": str(tmp_path), "classes": 4, "image_size": 10,
-                          "valid_pct": 0.25, "split_seed": 0})
+    source = load_source(
+        {
+            "name": "elpv",
+            "root": str(tmp_path),
+            "classes": 4,
+            "image_size": 10,
+            "valid_pct": 0.25,
+            "split_seed": 0,
+        }
+    )
     assert len(source.train) == 48 and len(source.valid) == 16
     assert Counter(source.valid.labels.tolist()) == {0: 4, 1: 4, 2: 4, 3: 4}
     assert source.train.images.shape[1:] == (1, 10, 10)

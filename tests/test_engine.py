@@ -11,10 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from lrlab.checkpoint import CheckpointCallback, load_checkpoint, save_atomic
-from lrlab.data import Normalization, TensorLoader, load_digits
-from lrlab.engine import Callback, Engine, TrainingDiverged
-from lrlab.optim import constant
+from lrlab.app.checkpoint import CheckpointCallback, load_checkpoint, save_atomic
+from lrlab.core.engine import Engine, TrainingDiverged
+from lrlab.core.schedules import constant
+from lrlab.core.types import Callback
+from lrlab.data.loaders import TensorLoader
+from lrlab.data.sources import load_digits
+from lrlab.data.types import Normalization
 
 NORM = Normalization((0.5,), (0.5,))
 
@@ -57,7 +60,9 @@ def test_gradient_accumulation_matches_the_big_batch(digits) -> None:
         assert engine.steps_per_epoch(micro) == len(big)
         engine.train_epoch(micro, opt)
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-    assert torch.allclose(results[0], results[1], atol=1e-6) and torch.allclose(results[0], results[2], atol=1e-6)
+    assert torch.allclose(results[0], results[1], atol=1e-6) and torch.allclose(
+        results[0], results[2], atol=1e-6
+    )
 
 
 def test_losses_are_read_back_in_chunks_of_log_every(digits) -> None:
@@ -96,7 +101,9 @@ def test_channels_last_conv_net_matches_contiguous(digits) -> None:
     outs = []
     for channels_last in (False, True):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+        model = nn.Sequential(
+            nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)
+        )
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         engine = Engine(model, channels_last=channels_last)

@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from lrlab.data import ImageSource, TensorLoader, TensorSplit, load_digits
-from lrlab.engine import Engine
-from lrlab.lr_finder import diverged, find_lr, lr_schedule
-from lrlab.models import create_model, layer_groups, normalization
-from lrlab.optim import build_optimizer, constant, group_lrs, set_lrs
+from lrlab.core.engine import Engine
+from lrlab.core.optim import build_optimizer, group_lrs, set_lrs
+from lrlab.core.schedules import constant
+from lrlab.data.loaders import TensorLoader
+from lrlab.data.sources import load_digits
+from lrlab.data.types import ImageSource, TensorSplit
+from lrlab.finder.range_test import diverged, find_lr, lr_schedule
+from lrlab.models.factory import create_model, normalization
+from lrlab.models.groups import layer_groups
 
 ADAMW = partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
 
@@ -24,15 +28,24 @@ ADAMW = partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.0
 def digits():
     full = load_digits(image_size=8)
     subset = TensorSplit(full.train.images[:480], full.train.labels[:480])
-    return ImageSource(subset, TensorSplit(full.valid.images[:128], full.valid.labels[:128]), full.class_names)
+    return ImageSource(
+        subset, TensorSplit(full.valid.images[:128], full.valid.labels[:128]), full.class_names
+    )
 
 
 def _setup(digits, seed: int = 0, batch_size: int = 32):
     torch.manual_seed(seed)
     model = create_model("test_efficientnet", num_classes=10)
     groups = layer_groups(model, 2)
-    loader = TensorLoader(digits.train, batch_size, normalization(model), shuffle=True, drop_last=True, seed=seed,
-                          augment={"hflip": 0.5, "scale": [0.8, 1.0]})
+    loader = TensorLoader(
+        digits.train,
+        batch_size,
+        normalization(model),
+        shuffle=True,
+        drop_last=True,
+        seed=seed,
+        augment={"hflip": 0.5, "scale": [0.8, 1.0]},
+    )
     optimizer = build_optimizer(ADAMW, model, groups, lr=3e-3)
     return model, groups, loader, optimizer
 
@@ -42,13 +55,20 @@ class LrSpy:
 
     def __init__(self, optimizer):
         self.rows: list[list[float]] = []
-        optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.rows.append([g["lr"] for g in opt.param_groups]))
+        optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs: self.rows.append([g["lr"] for g in opt.param_groups])
+        )
 
 
 def _train_one_epoch(model, loader, optimizer, valid) -> list[torch.Tensor]:
     engine = Engine(model)
-    engine.fit(loader, TensorLoader(valid, 256, normalization(model)), optimizer,
-               constant(optimizer, group_lrs(optimizer, [3e-3] * 3), len(loader)), epochs=1)
+    engine.fit(
+        loader,
+        TensorLoader(valid, 256, normalization(model)),
+        optimizer,
+        constant(optimizer, group_lrs(optimizer, [3e-3] * 3), len(loader)),
+        epochs=1,
+    )
     return [p.detach().clone() for p in model.parameters()] + [b.clone() for b in model.buffers()]
 
 
@@ -108,8 +128,12 @@ def test_bf16_autocast_on_cpu(digits) -> None:
 
 def test_grad_scaler_overflow_does_not_advance_the_ramp(digits) -> None:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    loader = TensorLoader(digits.train, 32, normalization(create_model("test_efficientnet", 10)), shuffle=True, seed=0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(192, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+    )
+    loader = TensorLoader(
+        digits.train, 32, normalization(create_model("test_efficientnet", 10)), shuffle=True, seed=0
+    )
     optimizer = ADAMW(model.parameters(), lr=1e-3)
     engine = Engine(model, precision="16")
     engine.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
@@ -168,7 +192,12 @@ def test_per_group_sweeps_each_group_with_the_others_fixed(digits) -> None:
                 np.testing.assert_allclose(block[:, col], results[name].lrs)
             else:
                 assert (block[:, col] == 3e-3).all()
-        assert results[name].group == name and set(results[name].suggestions) == {"valley", "steep", "minimum", "slide"}
+        assert results[name].group == name and set(results[name].suggestions) == {
+            "valley",
+            "steep",
+            "minimum",
+            "slide",
+        }
 
 
 def test_repeats_report_median_and_spread_and_plot(digits, tmp_path: Path) -> None:
@@ -194,7 +223,9 @@ def test_held_out_loss_is_recorded(digits) -> None:
     model, _, loader, optimizer = _setup(digits)
     valid = TensorLoader(digits.valid, 64, normalization(model))
     result = find_lr(model, loader, optimizer, val_loader=valid, val_batches=2, num_iter=8, stop_div=False)
-    assert result.val_losses is not None and len(result.val_losses) == 8 and np.isfinite(result.val_losses).all()
+    assert (
+        result.val_losses is not None and len(result.val_losses) == 8 and np.isfinite(result.val_losses).all()
+    )
 
 
 def test_lr_find_from_the_cli_logs_plot_csv_and_suggestions(run_cli, tmp_path: Path) -> None:
@@ -209,7 +240,9 @@ def test_lr_find_from_the_cli_logs_plot_csv_and_suggestions(run_cli, tmp_path: P
     assert run.info.status == "FINISHED" and run.data.tags["task"] == "lr_find"
     files = {a.path for a in client.list_artifacts(run.info.run_id, "lr_finder")}
     assert files == {"lr_finder/lr_find.png", "lr_finder/lr_find.csv"}
-    assert float(run.data.params["lr_find.suggestion.valley"]) == pytest.approx(run.data.metrics["lr_find/suggested_valley"], rel=1e-5)
+    assert float(run.data.params["lr_find.suggestion.valley"]) == pytest.approx(
+        run.data.metrics["lr_find/suggested_valley"], rel=1e-5
+    )
     assert run.data.metrics["lr_find/seconds"] > 0
 
 

@@ -9,9 +9,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from lrlab.config import check_model_name
+from lrlab.app.schema import check_model_name
 from lrlab.errors import ConfigError, LrlabError
-from lrlab.models import create_model, layer_groups, normalization
+from lrlab.models.factory import create_model, normalization
+from lrlab.models.groups import layer_groups
 
 
 def test_resnet_layer_groups_match_fastai_split() -> None:
@@ -39,7 +40,7 @@ def test_efficientnet_groups_keep_order_and_cover_everything() -> None:
 def test_bundled_weights_keep_the_body_and_replace_the_head() -> None:
     model = create_model("tf_efficientnet_lite0", num_classes=4, pretrained="bundled")
     reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    from lrlab.weights import load_bundled_weights
+    from lrlab.models.weights import load_bundled_weights
 
     load_bundled_weights(reference, "tf_efficientnet_lite0")
     assert torch.equal(model.conv_stem.weight, reference.conv_stem.weight)
@@ -75,4 +76,3 @@ def test_unknown_model_name_suggests_close_matches() -> None:
     with pytest.raises(ConfigError, match="resnet50"):
         check_model_name("resnet9999")
     check_model_name("resnet50.a1_in1k")
-

@@ -8,8 +8,10 @@ from functools import partial
 import pytest
 import torch
 
-from lrlab.models import create_model, layer_groups
-from lrlab.optim import build_optimizer, cosine, group_lrs, one_cycle, param_groups
+from lrlab.core.optim import build_optimizer, group_lrs, param_groups
+from lrlab.core.schedules import cosine, one_cycle
+from lrlab.models.factory import create_model
+from lrlab.models.groups import layer_groups
 
 
 @pytest.fixture
@@ -57,7 +59,9 @@ def test_one_cycle_follows_fastai(model_and_groups) -> None:
     peak_step = max(range(total), key=lambda i: lrs[i][-1])
     assert peak_step == 24 and lrs[peak_step] == pytest.approx(peaks)
     assert lrs[-1] == pytest.approx([p / div_final for p in peaks], rel=1e-6)
-    assert moms[0] == pytest.approx(0.95) and moms[24] == pytest.approx(0.85) and moms[-1] == pytest.approx(0.95)
+    assert (
+        moms[0] == pytest.approx(0.95) and moms[24] == pytest.approx(0.85) and moms[-1] == pytest.approx(0.95)
+    )
     mid = 12
     expected = peaks[-1] / div + (peaks[-1] - peaks[-1] / div) * (1 - math.cos(math.pi * mid / 24)) / 2
     assert lrs[mid][-1] == pytest.approx(expected)

@@ -10,19 +10,32 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from lrlab.report import analyse, markdown, write_report
+from lrlab.sweep.report import analyse, markdown, write_report
 
 LR = FloatDistribution(1e-5, 1e-1, log=True)
 T0 = dt.datetime(2026, 1, 1)
 
 
-def _trial(lr: float, error: float | None, source: str, seconds: float, state: TrialState = TrialState.COMPLETE,
-           intermediate: dict[int, float] | None = None):
+def _trial(
+    lr: float,
+    error: float | None,
+    source: str,
+    seconds: float,
+    state: TrialState = TrialState.COMPLETE,
+    intermediate: dict[int, float] | None = None,
+):
     return create_trial(
-        state=state, value=error if state == TrialState.COMPLETE else None, params={"stages.0.lr": lr},
-        distributions={"stages.0.lr": LR}, intermediate_values=intermediate or {},
-        user_attrs={"source": source, "metrics": {"valid_loss": (error or 0) * 2},
-                    "stages": [{"index": 0, "name": "full", "lr": lr}], "finder_seconds": 3.0 if source != "search" else 0.0},
+        state=state,
+        value=error if state == TrialState.COMPLETE else None,
+        params={"stages.0.lr": lr},
+        distributions={"stages.0.lr": LR},
+        intermediate_values=intermediate or {},
+        user_attrs={
+            "source": source,
+            "metrics": {"valid_loss": (error or 0) * 2},
+            "stages": [{"index": 0, "name": "full", "lr": lr}],
+            "finder_seconds": 3.0 if source != "search" else 0.0,
+        },
     )
 
 

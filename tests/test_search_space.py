@@ -6,23 +6,47 @@ import math
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from lrlab.errors import ConfigError
-from lrlab.search_space import format_value, parse_search_space
-from lrlab.sweeper import SAMPLERS, SweepSettings, _suggest, _widen, make_sampler, objective_values
+from lrlab.sweep.search_space import format_value, parse_search_space
+from lrlab.sweep.sweeper import (
+    SAMPLERS,
+    SweepSettings,
+    _suggest,
+    _widen,
+    make_sampler,
+    objective_values,
+)
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-STAGES = [{"name": "head", "epochs": 1, "trainable": "head"}, {"name": "unfrozen", "epochs": 2, "trainable": "all"},
-          {"name": "skipped", "epochs": 0, "trainable": "all"}]
+STAGES = [
+    {"name": "head", "epochs": 1, "trainable": "head"},
+    {"name": "unfrozen", "epochs": 2, "trainable": "all"},
+    {"name": "skipped", "epochs": 0, "trainable": "all"},
+]
 
 
 def test_sweep_syntax_maps_to_optuna_distributions() -> None:
-    space = parse_search_space({}, [
-        "stages.1.lr=tag(log, interval(1e-6, 1e-2))", "a=interval(0.1, 0.9)", "b=int(interval(1, 10))",
-        "c=range(2, 10, 2)", "d=choice(adamw, sgd)", "e=range(1.0, 2.5, 0.5)", "epochs=3", "+new=choice(1, 2)",
-    ], STAGES)
+    space = parse_search_space(
+        {},
+        [
+            "stages.1.lr=tag(log, interval(1e-6, 1e-2))",
+            "a=interval(0.1, 0.9)",
+            "b=int(interval(1, 10))",
+            "c=range(2, 10, 2)",
+            "d=choice(adamw, sgd)",
+            "e=range(1.0, 2.5, 0.5)",
+            "epochs=3",
+            "+new=choice(1, 2)",
+        ],
+        STAGES,
+    )
     assert space.params["stages.1.lr"] == FloatDistribution(1e-6, 1e-2, log=True)
     assert space.params["a"] == FloatDistribution(0.1, 0.9)
     assert space.params["b"] == IntDistribution(1, 10)
@@ -37,8 +61,13 @@ def test_sweep_syntax_maps_to_optuna_distributions() -> None:
 
 
 def test_stage_wildcards_expand_and_the_command_line_pins_or_replaces() -> None:
-    params = {"stages.*.lr": "tag(log, interval(1e-5, 1e-1))", "stages.*.lr_spread": "tag(log, interval(1, 1000))"}
-    space = parse_search_space(params, ["stages.0.lr=1e-3", "stages.1.lr=tag(log, interval(1e-4, 1e-2))"], STAGES)
+    params = {
+        "stages.*.lr": "tag(log, interval(1e-5, 1e-1))",
+        "stages.*.lr_spread": "tag(log, interval(1, 1000))",
+    }
+    space = parse_search_space(
+        params, ["stages.0.lr=1e-3", "stages.1.lr=tag(log, interval(1e-4, 1e-2))"], STAGES
+    )
     # lr_spread only for stages that train more than the head; no key for a stage with 0 epochs.
     assert sorted(space.params) == ["stages.1.lr", "stages.1.lr_spread"]
     assert space.params["stages.1.lr"] == FloatDistribution(1e-4, 1e-2, log=True)
@@ -69,7 +98,9 @@ def test_format_value_round_trips_through_hydra() -> None:
 
 @pytest.mark.parametrize("sampler", [s for s in SAMPLERS if s != "grid"])
 def test_every_sampler_searches_inside_the_space(sampler: str) -> None:
-    space = parse_search_space({"stages.*.lr": "tag(log, interval(1e-5, 1e-1))"}, ["b=int(interval(1, 4))"], STAGES[:2])
+    space = parse_search_space(
+        {"stages.*.lr": "tag(log, interval(1e-5, 1e-1))"}, ["b=int(interval(1, 4))"], STAGES[:2]
+    )
     settings = SweepSettings(sampler=sampler, seed=3)
     study = optuna.create_study(sampler=make_sampler(settings, space))
     values = []
@@ -106,7 +137,11 @@ def test_finder_lrs_outside_the_searched_interval_widen_it() -> None:
 
 
 def test_objective_values_come_from_the_job_summary() -> None:
-    summary = {"metrics": {"error_rate": 0.25, "valid_loss": 0.7}, "train_seconds": 10.0, "finder_seconds": 4.0}
+    summary = {
+        "metrics": {"error_rate": 0.25, "valid_loss": 0.7},
+        "train_seconds": 10.0,
+        "finder_seconds": 4.0,
+    }
     assert objective_values(summary, ["error_rate", "total_seconds"]) == [0.25, 14.0]
     with pytest.raises(ConfigError, match="not something a run returns"):
         objective_values(summary, ["f1"])

@@ -5,18 +5,17 @@ import math
 import numpy as np
 import pytest
 
-from lrlab.suggest import (
+from lrlab.finder.rules import (
     RULES,
-    ema_smooth,
-    finite_prefix,
+    register_rule,
     suggest,
     suggest_minimum,
     suggest_slide,
     suggest_steep,
     suggest_valley,
     trim,
-    zero_lag_smooth,
 )
+from lrlab.finder.smoothing import ema_smooth, finite_prefix, zero_lag_smooth
 
 # 30 raw points: n // 10 = 3, so trim keeps raw indices 3..24 (22 points).
 N_RAW = 30
@@ -32,8 +31,18 @@ def _curve30(trimmed: list[float], head: list[float], tail: list[float]) -> np.n
 # ---------------------------------------------------------------- smoothing
 
 
-def test_rules_tuple():
-    assert RULES == ("valley", "steep", "minimum", "slide")
+def test_registered_rule_reaches_suggest_all():
+    """A rule registered once is applied by suggest("all") and accepted by name."""
+    lrs, losses = np.geomspace(1e-5, 1, 40), np.linspace(2.0, 1.0, 40)
+    register_rule("first_point", lambda lr, loss: float(lr[0]))
+    try:
+        assert suggest(lrs, losses, "all")["first_point"] == lrs[40 // 10]
+        assert suggest(lrs, losses, "first_point") == lrs[4]
+    finally:
+        del RULES["first_point"]
+    assert list(RULES) == ["valley", "steep", "minimum", "slide"]
+    with pytest.raises(ValueError, match="all"):
+        register_rule("all", lambda lr, loss: 1.0)
 
 
 def test_ema_first_point_is_first_loss_exactly():
@@ -326,7 +335,7 @@ def _valley_curve() -> np.ndarray:
 def test_all_returns_every_rule():
     raw = _valley_curve()
     out = suggest(LRS30, raw, "all")
-    assert isinstance(out, dict) and tuple(out) == RULES
+    assert isinstance(out, dict) and tuple(out) == tuple(RULES)
     # raw = trimmed + 3.  valley: t0..t15 strictly decreasing, as in the valley test -> raw 9.
     # minimum: t15 -> raw 18.  steep: the drop of 2 starts at t2 -> raw 5.
     # slide: gradients are -1 -1 -1.5 -1.5 -1 ... -1 (to t14), 12.5, 13.5, 1, 1, 1, 1, 1;
@@ -356,7 +365,7 @@ def test_all_nan_when_nothing_remains():
     raw = _valley_curve()
     raw[3] = np.inf
     out = suggest(LRS30, raw, "all")
-    assert tuple(out) == RULES and all(math.isnan(v) for v in out.values())
+    assert tuple(out) == tuple(RULES) and all(math.isnan(v) for v in out.values())
     with pytest.raises(ValueError, match="valley"):
         suggest(LRS30, raw)
 

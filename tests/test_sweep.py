@@ -55,7 +55,10 @@ def test_lr_vs_finder_sweep_finishes_resumes_and_reports(run_cli, tmp_path: Path
     study = _study(tmp_path, "smoke-lr_vs_finder")
     assert _states(study) == {"COMPLETE": 8}
     sources = sorted(t.user_attrs["source"] for t in study.trials)
-    assert sources == ["lr_finder:minimum", "lr_finder:slide", "lr_finder:steep", "lr_finder:valley"] + ["search"] * 4
+    assert (
+        sources
+        == ["lr_finder:minimum", "lr_finder:slide", "lr_finder:steep", "lr_finder:valley"] + ["search"] * 4
+    )
     # The finder trials ran first, and their params are the LRs their range tests chose.
     assert all(t.user_attrs["source"].startswith("lr_finder:") for t in study.trials[:4])
     for trial in study.trials[:4]:
@@ -111,17 +114,31 @@ def test_lr_vs_finder_sweep_finishes_resumes_and_reports(run_cli, tmp_path: Path
     (sweep_dir / "finder_vs_search.md").unlink()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for target in (str(sweep_dir), parent.info.run_id):
-        regen = subprocess.run([sys.executable, "-m", "lrlab.report", target], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=120)
+        regen = subprocess.run(
+            [sys.executable, "-m", "lrlab.sweep.report", target],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert regen.returncode == 0, regen.stderr[-3000:]
         assert "of 7" in (sweep_dir / "finder_vs_search.md").read_text()
 
 
 @pytest.mark.slow
 def test_median_pruner_prunes_trials_in_optuna_and_mlflow(run_cli, tmp_path: Path) -> None:
-    proc = run_cli("-m", "experiment=smoke", "search=lr", "epochs=4", "train.checkpoints=false",
-                   "hydra.sweeper.n_trials=8", "hydra.sweeper.pruner=median",
-                   "+hydra.sweeper.pruner_kwargs.n_startup_trials=2", timeout=600)
+    proc = run_cli(
+        "-m",
+        "experiment=smoke",
+        "search=lr",
+        "epochs=4",
+        "train.checkpoints=false",
+        "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.pruner=median",
+        "+hydra.sweeper.pruner_kwargs.n_startup_trials=2",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     study = _study(tmp_path, "smoke-lr")
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
@@ -149,8 +166,16 @@ def _failing_search(tmp_path: Path) -> Path:
 
 def test_a_job_that_raises_fails_its_trial_and_the_sweep_goes_on(run_cli, tmp_path: Path) -> None:
     conf = _failing_search(tmp_path)
-    proc = run_cli("-m", f"--config-dir={conf}", "experiment=smoke", "search=diverge_first", "epochs=1",
-                   "train.checkpoints=false", "hydra.sweeper.n_trials=2", timeout=600)
+    proc = run_cli(
+        "-m",
+        f"--config-dir={conf}",
+        "experiment=smoke",
+        "search=diverge_first",
+        "epochs=1",
+        "train.checkpoints=false",
+        "hydra.sweeper.n_trials=2",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     study = _study(tmp_path, "diverge_first")
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
@@ -162,9 +187,18 @@ def test_a_job_that_raises_fails_its_trial_and_the_sweep_goes_on(run_cli, tmp_pa
 
 def test_too_many_failures_stop_the_sweep(run_cli, tmp_path: Path) -> None:
     conf = _failing_search(tmp_path)
-    proc = run_cli("-m", f"--config-dir={conf}", "experiment=smoke", "search=diverge_first", "epochs=1",
-                   "train.checkpoints=false", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=0",
-                   "tracking=none", timeout=600)
+    proc = run_cli(
+        "-m",
+        f"--config-dir={conf}",
+        "experiment=smoke",
+        "search=diverge_first",
+        "epochs=1",
+        "train.checkpoints=false",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.max_failure_rate=0",
+        "tracking=none",
+        timeout=600,
+    )
     assert proc.returncode == 2
     assert "max_failure_rate" in proc.stderr and "Traceback" not in proc.stderr
     study = _study(tmp_path, "diverge_first")
@@ -173,13 +207,27 @@ def test_too_many_failures_stop_the_sweep(run_cli, tmp_path: Path) -> None:
 
 def _lrlab(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lrlab", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-m", "lrlab", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 @pytest.mark.slow
 def test_a_killed_sweep_leaves_no_running_trial_after_resume(tmp_path: Path) -> None:
-    args = ("-m", "experiment=smoke", "search=lr", "epochs=30", "train.checkpoints=false", "hydra.sweeper.n_trials=1")
+    args = (
+        "-m",
+        "experiment=smoke",
+        "search=lr",
+        "epochs=30",
+        "train.checkpoints=false",
+        "hydra.sweeper.n_trials=1",
+    )
     proc = _lrlab(*args, cwd=tmp_path)
     db = tmp_path / "sweeps" / "smoke-lr" / "optuna.db"
     try:
@@ -199,22 +247,44 @@ def test_a_killed_sweep_leaves_no_running_trial_after_resume(tmp_path: Path) -> 
         proc.communicate(timeout=60)
     assert [t.state for t in _study(tmp_path, "smoke-lr").trials] == [TrialState.RUNNING]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    changed = subprocess.run([sys.executable, "-m", "lrlab", *args[:3], "epochs=1", *args[4:]], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=600)
+    changed = subprocess.run(
+        [sys.executable, "-m", "lrlab", *args[:3], "epochs=1", *args[4:]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     # Other overrides make another experiment: the sweeper refuses to mix it into this study.
     assert changed.returncode != 0 and "hydra.sweeper.study_name" in changed.stderr
-    resumed = subprocess.run([sys.executable, "-m", "lrlab", *args], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=900)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "lrlab", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [t.state for t in _study(tmp_path, "smoke-lr").trials] == [TrialState.FAIL, TrialState.COMPLETE]
     _, children = _parent_and_children(tmp_path)
-    assert sorted((r.data.tags["trial.number"], r.info.status) for r in children) == [("0", "KILLED"), ("1", "FINISHED")]
+    assert sorted((r.data.tags["trial.number"], r.info.status) for r in children) == [
+        ("0", "KILLED"),
+        ("1", "FINISHED"),
+    ]
 
 
 @pytest.mark.slow
 def test_two_workers_fill_one_study_exactly(tmp_path: Path) -> None:
-    args = ("-m", "experiment=smoke", "search=lr", "epochs=1", "train.checkpoints=false", "tracking=none",
-            "hydra.sweeper.n_trials=6")
+    args = (
+        "-m",
+        "experiment=smoke",
+        "search=lr",
+        "epochs=1",
+        "train.checkpoints=false",
+        "tracking=none",
+        "hydra.sweeper.n_trials=6",
+    )
     workers = [_lrlab(*args, cwd=tmp_path)]
     time.sleep(1.0)
     workers.append(_lrlab(*args, cwd=tmp_path))
@@ -233,9 +303,19 @@ def test_two_workers_fill_one_study_exactly(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_journal_storage_and_batches_of_n_jobs(run_cli, tmp_path: Path) -> None:
     journal = tmp_path / "shared" / "study.log"
-    proc = run_cli("-m", "experiment=smoke", "search=lr", "epochs=1", "train.checkpoints=false", "tracking=none",
-                   "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler=random",
-                   f"hydra.sweeper.storage=journal://{journal}", timeout=600)
+    proc = run_cli(
+        "-m",
+        "experiment=smoke",
+        "search=lr",
+        "epochs=1",
+        "train.checkpoints=false",
+        "tracking=none",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.sampler=random",
+        f"hydra.sweeper.storage=journal://{journal}",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("Launching 2 jobs locally") + proc.stderr.count("Launching 2 jobs locally") == 2
     from optuna.storages.journal import JournalFileBackend, JournalStorage

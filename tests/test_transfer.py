@@ -10,11 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from lrlab.data import ImageSource, TensorLoader, TensorSplit, load_digits
-from lrlab.engine import Callback, Engine
-from lrlab.models import create_model, layer_groups, normalization
-from lrlab.optim import build_optimizer, one_cycle
-from lrlab.transfer import NORM_TYPES, Stage, run_stages, spread_lrs, trainable_group_indices
+from lrlab.core.engine import Engine
+from lrlab.core.optim import build_optimizer
+from lrlab.core.schedules import one_cycle
+from lrlab.core.stages import (
+    NORM_TYPES,
+    Stage,
+    run_stages,
+    spread_lrs,
+    trainable_group_indices,
+)
+from lrlab.core.types import Callback
+from lrlab.data.loaders import TensorLoader
+from lrlab.data.sources import load_digits
+from lrlab.data.types import ImageSource, TensorSplit
+from lrlab.models.factory import create_model, normalization
+from lrlab.models.groups import layer_groups
 
 ADAMW = partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
 
@@ -22,8 +33,11 @@ ADAMW = partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.0
 @pytest.fixture(scope="module")
 def digits():
     full = load_digits(image_size=8)
-    return ImageSource(TensorSplit(full.train.images[:320], full.train.labels[:320]),
-                       TensorSplit(full.valid.images[:64], full.valid.labels[:64]), full.class_names)
+    return ImageSource(
+        TensorSplit(full.train.images[:320], full.train.labels[:320]),
+        TensorSplit(full.valid.images[:64], full.valid.labels[:64]),
+        full.class_names,
+    )
 
 
 class Spy(Callback):
@@ -32,7 +46,9 @@ class Spy(Callback):
     def __init__(self, optimizer):
         self.starts, self.state_sizes, self.lrs = [], [], []
         self.optimizer = optimizer
-        optimizer.register_step_pre_hook(lambda opt, a, k: self.lrs.append([g["lr"] for g in opt.param_groups]))
+        optimizer.register_step_pre_hook(
+            lambda opt, a, k: self.lrs.append([g["lr"] for g in opt.param_groups])
+        )
 
     def on_stage_start(self, engine, start):
         self.starts.append(start)
@@ -52,16 +68,27 @@ def _setup(digits, seed=0):
 
 
 def _norm_param_names(model) -> set[str]:
-    return {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, NORM_TYPES)
-            for p, _ in mod.named_parameters(recurse=False)}
+    return {
+        f"{m}.{p}"
+        for m, mod in model.named_modules()
+        if isinstance(mod, NORM_TYPES)
+        for p, _ in mod.named_parameters(recurse=False)
+    }
 
 
 @pytest.mark.parametrize("train_bn", [True, False])
 def test_head_stage_leaves_frozen_groups_bit_identical(digits, train_bn: bool) -> None:
     model, groups, train, valid, optimizer, engine, _ = _setup(digits)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    run_stages(engine, groups, train, valid, [Stage("head", 1, lr=1e-2, trainable="head", train_bn=train_bn)],
-               optimizer, one_cycle)
+    run_stages(
+        engine,
+        groups,
+        train,
+        valid,
+        [Stage("head", 1, lr=1e-2, trainable="head", train_bn=train_bn)],
+        optimizer,
+        one_cycle,
+    )
     after = model.state_dict()
     norms = _norm_param_names(model)
     head = set(groups[-1].param_names)
@@ -93,13 +120,26 @@ def test_discriminative_lrs_are_geometric_and_one_cycle_ends_at_div_final(digits
 
 def test_unfreezing_clears_optimizer_state_and_gradual_unfreezes_in_order(digits) -> None:
     model, groups, train, valid, optimizer, engine, spy = _setup(digits)
-    stages = [Stage("head", 1, lr=1e-2, trainable="head"), Stage("from_body1", 1, lr=1e-3, trainable="from:-2"),
-              Stage("again", 1, lr=1e-3, trainable="from:1"), Stage("all", 1, lr=1e-3, trainable="all", lr_spread=10)]
+    stages = [
+        Stage("head", 1, lr=1e-2, trainable="head"),
+        Stage("from_body1", 1, lr=1e-3, trainable="from:-2"),
+        Stage("again", 1, lr=1e-3, trainable="from:1"),
+        Stage("all", 1, lr=1e-3, trainable="all", lr_spread=10),
+    ]
     run_stages(engine, groups, train, valid, stages, optimizer, one_cycle)
-    assert [s.trainable_groups for s in spy.starts] == [["head"], ["body1", "head"], ["body1", "head"],
-                                                         ["body0", "body1", "head"]]
+    assert [s.trainable_groups for s in spy.starts] == [
+        ["head"],
+        ["body1", "head"],
+        ["body1", "head"],
+        ["body0", "body1", "head"],
+    ]
     assert [s.cleared_optimizer_state for s in spy.starts] == [False, True, False, True]
-    assert spy.state_sizes[0] == 0 and spy.state_sizes[1] == 0 and spy.state_sizes[2] > 0 and spy.state_sizes[3] == 0
+    assert (
+        spy.state_sizes[0] == 0
+        and spy.state_sizes[1] == 0
+        and spy.state_sizes[2] > 0
+        and spy.state_sizes[3] == 0
+    )
     counts = [s.trainable_params for s in spy.starts]
     assert counts[0] < counts[1] == counts[2] < counts[3] == sum(p.numel() for p in model.parameters())
     assert trainable_group_indices("from:0", 3) == [0, 1, 2] and trainable_group_indices("from:-1", 3) == [2]
@@ -110,12 +150,23 @@ def test_unfreezing_clears_optimizer_state_and_gradual_unfreezes_in_order(digits
 def test_find_stage_uses_the_suggestion_times_lr_scale(digits) -> None:
     model, groups, train, valid, optimizer, engine, spy = _setup(digits)
     stage = Stage("head", 1, lr="find", trainable="head", lr_rule="minimum", lr_scale=0.5, lr_spread=10)
-    run_stages(engine, groups, train, valid, [stage], optimizer, one_cycle,
-               finder={"num_iter": 30, "end_lr": 1.0}, default_rule="valley")
+    run_stages(
+        engine,
+        groups,
+        train,
+        valid,
+        [stage],
+        optimizer,
+        one_cycle,
+        finder={"num_iter": 30, "end_lr": 1.0},
+        default_rule="valley",
+    )
     start = spy.starts[0]
     assert start.rule == "minimum" and start.finder is not None
     assert start.lr == pytest.approx(start.finder.suggestions["minimum"] * 0.5, rel=1e-12)
-    assert start.layer_lrs["head"] == pytest.approx(start.lr) and start.layer_lrs["body0"] == pytest.approx(start.lr / 10)
+    assert start.layer_lrs["head"] == pytest.approx(start.lr) and start.layer_lrs["body0"] == pytest.approx(
+        start.lr / 10
+    )
     head_col = [g["layer_group"] for g in optimizer.param_groups].index(2)
     assert optimizer.param_groups[head_col]["max_lr"] == pytest.approx(start.lr, rel=1e-12)
 
@@ -144,5 +195,8 @@ def test_stage_presets_run_and_log_from_the_cli(run_cli, tmp_path: Path, preset:
     else:
         assert "range test:" in proc.stdout
         files = {a.path for a in client.list_artifacts(run.info.run_id, "lr_finder/from_body1")}
-        assert files == {"lr_finder/from_body1/lr_find_from_body1.png", "lr_finder/from_body1/lr_find_from_body1.csv"}
+        assert files == {
+            "lr_finder/from_body1/lr_find_from_body1.png",
+            "lr_finder/from_body1/lr_find_from_body1.csv",
+        }
     assert len(client.get_metric_history(run.info.run_id, "valid_loss")) == len(names)

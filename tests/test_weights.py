@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 from timm.data import ImageNetInfo, infer_imagenet_subset
 
-from lrlab.weights import (
+from lrlab.models.weights import (
     BUNDLED_MODEL_NAME,
     WeightsError,
     bundled_state_dict,

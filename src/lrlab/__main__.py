@@ -1,5 +1,5 @@
 """`python -m lrlab` runs the Hydra app, like the `lrlab` console script."""
 
-from lrlab.cli import main
+from lrlab.app.cli import main
 
 main()

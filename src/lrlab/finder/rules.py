@@ -18,21 +18,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-RULES = ("valley", "steep", "minimum", "slide")
+from typing import Callable
 
+from lrlab.finder.smoothing import _as_1d, finite_prefix
 
-def _as_1d(values: ArrayLike, name: str) -> np.ndarray:
-    """Return ``values`` as a 1-D float64 array, or raise ``ValueError``."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    return arr
-
-
-def _check_beta(beta: float) -> None:
-    """Raise ``ValueError`` unless ``0 <= beta < 1``."""
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must satisfy 0 <= beta < 1, got {beta}")
 
 
 def _curve(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -40,9 +29,7 @@ def _curve(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     lr_arr = _as_1d(lrs, "lrs")
     loss_arr = _as_1d(losses, "losses")
     if lr_arr.shape != loss_arr.shape:
-        raise ValueError(
-            f"lrs and losses must have the same length, got {lr_arr.size} and {loss_arr.size}"
-        )
+        raise ValueError(f"lrs and losses must have the same length, got {lr_arr.size} and {loss_arr.size}")
     return lr_arr, loss_arr
 
 
@@ -54,69 +41,8 @@ def _trimmed_curve(
     if not np.all(np.isfinite(loss_arr)):
         raise ValueError(f"{rule}: losses contain NaN or inf; pass the curve through trim() first")
     if loss_arr.size < min_points:
-        raise ValueError(
-            f"{rule}: needs at least {min_points} point(s) after trimming, got {loss_arr.size}"
-        )
+        raise ValueError(f"{rule}: needs at least {min_points} point(s) after trimming, got {loss_arr.size}")
     return lr_arr, loss_arr
-
-
-def finite_prefix(losses: ArrayLike) -> int:
-    """Return the number of leading finite losses, i.e. the index of the first NaN or inf."""
-    arr = _as_1d(losses, "losses")
-    bad = np.flatnonzero(~np.isfinite(arr))
-    return int(bad[0]) if bad.size else int(arr.size)
-
-
-def _ema_pass(values: np.ndarray, beta: float) -> np.ndarray:
-    """Debiased EMA of an all-finite array, as a ratio of weighted sums so that output[0] == values[0]."""
-    out = np.empty_like(values)
-    num = 0.0
-    den = 0.0
-    for i, value in enumerate(values):
-        num = beta * num + value
-        den = beta * den + 1.0
-        out[i] = num / den
-    return out
-
-
-def ema_smooth(losses: ArrayLike, beta: float = 0.98) -> np.ndarray:
-    """Causal debiased EMA, as fastai's recorder smooths losses: ``avg/(1-beta**(i+1))``.
-
-    From the first non-finite loss onwards the output is NaN; the first output equals the first loss.
-    """
-    _check_beta(beta)
-    arr = _as_1d(losses, "losses")
-    out = np.full_like(arr, np.nan)
-    k = finite_prefix(arr)
-    out[:k] = _ema_pass(arr[:k], beta)
-    return out
-
-
-def zero_lag_smooth(losses: ArrayLike, beta: float = 0.8) -> np.ndarray:
-    """Forward-backward debiased EMA with no phase lag, applied to the finite prefix.
-
-    `beta` is per pass; the default 0.8 averages over about +-5 steps (half a decade of a
-    100-step test), where fastai's causal beta 0.98 trails the raw loss by up to ~50 steps.
-
-    The debiased EMA is run forward then backward, and also backward then forward, and
-    the two results are averaged.  Writing the passes directly (instead of
-    ``scipy.signal.filtfilt``) needs no edge padding, so curves of any length, even
-    one point, work, and debiasing removes the zero-start bias at both ends.  Averaging
-    both orders makes the smoother commute exactly with reversing the curve, so a dip
-    symmetric about the middle of the curve keeps its argmin; a single forward-backward
-    order does not, because the debiased start-up transient is one-sided.  Off-centre dips
-    can still move a few points at large ``beta`` because of edge effects.  Non-finite
-    entries, and everything after the first one, are NaN.
-    """
-    _check_beta(beta)
-    arr = _as_1d(losses, "losses")
-    out = np.full_like(arr, np.nan)
-    k = finite_prefix(arr)
-    head = arr[:k]
-    forward_backward = _ema_pass(_ema_pass(head, beta)[::-1], beta)[::-1]
-    backward_forward = _ema_pass(_ema_pass(head[::-1], beta)[::-1], beta)
-    out[:k] = 0.5 * (forward_backward + backward_forward)
-    return out
 
 
 def trim(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -212,12 +138,25 @@ def suggest_slide(
     return float(local_min_lr) * adjust_value
 
 
-_RULE_FUNCS = {
+RuleFunction = Callable[[np.ndarray, np.ndarray], float]
+
+RULES: dict[str, RuleFunction] = {
     "valley": suggest_valley,
     "steep": suggest_steep,
     "minimum": suggest_minimum,
     "slide": suggest_slide,
 }
+"""Every suggestion rule by name: the one registry the CLI, `suggest="all"`, sweeps' finder
+baselines, plots and reports read. Add a rule with :func:`register_rule`."""
+
+
+def register_rule(name: str, function: RuleFunction) -> RuleFunction:
+    """Make `function(lrs, smoothed_losses) -> lr` (on an already trimmed curve) available everywhere
+    as rule `name`."""
+    if name == "all" or not name.isidentifier():
+        raise ValueError(f"rule name {name!r} is not valid: use an identifier other than 'all'")
+    RULES[name] = function
+    return function
 
 
 def suggest(lrs: ArrayLike, losses: ArrayLike, method: str = "valley") -> float | dict[str, float]:
@@ -231,11 +170,11 @@ def suggest(lrs: ArrayLike, losses: ArrayLike, method: str = "valley") -> float 
         raise ValueError(f"unknown method {method!r}; valid methods are {valid}")
     lr_arr, loss_arr = trim(lrs, losses)
     if method != "all":
-        return _RULE_FUNCS[method](lr_arr, loss_arr)
+        return RULES[method](lr_arr, loss_arr)
     result: dict[str, float] = {}
     for rule in RULES:
         try:
-            result[rule] = _RULE_FUNCS[rule](lr_arr, loss_arr)
+            result[rule] = RULES[rule](lr_arr, loss_arr)
         except ValueError:
             result[rule] = float("nan")
     return result

@@ -21,7 +21,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from lrlab.study import open_storage
+from lrlab.sweep.storage import open_storage
 
 REPORT_FILE = "finder_vs_search.md"
 PLOT_FILE = "finder_vs_search.png"
@@ -81,8 +81,17 @@ def analyse(study: optuna.Study) -> tuple[list[FinderRow], list[FrozenTrial], st
         value = trial.values[0]
         better = [t for t in searched if sign * t.values[0] < sign * value]
         beaten = next((i + 1 for i, t in enumerate(searched) if sign * t.values[0] < sign * value), None)
-        rows.append(FinderRow(source.split(":", 1)[1], trial, value, len(better) + 1,
-                              sign * (value - best) if searched else math.nan, beaten, _seconds(trial)))
+        rows.append(
+            FinderRow(
+                source.split(":", 1)[1],
+                trial,
+                value,
+                len(better) + 1,
+                sign * (value - best) if searched else math.nan,
+                beaten,
+                _seconds(trial),
+            )
+        )
     return rows, searched, metric
 
 
@@ -107,26 +116,41 @@ def markdown(study: optuna.Study) -> str:
         f"# Range-test suggestions vs. searched learning rates: `{study.study_name}`",
         "",
         f"Objective: final `{metric}` ({direction}). Searched trials: {len(searched)} complete, {pruned} pruned, "
-        f"{failed} failed. Search space: " + ", ".join(f"`{k}` {v}" for k, v in (study.user_attrs.get("lrlab.search_space") or {}).items()) + ".",
+        f"{failed} failed. Search space: "
+        + ", ".join(f"`{k}` {v}" for k, v in (study.user_attrs.get("lrlab.search_space") or {}).items())
+        + ".",
         "",
     ]
     lines += ["## Finder rules", ""]
-    lines.append("| rule | " + " | ".join(heads) + f" | {metric} | valid_loss | rank among searched | regret | "
-                 "searched trials to beat it | compute (s) |")
+    lines.append(
+        "| rule | " + " | ".join(heads) + f" | {metric} | valid_loss | rank among searched | regret | "
+        "searched trials to beat it | compute (s) |"
+    )
     lines.append("|---" * (len(heads) + 7) + "|")
     for r in rows:
         lrs = [_fmt(r.trial.params.get(k), ".3g") for k in keys]
         valid = (r.trial.user_attrs.get("metrics") or {}).get("valid_loss")
         beaten = str(r.beaten_after) if r.beaten_after else f"not beaten in {len(searched)}"
-        lines.append(f"| {r.rule} | " + " | ".join(lrs) + f" | {_fmt(r.value)} | {_fmt(valid)} | "
-                     f"{r.rank} of {len(searched) + 1} | {_fmt(r.regret, '+.4f')} | {beaten} | {r.seconds:.0f} |")
-    unfinished = [t for t in study.trials if _source(t).startswith("lr_finder:") and t.state != TrialState.COMPLETE]
+        lines.append(
+            f"| {r.rule} | " + " | ".join(lrs) + f" | {_fmt(r.value)} | {_fmt(valid)} | "
+            f"{r.rank} of {len(searched) + 1} | {_fmt(r.regret, '+.4f')} | {beaten} | {r.seconds:.0f} |"
+        )
+    unfinished = [
+        t for t in study.trials if _source(t).startswith("lr_finder:") and t.state != TrialState.COMPLETE
+    ]
     for t in unfinished:
         reason = t.user_attrs.get("error") or t.user_attrs.get("pruned") or ""
-        lines.append(f"| {_source(t).split(':', 1)[1]} | " + " | ".join("n/a" for _ in keys)
-                     + f" | {t.state.name} {reason[:120]} |" + " |" * 6)
+        lines.append(
+            f"| {_source(t).split(':', 1)[1]} | "
+            + " | ".join("n/a" for _ in keys)
+            + f" | {t.state.name} {reason[:120]} |"
+            + " |" * 6
+        )
     if not rows and not unfinished:
-        lines.append("| (no finder trials: add `enqueue: [lr_finder]`, or use `search=lr_vs_finder`) |" + " |" * (len(heads) + 6))
+        lines.append(
+            "| (no finder trials: add `enqueue: [lr_finder]`, or use `search=lr_vs_finder`) |"
+            + " |" * (len(heads) + 6)
+        )
     lines.append("")
     lines += ["## Best searched trials", ""]
     lines.append("| trial | " + " | ".join(heads) + f" | {metric} | valid_loss |")
@@ -134,17 +158,26 @@ def markdown(study: optuna.Study) -> str:
     ordered = sorted(searched, key=lambda t: t.values[0], reverse=direction == "maximize")
     for t in ordered[:5]:
         valid = (t.user_attrs.get("metrics") or {}).get("valid_loss")
-        lines.append(f"| {t.number} | " + " | ".join(_fmt(t.params.get(k), ".3g") for k in keys)
-                     + f" | {_fmt(t.values[0])} | {_fmt(valid)} |")
+        lines.append(
+            f"| {t.number} | "
+            + " | ".join(_fmt(t.params.get(k), ".3g") for k in keys)
+            + f" | {_fmt(t.values[0])} | {_fmt(valid)} |"
+        )
     lines.append("")
     lines += ["## Compute", ""]
     if rows:
         finder_seconds = sum(r.seconds for r in rows) / len(rows)
         range_test = sum(float(r.trial.user_attrs.get("finder_seconds") or 0.0) for r in rows) / len(rows)
-        lines.append(f"- One finder trial (range tests + one training, wall clock): {finder_seconds:.0f} s on average, "
-                     f"of which range tests {range_test:.0f} s.")
-        lines.append(f"- The search: {search_seconds:.0f} s over {len(all_searched)} trials "
-                     f"({search_seconds / finder_seconds:.1f}x one finder trial)." if finder_seconds else "")
+        lines.append(
+            f"- One finder trial (range tests + one training, wall clock): {finder_seconds:.0f} s on average, "
+            f"of which range tests {range_test:.0f} s."
+        )
+        lines.append(
+            f"- The search: {search_seconds:.0f} s over {len(all_searched)} trials "
+            f"({search_seconds / finder_seconds:.1f}x one finder trial)."
+            if finder_seconds
+            else ""
+        )
     else:
         lines.append(f"- The search: {search_seconds:.0f} s over {len(all_searched)} trials.")
     lines.append("")
@@ -176,7 +209,11 @@ def plot(study: optuna.Study, path: Path) -> Path | None:
     if not keys:
         return None
     names = stage_names(study)
-    pruned = [t for t in study.trials if t.state == TrialState.PRUNED and _source(t) == "search" and t.intermediate_values]
+    pruned = [
+        t
+        for t in study.trials
+        if t.state == TrialState.PRUNED and _source(t) == "search" and t.intermediate_values
+    ]
     fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.6), squeeze=False)
     colors = plt.get_cmap("tab10")
     for ax, key in zip(axes[0], keys, strict=True):
@@ -200,12 +237,31 @@ def plot(study: optuna.Study, path: Path) -> Path | None:
         if pruned:
             px = [t.params[key] for t in pruned if key in t.params]
             py = [t.intermediate_values[max(t.intermediate_values)] for t in pruned if key in t.params]
-            ax.scatter(px, py, facecolors="none", edgecolors="C0", s=28, label=f"pruned ({len(px)}), last report", zorder=3)
+            ax.scatter(
+                px,
+                py,
+                facecolors="none",
+                edgecolors="C0",
+                s=28,
+                label=f"pruned ({len(px)}), last report",
+                zorder=3,
+            )
         for i, r in enumerate(rows):
             if key in r.trial.params:
                 lr = r.trial.params[key]
-                ax.axvline(lr, color=colors(i + 1), ls="--", lw=1.4, label=f"{r.rule}: {lr:.2g} -> {r.value:.3f}")
-                ax.scatter([lr], [r.value], marker="*", s=110, color=colors(i + 1), edgecolors="k", linewidths=0.5, zorder=4)
+                ax.axvline(
+                    lr, color=colors(i + 1), ls="--", lw=1.4, label=f"{r.rule}: {lr:.2g} -> {r.value:.3f}"
+                )
+                ax.scatter(
+                    [lr],
+                    [r.value],
+                    marker="*",
+                    s=110,
+                    color=colors(i + 1),
+                    edgecolors="k",
+                    linewidths=0.5,
+                    zorder=4,
+                )
         ax.set_xlabel(f"{names.get(key, key)} learning rate ({key})")
         ax.set_ylabel(f"final {metric}")
         ax.grid(True, which="major", alpha=0.3)
@@ -234,7 +290,9 @@ def write_report(study: optuna.Study, directory: str | Path) -> list[Path]:
 def _study_from_dir(directory: Path) -> optuna.Study:
     results = directory / "optimization_results.yaml"
     if not results.is_file():
-        raise SystemExit(f"lrlab-report: {directory} has no optimization_results.yaml; is it a sweep directory?")
+        raise SystemExit(
+            f"lrlab-report: {directory} has no optimization_results.yaml; is it a sweep directory?"
+        )
     data = OmegaConf.load(results)
     return optuna.load_study(study_name=str(data.name), storage=open_storage(str(data.storage)))
 
@@ -243,8 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     """`lrlab-report <sweep dir | MLflow parent run id>`: regenerate a sweep's report."""
     parser = argparse.ArgumentParser(prog="lrlab-report", description=main.__doc__)
     parser.add_argument("target", help="a sweep directory, or the MLflow run id of a sweep's parent run")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: sqlite:///<current dir>/mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: sqlite:///<current dir>/mlflow.db)",
+    )
     parser.add_argument("--out", default=None, help="where to write (default: the sweep directory)")
     args = parser.parse_args(argv)
     target = Path(args.target)
@@ -257,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not re.fullmatch(r"[0-9a-f]{32}", args.target):
         raise SystemExit(f"lrlab-report: {args.target} is neither a sweep directory nor an MLflow run id")
     else:
-        from lrlab.tracking import default_tracking_uri
+        from lrlab.integrations.mlflow import default_tracking_uri
 
         uri = args.tracking_uri or default_tracking_uri(Path.cwd())
         from mlflow.tracking import MlflowClient
@@ -266,10 +327,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run = client.get_run(args.target)
         except Exception as exc:
-            raise SystemExit(f"lrlab-report: {args.target} is neither a directory nor a run in {uri}: {exc}") from None
+            raise SystemExit(
+                f"lrlab-report: {args.target} is neither a directory nor a run in {uri}: {exc}"
+            ) from None
         params = run.data.params
         if "study_name" not in params:
-            raise SystemExit(f"lrlab-report: run {args.target} is not a sweep's parent run (no study_name param)")
+            raise SystemExit(
+                f"lrlab-report: run {args.target} is not a sweep's parent run (no study_name param)"
+            )
 
         study = optuna.load_study(study_name=params["study_name"], storage=open_storage(params["storage"]))
         run_id = args.target

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrlab.engine import Callback, EpochResult
+from lrlab.core.types import Callback, EpochResult
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
@@ -51,8 +51,12 @@ class CheckpointCallback(Callback):
         self.best_path: Path | None = None
 
     def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
-        payload = {"model": model_state(engine.model), "epoch": result.epoch, "stage": result.stage,
-                   "metrics": result.metrics()}
+        payload = {
+            "model": model_state(engine.model),
+            "epoch": result.epoch,
+            "stage": result.stage,
+            "metrics": result.metrics(),
+        }
         save_atomic(payload, self.directory / "last.pt")
         if result.valid_loss < self.best_loss:
             self.best_loss = result.valid_loss

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -25,8 +25,8 @@ class ModelConfig:
     name: str = MISSING
     pretrained: Any = False
     body_groups: int = 2
-    drop_rate: Optional[float] = None
-    drop_path_rate: Optional[float] = None
+    drop_rate: float | None = None
+    drop_path_rate: float | None = None
 
 
 @dataclass
@@ -41,8 +41,8 @@ class AugmentConfig:
 class DataConfig:
     name: str = MISSING
     classes: int = 4
-    root: Optional[str] = None
-    dataset: Optional[str] = None
+    root: str | None = None
+    dataset: str | None = None
     download: bool = False
     image_size: int = 224
     batch_size: int = 32
@@ -60,19 +60,19 @@ class StageConfig:
     lr: Any = "find"
     trainable: str = "all"
     train_bn: bool = True
-    lr_rule: Optional[str] = None
+    lr_rule: str | None = None
     lr_scale: float = 1.0
     lr_spread: float = 1.0
     lr_spread_mode: str = "geometric"
-    pct_start: Optional[float] = None
-    div: Optional[float] = None
-    div_final: Optional[float] = None
+    pct_start: float | None = None
+    div: float | None = None
+    div_final: float | None = None
 
 
 @dataclass
 class TrainConfig:
     grad_accum: int = 1
-    grad_clip: Optional[float] = None
+    grad_clip: float | None = None
     channels_last: bool = True
     compile: bool = False
     log_every: int = 25
@@ -102,21 +102,21 @@ class LrFinderConfig:
 @dataclass
 class TrackingConfig:
     backend: str = "mlflow"
-    uri: Optional[str] = None
+    uri: str | None = None
     experiment: str = "lrlab"
-    run_name: Optional[str] = None
+    run_name: str | None = None
     log_model: bool = True
-    parent_run_id: Optional[str] = None
+    parent_run_id: str | None = None
 
 
 @dataclass
 class TrialConfig:
     """Which Optuna trial this job is (set by the sweeper): the job reports per-epoch metrics to it."""
 
-    storage: Optional[str] = None
-    study: Optional[str] = None
-    number: Optional[int] = None
-    source: Optional[str] = None
+    storage: str | None = None
+    study: str | None = None
+    number: int | None = None
+    source: str | None = None
     metric: str = "error_rate"
 
 
@@ -189,18 +189,26 @@ def _check_stage(stage: DictConfig, key: str) -> None:
         try:
             stage.lr = float(stage.lr)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}.lr={stage.lr!r} is not valid: use find (range test) or a positive number.") from None
+            raise ConfigError(
+                f"{key}.lr={stage.lr!r} is not valid: use find (range test) or a positive number."
+            ) from None
         _positive(stage.lr, f"{key}.lr")
     if stage.epochs < 0:
         raise ConfigError(f"{key}.epochs={stage.epochs} must be >= 0.")
     trainable = str(stage.trainable)
-    if trainable not in ("head", "all") and not (trainable.startswith("from:") and trainable[5:].lstrip("-").isdigit()):
-        raise ConfigError(f"{key}.trainable={trainable!r} is not valid: use head, all, or from:K (K a layer-group index).")
+    if trainable not in ("head", "all") and not (
+        trainable.startswith("from:") and trainable[5:].lstrip("-").isdigit()
+    ):
+        raise ConfigError(
+            f"{key}.trainable={trainable!r} is not valid: use head, all, or from:K (K a layer-group index)."
+        )
     if stage.lr_rule is not None:
         _choice(stage.lr_rule, RULE_CHOICES, f"{key}.lr_rule")
     _positive(stage.lr_scale, f"{key}.lr_scale")
     if not stage.lr_spread >= 1:
-        raise ConfigError(f"{key}.lr_spread={stage.lr_spread} must be >= 1 (the first group gets lr / lr_spread).")
+        raise ConfigError(
+            f"{key}.lr_spread={stage.lr_spread} must be >= 1 (the first group gets lr / lr_spread)."
+        )
     _choice(stage.lr_spread_mode, ("geometric", "slice_hi"), f"{key}.lr_spread_mode")
     for name in ("pct_start",):
         value = stage[name]
@@ -214,7 +222,9 @@ def _check_lr_finder(f: DictConfig) -> None:
     _choice(f.suggest, ("valley", "steep", "minimum", "slide", "all"), "lr_finder.suggest")
     _positive(f.start_lr, "lr_finder.start_lr")
     if not f.end_lr > f.start_lr:
-        raise ConfigError(f"lr_finder.end_lr={f.end_lr} must be greater than lr_finder.start_lr={f.start_lr}.")
+        raise ConfigError(
+            f"lr_finder.end_lr={f.end_lr} must be greater than lr_finder.start_lr={f.start_lr}."
+        )
     if f.num_iter < 2:
         raise ConfigError(f"lr_finder.num_iter={f.num_iter} must be at least 2.")
     for key in ("beta", "zero_lag_beta"):
@@ -261,7 +271,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     if merged.trial.study is not None:
         _choice(merged.trial.metric, ("error_rate", "valid_loss", "accuracy", "train_loss"), "trial.metric")
         if merged.trial.storage is None or merged.trial.number is None:
-            raise ConfigError("trial.study is set but trial.storage or trial.number is missing (the sweeper sets all three).")
+            raise ConfigError(
+                "trial.study is set but trial.storage or trial.number is missing (the sweeper sets all three)."
+            )
     if not merged.stages:
         raise ConfigError("stages is empty: give at least one stage (name, epochs, lr).")
     for i, stage in enumerate(merged.stages):

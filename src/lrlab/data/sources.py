@@ -10,55 +10,22 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from lrlab.data.types import ImageSource, TensorSplit
 from lrlab.errors import LrlabError
 
 log = logging.getLogger(__name__)
 
 ELPV_PROBABILITIES = (0.0, 1 / 3, 2 / 3, 1.0)
-
-
-@dataclass
-class TensorSplit:
-    """Images as uint8 (N, C, H, W) at the training size, labels as int64 (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class ImageSource:
-    """A classification dataset split into train and valid, before any loader is built."""
-
-    train: TensorSplit | Dataset
-    valid: TensorSplit | Dataset
-    class_names: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-@dataclass
-class Normalization:
-    """Per-channel mean and std (of 0..1 pixels) and the resize interpolation of a model."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"
 
 
 def _stratified_split(strata: np.ndarray, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,12 +42,16 @@ def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
         return images.contiguous()
     out = []
     for chunk in images.split(256):
-        resized = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        resized = F.interpolate(
+            chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         out.append(resized.round_().clamp_(0, 255).to(torch.uint8))
     return torch.cat(out)
 
 
-def _split_tensors(images: torch.Tensor, labels: np.ndarray, strata: np.ndarray, valid_pct: float, seed: int) -> tuple[TensorSplit, TensorSplit]:
+def _split_tensors(
+    images: torch.Tensor, labels: np.ndarray, strata: np.ndarray, valid_pct: float, seed: int
+) -> tuple[TensorSplit, TensorSplit]:
     train_idx, valid_idx = _stratified_split(strata, valid_pct, seed)
     y = torch.as_tensor(labels, dtype=torch.int64)
     return TensorSplit(images[train_idx], y[train_idx]), TensorSplit(images[valid_idx], y[valid_idx])
@@ -91,12 +62,16 @@ def _elpv_labels_file(root: str | None) -> Path:
         path = Path(root).expanduser()
         path = path / "labels.csv" if path.is_dir() else path
         if not path.is_file():
-            raise LrlabError(f"data.root={root!r}: no ELPV labels.csv there (expected the elpv-dataset layout).")
+            raise LrlabError(
+                f"data.root={root!r}: no ELPV labels.csv there (expected the elpv-dataset layout)."
+            )
         return path
     try:
         import elpv_dataset
     except ImportError as exc:
-        raise LrlabError("data=elpv needs the elpv-dataset package (pip install elpv-dataset) or data.root=PATH") from exc
+        raise LrlabError(
+            "data=elpv needs the elpv-dataset package (pip install elpv-dataset) or data.root=PATH"
+        ) from exc
     return Path(elpv_dataset.__file__).parent / "data" / "labels.csv"
 
 
@@ -115,8 +90,9 @@ def _elpv_arrays(root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.nd
     return images, probs, types
 
 
-def load_elpv(image_size: int, classes: int = 4, valid_pct: float = 0.25, split_seed: int = 0,
-              root: str | None = None) -> ImageSource:
+def load_elpv(
+    image_size: int, classes: int = 4, valid_pct: float = 0.25, split_seed: int = 0, root: str | None = None
+) -> ImageSource:
     """The ELPV solar cells (bundled, or under `root`), stratified by class and cell type (mono/poly)."""
     images, probs, types = _elpv_arrays(root)
     level = np.rint(np.asarray(probs) * 3).astype(np.int64)
@@ -176,7 +152,9 @@ def load_imagefolder(root: str, valid_pct: float = 0.2, split_seed: int = 0) -> 
             train, valid = ImageFolder(str(base / "train")), ImageFolder(str(valid_dir))
             if train.classes != valid.classes:
                 raise LrlabError(f"{base}/train and {valid_dir} hold different class folders.")
-            return ImageSource(_Subset(train, range(len(train))), _Subset(valid, range(len(valid))), train.classes)
+            return ImageSource(
+                _Subset(train, range(len(train))), _Subset(valid, range(len(valid))), train.classes
+            )
         full = ImageFolder(str(base))
     except (FileNotFoundError, RuntimeError) as exc:
         raise LrlabError(f"data.root={root!r} holds no images in class folders: {exc}") from exc
@@ -198,7 +176,9 @@ def _torchvision_split(cls: type, root: str, download: bool, train: bool) -> Dat
     return None if not train else cls(root, download=download)
 
 
-def load_torchvision(dataset: str, root: str, download: bool = False, valid_pct: float = 0.2, split_seed: int = 0) -> ImageSource:
+def load_torchvision(
+    dataset: str, root: str, download: bool = False, valid_pct: float = 0.2, split_seed: int = 0
+) -> ImageSource:
     """Any torchvision classification dataset by class name, with its official split when it has one."""
     import torchvision.datasets as tvd
 
@@ -207,7 +187,9 @@ def load_torchvision(dataset: str, root: str, download: bool = False, valid_pct:
         import difflib
 
         close = difflib.get_close_matches(str(dataset), tvd.__all__, n=5)
-        raise LrlabError(f"data.dataset={dataset!r} is not a torchvision dataset. Close matches: {', '.join(close) or 'none'}.")
+        raise LrlabError(
+            f"data.dataset={dataset!r} is not a torchvision dataset. Close matches: {', '.join(close) or 'none'}."
+        )
     try:
         train = _torchvision_split(cls, root, download, train=True)
         valid = _torchvision_split(cls, root, download, train=False)
@@ -230,7 +212,9 @@ def materialize(dataset: Dataset, image_size: int) -> TensorSplit:
     """Decode an image dataset once into a uint8 tensor stack at image_size (resize + centre crop)."""
     from torchvision.transforms import v2
 
-    to_tensor = v2.Compose([v2.PILToTensor(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+    to_tensor = v2.Compose(
+        [v2.PILToTensor(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    )
     images, labels = [], []
     for i in range(len(dataset)):
         image, label = dataset[i]
@@ -243,130 +227,24 @@ def load_source(cfg: Mapping[str, Any]) -> ImageSource:
     """Build the ImageSource a data config names (elpv, digits, imagefolder, torchvision)."""
     name = cfg["name"]
     if name == "elpv":
-        source = load_elpv(cfg["image_size"], cfg.get("classes", 4), cfg["valid_pct"], cfg["split_seed"], cfg.get("root"))
+        source = load_elpv(
+            cfg["image_size"], cfg.get("classes", 4), cfg["valid_pct"], cfg["split_seed"], cfg.get("root")
+        )
     elif name == "digits":
         source = load_digits(cfg["image_size"], cfg["valid_pct"], cfg["split_seed"])
     elif name == "imagefolder":
         source = load_imagefolder(cfg["root"], cfg["valid_pct"], cfg["split_seed"])
     elif name == "torchvision":
-        source = load_torchvision(cfg["dataset"], cfg["root"], cfg.get("download", False), cfg["valid_pct"], cfg["split_seed"])
+        source = load_torchvision(
+            cfg["dataset"], cfg["root"], cfg.get("download", False), cfg["valid_pct"], cfg["split_seed"]
+        )
     else:
         raise LrlabError(f"data.name={name!r} is not valid; choose elpv, digits, imagefolder or torchvision.")
     if cfg.get("in_memory") and not isinstance(source.train, TensorSplit):
         log.info("Decoding %s into memory at %d px ...", name, cfg["image_size"])
-        source = ImageSource(materialize(source.train, cfg["image_size"]), materialize(source.valid, cfg["image_size"]), source.class_names)
+        source = ImageSource(
+            materialize(source.train, cfg["image_size"]),
+            materialize(source.valid, cfg["image_size"]),
+            source.class_names,
+        )
     return source
-
-
-def _affine_params(n: int, augment: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor | None:
-    """Random (n, 2, 3) affine matrices for crop-scale, flips and 90-degree turns; None if all off."""
-    hflip, vflip = float(augment.get("hflip", 0)), float(augment.get("vflip", 0))
-    rot90 = bool(augment.get("rot90", False))
-    scale = augment.get("scale") or [1.0, 1.0]
-    lo, hi = float(scale[0]), float(scale[1])
-    if hflip == 0 and vflip == 0 and not rot90 and lo >= 1.0:
-        return None
-    area = lo + (hi - lo) * torch.rand(n, generator=generator)
-    log_ratio = (torch.rand(n, generator=generator) * 2 - 1) * math.log(4 / 3) if lo < 1.0 else torch.zeros(n)
-    sx = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
-    sy = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
-    tx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sx)
-    ty = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sy)
-    fx = torch.where(torch.rand(n, generator=generator) < hflip, -1.0, 1.0)
-    fy = torch.where(torch.rand(n, generator=generator) < vflip, -1.0, 1.0)
-    k = torch.randint(0, 4, (n,), generator=generator) if rot90 else torch.zeros(n, dtype=torch.int64)
-    cos = torch.tensor([1.0, 0.0, -1.0, 0.0])[k]
-    sin = torch.tensor([0.0, 1.0, 0.0, -1.0])[k]
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * sx * fx, -sin * sy * fy
-    theta[:, 1, 0], theta[:, 1, 1] = sin * sx * fx, cos * sy * fy
-    theta[:, 0, 2], theta[:, 1, 2] = tx, ty
-    return theta
-
-
-class TensorLoader:
-    """Batches of an in-memory TensorSplit: seeded shuffling, batched augmentation, normalisation.
-
-    Yields (float images normalised with the model's mean/std, 3 channels, labels) on `device`.
-    The data order and augmentation depend only on `seed` and the number of epochs drawn so far.
-    """
-
-    def __init__(
-        self,
-        split: TensorSplit,
-        batch_size: int,
-        norm: Normalization,
-        device: torch.device | str = "cpu",
-        shuffle: bool = False,
-        drop_last: bool = False,
-        augment: Mapping[str, Any] | None = None,
-        seed: int = 0,
-    ):
-        self.device = torch.device(device)
-        self.images = split.images.to(self.device)
-        self.labels = split.labels.to(self.device)
-        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.augment = dict(augment or {})
-        self.generator = torch.Generator().manual_seed(seed)
-        channels = len(norm.mean)
-        self.mean = torch.tensor(norm.mean, device=self.device).view(1, channels, 1, 1) * 255
-        self.std = torch.tensor(norm.std, device=self.device).view(1, channels, 1, 1) * 255
-        self.channels = channels
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[index].float()
-        if x.shape[1] != self.channels:
-            x = x.expand(-1, self.channels, -1, -1)
-        if self.augment:
-            theta = _affine_params(len(index), self.augment, self.generator)
-            if theta is not None:
-                grid = F.affine_grid(theta.to(self.device), list(x.shape), align_corners=False)
-                x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-        return (x - self.mean) / self.std, self.labels[index]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = order.to(self.device)
-        for i in range(len(self)):
-            yield self._batch(order[i * self.batch_size : (i + 1) * self.batch_size])
-
-
-def _timm_transform(norm: Normalization, image_size: int, training: bool, augment: Mapping[str, Any]) -> Any:
-    from timm.data import create_transform
-
-    kwargs: dict[str, Any] = dict(
-        input_size=(3, image_size, image_size), is_training=training, mean=norm.mean, std=norm.std,
-        interpolation=norm.interpolation,
-    )
-    if training:
-        kwargs.update(hflip=float(augment.get("hflip", 0.5)), vflip=float(augment.get("vflip", 0.0)),
-                      scale=tuple(augment.get("scale") or (0.08, 1.0)))
-    return create_transform(**kwargs)
-
-
-def make_loaders(
-    source: ImageSource,
-    cfg: Mapping[str, Any],
-    norm: Normalization,
-    device: torch.device | str = "cpu",
-    seed: int = 0,
-) -> tuple[Any, Any]:
-    """Train and valid loaders for a source: TensorLoaders in memory, else DataLoaders with timm transforms."""
-    batch_size, augment = int(cfg["batch_size"]), dict(cfg.get("augment") or {})
-    if isinstance(source.train, TensorSplit):
-        train = TensorLoader(source.train, batch_size, norm, device, shuffle=True, drop_last=len(source.train) > batch_size, augment=augment, seed=seed)
-        valid = TensorLoader(source.valid, batch_size * 2, norm, device)
-        return train, valid
-    source.train.transform = _timm_transform(norm, cfg["image_size"], True, augment)
-    source.valid.transform = _timm_transform(norm, cfg["image_size"], False, augment)
-    workers = int(cfg.get("num_workers", 0))
-    common = dict(num_workers=workers, pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0)
-    train = DataLoader(source.train, batch_size=batch_size, shuffle=True, drop_last=len(source.train) > batch_size,
-                       generator=torch.Generator().manual_seed(seed), **common)
-    valid = DataLoader(source.valid, batch_size=batch_size * 2, shuffle=False, **common)
-    return train, valid

@@ -15,149 +15,24 @@ The loop is written here rather than taken from a library because none of them d
 
 from __future__ import annotations
 
-import csv
 import math
 import time
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lrlab.engine import Engine
-from lrlab.reproducibility import restore_rng_state, rng_state
-from lrlab.suggest import RULES, ema_smooth, suggest, zero_lag_smooth
+from lrlab.core.engine import Engine
+from lrlab.core.reproducibility import restore_rng_state, rng_state
+from lrlab.finder.result import LRFinderResult, summarize_repeats
+from lrlab.finder.rules import RULES, suggest
+from lrlab.finder.smoothing import ema_smooth, zero_lag_smooth
 
 SMOOTHERS = {"ema": ema_smooth, "zero_lag": zero_lag_smooth}
 MODES = ("exp", "linear")
-
-
-@dataclass
-class LRFinderResult:
-    """One range-test curve (or the median of repeated ones) with its suggestions.
-
-    `lrs` is the learning rate applied to the reference group (the head, i.e. the last
-    parameter group, unless one group is swept on its own) at each recorded optimizer step.
-    """
-
-    lrs: np.ndarray
-    losses: np.ndarray
-    smoothed: np.ndarray
-    suggestions: dict[str, float]
-    method: str = "valley"
-    group: str = "all"
-    smoothing: str = "zero_lag"
-    val_losses: np.ndarray | None = None
-    seconds: float = 0.0
-    stop_reason: str = "completed"
-    repeats: list["LRFinderResult"] = field(default_factory=list)
-    spread: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @property
-    def suggestion(self) -> float:
-        """The suggestion of the configured rule."""
-        return self.suggestions[self.method]
-
-    def table(self) -> str:
-        """A short text table of every rule's suggestion (with spread when repeated)."""
-        lines = [f"{'rule':<8} {'lr':>10}" + ("   spread (log10 IQR, min..max)" if self.spread else "")]
-        for rule, lr in self.suggestions.items():
-            mark = " *" if rule == self.method else ""
-            extra = ""
-            if rule in self.spread:
-                s = self.spread[rule]
-                extra = f"   {s['log10_iqr']:.2f} dec, {s['min']:.2e}..{s['max']:.2e}"
-            lines.append(f"{rule:<8} {lr:>10.2e}{extra}{mark}")
-        return "\n".join(lines)
-
-    def to_csv(self, path: str | Path) -> Path:
-        """Write (lr, loss, smoothed_loss[, val_loss]) rows, one per recorded step."""
-        path = Path(path)
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            header = ["step", "lr", "loss", "smoothed_loss"] + (["val_loss"] if self.val_losses is not None else [])
-            writer.writerow(header)
-            for i, (lr, loss, smooth) in enumerate(zip(self.lrs, self.losses, self.smoothed)):
-                row = [i, repr(float(lr)), repr(float(loss)), repr(float(smooth))]
-                if self.val_losses is not None:
-                    row.append(repr(float(self.val_losses[i])))
-                writer.writerow(row)
-        return path
-
-    def save(self, directory: str | Path, stem: str = "lr_find", title: str | None = None) -> tuple[Path, Path]:
-        """Write `<stem>.png` and `<stem>.csv` into `directory`; returns both paths."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        png = directory / f"{stem}.png"
-        figure = self.plot(png, title=title)
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
-        return png, self.to_csv(directory / f"{stem}.csv")
-
-    def plot(self, path: str | Path | None = None, ax: Any = None, title: str | None = None) -> Any:
-        """Loss against LR on a log axis: raw and smoothed curves, every suggestion, the band of
-        repeated curves. Saves a PNG when `path` is given; returns the matplotlib Figure."""
-        import matplotlib
-
-        if ax is None:
-            matplotlib.use("Agg", force=False) if path is not None else None
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-        else:
-            fig = ax.figure
-        finite = np.isfinite(self.smoothed)
-        if self.repeats:
-            for rep in self.repeats:
-                ax.plot(rep.lrs, rep.smoothed, color="tab:blue", alpha=0.25, lw=0.8)
-            lo, hi = _band([r.smoothed for r in self.repeats], len(self.lrs))
-            ax.fill_between(self.lrs, lo, hi, color="tab:blue", alpha=0.15, label=f"range of {len(self.repeats)} runs")
-        else:
-            ax.plot(self.lrs, self.losses, color="0.6", lw=0.8, alpha=0.7, label="loss (raw)")
-        ax.plot(self.lrs, self.smoothed, color="tab:blue", lw=2, label=f"loss ({self.smoothing} smoothed)")
-        if self.val_losses is not None:
-            ax.plot(self.lrs, self.val_losses, color="tab:green", lw=1.2, label="held-out loss")
-        markers = {"valley": "o", "steep": "^", "minimum": "v", "slide": "s"}
-        colors = {"valley": "tab:red", "steep": "tab:orange", "minimum": "tab:purple", "slide": "tab:brown"}
-        for rule, lr in self.suggestions.items():
-            if not (np.isfinite(lr) and finite.any()):
-                continue
-            y = float(np.interp(np.log(lr), np.log(self.lrs[finite]), self.smoothed[finite]))
-            band = ""
-            if rule in self.spread:
-                band = f" (IQR {self.spread[rule]['log10_iqr']:.2f} dec)"
-            ax.plot([lr], [y], marker=markers.get(rule, "o"), color=colors.get(rule, "k"), ms=9, ls="none",
-                    label=f"{rule}: {lr:.2e}{band}")
-        ax.set_xscale("log")
-        ax.set_xlabel(f"learning rate ({'head group' if self.group == 'all' else 'group ' + self.group})")
-        ax.set_ylabel("training loss")
-        shown = np.concatenate([self.smoothed[:-5], self.losses[:-5]]) if len(self.lrs) > 10 else self.smoothed
-        shown = shown[np.isfinite(shown)]
-        if shown.size:
-            start = self.smoothed[np.isfinite(self.smoothed)][: max(1, len(self.lrs) // 4)]
-            top = min(shown.max(), start.max() + 0.5 * abs(start.max())) if start.size else shown.max()
-            span = max(top - shown.min(), 1e-12)
-            ax.set_ylim(shown.min() - 0.05 * span, top + 0.1 * span)
-        ax.set_title(title or f"LR range test ({self.stop_reason}, {len(self.lrs)} steps, {self.seconds:.1f}s)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path)
-        return fig
-
-
-def _band(curves: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    stack = np.full((len(curves), n), np.nan)
-    for i, c in enumerate(curves):
-        stack[i, : min(n, len(c))] = c[:n]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # columns where every curve has stopped
-        return np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
 
 
 def lr_schedule(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> np.ndarray:
@@ -210,7 +85,9 @@ class _Snapshot:
         self.training = model.training
         self.global_step = engine.global_step
 
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, engine: Engine, loader: Any) -> None:
+    def restore(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, engine: Engine, loader: Any
+    ) -> None:
         model.load_state_dict(self.model_state)
         optimizer.load_state_dict(self.optimizer_state)
         optimizer.zero_grad(set_to_none=True)
@@ -288,7 +165,9 @@ def _run_curve(
         lr = float(schedule[index])
         for group, swept, ratio, keep in zip(optimizer.param_groups, sweep, ratios, fixed):
             group["lr"] = lr * ratio if swept else keep
-        micro = [engine.backward(*next(batches), scale=1.0 / engine.grad_accum) for _ in range(engine.grad_accum)]
+        micro = [
+            engine.backward(*next(batches), scale=1.0 / engine.grad_accum) for _ in range(engine.grad_accum)
+        ]
         scale_before = engine.scaler.get_scale() if engine.scaler else None
         engine.optimizer_step(optimizer)
         if engine.scaler is not None and engine.scaler.get_scale() < scale_before:
@@ -314,7 +193,11 @@ def _run_curve(
                     smooth = value
                 best = min(best, smooth) if math.isfinite(smooth) else best
                 if stop_div and diverged(smooth, best, div_factor):
-                    reason = "non-finite loss" if not math.isfinite(value) else f"diverged (> {div_factor:g}x best)"
+                    reason = (
+                        "non-finite loss"
+                        if not math.isfinite(value)
+                        else f"diverged (> {div_factor:g}x best)"
+                    )
                     break
             if reason != "completed":
                 break
@@ -323,7 +206,13 @@ def _run_curve(
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     n = len(losses)
-    return _Curve(lrs[:n], losses, val_losses[:n] if val_losses is not None else None, reason, time.perf_counter() - start)
+    return _Curve(
+        lrs[:n],
+        losses,
+        val_losses[:n] if val_losses is not None else None,
+        reason,
+        time.perf_counter() - start,
+    )
 
 
 @torch.no_grad()
@@ -348,40 +237,17 @@ def _result_from(curve: _Curve, smoothing: str, beta: float, method: str, group:
     smoothed[:n] = SMOOTHERS[smoothing](losses[:n], beta)
     suggestions = suggest(lrs, smoothed, "all") if len(losses) else {r: math.nan for r in RULES}
     vals = np.asarray(curve.val_losses) if curve.val_losses is not None else None
-    return LRFinderResult(lrs, losses, smoothed, dict(suggestions), method, group, smoothing, vals, curve.seconds, curve.stop_reason)
-
-
-def summarize_repeats(results: Sequence[LRFinderResult]) -> LRFinderResult:
-    """Per rule: the median suggestion over repeats and its spread (log10 IQR, min, max); the
-    curve shown is the point-wise median of the smoothed curves."""
-    first = results[0]
-    n = max(len(r.lrs) for r in results)
-    longest = max(results, key=lambda r: len(r.lrs))
-    stack = np.full((len(results), n), np.nan)
-    raw = np.full((len(results), n), np.nan)
-    for i, r in enumerate(results):
-        stack[i, : len(r.smoothed)] = r.smoothed
-        raw[i, : len(r.losses)] = r.losses
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        median_curve, median_raw = np.nanmedian(stack, axis=0), np.nanmedian(raw, axis=0)
-    suggestions, spread = {}, {}
-    for rule in first.suggestions:
-        values = np.array([r.suggestions[rule] for r in results], dtype=np.float64)
-        values = values[np.isfinite(values) & (values > 0)]
-        if not len(values):
-            suggestions[rule] = math.nan
-            continue
-        logs = np.log10(values)
-        q25, q50, q75 = np.percentile(logs, [25, 50, 75])
-        suggestions[rule] = float(10**q50)
-        spread[rule] = {"median": float(10**q50), "q25": float(10**q25), "q75": float(10**q75),
-                        "log10_iqr": float(q75 - q25), "min": float(values.min()), "max": float(values.max()),
-                        "n": float(len(values))}
     return LRFinderResult(
-        longest.lrs, median_raw, median_curve, suggestions, first.method, first.group, first.smoothing,
-        None, sum(r.seconds for r in results), "; ".join(sorted({r.stop_reason for r in results})),
-        list(results), spread,
+        lrs,
+        losses,
+        smoothed,
+        dict(suggestions),
+        method,
+        group,
+        smoothing,
+        vals,
+        curve.seconds,
+        curve.stop_reason,
     )
 
 
@@ -461,9 +327,26 @@ def find_lr(
                     if gen is not None:
                         gen.manual_seed(seed + r)
                 label = f"lr_find {name}" + (f" {r + 1}/{repeats}" if repeats > 1 else "")
-                curve = _run_curve(engine, optimizer, train_loader, schedule, sweep, group_ratios, stop_div,
-                                   div_factor, beta, read_every, held_out, progress, label)
-                runs.append(_result_from(curve, smoothing, beta if smoothing == "ema" else zero_lag_beta, suggest, name))
+                curve = _run_curve(
+                    engine,
+                    optimizer,
+                    train_loader,
+                    schedule,
+                    sweep,
+                    group_ratios,
+                    stop_div,
+                    div_factor,
+                    beta,
+                    read_every,
+                    held_out,
+                    progress,
+                    label,
+                )
+                runs.append(
+                    _result_from(
+                        curve, smoothing, beta if smoothing == "ema" else zero_lag_beta, suggest, name
+                    )
+                )
             out[name] = runs[0] if repeats == 1 else summarize_repeats(runs)
     finally:
         snapshot.restore(model, optimizer, engine, train_loader)

@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.override_parser.types import (
+    ChoiceSweep,
+    IntervalSweep,
+    Override,
+    RangeSweep,
+)
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -44,7 +49,9 @@ class SearchSpace:
         grid = {key: _finite_values(dist) for key, dist in self.params.items()}
         for key, values in grid.items():
             if values is None:
-                raise ConfigError(f"sampler=grid needs finite choices; {key} is an interval. Use choice(...) or range(...).")
+                raise ConfigError(
+                    f"sampler=grid needs finite choices; {key} is an interval. Use choice(...) or range(...)."
+                )
         return grid
 
     def grid_size(self) -> int:
@@ -97,14 +104,16 @@ def to_distribution(override: Override) -> BaseDistribution:
         return CategoricalDistribution(values)
     if isinstance(value, ChoiceSweep):
         return CategoricalDistribution(list(override.sweep_iterator()))
-    raise ConfigError(f"{key}: {override.input_line} is not a sweep the sampler can search "
-                      "(use interval, tag(log, interval), range or choice).")
+    raise ConfigError(
+        f"{key}: {override.input_line} is not a sweep the sampler can search "
+        "(use interval, tag(log, interval), range or choice)."
+    )
 
 
 def _expand(key: str, stages: Sequence[Mapping[str, Any]]) -> list[str]:
     if not key.startswith(STAGE_WILDCARD):
         return [key]
-    leaf = key[len(STAGE_WILDCARD):]
+    leaf = key[len(STAGE_WILDCARD) :]
     keys = []
     for i, stage in enumerate(stages):
         if int(stage.get("epochs", 1)) <= 0:
@@ -115,8 +124,9 @@ def _expand(key: str, stages: Sequence[Mapping[str, Any]]) -> list[str]:
     return keys
 
 
-def parse_search_space(params: Mapping[str, Any], arguments: Sequence[str],
-                       stages: Sequence[Mapping[str, Any]]) -> SearchSpace:
+def parse_search_space(
+    params: Mapping[str, Any], arguments: Sequence[str], stages: Sequence[Mapping[str, Any]]
+) -> SearchSpace:
     """Combine the YAML `params` (wildcards expanded over `stages`) with the command line: a sweep
     on the command line adds or replaces a searched key; a plain `key=value` pins it."""
     parser = OverridesParser.create()
@@ -128,8 +138,10 @@ def parse_search_space(params: Mapping[str, Any], arguments: Sequence[str],
             except Exception as exc:
                 raise ConfigError(f"hydra.sweeper.params.{key}: cannot parse {spec!r}: {exc}") from None
             if not override.is_sweep_override():
-                raise ConfigError(f"hydra.sweeper.params.{key}={spec!r} is not a sweep; use interval, "
-                                  "tag(log, interval), range or choice.")
+                raise ConfigError(
+                    f"hydra.sweeper.params.{key}={spec!r} is not a sweep; use interval, "
+                    "tag(log, interval), range or choice."
+                )
             space[expanded] = to_distribution(override)
     fixed: list[str] = []
     override_keys: dict[str, str] = {}
@@ -142,8 +154,10 @@ def parse_search_space(params: Mapping[str, Any], arguments: Sequence[str],
             space.pop(key, None)
             fixed.append(override.input_line)
     if not space:
-        raise ConfigError("the search space is empty: pick a preset (search=lr, search=lr_vs_finder) or give a "
-                          "sweep such as 'stages.0.lr=tag(log, interval(1e-5, 1e-1))'.")
+        raise ConfigError(
+            "the search space is empty: pick a preset (search=lr, search=lr_vs_finder) or give a "
+            "sweep such as 'stages.0.lr=tag(log, interval(1e-5, 1e-1))'."
+        )
     return SearchSpace(space, fixed, override_keys)
 
 

@@ -62,6 +62,5 @@ def load_bundled_weights(model: torch.nn.Module, model_name: str) -> None:
         model.load_state_dict(bundled_state_dict(), strict=True)
     except RuntimeError as err:
         raise WeightsError(
-            "bundled weights do not fit this model; "
-            f"create it as {BUNDLED_MODEL_NAME} with 1000 classes"
+            f"bundled weights do not fit this model; create it as {BUNDLED_MODEL_NAME} with 1000 classes"
         ) from err

@@ -23,7 +23,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def rng_state() -> dict[str, Any]:
     """A snapshot of every global RNG, for `restore_rng_state`."""
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

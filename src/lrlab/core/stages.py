@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from lrlab.engine import Engine, EpochResult
-from lrlab.lr_finder import LRFinderResult, find_lr
-from lrlab.models import LayerGroup
-from lrlab.optim import group_lrs, set_lrs
+from lrlab.core.engine import Engine
+from lrlab.core.optim import group_lrs, set_lrs
+from lrlab.core.types import EpochResult
+from lrlab.finder.range_test import find_lr
+from lrlab.finder.result import LRFinderResult
+from lrlab.models.groups import LayerGroup
 
 log = logging.getLogger("lrlab")
 
@@ -52,7 +55,11 @@ class Stage:
     div_final: float | None = None
 
     def schedule_overrides(self) -> dict[str, float]:
-        return {k: v for k, v in (("pct_start", self.pct_start), ("div", self.div), ("div_final", self.div_final)) if v is not None}
+        return {
+            k: v
+            for k, v in (("pct_start", self.pct_start), ("div", self.div), ("div_final", self.div_final))
+            if v is not None
+        }
 
 
 @dataclass
@@ -83,7 +90,9 @@ def trainable_group_indices(trainable: str, n_groups: int) -> list[int]:
             k = None
         if k is not None and -n_groups <= k < n_groups:
             return list(range(k % n_groups, n_groups))
-    raise ValueError(f"trainable={trainable!r} is not valid; use head, all, or from:K with -{n_groups} <= K < {n_groups}")
+    raise ValueError(
+        f"trainable={trainable!r} is not valid; use head, all, or from:K with -{n_groups} <= K < {n_groups}"
+    )
 
 
 def spread_lrs(lr: float, n_groups: int, spread: float = 1.0, mode: str = "geometric") -> list[float]:
@@ -99,7 +108,9 @@ def spread_lrs(lr: float, n_groups: int, spread: float = 1.0, mode: str = "geome
     return [lo * (lr / lo) ** (i / (n_groups - 1)) for i in range(n_groups)]
 
 
-def freeze(model: nn.Module, groups: Sequence[LayerGroup], trainable: Sequence[int], train_bn: bool) -> list[nn.Module]:
+def freeze(
+    model: nn.Module, groups: Sequence[LayerGroup], trainable: Sequence[int], train_bn: bool
+) -> list[nn.Module]:
     """Set requires_grad per layer group; with train_bn, norm layers of frozen groups stay
     trainable. Returns the norm modules to keep in eval mode (frozen groups when not train_bn)."""
     names = dict(model.named_parameters())
@@ -172,14 +183,29 @@ def run_stages(
         else:
             lr = float(stage.lr) * stage.lr_scale
         layer_lrs = [lr * r for r in ratios]
-        start = StageStart(stage, index, lr, rule, {g.name: v for g, v in zip(groups, layer_lrs)},
-                           [groups[i].name for i in trainable], _trainable_count(model), found, cleared)
+        start = StageStart(
+            stage,
+            index,
+            lr,
+            rule,
+            {g.name: v for g, v in zip(groups, layer_lrs)},
+            [groups[i].name for i in trainable],
+            _trainable_count(model),
+            found,
+            cleared,
+        )
         for cb in engine.callbacks:
             hook = getattr(cb, "on_stage_start", None)
             if hook:
                 hook(engine, start)
-        scheduler = schedule(optimizer, max_lr=group_lrs(optimizer, layer_lrs), total_steps=steps * stage.epochs,
-                             **stage.schedule_overrides())
-        results += engine.fit(train_loader, valid_loader, optimizer, scheduler, stage.epochs, stage=stage.name)
+        scheduler = schedule(
+            optimizer,
+            max_lr=group_lrs(optimizer, layer_lrs),
+            total_steps=steps * stage.epochs,
+            **stage.schedule_overrides(),
+        )
+        results += engine.fit(
+            train_loader, valid_loader, optimizer, scheduler, stage.epochs, stage=stage.name
+        )
     engine.eval_modules = []
     return results

@@ -10,62 +10,21 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from lrlab.core.optim import momentum_of
+from lrlab.core.types import Callback, EpochResult, StepRecord
 from lrlab.errors import LrlabError
-from lrlab.optim import momentum_of
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(LrlabError):
     """The training loss became NaN or infinite."""
-
-
-@dataclass
-class StepRecord:
-    """One optimizer step: its global index, mean loss, and the LR/momentum applied per layer group."""
-
-    step: int
-    loss: float
-    lrs: dict[str, float]
-    momentum: float | None
-
-
-@dataclass
-class EpochResult:
-    """Metrics of one epoch; `epoch` counts across stages, `stage_epoch` within the stage."""
-
-    stage: str
-    epoch: int
-    stage_epoch: int
-    train_loss: float
-    valid_loss: float
-    accuracy: float
-    error_rate: float
-    seconds: float
-    train_images_per_s: float = 0.0
-
-    def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if k in ("train_loss", "valid_loss", "accuracy", "error_rate")}
-
-
-class Callback:
-    """Hooks the engine calls; subclass and override what you need."""
-
-    def on_stage_start(self, engine: "Engine", start: Any) -> None: ...
-
-    def on_fit_start(self, engine: "Engine", stage: str, epochs: int, steps_per_epoch: int) -> None: ...
-
-    def on_steps(self, engine: "Engine", records: list[StepRecord]) -> None: ...
-
-    def on_epoch_end(self, engine: "Engine", result: EpochResult) -> None: ...
-
-    def on_fit_end(self, engine: "Engine", stage: str, results: list[EpochResult]) -> None: ...
 
 
 def resolve_device(device: str) -> torch.device:
@@ -130,7 +89,9 @@ class Engine:
         self.images_seen = 0
         self.eval_modules: list[nn.Module] = []
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = cudnn_benchmark and not torch.are_deterministic_algorithms_enabled()
+            torch.backends.cudnn.benchmark = (
+                cudnn_benchmark and not torch.are_deterministic_algorithms_enabled()
+            )
 
     def train_mode(self) -> None:
         """model.train(), except `eval_modules` (norm layers of frozen groups) stay in eval mode."""
@@ -181,7 +142,9 @@ class Engine:
         lrs = {g.get("group_name", str(i)): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
         return lrs, momentum_of(optimizer.param_groups[-1])
 
-    def _flush(self, pending: list[torch.Tensor], infos: list[tuple[int, dict[str, float], float | None]]) -> list[float]:
+    def _flush(
+        self, pending: list[torch.Tensor], infos: list[tuple[int, dict[str, float], float | None]]
+    ) -> list[float]:
         if not pending:
             return []
         values = torch.stack(pending).float().tolist()
@@ -217,7 +180,11 @@ class Engine:
             batches = bar
         for i, (x, y) in enumerate(batches):
             last_of_step = (i + 1) % self.grad_accum == 0 or i + 1 == n_batches
-            in_step = self.grad_accum if (i // self.grad_accum + 1) * self.grad_accum <= n_batches else n_batches % self.grad_accum
+            in_step = (
+                self.grad_accum
+                if (i // self.grad_accum + 1) * self.grad_accum <= n_batches
+                else n_batches % self.grad_accum
+            )
             micro.append(self.backward(x, y, scale=1.0 / in_step))
             self.images_seen += len(y)
             if not last_of_step:
@@ -279,8 +246,15 @@ class Engine:
             train_seconds = time.perf_counter() - start
             metrics = self.evaluate(valid_loader)
             seconds = time.perf_counter() - start
-            result = EpochResult(stage, self.global_epoch, stage_epoch, train_loss, seconds=seconds,
-                                 train_images_per_s=self.images_seen / max(train_seconds, 1e-9), **metrics)
+            result = EpochResult(
+                stage,
+                self.global_epoch,
+                stage_epoch,
+                train_loss,
+                seconds=seconds,
+                train_images_per_s=self.images_seen / max(train_seconds, 1e-9),
+                **metrics,
+            )
             results.append(result)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, result)

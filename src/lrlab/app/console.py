@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lrlab.engine import Callback, EpochResult
+from lrlab.core.types import Callback, EpochResult
 
 log = logging.getLogger("lrlab")
 
@@ -26,17 +26,21 @@ def table_header() -> str:
 
 
 def table_row(result: EpochResult) -> str:
-    cells = [f"{result.stage_epoch:<5d}"] + [
-        f"{v:<10.6f}" for v in (result.train_loss, result.valid_loss, result.error_rate, result.accuracy)
-    ] + [format_time(result.seconds)]
+    cells = (
+        [f"{result.stage_epoch:<5d}"]
+        + [f"{v:<10.6f}" for v in (result.train_loss, result.valid_loss, result.error_rate, result.accuracy)]
+        + [format_time(result.seconds)]
+    )
     return "  ".join(cells)
 
 
 def describe_stage(start: Any) -> list[str]:
     """Console lines for a stage's decisions: trainable groups, range test, chosen and per-group LRs."""
     stage = start.stage
-    lines = [f"stage {stage.name}: trainable {', '.join(start.trainable_groups)} ({start.trainable_params:,d} params)"
-             + ("; optimizer state cleared" if start.cleared_optimizer_state else "")]
+    lines = [
+        f"stage {stage.name}: trainable {', '.join(start.trainable_groups)} ({start.trainable_params:,d} params)"
+        + ("; optimizer state cleared" if start.cleared_optimizer_state else "")
+    ]
     if start.finder is not None:
         f = start.finder
         rules = ", ".join(f"{r} {v:.2e}{'*' if r == start.rule else ''}" for r, v in f.suggestions.items())
@@ -44,7 +48,9 @@ def describe_stage(start: Any) -> list[str]:
         lines.append(f"  lr {start.lr:.3g} = {start.rule} suggestion x {stage.lr_scale:g}")
     else:
         lines.append(f"  lr {start.lr:.3g} (fixed)")
-    lines.append("  peak lr per layer group: " + ", ".join(f"{g}={v:.3g}" for g, v in start.layer_lrs.items()))
+    lines.append(
+        "  peak lr per layer group: " + ", ".join(f"{g}={v:.3g}" for g, v in start.layer_lrs.items())
+    )
     return lines
 
 
@@ -65,7 +71,9 @@ class ConsoleTable(Callback):
         for line in describe_stage(start):
             log.info(line)
         if start.finder is not None and self.directory is not None:
-            png, _ = start.finder.save(self.directory, finder_file_stem(start.stage.name), title=f"stage {start.stage.name}")
+            png, _ = start.finder.save(
+                self.directory, finder_file_stem(start.stage.name), title=f"stage {start.stage.name}"
+            )
             log.info(f"  plot: {png}")
 
     def on_fit_start(self, engine: Any, stage: str, epochs: int, steps_per_epoch: int) -> None:

@@ -11,10 +11,11 @@ import math
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
-from lrlab.engine import Callback, EpochResult, StepRecord
+from lrlab.core.types import Callback, EpochResult, StepRecord
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,23 @@ def provenance_tags(cwd: str | Path | None = None) -> dict[str, str]:
     commit = _git("rev-parse", "HEAD", cwd=where)
     if commit:
         status = _git("status", "--porcelain", "--untracked-files=no", cwd=where)
-        tags.update({"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(status))})
+        tags.update(
+            {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(status))}
+        )
     return tags
 
 
 class MlflowTracker(Callback):
     """Logs one run to an MLflow store; use as an engine callback and end it with `finish`."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str | None = None, parent_run_id: str | None = None,
-                 run_id: str | None = None):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+    ):
         """Start a new run, or (with `run_id`) continue an existing one, e.g. a resumed sweep's parent."""
         import mlflow
         from mlflow.tracking import MlflowClient
@@ -87,7 +96,7 @@ class MlflowTracker(Callback):
         if found is None:
             location = None
             if uri.startswith("sqlite:///"):
-                location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment).as_uri()
+                location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / experiment).as_uri()
             experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             experiment_id = found.experiment_id
@@ -138,12 +147,17 @@ class MlflowTracker(Callback):
     def on_stage_start(self, engine: Any, start: Any) -> None:
         """Per stage: chosen LR and rule, peak LR per group, trainable params, range-test artifacts."""
         name = start.stage.name
-        params = {f"stage.{name}.lr": f"{start.lr:.6g}", f"stage.{name}.lr_rule": start.rule or "fixed",
-                  f"stage.{name}.trainable_params": start.trainable_params,
-                  f"stage.{name}.trainable_groups": ",".join(start.trainable_groups)}
+        params = {
+            f"stage.{name}.lr": f"{start.lr:.6g}",
+            f"stage.{name}.lr_rule": start.rule or "fixed",
+            f"stage.{name}.trainable_params": start.trainable_params,
+            f"stage.{name}.trainable_groups": ",".join(start.trainable_groups),
+        }
         params.update({f"stage.{name}.peak_lr.{g}": f"{v:.6g}" for g, v in start.layer_lrs.items()})
         if start.finder is not None:
-            params.update({f"stage.{name}.suggestion.{r}": f"{v:.6g}" for r, v in start.finder.suggestions.items()})
+            params.update(
+                {f"stage.{name}.suggestion.{r}": f"{v:.6g}" for r, v in start.finder.suggestions.items()}
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 for path in start.finder.save(tmp, f"lr_find_{name}", title=f"stage {name}"):
                     self.log_artifact(path, f"lr_finder/{name}")
@@ -162,7 +176,11 @@ class MlflowTracker(Callback):
                 self.log_metric("momentum", r.momentum, r.step)
 
     def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
-        values = {**result.metrics(), "epoch_seconds": result.seconds, "train_images_per_s": result.train_images_per_s}
+        values = {
+            **result.metrics(),
+            "epoch_seconds": result.seconds,
+            "train_images_per_s": result.train_images_per_s,
+        }
         for key, value in values.items():
             self.log_metric(key, value, result.epoch)
             self.log_metric(f"{result.stage}/{key}", value, result.epoch)
@@ -179,9 +197,31 @@ class MlflowTracker(Callback):
             path = Path(tmp) / "epochs.csv"
             with path.open("w", newline="") as handle:
                 writer = csv.writer(handle)
-                writer.writerow(["stage", "epoch", "stage_epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds"])
+                writer.writerow(
+                    [
+                        "stage",
+                        "epoch",
+                        "stage_epoch",
+                        "train_loss",
+                        "valid_loss",
+                        "error_rate",
+                        "accuracy",
+                        "seconds",
+                    ]
+                )
                 for r in rows:
-                    writer.writerow([r.stage, r.epoch, r.stage_epoch, r.train_loss, r.valid_loss, r.error_rate, r.accuracy, round(r.seconds, 3)])
+                    writer.writerow(
+                        [
+                            r.stage,
+                            r.epoch,
+                            r.stage_epoch,
+                            r.train_loss,
+                            r.valid_loss,
+                            r.error_rate,
+                            r.accuracy,
+                            round(r.seconds, 3),
+                        ]
+                    )
             self.log_artifact(path)
 
     def finish(self, status: str = "FINISHED") -> None:

@@ -27,12 +27,23 @@ from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import TrialState
 
 from lrlab.errors import ConfigError, LrlabError
-from lrlab.search_space import SearchSpace, format_value, parse_search_space
-from lrlab.study import HEARTBEAT_INTERVAL_S, PRUNER_ATTR, PRUNERS, make_pruner, open_storage
+from lrlab.sweep.search_space import SearchSpace, format_value, parse_search_space
+from lrlab.sweep.storage import (
+    HEARTBEAT_INTERVAL_S,
+    PRUNER_ATTR,
+    PRUNERS,
+    make_pruner,
+    open_storage,
+)
 
 log = logging.getLogger("lrlab.sweep")
 
@@ -74,22 +85,33 @@ class SweepSettings:
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise ConfigError(f"hydra.sweeper.sampler={self.sampler!r} is not valid; choose one of: {', '.join(SAMPLERS)}.")
+            raise ConfigError(
+                f"hydra.sweeper.sampler={self.sampler!r} is not valid; choose one of: {', '.join(SAMPLERS)}."
+            )
         if self.pruner not in PRUNERS:
-            raise ConfigError(f"hydra.sweeper.pruner={self.pruner!r} is not valid; choose one of: {', '.join(PRUNERS)}.")
+            raise ConfigError(
+                f"hydra.sweeper.pruner={self.pruner!r} is not valid; choose one of: {', '.join(PRUNERS)}."
+            )
         if self.n_trials < 1 or self.n_jobs < 1:
             raise ConfigError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be at least 1.")
         if not 0 <= self.max_failure_rate <= 1:
             raise ConfigError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be in [0, 1].")
         bad = [r for r in self.finder_rules if r not in FINDER_RULES]
         if bad:
-            raise ConfigError(f"hydra.sweeper.finder_rules: {bad} unknown; choose from {', '.join(FINDER_RULES)}.")
+            raise ConfigError(
+                f"hydra.sweeper.finder_rules: {bad} unknown; choose from {', '.join(FINDER_RULES)}."
+            )
         if len(self.directions) != len(self.metrics):
-            raise ConfigError(f"hydra.sweeper.direction has {len(self.directions)} entries but metric has {len(self.metrics)}.")
+            raise ConfigError(
+                f"hydra.sweeper.direction has {len(self.directions)} entries but metric has {len(self.metrics)}."
+            )
 
     @property
     def directions(self) -> list[str]:
-        return [str(d) for d in (self.direction if isinstance(self.direction, (list, tuple)) else [self.direction])]
+        return [
+            str(d)
+            for d in (self.direction if isinstance(self.direction, (list, tuple)) else [self.direction])
+        ]
 
     @property
     def metrics(self) -> list[str]:
@@ -97,8 +119,12 @@ class SweepSettings:
 
 
 SAMPLER_CLASSES = {
-    "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler, "cmaes": optuna.samplers.CmaEsSampler,
-    "qmc": optuna.samplers.QMCSampler, "gp": optuna.samplers.GPSampler, "nsgaii": optuna.samplers.NSGAIISampler,
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "gp": optuna.samplers.GPSampler,
+    "nsgaii": optuna.samplers.NSGAIISampler,
 }
 STORAGE_INDEXED = ("qmc", "grid")  # samplers whose sequence lives in the storage: keep one seed
 
@@ -106,7 +132,11 @@ STORAGE_INDEXED = ("qmc", "grid")  # samplers whose sequence lives in the storag
 def make_sampler(settings: SweepSettings, space: SearchSpace, offset: int = 0) -> optuna.samplers.BaseSampler:
     """The configured Optuna sampler, seeded with `seed + offset` (the sweeper passes the number of
     trials already in the study, so a resumed sweep does not replay the first sweep's draws)."""
-    seed = None if settings.seed is None else settings.seed + (0 if settings.sampler in STORAGE_INDEXED else offset)
+    seed = (
+        None
+        if settings.seed is None
+        else settings.seed + (0 if settings.sampler in STORAGE_INDEXED else offset)
+    )
     if settings.sampler == "grid":
         return _AskTellGridSampler(space.grid(), seed=seed)
     return SAMPLER_CLASSES[settings.sampler](seed=seed, **settings.sampler_kwargs)
@@ -116,8 +146,13 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
     """GridSampler whose exhausted grid does not call `study.stop()`, which only works inside
     `Study.optimize`; the sweeper caps `n_trials` at the grid's size instead."""
 
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
         return None
 
 
@@ -133,8 +168,10 @@ def objective_values(summary: dict[str, Any], metrics: Sequence[str]) -> list[fl
         elif name in SEARCH_SECONDS_KEYS:
             values.append(float(summary[name]))
         else:
-            raise ConfigError(f"hydra.sweeper.metric={name!r} is not something a run returns; use error_rate, "
-                              "valid_loss, accuracy, train_loss, train_seconds or total_seconds.")
+            raise ConfigError(
+                f"hydra.sweeper.metric={name!r} is not something a run returns; use error_rate, "
+                "valid_loss, accuracy, train_loss, train_seconds or total_seconds."
+            )
     return values
 
 
@@ -186,8 +223,10 @@ class OptunaSweep(Sweeper):
     """A Hydra sweeper that fills an Optuna study up to `n_trials` finished (complete or pruned) trials."""
 
     def __init__(self, **settings: Any):
-        plain = {k: (OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig | ListConfig) else v)
-                 for k, v in settings.items()}
+        plain = {
+            k: (OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig | ListConfig) else v)
+            for k, v in settings.items()
+        }
         self.settings = SweepSettings(**plain)
         self.launcher: Launcher | None = None
         self.config: DictConfig | None = None
@@ -222,8 +261,11 @@ class OptunaSweep(Sweeper):
         storage = open_storage(url)
         pruner_spec = {"name": self.settings.pruner, **self.settings.pruner_kwargs}
         study = optuna.create_study(
-            storage=storage, study_name=self._study_name(), load_if_exists=True,
-            sampler=make_sampler(self.settings, space), pruner=make_pruner(pruner_spec),
+            storage=storage,
+            study_name=self._study_name(),
+            load_if_exists=True,
+            sampler=make_sampler(self.settings, space),
+            pruner=make_pruner(pruner_spec),
             directions=self.settings.directions,
         )
         existing = study.user_attrs.get(FIXED_ATTR)
@@ -256,7 +298,9 @@ class OptunaSweep(Sweeper):
             after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
             failed += sorted(before - after)
         if failed:
-            log.warning(f"trials {failed} were left RUNNING by a sweep that died; marked FAIL (they will be re-run)")
+            log.warning(
+                f"trials {failed} were left RUNNING by a sweep that died; marked FAIL (they will be re-run)"
+            )
         return failed
 
     def enqueue_baselines(self, study: optuna.Study) -> None:
@@ -274,11 +318,14 @@ class OptunaSweep(Sweeper):
             elif isinstance(entry, dict):
                 study.enqueue_trial(dict(entry), user_attrs={SOURCE: "enqueued"}, skip_if_exists=True)
             else:
-                raise ConfigError(f"hydra.sweeper.enqueue entry {entry!r} is not valid; use lr_finder or a mapping of params.")
+                raise ConfigError(
+                    f"hydra.sweeper.enqueue entry {entry!r} is not valid; use lr_finder or a mapping of params."
+                )
 
     # ----------------------------------------------------------------------------------- trials
-    def _ask(self, study: optuna.Study, storage: optuna.storages.BaseStorage, space: SearchSpace,
-             count: int) -> list[optuna.Trial]:
+    def _ask(
+        self, study: optuna.Study, storage: optuna.storages.BaseStorage, space: SearchSpace, count: int
+    ) -> list[optuna.Trial]:
         """Ask `count` trials; trials beyond the study's `n_trials` (another worker got there first)
         go back to WAITING for whoever needs one next."""
         worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -304,7 +351,9 @@ class OptunaSweep(Sweeper):
                 trial.set_user_attr(SOURCE, "search")
         return kept
 
-    def _overrides(self, trial: optuna.Trial, space: SearchSpace, study: optuna.Study, parent_run_id: str | None) -> list[str]:
+    def _overrides(
+        self, trial: optuna.Trial, space: SearchSpace, study: optuna.Study, parent_run_id: str | None
+    ) -> list[str]:
         source = str(trial.user_attrs.get(SOURCE, "search"))
         overrides = list(space.fixed)
         if source.startswith("lr_finder:"):
@@ -332,8 +381,14 @@ class OptunaSweep(Sweeper):
         found = {i for i, s in enumerate(self.config.stages) if str(s.lr) == "find" and int(s.epochs) > 0}
         return sorted(searched | found)
 
-    def _record(self, study: optuna.Study, storage: optuna.storages.BaseStorage, trial: optuna.Trial,
-                ret: JobReturn, space: SearchSpace) -> TrialState:
+    def _record(
+        self,
+        study: optuna.Study,
+        storage: optuna.storages.BaseStorage,
+        trial: optuna.Trial,
+        ret: JobReturn,
+        space: SearchSpace,
+    ) -> TrialState:
         """Tell Optuna how the job ended; a finder trial's params are the LRs its range tests chose."""
         if ret.status == JobStatus.COMPLETED:
             summary = ret.return_value
@@ -357,8 +412,13 @@ class OptunaSweep(Sweeper):
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
 
-    def _record_finder_params(self, storage: optuna.storages.BaseStorage, trial: optuna.Trial,
-                              summary: dict[str, Any], space: SearchSpace) -> None:
+    def _record_finder_params(
+        self,
+        storage: optuna.storages.BaseStorage,
+        trial: optuna.Trial,
+        summary: dict[str, Any],
+        space: SearchSpace,
+    ) -> None:
         used = {f"stages.{s['index']}.lr": s["lr"] for s in summary.get("stages", [])}
         for key, dist in space.params.items():
             value = used.get(key, OmegaConf.select(self.config, key))
@@ -372,10 +432,16 @@ class OptunaSweep(Sweeper):
         assert self.config is not None and self.launcher is not None, "setup() must run first"
         s = self.settings
         if self.config.task != "train":
-            raise ConfigError(f"a sweep needs task=train (its trials are trainings), not task={self.config.task}.")
+            raise ConfigError(
+                f"a sweep needs task=train (its trials are trainings), not task={self.config.task}."
+            )
         stages = OmegaConf.to_container(self.config.stages, resolve=True)
         space = parse_search_space(s.params, arguments, stages)
-        if self.config.hydra.runtime.choices.get("search") is None and space.is_discrete() and s.sampler == "tpe":
+        if (
+            self.config.hydra.runtime.choices.get("search") is None
+            and space.is_discrete()
+            and s.sampler == "tpe"
+        ):
             # A plain `lrlab -m a=1,2 b=x,y` runs every combination once, as Hydra's basic sweeper does.
             s.sampler = "grid"
             s.n_trials = space.grid_size()
@@ -390,8 +456,10 @@ class OptunaSweep(Sweeper):
         parent = self._parent_run(study, space)
         if parent is not None and stale:
             _kill_orphaned_children(parent, stale)
-        log.info(f"study {study.study_name!r} in {study.user_attrs['lrlab.storage']}: "
-                 f"{_count(study, DONE)}/{s.n_trials} trials finished; searching {space.describe()}")
+        log.info(
+            f"study {study.study_name!r} in {study.user_attrs['lrlab.storage']}: "
+            f"{_count(study, DONE)}/{s.n_trials} trials finished; searching {space.describe()}"
+        )
         returns: list[Any] = []
         failures, last_error, status = 0, None, "FAILED"
         try:
@@ -408,7 +476,9 @@ class OptunaSweep(Sweeper):
                     continue
                 started = time.perf_counter()
                 try:
-                    batch = [self._overrides(t, space, study, parent.run_id if parent else None) for t in trials]
+                    batch = [
+                        self._overrides(t, space, study, parent.run_id if parent else None) for t in trials
+                    ]
                     self.validate_batch_is_legal(batch)
                     with _Heartbeat(storage, [t._trial_id for t in trials]):
                         results = self.launcher.launch(batch, initial_job_idx=self.job_idx)
@@ -440,7 +510,11 @@ class OptunaSweep(Sweeper):
     def _parent_run(self, study: optuna.Study, space: SearchSpace) -> Any:
         if self.config.tracking.backend != "mlflow":
             return None
-        from lrlab.tracking import MlflowTracker, default_tracking_uri, provenance_tags
+        from lrlab.integrations.mlflow import (
+            MlflowTracker,
+            default_tracking_uri,
+            provenance_tags,
+        )
 
         uri = self.config.tracking.uri or default_tracking_uri(Path.cwd())
         run_id = study.user_attrs.get(PARENT_ATTR)
@@ -448,18 +522,35 @@ class OptunaSweep(Sweeper):
             try:
                 return MlflowTracker(uri, self.config.tracking.experiment, run_id=run_id)
             except Exception as exc:
-                log.warning(f"cannot continue the sweep's MLflow parent run {run_id} ({exc}); starting a new one")
+                log.warning(
+                    f"cannot continue the sweep's MLflow parent run {run_id} ({exc}); starting a new one"
+                )
         tracker = MlflowTracker(uri, self.config.tracking.experiment, run_name=f"sweep-{study.study_name}")
         s = self.settings
-        tracker.log_params({
-            "study_name": study.study_name, "storage": study.user_attrs["lrlab.storage"], "sampler": s.sampler,
-            "seed": s.seed, "pruner": s.pruner, "direction": ",".join(s.directions), "metric": ",".join(s.metrics),
-            "n_jobs": s.n_jobs, "max_failure_rate": s.max_failure_rate,
-            "enqueue": ",".join(e if isinstance(e, str) else "params" for e in s.enqueue) or "none",
-            **{f"search.{k}": v for k, v in space.describe().items()},
-        })
-        tracker.set_tags({**provenance_tags(Path.cwd()), "lrlab.sweep": "parent", "study_name": study.study_name,
-                          "sweep_dir": str(self._sweep_dir()), "fixed_overrides": " ".join(space.fixed)})
+        tracker.log_params(
+            {
+                "study_name": study.study_name,
+                "storage": study.user_attrs["lrlab.storage"],
+                "sampler": s.sampler,
+                "seed": s.seed,
+                "pruner": s.pruner,
+                "direction": ",".join(s.directions),
+                "metric": ",".join(s.metrics),
+                "n_jobs": s.n_jobs,
+                "max_failure_rate": s.max_failure_rate,
+                "enqueue": ",".join(e if isinstance(e, str) else "params" for e in s.enqueue) or "none",
+                **{f"search.{k}": v for k, v in space.describe().items()},
+            }
+        )
+        tracker.set_tags(
+            {
+                **provenance_tags(Path.cwd()),
+                "lrlab.sweep": "parent",
+                "study_name": study.study_name,
+                "sweep_dir": str(self._sweep_dir()),
+                "fixed_overrides": " ".join(space.fixed),
+            }
+        )
         study.set_user_attr(PARENT_ATTR, tracker.run_id)
         study.set_user_attr("lrlab.mlflow_uri", uri)
         return tracker
@@ -470,7 +561,7 @@ class OptunaSweep(Sweeper):
             results = write_results(study, sweep_dir)
             paths = [results]
             if self.settings.report:
-                from lrlab.report import write_report
+                from lrlab.sweep.report import write_report
 
                 paths += write_report(study, sweep_dir)
             if parent is not None:
@@ -485,7 +576,9 @@ class OptunaSweep(Sweeper):
         finally:
             if parent is not None:
                 parent.finish(status)
-                log.info(f"MLflow parent run {parent.run_id} ({_count(study, DONE)} finished trials) in {parent.uri}")
+                log.info(
+                    f"MLflow parent run {parent.run_id} ({_count(study, DONE)} finished trials) in {parent.uri}"
+                )
 
 
 def _suggest(trial: optuna.Trial, key: str, dist: BaseDistribution) -> Any:
@@ -549,9 +642,13 @@ def _kill_orphaned_children(parent: Any, trial_numbers: Sequence[int]) -> None:
             parent.client.set_terminated(run.info.run_id, "KILLED")
 
 
-def _trial_line(study: optuna.Study, trial: optuna.Trial, state: TrialState, seconds: float, n_trials: int) -> str:
+def _trial_line(
+    study: optuna.Study, trial: optuna.Trial, state: TrialState, seconds: float, n_trials: int
+) -> str:
     frozen = _frozen(study, trial.number)
-    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in frozen.params.items())
+    params = ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in frozen.params.items()
+    )
     if state == TrialState.COMPLETE:
         outcome = "value " + ", ".join(f"{v:.4f}" for v in frozen.values)
     elif state == TrialState.PRUNED:
@@ -566,17 +663,25 @@ def write_results(study: optuna.Study, directory: Path) -> Path:
     """`optimization_results.yaml`: best params and value(s), counts, and where the study lives."""
     states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
     data: dict[str, Any] = {
-        "name": study.study_name, "storage": study.user_attrs.get("lrlab.storage"),
-        "metric": study.user_attrs.get("lrlab.metric"), "directions": [d.name.lower() for d in study.directions],
+        "name": study.study_name,
+        "storage": study.user_attrs.get("lrlab.storage"),
+        "metric": study.user_attrs.get("lrlab.metric"),
+        "directions": [d.name.lower() for d in study.directions],
         "trials": {k.lower(): v for k, v in sorted(states.items())},
     }
     best = _best(study)
     if best is not None and len(study.directions) == 1:
-        data.update(best_params=dict(best.params), best_value=best.value, best_trial=best.number,
-                    best_source=best.user_attrs.get(SOURCE))
+        data.update(
+            best_params=dict(best.params),
+            best_value=best.value,
+            best_trial=best.number,
+            best_source=best.user_attrs.get(SOURCE),
+        )
     elif best is not None:
-        data["best_trials"] = [{"number": t.number, "params": dict(t.params), "values": list(t.values)}
-                               for t in study.best_trials]
+        data["best_trials"] = [
+            {"number": t.number, "params": dict(t.params), "values": list(t.values)}
+            for t in study.best_trials
+        ]
     path = directory / RESULTS_FILE
     directory.mkdir(parents=True, exist_ok=True)
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))

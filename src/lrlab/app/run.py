@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,21 +15,21 @@ from typing import Any
 
 import optuna
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lrlab.checkpoint import CheckpointCallback
-from lrlab.config import validate
-from lrlab.data import load_source, make_loaders
-from lrlab.engine import Callback, Engine, EpochResult, resolve_device, resolve_precision
-from lrlab.lr_finder import find_lr
-from lrlab.models import count_parameters, create_model, layer_groups, model_summary, normalization, to_device
-from lrlab.optim import build_optimizer
-from lrlab.progress import ConsoleTable, finder_file_stem, format_time
-from lrlab.reproducibility import seed_everything
-from lrlab.study import TrialReporter, load_trial
-from lrlab.tracking import MlflowTracker, default_tracking_uri, provenance_tags
-from lrlab.transfer import Stage, run_stages
+from lrlab.app.build import Setup, _engine, _progress_enabled, build
+from lrlab.app.checkpoint import CheckpointCallback
+from lrlab.app.console import ConsoleTable, finder_file_stem, format_time
+from lrlab.core.engine import Engine
+from lrlab.core.stages import run_stages
+from lrlab.core.types import Callback, EpochResult
+from lrlab.finder.range_test import find_lr
+from lrlab.integrations.mlflow import (
+    MlflowTracker,
+    default_tracking_uri,
+    provenance_tags,
+)
+from lrlab.integrations.optuna import TrialReporter, load_trial
 
 log = logging.getLogger("lrlab")
 
@@ -51,9 +50,14 @@ class RunResult:
         and in range tests, and each stage's chosen LR, rule and range-test curve file."""
         train_seconds = sum(r.seconds for r in self.epochs)
         finder_seconds = sum(s.get("finder_seconds", 0.0) for s in self.stages)
-        return {"metrics": {k: float(v) for k, v in self.final.items()}, "train_seconds": train_seconds,
-                "finder_seconds": finder_seconds, "stages": self.stages, "run_id": self.run_id,
-                "output_dir": str(self.output_dir) if self.output_dir else None}
+        return {
+            "metrics": {k: float(v) for k, v in self.final.items()},
+            "train_seconds": train_seconds,
+            "finder_seconds": finder_seconds,
+            "stages": self.stages,
+            "run_id": self.run_id,
+            "output_dir": str(self.output_dir) if self.output_dir else None,
+        }
 
 
 class StageLog(Callback):
@@ -64,70 +68,17 @@ class StageLog(Callback):
         self.stages: list[dict[str, Any]] = []
 
     def on_stage_start(self, engine: Any, start: Any) -> None:
-        entry: dict[str, Any] = {"index": start.index, "name": start.stage.name, "lr": float(start.lr), "rule": start.rule}
+        entry: dict[str, Any] = {
+            "index": start.index,
+            "name": start.stage.name,
+            "lr": float(start.lr),
+            "rule": start.rule,
+        }
         if start.finder is not None:
             entry["finder_seconds"] = float(start.finder.seconds)
             entry["suggestions"] = {r: float(v) for r, v in start.finder.suggestions.items()}
             entry["curve"] = str(self.directory / f"{finder_file_stem(start.stage.name)}.csv")
         self.stages.append(entry)
-
-
-def _progress_enabled(setting: Any) -> bool:
-    if isinstance(setting, bool):
-        return setting
-    return sys.stderr.isatty()
-
-
-@dataclass
-class Setup:
-    """The components a config builds before any run is started (so bad input fails first)."""
-
-    cfg: DictConfig
-    device: torch.device
-    precision: str
-    model: torch.nn.Module
-    groups: list
-    train_loader: Any
-    valid_loader: Any
-    optimizer: torch.optim.Optimizer
-    schedule: Any
-    stages: list[Stage]
-
-
-def build(cfg: DictConfig) -> Setup:
-    """Validate `cfg`, seed, and build data, model, layer groups, loaders and optimizer."""
-    cfg = validate(cfg)
-    seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    started = time.perf_counter()
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    source = load_source(data_cfg)
-    model = create_model(cfg.model.name, source.num_classes, cfg.model.pretrained, cfg.model.drop_rate, cfg.model.drop_path_rate)
-    groups = layer_groups(model, cfg.model.body_groups)
-    norm = normalization(model)
-    model = to_device(model, device, cfg.train.channels_last)
-    data_device = device if cfg.data.in_memory else "cpu"
-    train_loader, valid_loader = make_loaders(source, data_cfg, norm, data_device, cfg.seed)
-    optimizer = build_optimizer(instantiate(cfg.optimizer), model, groups, lr=cfg.lr_finder.start_lr)
-    stages = [Stage(**OmegaConf.to_container(s, resolve=True)) for s in cfg.stages]
-    log.info(
-        f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, pretrained={cfg.model.pretrained}) on "
-        f"{cfg.data.name} ({len(source.train)} train / {len(source.valid)} valid, {source.num_classes} classes, "
-        f"{cfg.data.image_size} px) | device {device}, precision {precision} | setup {time.perf_counter() - started:.1f}s"
-    )
-    log.info("layer groups:\n" + model_summary(model, groups))
-    return Setup(cfg, device, precision, model, groups, train_loader, valid_loader, optimizer,
-                 instantiate(cfg.schedule), stages)
-
-
-def _engine(setup: Setup, callbacks: list[Any]) -> Engine:
-    t = setup.cfg.train
-    return Engine(
-        setup.model, setup.device, setup.precision, grad_accum=t.grad_accum, grad_clip=t.grad_clip,
-        channels_last=t.channels_last, compile=t.compile, log_every=t.log_every,
-        progress=_progress_enabled(t.progress), callbacks=callbacks, cudnn_benchmark=t.cudnn_benchmark,
-    )
 
 
 def _tracker(cfg: DictConfig, launch_dir: Path, parent_run_id: str | None) -> MlflowTracker | None:
@@ -149,11 +100,17 @@ def run_experiment(
     output_dir, launch_dir = Path(output_dir), Path(launch_dir or Path.cwd())
     setup = build(cfg)
     cfg = setup.cfg
-    checkpoints = CheckpointCallback(output_dir / "checkpoints") if cfg.train.checkpoints and cfg.task == "train" else None
+    checkpoints = (
+        CheckpointCallback(output_dir / "checkpoints")
+        if cfg.train.checkpoints and cfg.task == "train"
+        else None
+    )
     stage_log = StageLog(output_dir)
     callbacks: list[Any] = [ConsoleTable(output_dir), stage_log] + ([checkpoints] if checkpoints else [])
     if cfg.trial.study is not None:
-        callbacks.append(TrialReporter(load_trial(cfg.trial.storage, cfg.trial.study, cfg.trial.number), cfg.trial.metric))
+        callbacks.append(
+            TrialReporter(load_trial(cfg.trial.storage, cfg.trial.study, cfg.trial.number), cfg.trial.metric)
+        )
     tracker = _tracker(cfg, launch_dir, parent_run_id or cfg.tracking.parent_run_id)
     if tracker:
         callbacks.append(tracker)
@@ -161,7 +118,9 @@ def run_experiment(
     status, trial_state = "FAILED", "FAIL"
     try:
         if tracker:
-            _log_run_start(tracker, cfg, overrides or [], launch_dir, setup.device, setup.precision, output_dir)
+            _log_run_start(
+                tracker, cfg, overrides or [], launch_dir, setup.device, setup.precision, output_dir
+            )
         if cfg.task == "lr_find":
             result = _lr_find_task(setup, engine, tracker, output_dir)
         else:
@@ -182,18 +141,33 @@ def run_experiment(
     result.stages = stage_log.stages
     if tracker:
         result.run_id = tracker.run_id
-        log.info(f"MLflow run {tracker.run_id} in {tracker.uri}  (view: mlflow ui --backend-store-uri {tracker.uri})")
+        log.info(
+            f"MLflow run {tracker.run_id} in {tracker.uri}  (view: mlflow ui --backend-store-uri {tracker.uri})"
+        )
     return result
 
 
-def _train_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None,
-                checkpoints: CheckpointCallback | None) -> RunResult:
+def _train_task(
+    setup: Setup, engine: Engine, tracker: MlflowTracker | None, checkpoints: CheckpointCallback | None
+) -> RunResult:
     kwargs = finder_kwargs(setup.cfg)
     rule = kwargs.pop("suggest")
-    kwargs.update(seed=setup.cfg.seed, progress=_progress_enabled(setup.cfg.train.progress),
-                  val_loader=setup.valid_loader)
-    results = run_stages(engine, setup.groups, setup.train_loader, setup.valid_loader, setup.stages,
-                         setup.optimizer, setup.schedule, finder=kwargs, default_rule=rule)
+    kwargs.update(
+        seed=setup.cfg.seed,
+        progress=_progress_enabled(setup.cfg.train.progress),
+        val_loader=setup.valid_loader,
+    )
+    results = run_stages(
+        engine,
+        setup.groups,
+        setup.train_loader,
+        setup.valid_loader,
+        setup.stages,
+        setup.optimizer,
+        setup.schedule,
+        finder=kwargs,
+        default_rule=rule,
+    )
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
     if tracker:
         _log_run_end(tracker, setup.cfg, results, final, checkpoints)
@@ -208,8 +182,21 @@ def _train_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None,
 
 def finder_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """`find_lr` keyword arguments from the `lr_finder` config group."""
-    keys = ("start_lr", "end_lr", "num_iter", "mode", "smoothing", "beta", "zero_lag_beta", "stop_div", "div_factor", "repeats",
-            "val_batches", "per_group", "read_every")
+    keys = (
+        "start_lr",
+        "end_lr",
+        "num_iter",
+        "mode",
+        "smoothing",
+        "beta",
+        "zero_lag_beta",
+        "stop_div",
+        "div_factor",
+        "repeats",
+        "val_batches",
+        "per_group",
+        "read_every",
+    )
     kwargs = {k: cfg.lr_finder[k] for k in keys}
     kwargs["suggest"] = "valley" if cfg.lr_finder.suggest == "all" else cfg.lr_finder.suggest
     return kwargs
@@ -217,8 +204,16 @@ def finder_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 def _lr_find_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None, output_dir: Path) -> RunResult:
     cfg = setup.cfg
-    found = find_lr(setup.model, setup.train_loader, setup.optimizer, engine=engine, seed=cfg.seed,
-                    val_loader=setup.valid_loader, progress=_progress_enabled(cfg.train.progress), **finder_kwargs(cfg))
+    found = find_lr(
+        setup.model,
+        setup.train_loader,
+        setup.optimizer,
+        engine=engine,
+        seed=cfg.seed,
+        val_loader=setup.valid_loader,
+        progress=_progress_enabled(cfg.train.progress),
+        **finder_kwargs(cfg),
+    )
     results = found if isinstance(found, dict) else {"all": found}
     output_dir.mkdir(parents=True, exist_ok=True)
     final: dict[str, float] = {}
@@ -227,7 +222,9 @@ def _lr_find_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None, o
         log.info(f"\nLR range test{label}: {len(res.lrs)} steps, {res.stop_reason}, {res.seconds:.1f}s")
         log.info(res.table())
         suffix = "" if name == "all" else f"_{name}"
-        png, csv_path = res.save(output_dir, f"lr_find{suffix}", title=f"{cfg.name}: {cfg.model.name} on {cfg.data.name}{label}")
+        png, csv_path = res.save(
+            output_dir, f"lr_find{suffix}", title=f"{cfg.name}: {cfg.model.name} on {cfg.data.name}{label}"
+        )
         log.info(f"plot: {png}")
         prefix = "lr_find" if name == "all" else f"lr_find/{name}"
         for rule, lr in res.suggestions.items():
@@ -238,7 +235,9 @@ def _lr_find_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None, o
         if tracker:
             tracker.log_artifact(png, "lr_finder")
             tracker.log_artifact(csv_path, "lr_finder")
-            tracker.log_params({f"{prefix}.suggestion.{rule}": f"{lr:.6g}" for rule, lr in res.suggestions.items()})
+            tracker.log_params(
+                {f"{prefix}.suggestion.{rule}": f"{lr:.6g}" for rule, lr in res.suggestions.items()}
+            )
             tracker.set_tags({f"{prefix}.stop_reason": res.stop_reason})
     if tracker:
         for key, value in final.items():
@@ -247,24 +246,49 @@ def _lr_find_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None, o
     return RunResult([], final, extra={"lr_finder": results})
 
 
-def _log_run_start(tracker: MlflowTracker, cfg: DictConfig, overrides: list[str], launch_dir: Path,
-                   device: torch.device, precision: str, output_dir: Path) -> None:
+def _log_run_start(
+    tracker: MlflowTracker,
+    cfg: DictConfig,
+    overrides: list[str],
+    launch_dir: Path,
+    device: torch.device,
+    precision: str,
+    output_dir: Path,
+) -> None:
     container = OmegaConf.to_container(cfg, resolve=True)
     tracker.log_params(container)
-    tracker.set_tags({
-        **provenance_tags(launch_dir), "device": str(device), "precision": precision, "seed": cfg.seed,
-        "overrides": " ".join(overrides), "output_dir": str(output_dir), "python": platform.python_version(),
-        "task": cfg.task,
-    })
+    tracker.set_tags(
+        {
+            **provenance_tags(launch_dir),
+            "device": str(device),
+            "precision": precision,
+            "seed": cfg.seed,
+            "overrides": " ".join(overrides),
+            "output_dir": str(output_dir),
+            "python": platform.python_version(),
+            "task": cfg.task,
+        }
+    )
     if cfg.trial.study is not None:
-        tracker.set_tags({"trial.study": cfg.trial.study, "trial.number": cfg.trial.number,
-                          "trial.source": cfg.trial.source or "search", "trial.state": "RUNNING"})
+        tracker.set_tags(
+            {
+                "trial.study": cfg.trial.study,
+                "trial.number": cfg.trial.number,
+                "trial.source": cfg.trial.source or "search",
+                "trial.state": "RUNNING",
+            }
+        )
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
     tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), "config/overrides.yaml")
 
 
-def _log_run_end(tracker: MlflowTracker, cfg: DictConfig, results: list[EpochResult], final: dict[str, float],
-                 checkpoints: CheckpointCallback | None) -> None:
+def _log_run_end(
+    tracker: MlflowTracker,
+    cfg: DictConfig,
+    results: list[EpochResult],
+    final: dict[str, float],
+    checkpoints: CheckpointCallback | None,
+) -> None:
     for key, value in final.items():
         tracker.log_metric(f"final_{key}", value, results[-1].epoch if results else 0)
     if results:

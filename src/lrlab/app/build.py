@@ -1,0 +1,114 @@
+"""Builds a run's components from a validated config: config -> (data, model) -> layer groups,
+loaders, optimizer, schedule and stages. Everything here can fail on bad input, so it runs before
+any MLflow run exists."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lrlab.app.schema import validate
+from lrlab.core.engine import Engine, resolve_device, resolve_precision
+from lrlab.core.optim import build_optimizer
+from lrlab.core.reproducibility import seed_everything
+from lrlab.core.stages import Stage
+from lrlab.data.loaders import make_loaders
+from lrlab.data.sources import load_source
+from lrlab.models.factory import (
+    count_parameters,
+    create_model,
+    normalization,
+    to_device,
+)
+from lrlab.models.groups import layer_groups, model_summary
+
+log = logging.getLogger("lrlab")
+
+
+def _progress_enabled(setting: Any) -> bool:
+    if isinstance(setting, bool):
+        return setting
+    return sys.stderr.isatty()
+
+
+@dataclass
+class Setup:
+    """The components a config builds before any run is started (so bad input fails first)."""
+
+    cfg: DictConfig
+    device: torch.device
+    precision: str
+    model: torch.nn.Module
+    groups: list
+    train_loader: Any
+    valid_loader: Any
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    stages: list[Stage]
+
+
+def build(cfg: DictConfig) -> Setup:
+    """Validate `cfg`, seed, and build data, model, layer groups, loaders and optimizer."""
+    cfg = validate(cfg)
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    started = time.perf_counter()
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    source = load_source(data_cfg)
+    model = create_model(
+        cfg.model.name,
+        source.num_classes,
+        cfg.model.pretrained,
+        cfg.model.drop_rate,
+        cfg.model.drop_path_rate,
+    )
+    groups = layer_groups(model, cfg.model.body_groups)
+    norm = normalization(model)
+    model = to_device(model, device, cfg.train.channels_last)
+    data_device = device if cfg.data.in_memory else "cpu"
+    train_loader, valid_loader = make_loaders(source, data_cfg, norm, data_device, cfg.seed)
+    optimizer = build_optimizer(instantiate(cfg.optimizer), model, groups, lr=cfg.lr_finder.start_lr)
+    stages = [Stage(**OmegaConf.to_container(s, resolve=True)) for s in cfg.stages]
+    log.info(
+        f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, pretrained={cfg.model.pretrained}) on "
+        f"{cfg.data.name} ({len(source.train)} train / {len(source.valid)} valid, {source.num_classes} classes, "
+        f"{cfg.data.image_size} px) | device {device}, precision {precision} | setup {time.perf_counter() - started:.1f}s"
+    )
+    log.info("layer groups:\n" + model_summary(model, groups))
+    return Setup(
+        cfg,
+        device,
+        precision,
+        model,
+        groups,
+        train_loader,
+        valid_loader,
+        optimizer,
+        instantiate(cfg.schedule),
+        stages,
+    )
+
+
+def _engine(setup: Setup, callbacks: list[Any]) -> Engine:
+    t = setup.cfg.train
+    return Engine(
+        setup.model,
+        setup.device,
+        setup.precision,
+        grad_accum=t.grad_accum,
+        grad_clip=t.grad_clip,
+        channels_last=t.channels_last,
+        compile=t.compile,
+        log_every=t.log_every,
+        progress=_progress_enabled(t.progress),
+        callbacks=callbacks,
+        cudnn_benchmark=t.cudnn_benchmark,
+    )

@@ -1,0 +1,56 @@
+"""Types shared by the engine, the staged runner and every callback: per-step and per-epoch
+records and the `Callback` hooks (integrations subclass it; the core never imports them)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lrlab.core.engine import Engine
+
+
+@dataclass
+class StepRecord:
+    """One optimizer step: its global index, mean loss, and the LR/momentum applied per layer group."""
+
+    step: int
+    loss: float
+    lrs: dict[str, float]
+    momentum: float | None
+
+
+@dataclass
+class EpochResult:
+    """Metrics of one epoch; `epoch` counts across stages, `stage_epoch` within the stage."""
+
+    stage: str
+    epoch: int
+    stage_epoch: int
+    train_loss: float
+    valid_loss: float
+    accuracy: float
+    error_rate: float
+    seconds: float
+    train_images_per_s: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k in ("train_loss", "valid_loss", "accuracy", "error_rate")
+        }
+
+
+class Callback:
+    """Hooks the engine calls; subclass and override what you need."""
+
+    def on_stage_start(self, engine: Engine, start: Any) -> None: ...
+
+    def on_fit_start(self, engine: Engine, stage: str, epochs: int, steps_per_epoch: int) -> None: ...
+
+    def on_steps(self, engine: Engine, records: list[StepRecord]) -> None: ...
+
+    def on_epoch_end(self, engine: Engine, result: EpochResult) -> None: ...
+
+    def on_fit_end(self, engine: Engine, stage: str, results: list[EpochResult]) -> None: ...

@@ -1,0 +1,70 @@
+"""The range test's settings, one dataclass: `find_lr(..., config=FinderConfig(...))` from Python
+and the `lr_finder` config group (registered as that group's schema) share these defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODES = ("exp", "linear")
+SMOOTHINGS = ("zero_lag", "ema")
+
+
+@dataclass
+class FinderConfig:
+    """How the range test ramps, smooths, stops and suggests.
+
+    The ramp goes from `start_lr` to `end_lr` over `num_iter` optimizer steps (`mode` exp or
+    linear). `smoothing` is `zero_lag` (forward-backward EMA, per-pass `zero_lag_beta`) or `ema`
+    (fastai's causal debiased EMA with `beta`, which also drives the divergence test). The test
+    stops when the smoothed loss exceeds `div_factor` x its best or any loss is NaN/inf
+    (`stop_div`). `suggest` names the rule used (any name in `lrlab.finder.rules.RULES`, or `all`:
+    print every rule, use valley). `repeats` > 1 reruns with other data orders and reports each
+    rule's median and spread; `val_batches` > 0 also records a held-out loss; `per_group` sweeps
+    each layer group on its own; `read_every` is the number of steps between host read-backs.
+    """
+
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    num_iter: int = 100
+    mode: str = "exp"
+    smoothing: str = "zero_lag"
+    beta: float = 0.98
+    zero_lag_beta: float = 0.8
+    stop_div: bool = True
+    div_factor: float = 4.0
+    suggest: str = "valley"
+    repeats: int = 1
+    val_batches: int = 0
+    per_group: bool = False
+    read_every: int = 10
+
+    @property
+    def rule(self) -> str:
+        """The rule whose suggestion is used (`all` prints every rule and uses valley)."""
+        return "valley" if self.suggest == "all" else self.suggest
+
+    def check(self) -> FinderConfig:
+        """Raise ValueError naming the first bad field; returns self so calls can chain."""
+        from lrlab.finder.rules import RULES
+
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r} is not valid; choose one of: {', '.join(MODES)}")
+        if self.smoothing not in SMOOTHINGS:
+            raise ValueError(f"smoothing={self.smoothing!r} is not valid; choose one of: {', '.join(SMOOTHINGS)}")
+        if self.suggest != "all" and self.suggest not in RULES:
+            raise ValueError(f"suggest={self.suggest!r} is not valid; choose one of: {', '.join(RULES)}, all")
+        if not 0 < self.start_lr < self.end_lr:
+            raise ValueError(f"need 0 < start_lr < end_lr, got start_lr={self.start_lr}, end_lr={self.end_lr}")
+        if self.num_iter < 2:
+            raise ValueError(f"num_iter={self.num_iter} must be at least 2")
+        for name in ("beta", "zero_lag_beta"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if not self.div_factor > 1:
+            raise ValueError(f"div_factor={self.div_factor} must be greater than 1")
+        for name in ("repeats", "read_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.val_batches < 0:
+            raise ValueError(f"val_batches={self.val_batches} must be >= 0")
+        return self

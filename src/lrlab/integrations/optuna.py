@@ -1,0 +1,43 @@
+"""The job side of a sweep: a Hydra job finds its Optuna trial from `trial.*` in its config and
+reports each epoch to it (Optuna's own integration callbacks need the Trial object in-process,
+which a launcher in another process or machine cannot hand over)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from lrlab.core.types import Callback, EpochResult
+from lrlab.sweep.storage import PRUNER_ATTR, make_pruner, open_storage
+
+
+def load_trial(storage_url: str, study_name: str, number: int) -> optuna.Trial:
+    """The running trial `number` of `study_name`, with the pruner the sweeper recorded in the study."""
+    storage = open_storage(storage_url)
+    study_id = storage.get_study_id_from_name(study_name)
+    pruner = make_pruner(storage.get_study_user_attrs(study_id).get(PRUNER_ATTR))
+    study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    return optuna.trial.Trial(study, trial_id)
+
+
+class TrialReporter(Callback):
+    """Reports `metric` after every epoch to the job's trial (step = epoch across stages) and raises
+    `optuna.TrialPruned` when the study's pruner says stop. Multi-objective studies cannot prune,
+    so nothing is reported there."""
+
+    def __init__(self, trial: optuna.Trial, metric: str = "error_rate"):
+        self.trial = trial
+        self.metric = metric
+        self.enabled = len(trial.study.directions) == 1
+
+    def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
+        if not self.enabled:
+            return
+        self.trial.report(float(getattr(result, self.metric)), result.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(
+                f"trial {self.trial.number} pruned after epoch {result.epoch} "
+                f"({self.metric} {getattr(result, self.metric):.4f})"
+            )
