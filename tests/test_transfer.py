@@ -24,6 +24,7 @@ from lrlab.core.types import Callback
 from lrlab.data.loaders import TensorLoader
 from lrlab.data.sources import load_digits
 from lrlab.data.types import ImageSource, TensorSplit
+from lrlab.finder.config import FinderConfig
 from lrlab.models.factory import create_model, normalization
 from lrlab.models.groups import layer_groups
 
@@ -158,8 +159,7 @@ def test_find_stage_uses_the_suggestion_times_lr_scale(digits) -> None:
         [stage],
         optimizer,
         one_cycle,
-        finder={"num_iter": 30, "end_lr": 1.0},
-        default_rule="valley",
+        finder=FinderConfig(num_iter=30, end_lr=1.0),
     )
     start = spy.starts[0]
     assert start.rule == "minimum" and start.finder is not None

@@ -17,12 +17,13 @@ import optuna
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lrlab.app.build import Setup, _engine, _progress_enabled, build
+from lrlab.app.build import Setup, _engine, build
 from lrlab.app.checkpoint import CheckpointCallback
 from lrlab.app.console import ConsoleTable, finder_file_stem, format_time
 from lrlab.core.engine import Engine
 from lrlab.core.stages import run_stages
 from lrlab.core.types import Callback, EpochResult
+from lrlab.finder.config import FinderConfig
 from lrlab.finder.range_test import find_lr
 from lrlab.integrations.mlflow import (
     MlflowTracker,
@@ -150,13 +151,6 @@ def run_experiment(
 def _train_task(
     setup: Setup, engine: Engine, tracker: MlflowTracker | None, checkpoints: CheckpointCallback | None
 ) -> RunResult:
-    kwargs = finder_kwargs(setup.cfg)
-    rule = kwargs.pop("suggest")
-    kwargs.update(
-        seed=setup.cfg.seed,
-        progress=_progress_enabled(setup.cfg.train.progress),
-        val_loader=setup.valid_loader,
-    )
     results = run_stages(
         engine,
         setup.groups,
@@ -165,8 +159,8 @@ def _train_task(
         setup.stages,
         setup.optimizer,
         setup.schedule,
-        finder=kwargs,
-        default_rule=rule,
+        finder=finder_config(setup.cfg),
+        seed=setup.cfg.seed,
     )
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
     if tracker:
@@ -180,26 +174,9 @@ def _train_task(
     return RunResult(results, final)
 
 
-def finder_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """`find_lr` keyword arguments from the `lr_finder` config group."""
-    keys = (
-        "start_lr",
-        "end_lr",
-        "num_iter",
-        "mode",
-        "smoothing",
-        "beta",
-        "zero_lag_beta",
-        "stop_div",
-        "div_factor",
-        "repeats",
-        "val_batches",
-        "per_group",
-        "read_every",
-    )
-    kwargs = {k: cfg.lr_finder[k] for k in keys}
-    kwargs["suggest"] = "valley" if cfg.lr_finder.suggest == "all" else cfg.lr_finder.suggest
-    return kwargs
+def finder_config(cfg: DictConfig) -> FinderConfig:
+    """The range test's settings from the `lr_finder` config group (whose schema is FinderConfig)."""
+    return FinderConfig(**OmegaConf.to_container(cfg.lr_finder, resolve=True))
 
 
 def _lr_find_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None, output_dir: Path) -> RunResult:
@@ -209,10 +186,10 @@ def _lr_find_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None, o
         setup.train_loader,
         setup.optimizer,
         engine=engine,
+        config=finder_config(cfg),
         seed=cfg.seed,
         val_loader=setup.valid_loader,
-        progress=_progress_enabled(cfg.train.progress),
-        **finder_kwargs(cfg),
+        progress=engine.progress,
     )
     results = found if isinstance(found, dict) else {"all": found}
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -53,6 +53,28 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
+
+
+class LossBuffer:
+    """Per-step losses kept on the device and read back to the host in one transfer, so a GPU
+    never waits for the host between steps (training and the range test both use it)."""
+
+    def __init__(self) -> None:
+        self.pending: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss)
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def read(self) -> list[float]:
+        """The buffered losses as floats (one host sync), emptying the buffer."""
+        if not self.pending:
+            return []
+        values = torch.stack(self.pending).float().tolist()
+        self.pending.clear()
+        return values
 
 
 class Engine:
@@ -138,18 +160,44 @@ class Engine:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def step(
+        self,
+        batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+        optimizer: torch.optim.Optimizer,
+        micro_batches: int | None = None,
+        detect_overflow: bool = False,
+    ) -> tuple[torch.Tensor, bool]:
+        """One optimizer step, the primitive both training and the range test use: forward and
+        backward over `micro_batches` batches drawn from `batches` (default `grad_accum`), each loss
+        scaled by 1/count, then unscale, clip, step and clear gradients.
+
+        Returns the step's mean loss as a device tensor (no host sync) and whether the optimizer
+        stepped; with `detect_overflow` a GradScaler that skipped an overflowed step gives False
+        (this reads the scale back to the host, so training leaves it off).
+        """
+        count = micro_batches or self.grad_accum
+        losses = []
+        for _ in range(count):
+            x, y = next(batches)
+            losses.append(self.backward(x, y, scale=1.0 / count))
+            self.images_seen += len(y)
+        scale_before = self.scaler.get_scale() if self.scaler is not None and detect_overflow else None
+        self.optimizer_step(optimizer)
+        stepped = scale_before is None or self.scaler.get_scale() >= scale_before
+        return torch.stack(losses).mean(), stepped
+
     def _step_info(self, optimizer: torch.optim.Optimizer) -> tuple[dict[str, float], float | None]:
         lrs = {g.get("group_name", str(i)): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
         return lrs, momentum_of(optimizer.param_groups[-1])
 
     def _flush(
-        self, pending: list[torch.Tensor], infos: list[tuple[int, dict[str, float], float | None]]
+        self, pending: LossBuffer, infos: list[tuple[int, dict[str, float], float | None]]
     ) -> list[float]:
-        if not pending:
+        """Read the buffered step losses back, hand them to the callbacks and stop on NaN/inf."""
+        values = pending.read()
+        if not values:
             return []
-        values = torch.stack(pending).float().tolist()
         records = [StepRecord(step, loss, lrs, mom) for (step, lrs, mom), loss in zip(infos, values)]
-        pending.clear()
         infos.clear()
         for cb in self.callbacks:
             cb.on_steps(self, records)
@@ -162,39 +210,27 @@ class Engine:
         return values
 
     def train_epoch(self, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> float:
-        """One pass over `loader`; returns the mean training loss over optimizer steps."""
+        """One pass over `loader`; returns the mean training loss over optimizer steps (a last,
+        partial accumulation still steps, with its losses scaled by its own size)."""
         self.images_seen = 0
         self.train_mode()
         optimizer.zero_grad(set_to_none=True)
-        pending: list[torch.Tensor] = []
+        pending = LossBuffer()
         infos: list[tuple[int, dict[str, float], float | None]] = []
         losses: list[float] = []
-        micro: list[torch.Tensor] = []
         n_batches = len(loader)
-        batches = loader
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(loader, total=n_batches, leave=False, desc=f"epoch {self.global_epoch}", unit="batch")
-            batches = bar
-        for i, (x, y) in enumerate(batches):
-            last_of_step = (i + 1) % self.grad_accum == 0 or i + 1 == n_batches
-            in_step = (
-                self.grad_accum
-                if (i // self.grad_accum + 1) * self.grad_accum <= n_batches
-                else n_batches % self.grad_accum
-            )
-            micro.append(self.backward(x, y, scale=1.0 / in_step))
-            self.images_seen += len(y)
-            if not last_of_step:
-                continue
+        batches = iter(bar if bar is not None else loader)
+        for first in range(0, n_batches, self.grad_accum):
             info = self._step_info(optimizer)
-            self.optimizer_step(optimizer)
+            loss, _ = self.step(batches, optimizer, min(self.grad_accum, n_batches - first))
             if scheduler is not None:
                 scheduler.step()
-            pending.append(torch.stack(micro).mean())
-            micro.clear()
+            pending.add(loss)
             infos.append((self.global_step, *info))
             self.global_step += 1
             if len(pending) >= self.log_every:

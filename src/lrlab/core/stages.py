@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 from lrlab.core.engine import Engine
 from lrlab.core.optim import group_lrs, set_lrs
 from lrlab.core.types import EpochResult
+from lrlab.finder.config import FinderConfig
 from lrlab.finder.range_test import find_lr
 from lrlab.finder.result import LRFinderResult
 from lrlab.models.groups import LayerGroup
@@ -136,6 +137,43 @@ def _trainable_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _stage_lr(
+    engine: Engine,
+    stage: Stage,
+    index: int,
+    train_loader: Any,
+    valid_loader: Any,
+    optimizer: torch.optim.Optimizer,
+    ratios: Sequence[float],
+    finder: FinderConfig,
+    seed: int,
+) -> tuple[float, str | None, LRFinderResult | None]:
+    """The stage's head LR: its fixed `lr`, or (lr 'find') the range test's suggestion for the
+    stage's rule, run with the stage's LR ratios across groups; times `lr_scale`."""
+    if stage.lr != "find":
+        return float(stage.lr) * stage.lr_scale, None, None
+    rule = stage.lr_rule or finder.rule
+    set_lrs(optimizer, group_lrs(optimizer, ratios))
+    config = replace(finder, suggest=rule, per_group=False)
+    found = find_lr(
+        engine.model,
+        train_loader,
+        optimizer,
+        engine=engine,
+        config=config,
+        seed=seed,
+        val_loader=valid_loader,
+        progress=engine.progress,
+    )
+    lr = found.suggestions[rule] * stage.lr_scale
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(
+            f"stage {stage.name}: the range test gave no {rule} suggestion ({found.stop_reason}); "
+            f"set stages.{index}.lr to a number or try another lr_rule"
+        )
+    return lr, rule, found
+
+
 def run_stages(
     engine: Engine,
     groups: Sequence[LayerGroup],
@@ -144,13 +182,15 @@ def run_stages(
     stages: Sequence[Stage],
     optimizer: torch.optim.Optimizer,
     schedule: ScheduleFactory,
-    finder: dict[str, Any] | None = None,
-    default_rule: str = "valley",
+    finder: FinderConfig | None = None,
+    seed: int = 0,
 ) -> list[EpochResult]:
     """Run each stage in order and return every epoch's result.
 
-    `finder` holds keyword arguments for `find_lr` (used by stages whose lr is 'find').
+    Stages whose lr is 'find' run the range test with `finder` (its defaults when None; its
+    held-out loss, if any, on `valid_loader`; data orders of repeats from `seed`).
     """
+    finder = finder or FinderConfig()
     results: list[EpochResult] = []
     steps = engine.steps_per_epoch(train_loader)
     model = engine.model
@@ -165,23 +205,9 @@ def run_stages(
             optimizer.state.clear()
         previous = tuple(trainable)
         ratios = spread_lrs(1.0, len(groups), stage.lr_spread, stage.lr_spread_mode)
-        found: LRFinderResult | None = None
-        rule = None
-        if stage.lr == "find":
-            rule = stage.lr_rule or default_rule
-            set_lrs(optimizer, group_lrs(optimizer, ratios))
-            kwargs = dict(finder or {})
-            kwargs["suggest"] = rule
-            kwargs["per_group"] = False
-            found = find_lr(model, train_loader, optimizer, engine=engine, **kwargs)
-            lr = found.suggestions[rule] * stage.lr_scale
-            if not (math.isfinite(lr) and lr > 0):
-                raise ValueError(
-                    f"stage {stage.name}: the range test gave no {rule} suggestion ({found.stop_reason}); "
-                    f"set stages.{index}.lr to a number or try another lr_rule"
-                )
-        else:
-            lr = float(stage.lr) * stage.lr_scale
+        lr, rule, found = _stage_lr(
+            engine, stage, index, train_loader, valid_loader, optimizer, ratios, finder, seed
+        )
         layer_lrs = [lr * r for r in ratios]
         start = StageStart(
             stage,
@@ -195,9 +221,7 @@ def run_stages(
             cleared,
         )
         for cb in engine.callbacks:
-            hook = getattr(cb, "on_stage_start", None)
-            if hook:
-                hook(engine, start)
+            cb.on_stage_start(engine, start)
         scheduler = schedule(
             optimizer,
             max_lr=group_lrs(optimizer, layer_lrs),

@@ -50,11 +50,15 @@ class FinderConfig:
         if self.mode not in MODES:
             raise ValueError(f"mode={self.mode!r} is not valid; choose one of: {', '.join(MODES)}")
         if self.smoothing not in SMOOTHINGS:
-            raise ValueError(f"smoothing={self.smoothing!r} is not valid; choose one of: {', '.join(SMOOTHINGS)}")
+            raise ValueError(
+                f"smoothing={self.smoothing!r} is not valid; choose one of: {', '.join(SMOOTHINGS)}"
+            )
         if self.suggest != "all" and self.suggest not in RULES:
             raise ValueError(f"suggest={self.suggest!r} is not valid; choose one of: {', '.join(RULES)}, all")
         if not 0 < self.start_lr < self.end_lr:
-            raise ValueError(f"need 0 < start_lr < end_lr, got start_lr={self.start_lr}, end_lr={self.end_lr}")
+            raise ValueError(
+                f"need 0 < start_lr < end_lr, got start_lr={self.start_lr}, end_lr={self.end_lr}"
+            )
         if self.num_iter < 2:
             raise ValueError(f"num_iter={self.num_iter} must be at least 2")
         for name in ("beta", "zero_lag_beta"):

@@ -18,21 +18,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lrlab.core.engine import Engine
+from lrlab.core.engine import Engine, LossBuffer
 from lrlab.core.reproducibility import restore_rng_state, rng_state
+from lrlab.finder.config import MODES, FinderConfig
 from lrlab.finder.result import LRFinderResult, summarize_repeats
 from lrlab.finder.rules import RULES, suggest
 from lrlab.finder.smoothing import ema_smooth, zero_lag_smooth
 
 SMOOTHERS = {"ema": ema_smooth, "zero_lag": zero_lag_smooth}
-MODES = ("exp", "linear")
 
 
 def lr_schedule(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> np.ndarray:
@@ -127,114 +127,115 @@ class _Curve:
     seconds: float
 
 
+class _DivergenceWatch:
+    """fastai's running debiased EMA of the loss (`beta`) and its best value: stops the test once
+    the EMA exceeds `div_factor` x the best, or a loss is NaN/inf."""
+
+    def __init__(self, config: FinderConfig):
+        self.beta, self.div_factor, self.enabled = config.beta, config.div_factor, config.stop_div
+        self.avg, self.best, self.count = 0.0, math.inf, 0
+
+    def extend(self, values: Sequence[float], losses: list[float]) -> str:
+        """Append `values` to `losses` up to and including the first diverging one; returns the
+        stop reason, or "completed" while the test may go on."""
+        for value in values:
+            losses.append(value)
+            self.count += 1
+            if math.isfinite(value):
+                self.avg = self.beta * self.avg + (1 - self.beta) * value
+                smooth = self.avg / (1 - self.beta**self.count)
+            else:
+                smooth = value
+            self.best = min(self.best, smooth) if math.isfinite(smooth) else self.best
+            if self.enabled and diverged(smooth, self.best, self.div_factor):
+                return (
+                    "non-finite loss"
+                    if not math.isfinite(value)
+                    else f"diverged (> {self.div_factor:g}x best)"
+                )
+        return "completed"
+
+
+def _set_ramp_lr(
+    optimizer: torch.optim.Optimizer,
+    lr: float,
+    sweep: Sequence[bool],
+    ratios: Sequence[float],
+    fixed: Sequence[float],
+) -> None:
+    for group, swept, ratio, keep in zip(optimizer.param_groups, sweep, ratios, fixed):
+        group["lr"] = lr * ratio if swept else keep
+
+
 def _run_curve(
     engine: Engine,
     optimizer: torch.optim.Optimizer,
     loader: Any,
-    schedule: np.ndarray,
     sweep: Sequence[bool],
     ratios: Sequence[float],
-    stop_div: bool,
-    div_factor: float,
-    beta: float,
-    read_every: int,
-    val_batches: list[Any] | None,
+    config: FinderConfig,
+    held_out: list[Any] | None,
     progress: bool,
     label: str,
 ) -> _Curve:
-    """Ramp the swept groups' LRs over `schedule` and record one loss per optimizer step."""
+    """Ramp the swept groups' LRs over the schedule and record one loss per optimizer step, read
+    back every `read_every` steps (every step with a GradScaler, whose skipped overflow steps do
+    not advance the ramp, or with a held-out loss)."""
+    schedule = lr_schedule(config.start_lr, config.end_lr, config.num_iter, config.mode)
     engine.train_mode()
     batches = _endless(loader)
     fixed = [g["lr"] for g in optimizer.param_groups]
+    watch, pending = _DivergenceWatch(config), LossBuffer()
     lrs: list[float] = []
-    pending: list[torch.Tensor] = []
     losses: list[float] = []
-    val_losses: list[float] | None = [] if val_batches else None
-    avg, best, count, reason = 0.0, math.inf, 0, "completed"
-    sync_each_step = engine.scaler is not None or val_batches is not None
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(schedule), desc=label, unit="step", leave=False)
+    val_losses: list[float] | None = [] if held_out else None
+    read_every = 1 if engine.scaler is not None or held_out else config.read_every
+    bar = _progress_bar(progress, len(schedule), label)
     start = time.perf_counter()
-    index, attempts = 0, 0
     optimizer.zero_grad(set_to_none=True)
-    while index < len(schedule) and attempts < 3 * len(schedule) + 100:
+    reason, index, attempts = "completed", 0, 0
+    while reason == "completed" and index < len(schedule) and attempts < 3 * len(schedule) + 100:
         attempts += 1
         lr = float(schedule[index])
-        for group, swept, ratio, keep in zip(optimizer.param_groups, sweep, ratios, fixed):
-            group["lr"] = lr * ratio if swept else keep
-        micro = [
-            engine.backward(*next(batches), scale=1.0 / engine.grad_accum) for _ in range(engine.grad_accum)
-        ]
-        scale_before = engine.scaler.get_scale() if engine.scaler else None
-        engine.optimizer_step(optimizer)
-        if engine.scaler is not None and engine.scaler.get_scale() < scale_before:
-            continue  # overflow: the step was skipped, the ramp does not advance
+        _set_ramp_lr(optimizer, lr, sweep, ratios, fixed)
+        loss, stepped = engine.step(batches, optimizer, detect_overflow=True)
+        if not stepped:
+            continue
         engine.global_step += 1
-        pending.append(torch.stack(micro).mean())
+        pending.add(loss)
         lrs.append(lr)
         index += 1
-        if val_batches is not None and val_losses is not None:
-            val_losses.append(_held_out_loss(engine, val_batches))
+        if val_losses is not None:
+            val_losses.append(engine.evaluate(held_out)["valid_loss"])
         if bar is not None:
             bar.update(1)
-        if len(pending) >= (1 if sync_each_step else read_every) or index == len(schedule):
-            values = torch.stack(pending).float().tolist()
-            pending.clear()
-            for value in values:
-                losses.append(value)
-                count += 1
-                if math.isfinite(value):
-                    avg = beta * avg + (1 - beta) * value
-                    smooth = avg / (1 - beta**count)
-                else:
-                    smooth = value
-                best = min(best, smooth) if math.isfinite(smooth) else best
-                if stop_div and diverged(smooth, best, div_factor):
-                    reason = (
-                        "non-finite loss"
-                        if not math.isfinite(value)
-                        else f"diverged (> {div_factor:g}x best)"
-                    )
-                    break
-            if reason != "completed":
-                break
+        if len(pending) >= read_every or index == len(schedule):
+            reason = watch.extend(pending.read(), losses)
     if bar is not None:
         bar.close()
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     n = len(losses)
-    return _Curve(
-        lrs[:n],
-        losses,
-        val_losses[:n] if val_losses is not None else None,
-        reason,
-        time.perf_counter() - start,
-    )
+    vals = val_losses[:n] if val_losses is not None else None
+    return _Curve(lrs[:n], losses, vals, reason, time.perf_counter() - start)
 
 
-@torch.no_grad()
-def _held_out_loss(engine: Engine, batches: list[Any]) -> float:
-    engine.model.eval()
-    total, count = 0.0, 0
-    for x, y in batches:
-        x, y = engine._to_device(x, y)
-        with engine.autocast():
-            out = engine.forward_model(x)
-        total += float(nn.functional.cross_entropy(out.float(), y, reduction="sum"))
-        count += len(y)
-    engine.train_mode()
-    return total / max(1, count)
+def _progress_bar(enabled: bool, total: int, label: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="step", leave=False)
 
 
-def _result_from(curve: _Curve, smoothing: str, beta: float, method: str, group: str) -> LRFinderResult:
+def _result_from(curve: _Curve, config: FinderConfig, group: str) -> LRFinderResult:
+    """Smooth a recorded curve and apply every registered rule to it."""
     lrs, losses = np.asarray(curve.lrs, dtype=np.float64), np.asarray(curve.losses, dtype=np.float64)
+    beta = config.beta if config.smoothing == "ema" else config.zero_lag_beta
     smoothed = np.full_like(losses, np.nan)
     # A two-sided smoother must not spread the point that tripped the divergence test backwards.
-    n = len(losses) - (1 if curve.stop_reason != "completed" and smoothing == "zero_lag" else 0)
-    smoothed[:n] = SMOOTHERS[smoothing](losses[:n], beta)
+    n = len(losses) - (1 if curve.stop_reason != "completed" and config.smoothing == "zero_lag" else 0)
+    smoothed[:n] = SMOOTHERS[config.smoothing](losses[:n], beta)
     suggestions = suggest(lrs, smoothed, "all") if len(losses) else {r: math.nan for r in RULES}
     vals = np.asarray(curve.val_losses) if curve.val_losses is not None else None
     return LRFinderResult(
@@ -242,9 +243,9 @@ def _result_from(curve: _Curve, smoothing: str, beta: float, method: str, group:
         losses,
         smoothed,
         dict(suggestions),
-        method,
+        config.rule,
         group,
-        smoothing,
+        config.smoothing,
         vals,
         curve.seconds,
         curve.stop_reason,
@@ -257,97 +258,76 @@ def find_lr(
     optimizer: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer],
     loss_fn: nn.Module | None = None,
     *,
-    start_lr: float = 1e-7,
-    end_lr: float = 10.0,
-    num_iter: int = 100,
-    mode: str = "exp",
-    smoothing: str = "zero_lag",
-    beta: float = 0.98,
-    zero_lag_beta: float = 0.8,
-    stop_div: bool = True,
-    div_factor: float = 4.0,
-    suggest: str = "valley",
-    repeats: int = 1,
+    config: FinderConfig | None = None,
     seed: int = 0,
-    per_group: bool = False,
     val_loader: Any = None,
-    val_batches: int = 0,
     engine: Engine | None = None,
     device: torch.device | str | None = None,
     precision: str = "32",
     grad_accum: int = 1,
-    read_every: int = 10,
     progress: bool = False,
+    **overrides: Any,
 ) -> LRFinderResult | dict[str, LRFinderResult]:
     """Run the LR range test and restore every piece of state it touched.
 
+    `config` holds the test's settings (`FinderConfig`; its defaults when omitted); keyword
+    `overrides` replace single fields, e.g. `find_lr(model, loader, opt, num_iter=50, repeats=3)`.
     `optimizer` is a built optimizer or a factory called as `factory(model.parameters())`.
-    `beta` is the causal EMA's (fastai's 0.98: the `ema` smoothing and the divergence test);
-    `zero_lag_beta` is the per-pass coefficient of the default `zero_lag` smoothing.
-    Returns one LRFinderResult, or with `per_group=True` one per layer group (keyed by name).
     Pass an `engine` to reuse its device, precision, GradScaler and accumulation settings.
+    Returns one LRFinderResult, or with `per_group=True` one per layer group (keyed by name).
     """
-    if smoothing not in SMOOTHERS:
-        raise ValueError(f"smoothing={smoothing!r} is not valid; choose one of {', '.join(SMOOTHERS)}")
-    if suggest not in RULES:
-        raise ValueError(f"suggest={suggest!r} is not valid; choose one of {', '.join(RULES)}")
-    if repeats < 1:
-        raise ValueError(f"repeats={repeats} must be at least 1")
+    config = _resolve_config(config, overrides)
     if engine is None:
         dev = torch.device(device) if device is not None else next(model.parameters()).device
         engine = Engine(model, dev, precision, loss_fn=loss_fn, grad_accum=grad_accum)
     if not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = optimizer(model.parameters())
-    schedule = lr_schedule(start_lr, end_lr, num_iter, mode)
     keys = _group_keys(optimizer)
     current = [g["lr"] for g in optimizer.param_groups]
     reference = current[-1] if current[-1] > 0 else 1.0
     ratios = [lr / reference if reference else 1.0 for lr in current]
     held_out = None
-    if val_loader is not None and val_batches > 0:
-        held_out = [b for _, b in zip(range(val_batches), val_loader)]
-    sweeps: list[tuple[str, list[bool]]]
-    if per_group:
-        names = list(dict.fromkeys(keys))
-        sweeps = [(name, [k == name for k in keys]) for name in names]
+    if val_loader is not None and config.val_batches > 0:
+        held_out = [b for _, b in zip(range(config.val_batches), val_loader)]
+    if config.per_group:
+        sweeps = [(name, [k == name for k in keys]) for name in dict.fromkeys(keys)]
     else:
         sweeps = [("all", [True] * len(keys))]
-
     snapshot = _Snapshot(model, optimizer, engine, train_loader)
-    gen = _loader_generator(train_loader)
     out: dict[str, LRFinderResult] = {}
     try:
         for name, sweep in sweeps:
             group_ratios = ratios if name == "all" else [1.0] * len(keys)
             runs = []
-            for r in range(repeats):
+            for r in range(config.repeats):
                 snapshot.restore(model, optimizer, engine, train_loader)
-                if repeats > 1:
-                    torch.manual_seed(seed + r)
-                    if gen is not None:
-                        gen.manual_seed(seed + r)
-                label = f"lr_find {name}" + (f" {r + 1}/{repeats}" if repeats > 1 else "")
+                if config.repeats > 1:
+                    _reseed(train_loader, seed + r)
+                label = f"lr_find {name}" + (f" {r + 1}/{config.repeats}" if config.repeats > 1 else "")
                 curve = _run_curve(
-                    engine,
-                    optimizer,
-                    train_loader,
-                    schedule,
-                    sweep,
-                    group_ratios,
-                    stop_div,
-                    div_factor,
-                    beta,
-                    read_every,
-                    held_out,
-                    progress,
-                    label,
+                    engine, optimizer, train_loader, sweep, group_ratios, config, held_out, progress, label
                 )
-                runs.append(
-                    _result_from(
-                        curve, smoothing, beta if smoothing == "ema" else zero_lag_beta, suggest, name
-                    )
-                )
-            out[name] = runs[0] if repeats == 1 else summarize_repeats(runs)
+                runs.append(_result_from(curve, config, name))
+            out[name] = runs[0] if config.repeats == 1 else summarize_repeats(runs)
     finally:
         snapshot.restore(model, optimizer, engine, train_loader)
-    return out if per_group else out["all"]
+    return out if config.per_group else out["all"]
+
+
+def _resolve_config(config: FinderConfig | None, overrides: dict[str, Any]) -> FinderConfig:
+    """`config` (or the defaults) with keyword overrides applied, checked."""
+    valid = {f.name for f in fields(FinderConfig)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise TypeError(
+            f"find_lr got unknown settings {unknown}; FinderConfig fields are: {', '.join(sorted(valid))}"
+        )
+    return replace(config or FinderConfig(), **overrides).check()
+
+
+def _reseed(loader: Any, seed: int) -> None:
+    """Another data order for a repeated test: torch's global RNG and the loader's generator."""
+    torch.manual_seed(seed)
+    gen = _loader_generator(loader)
+    if gen is not None:
+        gen.manual_seed(seed)

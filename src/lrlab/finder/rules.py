@@ -15,13 +15,12 @@ differ only where two candidates tie to within float32 rounding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.typing import ArrayLike
 
-from typing import Callable
-
 from lrlab.finder.smoothing import _as_1d, finite_prefix
-
 
 
 def _curve(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
