@@ -85,7 +85,7 @@ def test_training_after_find_lr_is_bit_identical(digits) -> None:
 
 
 def test_ramp_is_exponential_and_keeps_group_ratios(digits) -> None:
-    model, groups, loader, optimizer = _setup(digits)
+    model, _, loader, optimizer = _setup(digits)
     set_lrs(optimizer, group_lrs(optimizer, [1e-3, 1e-2, 1e-1]))
     spy = LrSpy(optimizer)
     result = find_lr(model, loader, optimizer, start_lr=1e-6, end_lr=1e-2, num_iter=12, stop_div=False)

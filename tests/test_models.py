@@ -63,7 +63,7 @@ def test_local_weights_file_loads_body_and_resizes_head(tmp_path: Path, suffix: 
 
 
 def test_hub_weights_offline_name_the_offline_options() -> None:
-    with pytest.raises(LrlabError, match="model.pretrained=bundled"):
+    with pytest.raises(LrlabError, match=r"model\.pretrained=bundled"):
         create_model("resnet18", num_classes=2, pretrained=True)
 
 

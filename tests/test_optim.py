@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from functools import partial
 
 import pytest
 import torch
 
-from lrlab.core.optim import build_optimizer, group_lrs, param_groups
+from lrlab.core.optim import build_optimizer, group_lrs, no_weight_decay_names, param_groups
 from lrlab.core.schedules import cosine, one_cycle
 from lrlab.models.factory import create_model
 from lrlab.models.groups import layer_groups
@@ -31,6 +32,26 @@ def test_param_groups_cover_all_params_and_skip_decay_on_norm_and_bias(model_and
     assert id(model.bn1.weight) in no_decay and id(model.fc.bias) in no_decay
     assert id(model.fc.weight) not in no_decay
     assert [g["layer_group"] for g in pg] == [0, 0, 1, 1, 2, 2]
+
+
+def test_vit_tokens_embeddings_norms_and_biases_get_no_weight_decay() -> None:
+    """On a ViT (random init, no download) the position embedding and class token that the model's
+    own no_weight_decay() lists are exempt, as are norms and biases; attention and MLP weights
+    and the patch-embedding kernel decay."""
+    model = create_model("vit_small_patch16_224", num_classes=3, pretrained=False)
+    assert {"pos_embed", "cls_token"} <= set(model.no_weight_decay())
+    groups = layer_groups(model, 2)
+    pg = param_groups(model, groups, weight_decay=0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    exempt = {names[id(p)] for g in pg if g["weight_decay"] == 0.0 for p in g["params"]}
+    decayed = {names[id(p)] for g in pg if g["weight_decay"] == 0.05 for p in g["params"]}
+    assert exempt | decayed == set(names.values()) and not exempt & decayed
+    assert {"pos_embed", "cls_token", "norm.weight", "norm.bias", "blocks.0.norm1.weight"} <= exempt
+    assert {"blocks.0.attn.qkv.bias", "blocks.0.mlp.fc1.bias", "head.bias"} <= exempt
+    assert {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc2.weight"} <= decayed
+    assert "head.weight" in decayed
+    assert all(n.endswith(".weight") and "norm" not in n for n in decayed)
+    assert no_weight_decay_names(model) == exempt
 
 
 def test_adamw_defaults_are_fastais(model_and_groups, compose_cfg) -> None:
@@ -77,4 +98,4 @@ def test_cosine_warmup_then_decay(model_and_groups) -> None:
         opt.step()
         sched.step()
     assert lrs[0] == pytest.approx(0.01) and lrs[4] == pytest.approx(0.1)
-    assert lrs[-1] == pytest.approx(1e-4) and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert lrs[-1] == pytest.approx(1e-4) and all(a >= b for a, b in itertools.pairwise(lrs[4:]))

@@ -106,7 +106,7 @@ def test_discriminative_lrs_are_geometric_and_one_cycle_ends_at_div_final(digits
     assert spread_lrs(1e-3, 3, 100) == pytest.approx([1e-5, 1e-4, 1e-3], rel=1e-12)
     assert spread_lrs(2e-3, 3, 10, "slice_hi") == pytest.approx([2e-4, 2e-4, 2e-3])
     assert spread_lrs(1e-3, 4, 1000) == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3])
-    model, groups, train, valid, optimizer, engine, spy = _setup(digits)
+    _, groups, train, valid, optimizer, engine, spy = _setup(digits)
     stage = Stage("all", 1, lr=1e-3, trainable="all", lr_spread=100, pct_start=0.3, div=5, div_final=1e5)
     run_stages(engine, groups, train, valid, [stage], optimizer, one_cycle)
     layer = [g["layer_group"] for g in optimizer.param_groups]
@@ -149,7 +149,7 @@ def test_unfreezing_clears_optimizer_state_and_gradual_unfreezes_in_order(digits
 
 
 def test_find_stage_uses_the_suggestion_times_lr_scale(digits) -> None:
-    model, groups, train, valid, optimizer, engine, spy = _setup(digits)
+    _, groups, train, valid, optimizer, engine, spy = _setup(digits)
     stage = Stage("head", 1, lr="find", trainable="head", lr_rule="minimum", lr_scale=0.5, lr_spread=10)
     run_stages(
         engine,

@@ -1,8 +1,9 @@
-"""Parameter groups per layer group (decay / no-decay), per-group learning rates, and the
-one-cycle, cosine and constant schedules built on torch's schedulers."""
+"""Optimizer parameter groups: one decayed and one undecayed torch group per layer group (timm's
+weight-decay conventions), and per-group learning rates and momentum."""
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,16 +15,33 @@ from lrlab.models.groups import LayerGroup
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that get no weight decay, by timm's convention: every tensor with
+    ndim <= 1 (norm weights, biases), every `.bias`, and whatever the model's own
+    `no_weight_decay()` lists (position embeddings, class/distillation tokens; exact names, name
+    prefixes or fnmatch patterns). Written here because timm's `param_groups_weight_decay` skips
+    frozen parameters, and lrlab's optimizer must hold every parameter from the start."""
+    listed = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    names = set()
+    for name, param in model.named_parameters():
+        pattern_match = any(
+            name == pat or name.startswith(f"{pat}.") or fnmatch.fnmatchcase(name, pat) for pat in listed
+        )
+        if param.ndim <= 1 or name.endswith(".bias") or pattern_match:
+            names.add(name)
+    return names
+
+
 def param_groups(model: nn.Module, groups: Sequence[LayerGroup], weight_decay: float) -> list[dict[str, Any]]:
-    """Two torch param groups per layer group: weights with `weight_decay`, and biases/norm
-    parameters (ndim <= 1) without, each tagged with its layer group's index and name. Every
-    parameter is included, trainable or not, so unfreezing never needs a new optimizer."""
+    """Two torch param groups per layer group, decayed and not (see `no_weight_decay_names`), each
+    tagged with its layer group's index and name. Every parameter is included, trainable or not,
+    so unfreezing never needs a new optimizer."""
     named = dict(model.named_parameters())
+    exempt = no_weight_decay_names(model)
     out: list[dict[str, Any]] = []
     for index, group in enumerate(groups):
-        params = [named[n] for n in group.param_names]
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
+        decay = [named[n] for n in group.param_names if n not in exempt]
+        no_decay = [named[n] for n in group.param_names if n in exempt]
         for plist, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if plist:
                 out.append(

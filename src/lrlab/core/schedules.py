@@ -46,7 +46,7 @@ def warmup_cosine_factor(
     step: int, total_steps: int, pct_start: float, div: float, div_final: float
 ) -> float:
     """LR multiplier: linear from 1/div to 1 over the warm-up, then cosine down to 1/div_final."""
-    warm = int(round(pct_start * total_steps))
+    warm = round(pct_start * total_steps)
     if step < warm:
         return 1 / div + (1 - 1 / div) * step / warm
     progress = min(1.0, (step - warm) / max(1, total_steps - warm - 1))

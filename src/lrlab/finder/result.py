@@ -84,70 +84,12 @@ class LRFinderResult:
     def plot(self, path: str | Path | None = None, ax: Any = None, title: str | None = None) -> Any:
         """Loss against LR on a log axis: raw and smoothed curves, every suggestion, the band of
         repeated curves. Saves a PNG when `path` is given; returns the matplotlib Figure."""
-        import matplotlib
+        from lrlab.finder.plot import plot_result
 
-        if ax is None:
-            matplotlib.use("Agg", force=False) if path is not None else None
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
-        else:
-            fig = ax.figure
-        finite = np.isfinite(self.smoothed)
-        if self.repeats:
-            for rep in self.repeats:
-                ax.plot(rep.lrs, rep.smoothed, color="tab:blue", alpha=0.25, lw=0.8)
-            lo, hi = _band([r.smoothed for r in self.repeats], len(self.lrs))
-            ax.fill_between(
-                self.lrs, lo, hi, color="tab:blue", alpha=0.15, label=f"range of {len(self.repeats)} runs"
-            )
-        else:
-            ax.plot(self.lrs, self.losses, color="0.6", lw=0.8, alpha=0.7, label="loss (raw)")
-        ax.plot(self.lrs, self.smoothed, color="tab:blue", lw=2, label=f"loss ({self.smoothing} smoothed)")
-        if self.val_losses is not None:
-            ax.plot(self.lrs, self.val_losses, color="tab:green", lw=1.2, label="held-out loss")
-        markers = {"valley": "o", "steep": "^", "minimum": "v", "slide": "s"}
-        colors = {"valley": "tab:red", "steep": "tab:orange", "minimum": "tab:purple", "slide": "tab:brown"}
-        for rule, lr in self.suggestions.items():
-            if not (np.isfinite(lr) and finite.any()):
-                continue
-            y = float(np.interp(np.log(lr), np.log(self.lrs[finite]), self.smoothed[finite]))
-            band = ""
-            if rule in self.spread:
-                band = f" (IQR {self.spread[rule]['log10_iqr']:.2f} dec)"
-            ax.plot(
-                [lr],
-                [y],
-                marker=markers.get(rule, "o"),
-                color=colors.get(rule, "k"),
-                ms=9,
-                ls="none",
-                label=f"{rule}: {lr:.2e}{band}",
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel(f"learning rate ({'head group' if self.group == 'all' else 'group ' + self.group})")
-        ax.set_ylabel("training loss")
-        shown = (
-            np.concatenate([self.smoothed[:-5], self.losses[:-5]]) if len(self.lrs) > 10 else self.smoothed
-        )
-        shown = shown[np.isfinite(shown)]
-        if shown.size:
-            start = self.smoothed[np.isfinite(self.smoothed)][: max(1, len(self.lrs) // 4)]
-            top = min(shown.max(), start.max() + 0.5 * abs(start.max())) if start.size else shown.max()
-            span = max(top - shown.min(), 1e-12)
-            ax.set_ylim(shown.min() - 0.05 * span, top + 0.1 * span)
-        ax.set_title(
-            title or f"LR range test ({self.stop_reason}, {len(self.lrs)} steps, {self.seconds:.1f}s)"
-        )
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path)
-        return fig
+        return plot_result(self, path, ax, title)
 
 
-def _band(curves: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+def curve_band(curves: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
     stack = np.full((len(curves), n), np.nan)
     for i, c in enumerate(curves):
         stack[i, : min(n, len(c))] = c[:n]

@@ -1,0 +1,97 @@
+"""The range-test plot: loss against LR on a log axis with each rule's suggestion marked; rule
+styles come from the rule registry so a newly registered rule is drawn too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lrlab.finder.rules import RULES
+
+if TYPE_CHECKING:
+    from lrlab.finder.result import LRFinderResult
+
+MARKERS = ("o", "^", "v", "s", "D", "P", "X", "*")
+COLORS = ("tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black")
+
+
+def rule_style(rule: str) -> tuple[str, str]:
+    """(marker, colour) of a rule, by its position in the registry (stable across plots)."""
+    index = list(RULES).index(rule) if rule in RULES else len(RULES)
+    return MARKERS[index % len(MARKERS)], COLORS[index % len(COLORS)]
+
+
+def plot_result(
+    result: LRFinderResult, path: str | Path | None = None, ax: Any = None, title: str | None = None
+) -> Any:
+    """Draw `result` on `ax` (a new figure when None); save a PNG when `path` is given."""
+    import matplotlib
+
+    if ax is None:
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    else:
+        fig = ax.figure
+    _curves(result, ax)
+    _suggestions(result, ax)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"learning rate ({'head group' if result.group == 'all' else 'group ' + result.group})")
+    ax.set_ylabel("training loss")
+    _limits(result, ax)
+    default_title = f"LR range test ({result.stop_reason}, {len(result.lrs)} steps, {result.seconds:.1f}s)"
+    ax.set_title(title or default_title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
+def _curves(result: LRFinderResult, ax: Any) -> None:
+    from lrlab.finder.result import curve_band
+
+    if result.repeats:
+        for rep in result.repeats:
+            ax.plot(rep.lrs, rep.smoothed, color="tab:blue", alpha=0.25, lw=0.8)
+        lo, hi = curve_band([r.smoothed for r in result.repeats], len(result.lrs))
+        label = f"range of {len(result.repeats)} runs"
+        ax.fill_between(result.lrs, lo, hi, color="tab:blue", alpha=0.15, label=label)
+    else:
+        ax.plot(result.lrs, result.losses, color="0.6", lw=0.8, alpha=0.7, label="loss (raw)")
+    ax.plot(result.lrs, result.smoothed, color="tab:blue", lw=2, label=f"loss ({result.smoothing} smoothed)")
+    if result.val_losses is not None:
+        ax.plot(result.lrs, result.val_losses, color="tab:green", lw=1.2, label="held-out loss")
+
+
+def _suggestions(result: LRFinderResult, ax: Any) -> None:
+    finite = np.isfinite(result.smoothed)
+    for rule, lr in result.suggestions.items():
+        if not (np.isfinite(lr) and finite.any()):
+            continue
+        y = float(np.interp(np.log(lr), np.log(result.lrs[finite]), result.smoothed[finite]))
+        band = f" (IQR {result.spread[rule]['log10_iqr']:.2f} dec)" if rule in result.spread else ""
+        used = " (used)" if rule == result.method else ""
+        marker, color = rule_style(rule)
+        ax.plot([lr], [y], marker=marker, color=color, ms=9, ls="none", label=f"{rule}: {lr:.2e}{band}{used}")
+
+
+def _limits(result: LRFinderResult, ax: Any) -> None:
+    """Clip the y axis to the informative part: from the minimum to a little above the start."""
+    shown = (
+        np.concatenate([result.smoothed[:-5], result.losses[:-5]])
+        if len(result.lrs) > 10
+        else result.smoothed
+    )
+    shown = shown[np.isfinite(shown)]
+    if not shown.size:
+        return
+    start = result.smoothed[np.isfinite(result.smoothed)][: max(1, len(result.lrs) // 4)]
+    top = min(shown.max(), start.max() + 0.5 * abs(start.max())) if start.size else shown.max()
+    span = max(top - shown.min(), 1e-12)
+    ax.set_ylim(shown.min() - 0.05 * span, top + 0.1 * span)
