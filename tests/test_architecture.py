@@ -15,6 +15,7 @@ PACKAGE = Path(lrlab.__file__).parent
 CORE_PACKAGES = ("core", "finder", "data", "models")
 INTEGRATIONS = ("hydra", "omegaconf", "mlflow", "optuna")
 MAX_MODULE_LINES = 350
+MAX_FUNCTION_LINES = 60
 
 
 def _modules(*packages: str) -> list[Path]:
@@ -62,3 +63,15 @@ def test_the_core_import_check_can_fail(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_modules_stay_small(path: Path) -> None:
     assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
+
+
+def test_functions_stay_short() -> None:
+    """No function over ~60 lines, unless its docstring says why ("Long because ...")."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_FUNCTION_LINES and "Long because" not in (ast.get_docstring(node) or ""):
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({size} lines)")
+    assert not long
