@@ -9,7 +9,7 @@ unless they need them.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -23,7 +23,7 @@ _EXPORTS = {
     "constant": "lrlab.core.schedules",
     "cosine": "lrlab.core.schedules",
     "one_cycle": "lrlab.core.schedules",
-    "Stage": "lrlab.core.stages",
+    "Stage": "lrlab.core.types",
     "run_stages": "lrlab.core.stages",
     "ImageSource": "lrlab.data.types",
     "Normalization": "lrlab.data.types",
@@ -59,21 +59,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
-
-
-if TYPE_CHECKING:
-    from lrlab.core.engine import Engine, TrainingDiverged
-    from lrlab.core.optim import build_optimizer
-    from lrlab.core.schedules import constant, cosine, one_cycle
-    from lrlab.core.stages import Stage, run_stages
-    from lrlab.core.types import Callback, EpochResult, StepRecord
-    from lrlab.data.loaders import TensorLoader, make_loaders
-    from lrlab.data.sources import load_source
-    from lrlab.data.types import ImageSource, Normalization, TensorSplit
-    from lrlab.errors import ConfigError, LrlabError
-    from lrlab.finder.config import FinderConfig
-    from lrlab.finder.range_test import find_lr
-    from lrlab.finder.result import LRFinderResult
-    from lrlab.finder.rules import RULES, suggest
-    from lrlab.models.factory import create_model, normalization
-    from lrlab.models.groups import LayerGroup, layer_groups

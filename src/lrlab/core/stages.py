@@ -20,7 +20,7 @@ from torch import nn
 
 from lrlab.core.engine import Engine
 from lrlab.core.optim import group_lrs, set_lrs
-from lrlab.core.types import EpochResult
+from lrlab.core.types import EpochResult, Stage
 from lrlab.finder.config import FinderConfig
 from lrlab.finder.range_test import find_lr
 from lrlab.finder.result import LRFinderResult
@@ -30,37 +30,6 @@ log = logging.getLogger("lrlab")
 
 ScheduleFactory = Callable[..., Any]
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-
-
-@dataclass
-class Stage:
-    """One training stage.
-
-    trainable: 'head', 'all', or 'from:K' (layer groups K.. onwards; negative K counts from the end).
-    lr: a number, or 'find' to take the range test's `lr_rule` suggestion times `lr_scale`.
-    lr_spread: the first layer group gets lr / lr_spread, the head lr, geometric in between
-    (lr_spread_mode 'slice_hi' instead gives every body group lr / lr_spread, as fastai's slice(lr)).
-    """
-
-    name: str
-    epochs: int
-    lr: float | str = "find"
-    trainable: str = "all"
-    train_bn: bool = True
-    lr_rule: str | None = None
-    lr_scale: float = 1.0
-    lr_spread: float = 1.0
-    lr_spread_mode: str = "geometric"
-    pct_start: float | None = None
-    div: float | None = None
-    div_final: float | None = None
-
-    def schedule_overrides(self) -> dict[str, float]:
-        return {
-            k: v
-            for k, v in (("pct_start", self.pct_start), ("div", self.div), ("div_final", self.div_final))
-            if v is not None
-        }
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Types shared by the engine, the staged runner and every callback: per-step and per-epoch
-records and the `Callback` hooks (integrations subclass it; the core never imports them)."""
+"""Types shared by the engine, the staged runner, callbacks and the config schema: a training
+`Stage`, per-step and per-epoch records and the `Callback` hooks (integrations subclass it; the
+core never imports them). No torch import, so the CLI can register `Stage` as a schema cheaply."""
 
 from __future__ import annotations
 
@@ -54,3 +55,34 @@ class Callback:
     def on_epoch_end(self, engine: Engine, result: EpochResult) -> None: ...
 
     def on_fit_end(self, engine: Engine, stage: str, results: list[EpochResult]) -> None: ...
+
+
+@dataclass
+class Stage:
+    """One training stage.
+
+    trainable: 'head', 'all', or 'from:K' (layer groups K.. onwards; negative K counts from the end).
+    lr: a number, or 'find' to take the range test's `lr_rule` suggestion times `lr_scale`.
+    lr_spread: the first layer group gets lr / lr_spread, the head lr, geometric in between
+    (lr_spread_mode 'slice_hi' instead gives every body group lr / lr_spread, as fastai's slice(lr)).
+    """
+
+    name: str
+    epochs: int
+    lr: float | str = "find"
+    trainable: str = "all"
+    train_bn: bool = True
+    lr_rule: str | None = None
+    lr_scale: float = 1.0
+    lr_spread: float = 1.0
+    lr_spread_mode: str = "geometric"
+    pct_start: float | None = None
+    div: float | None = None
+    div_final: float | None = None
+
+    def schedule_overrides(self) -> dict[str, float]:
+        return {
+            k: v
+            for k, v in (("pct_start", self.pct_start), ("div", self.div), ("div_final", self.div_final))
+            if v is not None
+        }
