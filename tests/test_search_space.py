@@ -14,14 +14,10 @@ from optuna.distributions import (
 
 from lrlab.errors import ConfigError
 from lrlab.sweep.search_space import format_value, parse_search_space
-from lrlab.sweep.sweeper import (
-    SAMPLERS,
-    SweepSettings,
-    _suggest,
-    _widen,
-    make_sampler,
-    objective_values,
-)
+from lrlab.sweep.baselines import widen
+from lrlab.sweep.samplers import SAMPLERS, make_sampler, suggest
+from lrlab.sweep.session import objective_values
+from lrlab.sweep.settings import SweepSettings
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -83,9 +79,9 @@ def test_bad_search_spaces_fail_with_a_clear_message() -> None:
     with pytest.raises(ConfigError, match="sampler=grid needs finite choices"):
         parse_search_space({}, ["a=interval(0, 1)"], STAGES).grid()
     with pytest.raises(ConfigError, match="sampler"):
-        SweepSettings(sampler="bogus")
+        SweepSettings(sampler="bogus").validate()
     with pytest.raises(ConfigError, match="direction has 2 entries"):
-        SweepSettings(direction=["minimize", "minimize"])
+        SweepSettings(direction=["minimize", "minimize"]).validate()
 
 
 def test_format_value_round_trips_through_hydra() -> None:
@@ -106,7 +102,7 @@ def test_every_sampler_searches_inside_the_space(sampler: str) -> None:
     values = []
     for _ in range(6):
         trial = study.ask()
-        params = {k: _suggest(trial, k, d) for k, d in space.params.items()}
+        params = {k: suggest(trial, k, d) for k, d in space.params.items()}
         values.append(params)
         study.tell(trial, abs(math.log10(params["stages.0.lr"]) + 3) + params["b"])
     for params in values:
@@ -114,7 +110,7 @@ def test_every_sampler_searches_inside_the_space(sampler: str) -> None:
         assert params["b"] in (1, 2, 3, 4)
     again = optuna.create_study(sampler=make_sampler(settings, space))
     first = again.ask()
-    assert _suggest(first, "stages.0.lr", space.params["stages.0.lr"]) == values[0]["stages.0.lr"]
+    assert suggest(first, "stages.0.lr", space.params["stages.0.lr"]) == values[0]["stages.0.lr"]
 
 
 def test_grid_sampler_covers_every_combination_once() -> None:
@@ -123,17 +119,17 @@ def test_grid_sampler_covers_every_combination_once() -> None:
     seen = set()
     for _ in range(4):
         trial = study.ask()
-        seen.add(tuple(_suggest(trial, k, d) for k, d in space.params.items()))
+        seen.add(tuple(suggest(trial, k, d) for k, d in space.params.items()))
         study.tell(trial, 0.0)
     assert seen == {(a, b) for a in (1e-3, 1e-2) for b in ("adamw", "sgd")}
 
 
 def test_finder_lrs_outside_the_searched_interval_widen_it() -> None:
     dist = FloatDistribution(1e-5, 1e-1, log=True)
-    assert _widen(dist, 3.0) == FloatDistribution(1e-5, 3.0, log=True)
-    assert _widen(dist, 1e-3) == dist
-    assert _widen(dist, "find") is None
-    assert _widen(CategoricalDistribution(["a", "b"]), "c") is None
+    assert widen(dist, 3.0) == FloatDistribution(1e-5, 3.0, log=True)
+    assert widen(dist, 1e-3) == dist
+    assert widen(dist, "find") is None
+    assert widen(CategoricalDistribution(["a", "b"]), "c") is None
 
 
 def test_objective_values_come_from_the_job_summary() -> None:

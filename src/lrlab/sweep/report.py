@@ -9,7 +9,6 @@ parent run id with `lrlab-report`.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import re
 import sys
@@ -21,7 +20,10 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from lrlab.sweep.baselines import finder_rule
+from lrlab.sweep.results import RESULTS_FILE
 from lrlab.sweep.storage import open_storage
+from lrlab.sweep.study import METRIC_ATTR, MLFLOW_URI_ATTR, PARENT_ATTR, SEARCH_SOURCE, SOURCE, SPACE_ATTR
 
 REPORT_FILE = "finder_vs_search.md"
 PLOT_FILE = "finder_vs_search.png"
@@ -40,8 +42,8 @@ class FinderRow:
     seconds: float
 
 
-def _source(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get("source", "search"))
+def source_of(trial: FrozenTrial) -> str:
+    return str(trial.user_attrs.get(SOURCE, SEARCH_SOURCE))
 
 
 def _seconds(trial: FrozenTrial) -> float:
@@ -69,21 +71,21 @@ def analyse(study: optuna.Study) -> tuple[list[FinderRow], list[FrozenTrial], st
     """Finder rows and the searched trials (complete, in trial order), for the first objective."""
     minimize = study.directions[0] == optuna.study.StudyDirection.MINIMIZE
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    searched = [t for t in complete if _source(t) == "search"]
-    metric = (study.user_attrs.get("lrlab.metric") or ["value"])[0]
+    searched = [t for t in complete if source_of(t) == SEARCH_SOURCE]
+    metric = (study.user_attrs.get(METRIC_ATTR) or ["value"])[0]
     sign = 1.0 if minimize else -1.0
     best = min((sign * t.values[0] for t in searched), default=math.nan) * sign
     rows = []
     for trial in complete:
-        source = _source(trial)
-        if not source.startswith("lr_finder:"):
+        rule = finder_rule(source_of(trial))
+        if rule is None:
             continue
         value = trial.values[0]
         better = [t for t in searched if sign * t.values[0] < sign * value]
         beaten = next((i + 1 for i, t in enumerate(searched) if sign * t.values[0] < sign * value), None)
         rows.append(
             FinderRow(
-                source.split(":", 1)[1],
+                rule,
                 trial,
                 value,
                 len(better) + 1,
@@ -107,41 +109,58 @@ def markdown(study: optuna.Study) -> str:
     keys = lr_keys(study)
     names = stage_names(study)
     heads = [f"{names.get(k, k)} lr" for k in keys]
-    all_searched = [t for t in study.trials if _source(t) == "search" and t.state.is_finished()]
+    all_searched = [t for t in study.trials if source_of(t) == SEARCH_SOURCE and t.state.is_finished()]
+    direction = study.directions[0].name.lower()
     pruned = sum(t.state == TrialState.PRUNED for t in all_searched)
     failed = sum(t.state == TrialState.FAIL for t in all_searched)
-    search_seconds = sum(_seconds(t) for t in all_searched)
-    direction = study.directions[0].name.lower()
+    space = ", ".join(f"`{k}` {v}" for k, v in (study.user_attrs.get(SPACE_ATTR) or {}).items())
     lines = [
         f"# Range-test suggestions vs. searched learning rates: `{study.study_name}`",
         "",
-        f"Objective: final `{metric}` ({direction}). Searched trials: {len(searched)} complete, {pruned} pruned, "
-        f"{failed} failed. Search space: "
-        + ", ".join(f"`{k}` {v}" for k, v in (study.user_attrs.get("lrlab.search_space") or {}).items())
-        + ".",
+        f"Objective: final `{metric}` ({direction}). Searched trials: {len(searched)} complete, "
+        f"{pruned} pruned, {failed} failed. Search space: {space}.",
         "",
+        *_finder_table(study, rows, searched, metric, keys, heads),
+        *_best_table(searched, metric, keys, heads, direction),
+        *_compute(rows, all_searched),
+        f"![final {metric} against learning rate]({PLOT_FILE})",
     ]
-    lines += ["## Finder rules", ""]
-    lines.append(
+    return "\n".join(lines) + "\n"
+
+
+def _valid_loss(trial: FrozenTrial) -> Any:
+    return (trial.user_attrs.get("metrics") or {}).get("valid_loss")
+
+
+def _finder_table(
+    study: optuna.Study,
+    rows: list[FinderRow],
+    searched: list[FrozenTrial],
+    metric: str,
+    keys: list[str],
+    heads: list[str],
+) -> list[str]:
+    """Each finder rule's LRs, final metrics, rank, regret, trials-to-beat and compute; unfinished
+    finder trials with their state and reason."""
+    lines = [
+        "## Finder rules",
+        "",
         "| rule | " + " | ".join(heads) + f" | {metric} | valid_loss | rank among searched | regret | "
-        "searched trials to beat it | compute (s) |"
-    )
-    lines.append("|---" * (len(heads) + 7) + "|")
+        "searched trials to beat it | compute (s) |",
+        "|---" * (len(heads) + 7) + "|",
+    ]
     for r in rows:
         lrs = [_fmt(r.trial.params.get(k), ".3g") for k in keys]
-        valid = (r.trial.user_attrs.get("metrics") or {}).get("valid_loss")
         beaten = str(r.beaten_after) if r.beaten_after else f"not beaten in {len(searched)}"
         lines.append(
-            f"| {r.rule} | " + " | ".join(lrs) + f" | {_fmt(r.value)} | {_fmt(valid)} | "
+            f"| {r.rule} | " + " | ".join(lrs) + f" | {_fmt(r.value)} | {_fmt(_valid_loss(r.trial))} | "
             f"{r.rank} of {len(searched) + 1} | {_fmt(r.regret, '+.4f')} | {beaten} | {r.seconds:.0f} |"
         )
-    unfinished = [
-        t for t in study.trials if _source(t).startswith("lr_finder:") and t.state != TrialState.COMPLETE
-    ]
+    unfinished = [t for t in study.trials if finder_rule(source_of(t)) and t.state != TrialState.COMPLETE]
     for t in unfinished:
         reason = t.user_attrs.get("error") or t.user_attrs.get("pruned") or ""
         lines.append(
-            f"| {_source(t).split(':', 1)[1]} | "
+            f"| {finder_rule(source_of(t))} | "
             + " | ".join("n/a" for _ in keys)
             + f" | {t.state.name} {reason[:120]} |"
             + " |" * 6
@@ -151,130 +170,43 @@ def markdown(study: optuna.Study) -> str:
             "| (no finder trials: add `enqueue: [lr_finder]`, or use `search=lr_vs_finder`) |"
             + " |" * (len(heads) + 6)
         )
-    lines.append("")
-    lines += ["## Best searched trials", ""]
-    lines.append("| trial | " + " | ".join(heads) + f" | {metric} | valid_loss |")
-    lines.append("|---" * (len(heads) + 3) + "|")
+    return [*lines, ""]
+
+
+def _best_table(
+    searched: list[FrozenTrial], metric: str, keys: list[str], heads: list[str], direction: str
+) -> list[str]:
+    """The five best searched trials."""
+    lines = [
+        "## Best searched trials",
+        "",
+        "| trial | " + " | ".join(heads) + f" | {metric} | valid_loss |",
+        "|---" * (len(heads) + 3) + "|",
+    ]
     ordered = sorted(searched, key=lambda t: t.values[0], reverse=direction == "maximize")
     for t in ordered[:5]:
-        valid = (t.user_attrs.get("metrics") or {}).get("valid_loss")
-        lines.append(
-            f"| {t.number} | "
-            + " | ".join(_fmt(t.params.get(k), ".3g") for k in keys)
-            + f" | {_fmt(t.values[0])} | {_fmt(valid)} |"
-        )
-    lines.append("")
-    lines += ["## Compute", ""]
-    if rows:
-        finder_seconds = sum(r.seconds for r in rows) / len(rows)
-        range_test = sum(float(r.trial.user_attrs.get("finder_seconds") or 0.0) for r in rows) / len(rows)
-        lines.append(
-            f"- One finder trial (range tests + one training, wall clock): {finder_seconds:.0f} s on average, "
-            f"of which range tests {range_test:.0f} s."
-        )
-        lines.append(
-            f"- The search: {search_seconds:.0f} s over {len(all_searched)} trials "
-            f"({search_seconds / finder_seconds:.1f}x one finder trial)."
-            if finder_seconds
-            else ""
-        )
-    else:
-        lines.append(f"- The search: {search_seconds:.0f} s over {len(all_searched)} trials.")
-    lines.append("")
-    lines.append(f"![final {metric} against learning rate]({PLOT_FILE})")
-    return "\n".join(lines) + "\n"
+        lrs = " | ".join(_fmt(t.params.get(k), ".3g") for k in keys)
+        lines.append(f"| {t.number} | {lrs} | {_fmt(t.values[0])} | {_fmt(_valid_loss(t))} |")
+    return [*lines, ""]
 
 
-def _read_curve(path: str | None) -> tuple[list[float], list[float]] | None:
-    if not path or not Path(path).is_file():
-        return None
-    lrs, losses = [], []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            lrs.append(float(row["lr"]))
-            losses.append(float(row["smoothed_loss"]))
-    return lrs, losses
-
-
-def plot(study: optuna.Study, path: Path) -> Path | None:
-    """Final metric against each stage's LR (log axis): searched trials as points, pruned ones
-    hollow at their last report, finder suggestions as vertical lines, over the range-test curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, searched, metric = analyse(study)
-    keys = lr_keys(study)
-    if not keys:
-        return None
-    names = stage_names(study)
-    pruned = [
-        t
-        for t in study.trials
-        if t.state == TrialState.PRUNED and _source(t) == "search" and t.intermediate_values
+def _compute(rows: list[FinderRow], all_searched: list[FrozenTrial]) -> list[str]:
+    """One finder trial's wall clock (and its range tests) against the whole search."""
+    search_seconds = sum(_seconds(t) for t in all_searched)
+    search = f"- The search: {search_seconds:.0f} s over {len(all_searched)} trials"
+    if not rows:
+        return ["## Compute", "", f"{search}.", ""]
+    finder_seconds = sum(r.seconds for r in rows) / len(rows)
+    range_test = sum(float(r.trial.user_attrs.get("finder_seconds") or 0.0) for r in rows) / len(rows)
+    ratio = f"{search} ({search_seconds / finder_seconds:.1f}x one finder trial)." if finder_seconds else ""
+    return [
+        "## Compute",
+        "",
+        f"- One finder trial (range tests + one training, wall clock): {finder_seconds:.0f} s on average, "
+        f"of which range tests {range_test:.0f} s.",
+        ratio,
+        "",
     ]
-    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.6), squeeze=False)
-    colors = plt.get_cmap("tab10")
-    for ax, key in zip(axes[0], keys, strict=True):
-        ax.set_xscale("log")
-        curve_trial = rows[0].trial if rows else None
-        index = int(key.split(".")[1])
-        curve, twin = None, None
-        if curve_trial is not None:
-            stage = next((s for s in curve_trial.user_attrs.get("stages") or [] if s["index"] == index), None)
-            curve = _read_curve(stage.get("curve") if stage else None)
-        if curve is not None:
-            twin = ax.twinx()
-            twin.plot(curve[0], curve[1], color="0.75", lw=1.5, label=f"range test ({rows[0].rule} trial)")
-            twin.set_ylabel("range-test loss (smoothed)", color="0.5")
-            twin.tick_params(axis="y", colors="0.5")
-            ax.set_zorder(twin.get_zorder() + 1)
-            ax.patch.set_visible(False)
-        xs = [t.params[key] for t in searched if key in t.params]
-        ys = [t.values[0] for t in searched if key in t.params]
-        ax.scatter(xs, ys, color="C0", s=28, label=f"searched ({len(xs)})", zorder=3)
-        if pruned:
-            px = [t.params[key] for t in pruned if key in t.params]
-            py = [t.intermediate_values[max(t.intermediate_values)] for t in pruned if key in t.params]
-            ax.scatter(
-                px,
-                py,
-                facecolors="none",
-                edgecolors="C0",
-                s=28,
-                label=f"pruned ({len(px)}), last report",
-                zorder=3,
-            )
-        for i, r in enumerate(rows):
-            if key in r.trial.params:
-                lr = r.trial.params[key]
-                ax.axvline(
-                    lr, color=colors(i + 1), ls="--", lw=1.4, label=f"{r.rule}: {lr:.2g} -> {r.value:.3f}"
-                )
-                ax.scatter(
-                    [lr],
-                    [r.value],
-                    marker="*",
-                    s=110,
-                    color=colors(i + 1),
-                    edgecolors="k",
-                    linewidths=0.5,
-                    zorder=4,
-                )
-        ax.set_xlabel(f"{names.get(key, key)} learning rate ({key})")
-        ax.set_ylabel(f"final {metric}")
-        ax.grid(True, which="major", alpha=0.3)
-        handles, labels = ax.get_legend_handles_labels()
-        if twin is not None:
-            extra = twin.get_legend_handles_labels()
-            handles, labels = handles + extra[0], labels + extra[1]
-        ax.legend(handles, labels, fontsize=7, loc="best")
-    fig.suptitle(f"{study.study_name}: range-test suggestions vs. searched LRs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def write_report(study: optuna.Study, directory: str | Path) -> list[Path]:
@@ -283,18 +215,33 @@ def write_report(study: optuna.Study, directory: str | Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     report = directory / REPORT_FILE
     report.write_text(markdown(study))
+    from lrlab.sweep.report_plot import plot
+
     png = plot(study, directory / PLOT_FILE)
     return [report] + ([png] if png else [])
 
 
 def _study_from_dir(directory: Path) -> optuna.Study:
-    results = directory / "optimization_results.yaml"
+    results = directory / RESULTS_FILE
     if not results.is_file():
-        raise SystemExit(
-            f"lrlab-report: {directory} has no optimization_results.yaml; is it a sweep directory?"
-        )
+        raise SystemExit(f"lrlab-report: {directory} has no {RESULTS_FILE}; is it a sweep directory?")
     data = OmegaConf.load(results)
     return optuna.load_study(study_name=str(data.name), storage=open_storage(str(data.storage)))
+
+
+def _study_from_run(run_id: str, uri: str) -> tuple[optuna.Study, Path]:
+    """The study of a sweep's MLflow parent run, and the sweep directory the run names."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    except Exception as exc:
+        raise SystemExit(f"lrlab-report: {run_id} is neither a directory nor a run in {uri}: {exc}") from None
+    params = run.data.params
+    if "study_name" not in params:
+        raise SystemExit(f"lrlab-report: run {run_id} is not a sweep's parent run (no study_name param)")
+    study = optuna.load_study(study_name=params["study_name"], storage=open_storage(params["storage"]))
+    return study, Path(run.data.tags.get("sweep_dir") or Path.cwd())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,42 +255,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=None, help="where to write (default: the sweep directory)")
     args = parser.parse_args(argv)
-    target = Path(args.target)
-    run_id, client = None, None
-    if target.is_dir():
-        study = _study_from_dir(target)
-        out = Path(args.out) if args.out else target
-        run_id = study.user_attrs.get("lrlab.mlflow_parent_run")
-        uri = args.tracking_uri or study.user_attrs.get("lrlab.mlflow_uri")
-    elif not re.fullmatch(r"[0-9a-f]{32}", args.target):
-        raise SystemExit(f"lrlab-report: {args.target} is neither a sweep directory nor an MLflow run id")
-    else:
+    if Path(args.target).is_dir():
+        out = Path(args.target)
+        study = _study_from_dir(out)
+        run_id = study.user_attrs.get(PARENT_ATTR)
+        uri = args.tracking_uri or study.user_attrs.get(MLFLOW_URI_ATTR)
+    elif re.fullmatch(r"[0-9a-f]{32}", args.target):
         from lrlab.integrations.mlflow import default_tracking_uri
 
-        uri = args.tracking_uri or default_tracking_uri(Path.cwd())
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri)
-        try:
-            run = client.get_run(args.target)
-        except Exception as exc:
-            raise SystemExit(
-                f"lrlab-report: {args.target} is neither a directory nor a run in {uri}: {exc}"
-            ) from None
-        params = run.data.params
-        if "study_name" not in params:
-            raise SystemExit(
-                f"lrlab-report: run {args.target} is not a sweep's parent run (no study_name param)"
-            )
-
-        study = optuna.load_study(study_name=params["study_name"], storage=open_storage(params["storage"]))
-        run_id = args.target
-        out = Path(args.out or run.data.tags.get("sweep_dir") or Path.cwd())
-    paths = write_report(study, out)
+        run_id, uri = args.target, args.tracking_uri or default_tracking_uri(Path.cwd())
+        study, out = _study_from_run(run_id, uri)
+    else:
+        raise SystemExit(f"lrlab-report: {args.target} is neither a sweep directory nor an MLflow run id")
+    paths = write_report(study, Path(args.out) if args.out else out)
     if run_id and uri:
         from mlflow.tracking import MlflowClient
 
-        client = client or MlflowClient(tracking_uri=uri)
+        client = MlflowClient(tracking_uri=uri)
         for path in paths:
             client.log_artifact(run_id, str(path))
     for path in paths:

@@ -1,24 +1,28 @@
-"""Optuna study plumbing shared by the sweeper, its jobs and the report: opening a storage from a
-URL, building the study's pruner from what the sweeper stored in it, and the job-side callback
-that reports each epoch to the job's trial (Optuna's integration callbacks need the Trial object
-in-process, which a Hydra launcher in another process or machine cannot hand over)."""
+"""Optuna storages and pruners, shared by the sweeper, its jobs (`lrlab.integrations.optuna`) and
+the report: a storage from a URL, and the study's pruner from the spec the sweeper records in it
+(one table, name -> class)."""
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-log = logging.getLogger("lrlab")
+from lrlab.errors import ConfigError
+
 # lrlab records trial heartbeats itself (not through Study.optimize), which Optuna flags as experimental.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 PRUNER_ATTR = "lrlab.pruner"
-PRUNERS = ("none", "median", "hyperband", "successive_halving")
+PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
+    "none": optuna.pruners.NopPruner,
+    "median": optuna.pruners.MedianPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+}
 HEARTBEAT_INTERVAL_S = 10
 HEARTBEAT_GRACE_S = 60
 
@@ -44,15 +48,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def make_pruner(spec: dict[str, Any] | None) -> optuna.pruners.BasePruner:
-    """A pruner from `{"name": none|median|hyperband|successive_halving, **kwargs}`."""
+    """A pruner from `{"name": <a name in PRUNERS>, **kwargs}` (the spec the sweeper records in the
+    study, so that every job prunes with the same rule)."""
     spec = dict(spec or {"name": "none"})
     name = spec.pop("name", "none")
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    if name == "median":
-        return optuna.pruners.MedianPruner(**spec)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(**spec)
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(**spec)
-    raise ValueError(f"pruner {name!r} is not known; choose one of: {', '.join(PRUNERS)}")
+    if name not in PRUNERS:
+        raise ConfigError(f"pruner {name!r} is not known; choose one of: {', '.join(PRUNERS)}.")
+    try:
+        return PRUNERS[name](**spec)
+    except TypeError as exc:
+        raise ConfigError(f"hydra.sweeper.pruner_kwargs for pruner {name!r}: {exc}") from None

@@ -1,0 +1,80 @@
+"""The sweep's Optuna study: creating or resuming it (refusing a resume with other overrides), the
+user attributes lrlab keeps in it, and lookups through Optuna's public storage API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from lrlab.errors import ConfigError
+from lrlab.sweep.samplers import make_sampler
+from lrlab.sweep.search_space import SearchSpace
+from lrlab.sweep.settings import SweepSettings
+from lrlab.sweep.storage import PRUNER_ATTR, make_pruner
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+"""Finished trials that count towards `n_trials` (failed ones are replaced)."""
+
+# Trial user attributes.
+SOURCE = "source"  # search | enqueued | lr_finder:<rule>
+SEARCH_SOURCE = "search"  # a trial the sampler chose
+WORKER_ATTR = "lrlab.worker"  # <host>:<pid> of the sweep that asked the trial
+# Study user attributes.
+FIXED_ATTR = "lrlab.fixed_overrides"
+METRIC_ATTR = "lrlab.metric"
+SPACE_ATTR = "lrlab.search_space"
+STORAGE_ATTR = "lrlab.storage"
+SWEEP_DIR_ATTR = "lrlab.sweep_dir"
+PARENT_ATTR = "lrlab.mlflow_parent_run"
+MLFLOW_URI_ATTR = "lrlab.mlflow_uri"
+
+
+def open_study(
+    storage: optuna.storages.BaseStorage,
+    url: str,
+    name: str,
+    settings: SweepSettings,
+    space: SearchSpace,
+    sweep_dir: Path,
+) -> optuna.Study:
+    """Create the study, or load it to resume; a resume must use the same fixed overrides, since
+    other overrides make another experiment whose trials must not mix with these."""
+    pruner_spec = {"name": settings.pruner, **settings.pruner_kwargs}
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        load_if_exists=True,
+        sampler=make_sampler(settings, space),
+        pruner=make_pruner(pruner_spec),
+        directions=settings.directions,
+    )
+    existing = study.user_attrs.get(FIXED_ATTR)
+    if existing is not None and existing != space.fixed:
+        raise ConfigError(
+            f"study {name!r} in {url} was started with the overrides {existing}, not {space.fixed}. "
+            "Resume it with the same command, or start a new study with hydra.sweeper.study_name=NAME."
+        )
+    for key, value in {
+        FIXED_ATTR: space.fixed,
+        PRUNER_ATTR: pruner_spec,
+        METRIC_ATTR: settings.metrics,
+        SPACE_ATTR: space.describe(),
+        SWEEP_DIR_ATTR: str(sweep_dir),
+        STORAGE_ATTR: url,
+    }.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of trial `number` (storage writes such as `set_trial_state_values` need it)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+def count(study: optuna.Study, states: Iterable[TrialState]) -> int:
+    """How many of the study's trials are in `states`."""
+    return len(study.get_trials(deepcopy=False, states=tuple(states)))
