@@ -1,0 +1,26 @@
+"""README's code stays true: its "From Python" example runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _python_block(section: str) -> str:
+    text = README.read_text()
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n(.*?)```", body, re.S)
+    assert match, f"no python block under '## {section}'"
+    return match.group(1)
+
+
+def test_from_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    exec(compile(_python_block("From Python"), "README.md", "exec"), {})
+    assert (tmp_path / "lr_find.png").stat().st_size > 10_000
+    error_rate = float(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= error_rate < 0.9
