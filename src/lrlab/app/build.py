@@ -18,7 +18,7 @@ from lrlab.app.schema import validate
 from lrlab.core.engine import Engine, resolve_device, resolve_precision
 from lrlab.core.optim import build_optimizer
 from lrlab.core.reproducibility import seed_everything
-from lrlab.core.stages import Stage
+from lrlab.core.types import Stage
 from lrlab.data.loaders import make_loaders
 from lrlab.data.sources import load_source
 from lrlab.models.factory import (
@@ -76,11 +76,12 @@ def build(cfg: DictConfig) -> Setup:
     data_device = device if cfg.data.in_memory else "cpu"
     train_loader, valid_loader = make_loaders(source, data_cfg, norm, data_device, cfg.seed)
     optimizer = build_optimizer(instantiate(cfg.optimizer), model, groups, lr=cfg.lr_finder.start_lr)
-    stages = [Stage(**OmegaConf.to_container(s, resolve=True)) for s in cfg.stages]
+    stages: list[Stage] = OmegaConf.to_object(cfg.stages)  # Stage is the schema of each entry
     log.info(
-        f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, pretrained={cfg.model.pretrained}) on "
-        f"{cfg.data.name} ({len(source.train)} train / {len(source.valid)} valid, {source.num_classes} classes, "
-        f"{cfg.data.image_size} px) | device {device}, precision {precision} | setup {time.perf_counter() - started:.1f}s"
+        f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, "
+        f"pretrained={cfg.model.pretrained}) on {cfg.data.name} ({len(source.train)} train / "
+        f"{len(source.valid)} valid, {source.num_classes} classes, {cfg.data.image_size} px) | "
+        f"device {device}, precision {precision} | setup {time.perf_counter() - started:.1f}s"
     )
     log.info("layer groups:\n" + model_summary(model, groups))
     return Setup(

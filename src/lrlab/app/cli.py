@@ -1,5 +1,8 @@
 """The `lrlab` command: a Hydra app over the packaged config tree.
 
+Importing this module registers the config schemas in Hydra's ConfigStore (the config tree
+extends them), so anything that composes lrlab's config, in or out of the CLI, imports it first.
+
 Bad input (an LrlabError) prints one paragraph on stderr and exits with status 2; the full
 traceback goes to the job's log file only. In a multirun the error is re-raised so the sweeper
 can record the failed job.
@@ -18,8 +21,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from lrlab.app.schema import register_schemas
 from lrlab.errors import LrlabError
 
+register_schemas()
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 log = logging.getLogger("lrlab")
@@ -60,8 +65,21 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     return run_task(cfg)
 
 
+def config_groups() -> list[str]:
+    """The config groups of the packaged tree (`model`, `data`, ..., `experiment`, `search`)."""
+    return sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def deselect_null_groups(args: list[str]) -> list[str]:
+    """Spell `GROUP=null` as Hydra's `~GROUP` (no option of that group): Hydra rejects a null group
+    override with a traceback, and `experiment=null` is the natural way to ask for no preset."""
+    nulls = {f"{group}=null": f"~{group}" for group in config_groups()}
+    return [nulls.get(arg, arg) for arg in args]
+
+
 def main() -> None:
     """Console-script entry point (`lrlab`, `python -m lrlab`)."""
+    sys.argv[1:] = deselect_null_groups(sys.argv[1:])
     _hydra_main()
 
 

@@ -69,7 +69,7 @@ class Stage:
 
     name: str
     epochs: int
-    lr: float | str = "find"
+    lr: Any = "find"  # a number or "find" (Any: OmegaConf 2.3 rejects an int such as lr=1 for float | str)
     trainable: str = "all"
     train_bn: bool = True
     lr_rule: str | None = None

@@ -94,7 +94,8 @@ def make_loaders(
     device: torch.device | str = "cpu",
     seed: int = 0,
 ) -> tuple[Any, Any]:
-    """Train and valid loaders for a source: TensorLoaders in memory, else DataLoaders with timm transforms."""
+    """Train and valid loaders for a source: TensorLoaders in memory, else DataLoaders with timm's
+    transforms. `cfg` is a data config as a mapping (batch_size, augment, image_size, num_workers)."""
     batch_size, augment = int(cfg["batch_size"]), dict(cfg.get("augment") or {})
     if isinstance(source.train, TensorSplit):
         train = TensorLoader(

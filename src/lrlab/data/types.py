@@ -1,11 +1,14 @@
-"""In-memory images and their metadata: the types every data source returns and loaders consume."""
+"""In-memory images and their metadata: the types every data source returns and loaders consume.
+torch appears in annotations only, so the data sources can be listed without importing it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch.utils.data import Dataset
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
 
 
 @dataclass

@@ -1,0 +1,137 @@
+"""The data-source registry: every source (elpv, digits, imagefolder, torchvision) registers, under
+its name, its config dataclass and its loader. The dataclass is the one place its keys and their
+defaults are defined: `load_source` fills a partial mapping from it, and the app registers it as
+the Hydra schema of the source's `conf/data/*.yaml`, so a misspelt key fails at composition.
+
+Nothing here imports torch: listing the sources and their settings stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lrlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lrlab.data.types import ImageSource
+
+BUILTIN_MODULES = ("lrlab.data.sources",)
+
+
+@dataclass
+class AugmentConfig:
+    """Random training augmentation: one batched affine warp for in-memory sources, timm's
+    transforms for file datasets (which ignore `rot90`)."""
+
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.0  # probability of a vertical flip
+    rot90: bool = False  # random multiples of 90 degrees
+    scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random-resized-crop area range
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """The keys every source has; the defaults suit a file dataset of photos (224 px, DataLoader
+    workers, timm's transforms). Each source subclasses it with its own keys and defaults."""
+
+    name: str  # the registered source
+    image_size: int = 224
+    batch_size: int = 32
+    num_workers: int = 2  # DataLoader workers for file datasets (in-memory sources use none)
+    valid_pct: float = 0.2  # held out for validation when the source has no validation split
+    split_seed: int = 0
+    in_memory: bool = False  # decode once, hold uint8 tensors (on the GPU when training there)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def check(self) -> DataConfig:
+        """Raise ConfigError naming the first bad value; returns self so calls can chain."""
+        for key in ("image_size", "batch_size"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"data.{key}={getattr(self, key)!r} must be positive.")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0.")
+        if not 0 < self.valid_pct < 1:
+            raise ConfigError(f"data.valid_pct={self.valid_pct} must be between 0 and 1.")
+        return self
+
+
+Loader = Callable[[Any], "ImageSource"]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A registered source: its config dataclass and the function that loads it from one."""
+
+    name: str
+    config: type[DataConfig]
+    load: Loader
+
+
+SOURCES: dict[str, DataSource] = {}
+
+
+def register_source(name: str, config: type[DataConfig]) -> Callable[[Loader], Loader]:
+    """Decorator: make `load(config) -> ImageSource` the loader of source `name`, configured by
+    the dataclass `config` (a DataConfig subclass whose `name` defaults to `name`)."""
+    names = {f.name: f.default for f in dataclasses.fields(config)}
+    if not issubclass(config, DataConfig) or names.get("name") != name:
+        raise ValueError(f"source {name!r}: config must subclass DataConfig with name defaulting to {name!r}")
+
+    def decorate(load: Loader) -> Loader:
+        SOURCES[name] = DataSource(name, config, load)
+        return load
+
+    return decorate
+
+
+def sources() -> dict[str, DataSource]:
+    """Every registered source by name (the built-in ones are registered on first use)."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    return SOURCES
+
+
+def get_source(name: str) -> DataSource:
+    """The source called `name`; ConfigError listing the registered names if there is none."""
+    registered = sources()
+    if name not in registered:
+        raise ConfigError(f"data.name={name!r} is not a data source; choose one of: {', '.join(registered)}.")
+    return registered[name]
+
+
+def data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
+    """The source's config dataclass from a (possibly partial) mapping: missing keys take the
+    source's defaults; an unknown key or a missing required one raises ConfigError naming it."""
+    if isinstance(cfg, DataConfig):
+        return cfg
+    if "name" not in cfg:
+        raise ConfigError(f"data.name is missing; choose one of: {', '.join(sources())}.")
+    source = get_source(cfg["name"])
+    values = dict(cfg)
+    _check_keys(source.config, values, "data", source.name)
+    if isinstance(values.get("augment"), Mapping):
+        _check_keys(AugmentConfig, values["augment"], "data.augment", source.name)
+        values["augment"] = AugmentConfig(**values["augment"])
+    required = [f.name for f in dataclasses.fields(source.config) if _required(f) and f.name not in values]
+    if required:
+        raise ConfigError(
+            f"data.{required[0]} is required by data source {source.name!r} (data={source.name})."
+        )
+    return source.config(**values)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _check_keys(config: type, values: Mapping[str, Any], prefix: str, source: str) -> None:
+    keys = [f.name for f in dataclasses.fields(config)]
+    unknown = [k for k in values if k not in keys]
+    if unknown:
+        raise ConfigError(
+            f"{prefix}.{unknown[0]} is not a key of data source {source!r}; its keys are: {', '.join(keys)}."
+        )

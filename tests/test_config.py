@@ -1,0 +1,181 @@
+"""The config tree against its schemas: every option of every group composes and validates, the
+default problem composes without a preset, and bad keys and values fail naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from lrlab.app.cli import CONFIG_DIR, deselect_null_groups
+from lrlab.app.schema import ModelConfig, TrackingConfig, validate
+from lrlab.core.types import Stage
+from lrlab.data.registry import get_source, sources
+from lrlab.errors import ConfigError
+from lrlab.finder.config import FinderConfig
+from lrlab.finder.rules import RULES
+
+CONF = Path(CONFIG_DIR)
+OPTIONS = sorted(
+    (group.name, option.stem)
+    for group in CONF.iterdir()
+    if group.is_dir() and group.name != "hydra"
+    for option in group.glob("*.yaml")
+)
+# Keys an option needs before it validates offline (no download, no hub weights needed to validate).
+NEEDS = {("data", "imagefolder"): ["data.root={tmp}"], ("data", "torchvision"): ["data.dataset=CIFAR10"]}
+
+
+def _resolved(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_the_glob_sees_every_group() -> None:
+    groups = {group for group, _ in OPTIONS}
+    assert {"model", "data", "optimizer", "schedule", "stages", "tracking", "lr_finder"} <= groups
+    assert {"experiment", "search"} <= groups
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_validates(compose_cfg, tmp_path: Path, group: str, option: str) -> None:
+    extra = [o.format(tmp=tmp_path) for o in NEEDS.get((group, option), [])]
+    cfg = validate(compose_cfg(f"{group}={option}", *extra))
+    assert cfg.stages and cfg.model.name and cfg.data.name
+    assert get_source(cfg.data.name).config is OmegaConf.get_type(cfg.data)
+
+
+def test_plain_lrlab_is_the_elpv_problem_without_a_preset(compose_cfg) -> None:
+    plain = compose_cfg()
+    assert _resolved(plain) == _resolved(compose_cfg("experiment=elpv"))
+    assert _resolved(plain) == _resolved(compose_cfg(*deselect_null_groups(["experiment=null"])))
+    assert plain.name == "elpv" and plain.tracking.experiment == "elpv"
+    assert plain.data.image_size == 128 and plain.lr_finder.smoothing == "ema"
+    assert plain.model.name == "tf_efficientnet_lite0"
+
+
+def test_another_data_source_gets_its_own_settings_not_elpvs(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg("model=resnet18", "data=imagefolder", f"data.root={tmp_path}")
+    assert cfg.data.image_size == 224 and "classes" not in cfg.data
+    assert cfg.name == "imagefolder" and cfg.tracking.experiment == "imagefolder"
+    assert cfg.lr_finder.smoothing == "zero_lag"
+    assert compose_cfg("data=digits").lr_finder.smoothing == "zero_lag"
+    assert compose_cfg("data=digits", "name=mine").tracking.experiment == "mine"
+    assert compose_cfg("lr_finder=default").lr_finder.smoothing == "zero_lag"
+
+
+@pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "stages"])
+def test_every_stage_of_every_preset_has_every_stage_key(compose_cfg, option: str) -> None:
+    keys = [f.name for f in dataclasses.fields(Stage)]
+    for stage in compose_cfg(f"stages={option}").stages:
+        assert list(stage) == keys
+        assert OmegaConf.get_type(stage) is Stage
+
+
+def test_smoke_stage_takes_a_rule_override(compose_cfg) -> None:
+    cfg = validate(compose_cfg("experiment=smoke", "stages.0.lr_rule=steep"))
+    assert cfg.stages[0].lr_rule == "steep"
+
+
+def test_lr_finder_yaml_repeats_no_default_and_shows_every_key(compose_cfg) -> None:
+    assert _resolved(compose_cfg("lr_finder=default").lr_finder) == dataclasses.asdict(FinderConfig())
+    fastai = _resolved(compose_cfg("lr_finder=fastai").lr_finder)
+    assert fastai == dataclasses.asdict(FinderConfig(smoothing="ema"))
+
+
+def _schema_of(group: str, option: str, compose_cfg, tmp_path: Path) -> type | None:
+    if group == "data":
+        extra = [o.format(tmp=tmp_path) for o in NEEDS.get((group, option), [])]
+        return get_source(compose_cfg(f"data={option}", *extra).data.name).config
+    return {"model": ModelConfig, "tracking": TrackingConfig, "lr_finder": FinderConfig}.get(group)
+
+
+@pytest.mark.parametrize(
+    "group, option", [(g, o) for g, o in OPTIONS if g in ("data", "model", "tracking", "lr_finder")]
+)
+def test_options_set_only_what_differs_from_the_schema(
+    compose_cfg, tmp_path: Path, group: str, option: str
+) -> None:
+    """Defaults live in the dataclasses: an option's YAML sets a key only to a different value."""
+    raw = yaml.safe_load((CONF / group / f"{option}.yaml").read_text()) or {}
+    raw.pop("defaults", None)
+    defaults = OmegaConf.to_container(OmegaConf.structured(_schema_of(group, option, compose_cfg, tmp_path)))
+    repeated = [key for key, value in raw.items() if defaults.get(key) == value]
+    assert not repeated, f"{group}/{option}.yaml repeats schema defaults: {repeated}"
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("stages.0.lr_rul=steep", "lr_rul"),
+        ("lr_finder.smoothin=ema", "smoothin"),
+        ("data.clases=2", "clases"),
+        ("model.nme=resnet18", "nme"),
+        ("train.grad_acum=2", "grad_acum"),
+        ("tracking.experimnt=x", "experimnt"),
+    ],
+)
+def test_a_misspelt_key_fails_at_composition_naming_it(compose_cfg, override: str, key: str) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(override)
+    assert key in str(info.value) + str(info.value.__cause__)
+
+
+def test_an_elpv_key_is_not_a_key_of_another_source(compose_cfg) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg("data=digits", "data.classes=2")
+    assert "classes" in str(info.value) + str(info.value.__cause__)
+
+
+def test_a_misspelt_key_in_a_config_not_from_the_tree_fails_validation(compose_cfg) -> None:
+    raw = OmegaConf.to_container(compose_cfg("experiment=smoke"))
+    raw["stages"][0]["lr_rul"] = "steep"
+    with pytest.raises(ConfigError, match="lr_rul"):
+        validate(OmegaConf.create(raw))
+    raw = OmegaConf.to_container(compose_cfg("experiment=smoke"))
+    raw["data"]["classes"] = 2
+    with pytest.raises(ConfigError, match="classes"):
+        validate(OmegaConf.create(raw))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["stages.0.lr_rule=stepp"],
+            "stages.0.lr_rule='stepp' is not valid; choose one of: " + ", ".join(RULES),
+        ),
+        (["lr_finder.suggest=foo"], "lr_finder.suggest='foo' is not valid; choose one of: "),
+        (["lr_finder.mode=log"], "lr_finder.mode='log' is not valid; choose one of: exp, linear"),
+        (["lr_finder.start_lr=1.0", "lr_finder.end_lr=0.5"], "lr_finder.start_lr=1.0"),
+        (["lr_finder.num_iter=1"], "lr_finder.num_iter=1"),
+        (["stages.0.lr_spread_mode=wide"], "choose one of: geometric, slice_hi"),
+        (["stages.0.trainable=body"], "stages.0.trainable='body'"),
+        (["data.classes=3"], "data.classes=3 is not valid for elpv; choose 4 or 2"),
+        (["data.valid_pct=1.5"], "data.valid_pct=1.5"),
+        (["data.batch_size=0"], "data.batch_size=0"),
+        (["data.name=mnist"], "data.name='mnist' is not a data source; choose one of: elpv, digits"),
+        (
+            ["data=imagefolder", "data.root=/no/such/dir"],
+            "data.root='/no/such/dir' is not an existing directory",
+        ),
+        (["data=imagefolder"], "data.root"),
+        (["task=fit"], "task='fit' is not valid; choose one of: train, lr_find"),
+        (["tracking.backend=wandb"], "choose one of: mlflow, none"),
+        (["lr=-1"], "stages.0.lr=-1.0 must be positive"),
+    ],
+)
+def test_a_bad_value_fails_validation_naming_the_key(compose_cfg, overrides: list[str], message: str) -> None:
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert message in str(info.value)
+
+
+def test_every_registered_source_has_a_data_option_extending_its_schema() -> None:
+    for name in sources():
+        text = (CONF / "data" / f"{name}.yaml").read_text()
+        assert f"- {name}_schema" in text
