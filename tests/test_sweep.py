@@ -1,5 +1,10 @@
 """End-to-end sweeps through `lrlab -m` with lrlab's Optuna sweeper: real Optuna SQLite storages,
-real MLflow SQLite stores, the smoke experiment (digits + a tiny timm model)."""
+real MLflow SQLite stores, the smoke experiment (digits + a tiny timm model), real training.
+
+Only what needs real jobs and processes is here: a finder-vs-search study with its report and
+resume, pruning reported from inside the jobs, a killed sweep, two workers. The loop itself
+(totals, resume, recovery, baselines, failures, grids, journal storage, batches) is tested
+in-process with fake jobs in test_sweep_session.py and test_sweep_hydra.py."""
 
 from __future__ import annotations
 
@@ -153,58 +158,6 @@ def test_median_pruner_prunes_trials_in_optuna_and_mlflow(run_cli, tmp_path: Pat
         assert by_number[trial.number].info.status == "KILLED"
 
 
-def _failing_search(tmp_path: Path) -> Path:
-    conf = tmp_path / "conf" / "search"
-    conf.mkdir(parents=True)
-    (conf / "diverge_first.yaml").write_text(
-        "# @package _global_\n"
-        "defaults:\n  - lr\n"
-        "hydra:\n  sweeper:\n    study_name: diverge_first\n    enqueue:\n      - {stages.0.lr: 1.0e+6}\n"
-    )
-    return tmp_path / "conf"
-
-
-def test_a_job_that_raises_fails_its_trial_and_the_sweep_goes_on(run_cli, tmp_path: Path) -> None:
-    conf = _failing_search(tmp_path)
-    proc = run_cli(
-        "-m",
-        f"--config-dir={conf}",
-        "experiment=smoke",
-        "search=diverge_first",
-        "epochs=1",
-        "train.checkpoints=false",
-        "hydra.sweeper.n_trials=2",
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    study = _study(tmp_path, "diverge_first")
-    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
-    assert "TrainingDiverged" in study.trials[0].user_attrs["error"]
-    _, children = _parent_and_children(tmp_path)
-    failed = next(r for r in children if r.data.tags["trial.number"] == "0")
-    assert failed.info.status == "FAILED" and failed.data.tags["trial.state"] == "FAIL"
-
-
-def test_too_many_failures_stop_the_sweep(run_cli, tmp_path: Path) -> None:
-    conf = _failing_search(tmp_path)
-    proc = run_cli(
-        "-m",
-        f"--config-dir={conf}",
-        "experiment=smoke",
-        "search=diverge_first",
-        "epochs=1",
-        "train.checkpoints=false",
-        "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.max_failure_rate=0",
-        "tracking=none",
-        timeout=600,
-    )
-    assert proc.returncode == 2
-    assert "max_failure_rate" in proc.stderr and "Traceback" not in proc.stderr
-    study = _study(tmp_path, "diverge_first")
-    assert [t.state for t in study.trials] == [TrialState.FAIL]
-
-
 def _lrlab(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -298,35 +251,3 @@ def test_two_workers_fill_one_study_exactly(tmp_path: Path) -> None:
     assert len({t.params["stages.0.lr"] for t in complete}) == 6
     workers_used = {t.user_attrs["lrlab.worker"] for t in complete}
     assert len(workers_used) == 2, "both workers should have run trials"
-
-
-@pytest.mark.slow
-def test_journal_storage_and_batches_of_n_jobs(run_cli, tmp_path: Path) -> None:
-    journal = tmp_path / "shared" / "study.log"
-    proc = run_cli(
-        "-m",
-        "experiment=smoke",
-        "search=lr",
-        "epochs=1",
-        "train.checkpoints=false",
-        "tracking=none",
-        "hydra.sweeper.n_trials=4",
-        "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.sampler=random",
-        f"hydra.sweeper.storage=journal://{journal}",
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("Launching 2 jobs locally") + proc.stderr.count("Launching 2 jobs locally") == 2
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    study = optuna.load_study(study_name="smoke-lr", storage=JournalStorage(JournalFileBackend(str(journal))))
-    assert _states(study) == {"COMPLETE": 4}
-    results = OmegaConf.load(tmp_path / "sweeps" / "smoke-lr" / "optimization_results.yaml")
-    assert results.storage == f"journal://{journal}" and results.best_value == pytest.approx(study.best_value)
-
-
-def test_a_sweep_of_range_tests_is_refused_in_one_line(run_cli, tmp_path: Path) -> None:
-    proc = run_cli("-m", "experiment=smoke", "search=lr", "task=lr_find", timeout=300)
-    assert proc.returncode == 2
-    assert "lrlab: error: a sweep needs task=train" in proc.stderr and "Traceback" not in proc.stderr

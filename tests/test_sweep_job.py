@@ -1,0 +1,67 @@
+"""The job side of a sweep in-process: a job finds its trial from `trial.*` and reports each epoch
+to it, pruned by the pruner the sweeper recorded in the study (real SQLite storage)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+
+from lrlab.core.types import EpochResult
+from lrlab.integrations.optuna import TrialReporter, load_trial
+from lrlab.sweep.search_space import parse_search_space
+from lrlab.sweep.session import SweepSession
+from lrlab.sweep.settings import SweepSettings
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+    pytest.mark.filterwarnings("ignore:Heartbeat of storage"),
+]
+SPACE = parse_search_space({"stages.*.lr": "tag(log, interval(1e-5, 1e-1))"}, [], [{"epochs": 1}])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Path]:
+    """A directory for the study's storage: on a RAM disk where there is one, else `tmp_path`."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    directory = Path(tempfile.mkdtemp(dir=shm, prefix="lrlab-sweep-test-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _epoch(epoch: int, error_rate: float) -> EpochResult:
+    return EpochResult("full", epoch, epoch, 1.0, 1.0, 1 - error_rate, error_rate, 1.0)
+
+
+def test_a_job_reports_each_epoch_and_the_studys_pruner_stops_it(store: Path) -> None:
+    url = f"sqlite:///{store / 'optuna.db'}"
+    settings = SweepSettings(n_trials=3, pruner="median", pruner_kwargs={"n_startup_trials": 2}).validate()
+    session = SweepSession.open(settings, SPACE, url, "study", store)
+    for value in (0.1, 0.2):
+        trial = session.ask(1)[0]
+        trial.report(value, 0)
+        session.study.tell(trial, value)
+    number = session.ask(1)[0].number
+    reporter = TrialReporter(load_trial(url, "study", number), "error_rate")
+    with pytest.raises(optuna.TrialPruned, match=f"trial {number} pruned after epoch 0"):
+        reporter.on_epoch_end(None, _epoch(0, 0.9))
+    assert session.study.trials[number].intermediate_values == {0: 0.9}
+
+
+def test_several_objectives_report_nothing(store: Path) -> None:
+    url = f"sqlite:///{store / 'optuna.db'}"
+    settings = SweepSettings(metric=["error_rate", "train_seconds"], direction=["minimize", "minimize"])
+    session = SweepSession.open(settings.validate(), SPACE, url, "study", store)
+    number = session.ask(1)[0].number
+    reporter = TrialReporter(load_trial(url, "study", number))
+    reporter.on_epoch_end(None, _epoch(0, 0.9))
+    assert not reporter.enabled and session.study.trials[number].intermediate_values == {}
