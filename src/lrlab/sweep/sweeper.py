@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
@@ -29,6 +29,9 @@ from lrlab.sweep.samplers import effective_settings
 from lrlab.sweep.search_space import parse_search_space
 from lrlab.sweep.session import Outcome, SweepFailed, SweepSession
 from lrlab.sweep.settings import SweepSettings
+
+if TYPE_CHECKING:
+    from lrlab.integrations.mlflow import MlflowTracker
 
 __all__ = ["OptunaSweep", "SweepFailed", "job_outcome"]
 
@@ -110,7 +113,7 @@ class OptunaSweep(Sweeper):
         self.returns.append(returns)
         return [job_outcome(ret) for ret in returns]
 
-    def _parent_run(self, session: SweepSession, sweep_dir: Path) -> Any:
+    def _parent_run(self, session: SweepSession, sweep_dir: Path) -> MlflowTracker | None:
         """The MLflow parent run (None with tracking=none); ends orphaned children KILLED."""
         tracking = self.config.tracking
         if tracking.backend != "mlflow":
@@ -125,7 +128,9 @@ class OptunaSweep(Sweeper):
             kill_orphaned_children(parent, session.recovered)
         return parent
 
-    def _finish(self, session: SweepSession, sweep_dir: Path, parent: Any, status: str) -> None:
+    def _finish(
+        self, session: SweepSession, sweep_dir: Path, parent: MlflowTracker | None, status: str
+    ) -> None:
         """Write the results file and the report, attach them to the parent run and end it."""
         try:
             paths = [write_results(session.study, sweep_dir)]
