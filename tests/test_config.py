@@ -4,6 +4,8 @@ default problem composes without a preset, and bad keys and values fail naming t
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,10 @@ def test_every_registered_source_has_a_data_option_extending_its_schema() -> Non
     for name in sources():
         text = (CONF / "data" / f"{name}.yaml").read_text()
         assert f"- {name}_schema" in text
+
+
+def test_registering_the_schemas_imports_no_torch() -> None:
+    """`lrlab --help`, `--cfg job` and tab completion compose the config: they should not pay for torch."""
+    code = "import sys, lrlab.app.cli; print(sorted({'torch', 'timm'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

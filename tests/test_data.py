@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ import torch
 from PIL import Image
 
 from lrlab.data.loaders import TensorLoader, make_loaders
-from lrlab.data.sources import load_digits, load_elpv, load_source
-from lrlab.data.types import Normalization, TensorSplit
-from lrlab.errors import LrlabError
+from lrlab.data.registry import SOURCES, DataConfig, get_source, register_source
+from lrlab.data.sources import DigitsConfig, load_digits, load_elpv, load_source
+from lrlab.data.types import ImageSource, Normalization, TensorSplit
+from lrlab.errors import ConfigError, LrlabError
 
 NORM = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -38,7 +40,7 @@ def test_elpv_four_classes_stratified_by_class_and_cell_type(elpv) -> None:
 
     assert len(elpv.train) + len(elpv.valid) == 2624
     assert len(elpv.valid) == 656
-    _, probs, types = load_dataset()
+    _, probs, _ = load_dataset()
     labels = np.rint(probs * 3).astype(int)
     full = Counter(labels.tolist())
     valid = Counter(elpv.valid.labels.tolist())
@@ -142,7 +144,7 @@ def test_missing_root_and_offline_torchvision_give_clear_errors(tmp_path: Path) 
                 "image_size": 8,
             }
         )
-    with pytest.raises(LrlabError, match="data.download=true"):
+    with pytest.raises(LrlabError, match=r"data\.download=true"):
         load_source(
             {
                 "name": "torchvision",
@@ -191,3 +193,54 @@ def test_elpv_from_a_folder_copy_in_another_image_format(tmp_path: Path) -> None
     assert len(source.train) == 48 and len(source.valid) == 16
     assert Counter(source.valid.labels.tolist()) == {0: 4, 1: 4, 2: 4, 3: 4}
     assert source.train.images.shape[1:] == (1, 10, 10)
+
+
+def test_load_source_takes_missing_keys_from_the_sources_config() -> None:
+    source = load_source({"name": "digits", "image_size": 8})
+    assert len(source.valid) == 450 and source.train.images.shape[1:] == (1, 8, 8)
+    assert source.train.images.shape == load_digits(DigitsConfig(image_size=8)).train.images.shape
+
+
+def test_an_unknown_source_lists_the_registered_ones() -> None:
+    with pytest.raises(ConfigError, match="elpv, digits, imagefolder, torchvision"):
+        load_source({"name": "mnist"})
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"name": "digits", "classes": 2}, "data.classes is not a key of data source 'digits'"),
+        ({"name": "digits", "augment": {"hflp": 1.0}}, "data.augment.hflp is not a key"),
+        ({"name": "imagefolder"}, "data.root is required"),
+        ({"name": "elpv", "classes": 3}, "data.classes=3 is not valid for elpv; choose 4 or 2"),
+        ({"name": "digits", "valid_pct": 0}, "data.valid_pct=0"),
+    ],
+)
+def test_a_bad_data_config_names_the_key(cfg: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_source(cfg)
+    assert message in str(info.value)
+
+
+@dataclass(kw_only=True)
+class ToyConfig(DataConfig):
+    name: str = "toy"
+    image_size: int = 4
+    in_memory: bool = True
+    count: int = 8
+
+
+def test_a_new_source_registers_its_config_and_loader() -> None:
+    def load_toy(cfg: ToyConfig) -> ImageSource:
+        images = torch.zeros(cfg.count, 1, cfg.image_size, cfg.image_size, dtype=torch.uint8)
+        split = TensorSplit(images, torch.arange(cfg.count) % 2)
+        return ImageSource(split, split, ["a", "b"])
+
+    register_source("toy", ToyConfig)(load_toy)
+    try:
+        assert get_source("toy").config is ToyConfig
+        assert len(load_source({"name": "toy", "count": 6}).train) == 6
+    finally:
+        SOURCES.pop("toy")
+    with pytest.raises(ValueError, match="name defaulting to 'other'"):
+        register_source("other", ToyConfig)
