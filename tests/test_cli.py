@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 SMOKE = ("experiment=smoke", "train.checkpoints=true")
@@ -65,9 +66,9 @@ def test_unknown_model_fails_cleanly_before_any_run(run_cli, tmp_path: Path) -> 
     log_files = list((tmp_path / "outputs").rglob("lrlab.log"))
     assert log_files and "Traceback" in log_files[0].read_text()
     db = tmp_path / "mlflow.db"
-    if db.exists():
+    if db.exists():  # bad input stops before the tracker exists, so normally there is no store at all
         with sqlite3.connect(db) as conn:
-            assert conn.execute("select count(*) from runs where status='RUNNING'").fetchone()[0] == 0
+            assert conn.execute("select count(*) from runs").fetchone()[0] == 0, "a run was created"
 
 
 @pytest.mark.parametrize(
@@ -75,14 +76,33 @@ def test_unknown_model_fails_cleanly_before_any_run(run_cli, tmp_path: Path) -> 
     [
         ("data.batch_size=0", "data.batch_size"),
         ("lr=-1", "stages.0.lr"),
-        ("data.batch_size=abc", "data.batch_size"),
         ("precision=64", "precision"),
+        ("stages.0.lr_rule=stepp", "stages.0.lr_rule"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(run_cli, override: str, expected: str) -> None:
     proc = run_cli("experiment=smoke", "tracking=none", override)
     assert proc.returncode == 2
     assert expected in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.batch_size=abc", "data.batch_size"),
+        ("stages.0.lr_rul=steep", "lr_rul"),
+        ("lr_finder.smoothin=ema", "smoothin"),
+        ("data.classes=2", "classes"),
+    ],
+)
+def test_misspelt_keys_and_wrong_types_fail_at_composition(
+    run_cli, tmp_path: Path, override: str, expected: str
+) -> None:
+    """The schemas are part of composition: Hydra reports the key and exits 1, before lrlab runs."""
+    proc = run_cli("experiment=smoke", "tracking=none", override)
+    assert proc.returncode == 1
+    assert expected in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_unknown_group_option_lists_the_choices(run_cli) -> None:
@@ -97,6 +117,44 @@ def test_cfg_job_prints_every_group(run_cli) -> None:
     for key in ("model:", "data:", "optimizer:", "schedule:", "stages:", "tracking:"):
         assert key in proc.stdout
     assert "tf_efficientnet_lite0" in proc.stdout
+
+
+def test_another_data_source_and_model_get_their_own_settings(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("data=imagefolder", f"data.root={tmp_path}", "model=resnet18", "--cfg", "job", "--resolve")
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["data"]["image_size"] == 224 and "classes" not in cfg["data"]
+    assert cfg["name"] == "imagefolder" and cfg["tracking"]["experiment"] == "imagefolder"
+    assert cfg["lr_finder"]["smoothing"] == "zero_lag"
+    assert cfg["model"]["name"] == "resnet18"
+
+
+def test_help_lists_the_options_not_the_schemas(run_cli) -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert "data: cifar10, digits, elpv, imagefolder, pets, torchvision\n" in groups
+    assert "lr_finder: default, fastai\n" in groups and "schema" not in groups
+
+
+def test_experiment_null_composes_the_plain_config(run_cli) -> None:
+    plain = run_cli("--cfg", "job")
+    proc = run_cli("experiment=null", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == plain.stdout
+
+
+def test_a_smoke_stage_takes_a_rule_override_and_runs(run_cli) -> None:
+    proc = run_cli(
+        "experiment=smoke",
+        "stages.0.lr_rule=steep",
+        "stages.0.lr=find",
+        "epochs=1",
+        "tracking=none",
+        "train.checkpoints=false",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "= steep suggestion" in proc.stdout
 
 
 def test_user_config_dir_adds_an_experiment(run_cli, tmp_path: Path) -> None:

@@ -180,7 +180,7 @@ def test_a_bad_value_fails_validation_naming_the_key(compose_cfg, overrides: lis
 def test_every_registered_source_has_a_data_option_extending_its_schema() -> None:
     for name in sources():
         text = (CONF / "data" / f"{name}.yaml").read_text()
-        assert f"- {name}_schema" in text
+        assert f"- /data_{name}_schema" in text
 
 
 def test_registering_the_schemas_imports_no_torch() -> None:

@@ -3,9 +3,10 @@ schema its YAML extends, so a misspelt key fails when the config is composed, na
 
 - the top-level keys, `model`, `train`, `tracking` and `trial`: the dataclasses below;
 - each entry of `stages`: `lrlab.core.types.Stage`;
-- `lr_finder`: `lrlab.finder.config.FinderConfig` (`conf/lr_finder/*.yaml` extend `schema`);
+- `lr_finder`: `lrlab.finder.config.FinderConfig` (`conf/lr_finder/*.yaml` extend
+  `/lr_finder_schema`);
 - `data`: each source's own dataclass from the data-source registry (`conf/data/<source>.yaml`
-  extend `<source>_schema`).
+  extends `/data_<source>_schema`).
 
 Defaults live in these dataclasses only; the YAML files pick options and override what differs.
 `validate` then checks values the types cannot express (choices, ranges, files that must exist).
@@ -114,13 +115,14 @@ class LrlabConfig:
 
 
 def register_schemas() -> None:
-    """Store the schemas in Hydra's ConfigStore: `lrlab_schema` (the primary config extends it),
-    `lr_finder/schema` and one `data/<source>_schema` per registered data source."""
+    """Store the schemas in Hydra's ConfigStore at its root, where they are not listed as options
+    of a group: `lrlab_schema` (config.yaml extends it), `lr_finder_schema` (conf/lr_finder/*.yaml)
+    and one `data_<source>_schema` per registered data source (conf/data/<source>.yaml)."""
     store = ConfigStore.instance()
     store.store(name="lrlab_schema", node=LrlabConfig, provider="lrlab")
-    store.store(group="lr_finder", name="schema", node=FinderConfig, provider="lrlab")
+    store.store(name="lr_finder_schema", node=FinderConfig, provider="lrlab")
     for source in sources().values():
-        store.store(group="data", name=f"{source.name}_schema", node=source.config, provider="lrlab")
+        store.store(name=f"data_{source.name}_schema", node=source.config, provider="lrlab")
 
 
 def _choice(value: Any, allowed: Iterable[str], key: str) -> str:
