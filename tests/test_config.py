@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from lrlab.app.cli import CONFIG_DIR, deselect_null_groups
 from lrlab.app.schema import ModelConfig, TrackingConfig, validate
 from lrlab.core.types import Stage
-from lrlab.data.registry import get_source, sources
+from lrlab.data.registry import get_source, registered_sources
 from lrlab.errors import ConfigError
 from lrlab.finder.config import FinderConfig
 from lrlab.finder.rules import RULES
@@ -178,7 +178,7 @@ def test_a_bad_value_fails_validation_naming_the_key(compose_cfg, overrides: lis
 
 
 def test_every_registered_source_has_a_data_option_extending_its_schema() -> None:
-    for name in sources():
+    for name in registered_sources():
         text = (CONF / "data" / f"{name}.yaml").read_text()
         assert f"- /data_{name}_schema" in text
 

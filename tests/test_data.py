@@ -211,7 +211,7 @@ def test_an_unknown_source_lists_the_registered_ones() -> None:
     [
         ({"name": "digits", "classes": 2}, "data.classes is not a key of data source 'digits'"),
         ({"name": "digits", "augment": {"hflp": 1.0}}, "data.augment.hflp is not a key"),
-        ({"name": "imagefolder"}, "data.root is required"),
+        ({"name": "imagefolder"}, "data.root is missing"),
         ({"name": "elpv", "classes": 3}, "data.classes=3 is not valid for elpv; choose 4 or 2"),
         ({"name": "digits", "valid_pct": 0}, "data.valid_pct=0"),
     ],

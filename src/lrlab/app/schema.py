@@ -26,7 +26,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lrlab.core.types import Stage
-from lrlab.data.registry import DataConfig, get_source, sources
+from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError
 from lrlab.finder.config import FinderConfig
 
@@ -121,7 +121,7 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     store.store(name="lrlab_schema", node=LrlabConfig, provider="lrlab")
     store.store(name="lr_finder_schema", node=FinderConfig, provider="lrlab")
-    for source in sources().values():
+    for source in registered_sources().values():
         store.store(name=f"data_{source.name}_schema", node=source.config, provider="lrlab")
 
 

@@ -77,8 +77,7 @@ SOURCES: dict[str, DataSource] = {}
 def register_source(name: str, config: type[DataConfig]) -> Callable[[Loader], Loader]:
     """Decorator: make `load(config) -> ImageSource` the loader of source `name`, configured by
     the dataclass `config` (a DataConfig subclass whose `name` defaults to `name`)."""
-    names = {f.name: f.default for f in dataclasses.fields(config)}
-    if not issubclass(config, DataConfig) or names.get("name") != name:
+    if not (issubclass(config, DataConfig) and _default(config, "name") == name):
         raise ValueError(f"source {name!r}: config must subclass DataConfig with name defaulting to {name!r}")
 
     def decorate(load: Loader) -> Loader:
@@ -88,7 +87,11 @@ def register_source(name: str, config: type[DataConfig]) -> Callable[[Loader], L
     return decorate
 
 
-def sources() -> dict[str, DataSource]:
+def _default(config: type[DataConfig], key: str) -> Any:
+    return next(f.default for f in dataclasses.fields(config) if f.name == key)
+
+
+def registered_sources() -> dict[str, DataSource]:
     """Every registered source by name (the built-in ones are registered on first use)."""
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
@@ -97,7 +100,7 @@ def sources() -> dict[str, DataSource]:
 
 def get_source(name: str) -> DataSource:
     """The source called `name`; ConfigError listing the registered names if there is none."""
-    registered = sources()
+    registered = registered_sources()
     if name not in registered:
         raise ConfigError(f"data.name={name!r} is not a data source; choose one of: {', '.join(registered)}.")
     return registered[name]
@@ -109,7 +112,7 @@ def data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
     if isinstance(cfg, DataConfig):
         return cfg
     if "name" not in cfg:
-        raise ConfigError(f"data.name is missing; choose one of: {', '.join(sources())}.")
+        raise ConfigError(f"data.name is missing; choose one of: {', '.join(registered_sources())}.")
     source = get_source(cfg["name"])
     values = dict(cfg)
     _check_keys(source.config, values, "data", source.name)
@@ -118,9 +121,7 @@ def data_config(cfg: Mapping[str, Any] | DataConfig) -> DataConfig:
         values["augment"] = AugmentConfig(**values["augment"])
     required = [f.name for f in dataclasses.fields(source.config) if _required(f) and f.name not in values]
     if required:
-        raise ConfigError(
-            f"data.{required[0]} is required by data source {source.name!r} (data={source.name})."
-        )
+        raise ConfigError(f"data.{required[0]} is missing: data source {source.name!r} requires it.")
     return source.config(**values)
 
 

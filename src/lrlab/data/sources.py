@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ELPV_PROBABILITIES = (0.0, 1 / 3, 2 / 3, 1.0)
 Config = TypeVar("Config", bound=DataConfig)
 
 
@@ -128,7 +127,7 @@ class ElpvConfig(DataConfig):
     valid_pct: float = 0.25  # stratified by class and cell type
     in_memory: bool = True
     augment: AugmentConfig = field(
-        # solar cells look alike flipped and turned by quarter turns
+        # the augmentation the ELPV results in experiments/ were measured with
         default_factory=lambda: AugmentConfig(hflip=0.5, vflip=0.5, rot90=True, scale=[0.85, 1.0])
     )
 
