@@ -117,8 +117,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. data.image_size=224")
     args = parser.parse_args()
     print(
-        f"{'experiment':<10} {'device':<6} {'prec':<5} {'steps':>5} {'train s':>8} {'lr_find s':>9} {'ratio':>6} "
-        f"{'img/s':>8}  peak MiB (train / lr_find)"
+        f"{'experiment':<10} {'device':<6} {'prec':<5} {'steps':>5} {'train s':>8} {'lr_find s':>9} "
+        f"{'ratio':>6} {'img/s':>8}  peak MiB (train / lr_find)"
     )
     for experiment in args.experiments:
         r = measure(experiment, args.steps, args.device, args.precision, args.repeats, args.overrides)
@@ -128,8 +128,8 @@ def main() -> None:
             else "-"
         )
         print(
-            f"{r['experiment']:<10} {r['device']:<6} {r['precision']:<5} {r['steps']:>5} {r['train_s']:>8.2f} "
-            f"{r['lr_find_s']:>9.2f} {r['ratio']:>6.3f} {r['train_img_s']:>8.1f}  {mem}",
+            f"{r['experiment']:<10} {r['device']:<6} {r['precision']:<5} {r['steps']:>5} "
+            f"{r['train_s']:>8.2f} {r['lr_find_s']:>9.2f} {r['ratio']:>6.3f} {r['train_img_s']:>8.1f}  {mem}",
             flush=True,
         )
 

@@ -1,4 +1,5 @@
-"""The config tree and the sweeper plugin ship inside a regular (non-editable) wheel and Hydra finds them there."""
+"""The config tree and the sweeper plugin ship inside a regular (non-editable) wheel, and Hydra
+finds them there."""
 
 from __future__ import annotations
 
@@ -45,13 +46,15 @@ def test_wheel_carries_the_config_tree_and_composes(tmp_path: Path) -> None:
         assert required in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
+    overrides = ["experiment=smoke", "search=lr_vs_finder"]
     script = (
-        "import lrlab.cli, hydra\n"
-        "assert lrlab.cli.CONFIG_DIR.startswith(%r), lrlab.cli.CONFIG_DIR\n"
-        "with hydra.initialize_config_dir(config_dir=lrlab.cli.CONFIG_DIR, version_base='1.3'):\n"
-        "    cfg = hydra.compose('config', overrides=['experiment=smoke', 'search=lr_vs_finder'], return_hydra_config=True)\n"
-        "print(cfg.model.name, cfg.data.name, cfg.hydra.sweeper._target_.rsplit('.', 1)[-1], cfg.hydra.sweep.dir)\n"
-        % str(target)
+        "import hydra\n"
+        "from lrlab.app import cli\n"
+        f"assert cli.CONFIG_DIR.startswith({str(target)!r}), cli.CONFIG_DIR\n"
+        "with hydra.initialize_config_dir(config_dir=cli.CONFIG_DIR, version_base='1.3'):\n"
+        f"    cfg = hydra.compose('config', overrides={overrides!r}, return_hydra_config=True)\n"
+        "sweeper = cfg.hydra.sweeper._target_.rsplit('.', 1)[-1]\n"
+        "print(cfg.model.name, cfg.data.name, sweeper, cfg.hydra.sweep.dir)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run(

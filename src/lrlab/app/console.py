@@ -15,7 +15,7 @@ COLUMNS = ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "time"
 
 def format_time(seconds: float) -> str:
     """mm:ss (hh:mm:ss past an hour), as fastai prints epoch times."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
@@ -37,10 +37,9 @@ def table_row(result: EpochResult) -> str:
 def describe_stage(start: Any) -> list[str]:
     """Console lines for a stage's decisions: trainable groups, range test, chosen and per-group LRs."""
     stage = start.stage
-    lines = [
-        f"stage {stage.name}: trainable {', '.join(start.trainable_groups)} ({start.trainable_params:,d} params)"
-        + ("; optimizer state cleared" if start.cleared_optimizer_state else "")
-    ]
+    trainable = f"{', '.join(start.trainable_groups)} ({start.trainable_params:,d} params)"
+    cleared = "; optimizer state cleared" if start.cleared_optimizer_state else ""
+    lines = [f"stage {stage.name}: trainable {trainable}{cleared}"]
     if start.finder is not None:
         f = start.finder
         rules = ", ".join(f"{r} {v:.2e}{'*' if r == start.rule else ''}" for r, v in f.suggestions.items())

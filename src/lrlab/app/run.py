@@ -142,9 +142,8 @@ def run_experiment(
     result.stages = stage_log.stages
     if tracker:
         result.run_id = tracker.run_id
-        log.info(
-            f"MLflow run {tracker.run_id} in {tracker.uri}  (view: mlflow ui --backend-store-uri {tracker.uri})"
-        )
+        view = f"mlflow ui --backend-store-uri {tracker.uri}"
+        log.info(f"MLflow run {tracker.run_id} in {tracker.uri}  (view: {view})")
     return result
 
 
@@ -167,10 +166,9 @@ def _train_task(
         _log_run_end(tracker, setup.cfg, results, final, checkpoints)
     total = sum(r.seconds for r in results)
     speed = sum(r.train_images_per_s for r in results) / max(1, len(results))
-    log.info(
-        f"done in {format_time(total)} ({total / max(1, len(results)):.1f} s/epoch, {speed:.0f} train images/s): "
-        f"valid_loss {final['valid_loss']:.4f}, error_rate {final['error_rate']:.4f}, accuracy {final['accuracy']:.4f}"
-    )
+    per_epoch = total / max(1, len(results))
+    metrics = ", ".join(f"{k} {final[k]:.4f}" for k in ("valid_loss", "error_rate", "accuracy"))
+    log.info(f"done in {format_time(total)} ({per_epoch:.1f} s/epoch, {speed:.0f} train images/s): {metrics}")
     return RunResult(results, final)
 
 
