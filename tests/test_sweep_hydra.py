@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from hydra_plugins.lrlab_optuna_sweeper.lrlab_optuna_sweeper import LrlabOptunaSweeper
 from lrlab.app.cli import CONFIG_DIR
 from lrlab.errors import LrlabError
+from lrlab.finder.rules import RULES
 from lrlab.sweep.storage import open_storage
 from lrlab.sweep.sweeper import job_outcome
 
@@ -102,16 +103,15 @@ def hydra_sweeper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[.
 def test_a_finder_vs_search_sweep_writes_results_and_the_report(hydra_sweeper, tmp_path: Path) -> None:
     journal = f"journal://{tmp_path / 'study.log'}"
     sweeper, arguments, launcher = hydra_sweeper(
-        "experiment=smoke", "search=lr_vs_finder", "tracking=none", "hydra.sweeper.n_trials=6",
-        f"hydra.sweeper.storage={journal}",
+        "experiment=smoke", "search=lr_vs_finder", "tracking=none",
+        f"hydra.sweeper.n_trials={len(RULES) + 2}", f"hydra.sweeper.storage={journal}",
     )  # fmt: skip
     returns = sweeper.sweep(arguments)
-    assert [len(batch) for batch in returns] == [1] * 6
+    assert [len(batch) for batch in returns] == [1] * (len(RULES) + 2)
     study = optuna.load_study(study_name="smoke-lr_vs_finder", storage=open_storage(journal))
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
-    assert [t.user_attrs["source"] for t in study.trials][:4] == [
-        "lr_finder:valley", "lr_finder:steep", "lr_finder:minimum", "lr_finder:slide",
-    ]  # fmt: skip
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * (len(RULES) + 2)
+    sources = [t.user_attrs["source"] for t in study.trials]
+    assert sources == [f"lr_finder:{rule}" for rule in RULES] + ["search", "search"]
     assert study.trials[0].params == {"stages.0.lr": 1e-2}
     valley = launcher.batches[0][0]
     assert {"experiment=smoke", "stages.0.lr=find", "++stages.0.lr_rule=valley", "trial.number=0"} <= set(
@@ -121,7 +121,7 @@ def test_a_finder_vs_search_sweep_writes_results_and_the_report(hydra_sweeper, t
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert results.best_value == pytest.approx(study.best_value) and results.storage == journal
     report = (sweep_dir / "finder_vs_search.md").read_text()
-    assert all(f"| {rule} |" in report for rule in ("valley", "steep", "minimum", "slide"))
+    assert all(f"| {rule} |" in report for rule in RULES)
     assert (sweep_dir / "finder_vs_search.png").is_file()
 
 

@@ -38,7 +38,8 @@ pytestmark = [
 
 STAGES = [{"name": "full", "epochs": 1, "trainable": "all", "lr": 1e-3}]
 LR_SPACE = {"stages.*.lr": "tag(log, interval(1e-5, 1e-1))"}
-FINDER_LRS = {"valley": 2e-3, "steep": 5e-4, "minimum": 0.5, "slide": 3e-3}  # minimum: outside the space
+# The LR each finder rule "chooses" in a fake job (minimum: outside the searched space); other rules 1e-3.
+FINDER_LRS = {"valley": 2e-3, "steep": 5e-4, "minimum": 0.5, "slide": 3e-3}
 
 
 class FakeJobs:
@@ -61,7 +62,7 @@ class FakeJobs:
         if number in self.prune:
             return Outcome(error=optuna.TrialPruned("pruned after epoch 1"))
         rule = values.get("stages.0.lr_rule")
-        lr = FINDER_LRS[rule] if values["stages.0.lr"] == "find" else float(values["stages.0.lr"])
+        lr = FINDER_LRS.get(rule, 1e-3) if values["stages.0.lr"] == "find" else float(values["stages.0.lr"])
         return Outcome(
             summary={
                 "metrics": {"error_rate": abs(math.log10(lr) + 3) / 10, "valid_loss": 0.5},
@@ -228,7 +229,7 @@ def test_stale_heartbeats_fail_trials_of_other_hosts(store: Path) -> None:
     trial.set_user_attr(WORKER_ATTR, "another-host:1")
     study_id = storage.get_study_id_from_name("study")
     storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
-    time.sleep(1.1)
+    time.sleep(2.1)  # SQLite's clock has whole seconds: 2 s make the 1 s grace period pass
     resumed = _open(store, url=url, storage=storage, n_trials=1)
     assert resumed.recovered == [0]
     resumed.run(FakeJobs())
@@ -238,25 +239,28 @@ def test_stale_heartbeats_fail_trials_of_other_hosts(store: Path) -> None:
 def test_finder_baselines_run_first_once_per_study_with_the_chosen_lrs_as_params(store: Path) -> None:
     space = _space(params={**LR_SPACE, "optimizer.weight_decay": "tag(log, interval(1e-4, 0.3))"})
     finder = FinderBaselines.for_space(space, STAGES, {"optimizer.weight_decay": 0.01})
-    jobs = FakeJobs(fail={1})
-    session = _open(store, space, n_trials=6, enqueue=["lr_finder"])
+    rules = list(RULES)  # one baseline per registered rule
+    steep, minimum = rules.index("steep"), rules.index("minimum")
+    jobs = FakeJobs(fail={steep})
+    session = _open(store, space, n_trials=len(rules) + 2, enqueue=["lr_finder"])
     session.run(jobs, finder)
     trials = session.study.get_trials(deepcopy=False)
-    rules = [f"lr_finder:{rule}" for rule in RULES]
-    assert [t.user_attrs[SOURCE] for t in trials[:4]] == rules
-    for trial in (t for t in trials[:4] if t.state == TrialState.COMPLETE):
-        rule = trial.user_attrs[SOURCE].split(":")[1]
-        assert trial.params == {"stages.0.lr": FINDER_LRS[rule], "optimizer.weight_decay": 0.01}
+    assert [t.user_attrs[SOURCE] for t in trials[: len(rules)]] == [f"lr_finder:{r}" for r in rules]
+    for trial in (t for t in trials[: len(rules)] if t.state == TrialState.COMPLETE):
+        lr = FINDER_LRS.get(trial.user_attrs[SOURCE].split(":")[1], 1e-3)
+        assert trial.params == {"stages.0.lr": lr, "optimizer.weight_decay": 0.01}
     # minimum's LR lies outside the searched interval: the param's distribution widens to hold it.
-    assert trials[2].distributions["stages.0.lr"].high == 0.5
-    finder_jobs = [o for b in jobs.batches for o in b if "trial.source='lr_finder:valley'" in o]
-    assert {"stages.0.lr=find", "++stages.0.lr_rule=valley"} <= set(finder_jobs[0])
+    assert trials[minimum].distributions["stages.0.lr"].high == 0.5
+    valley = next(o for b in jobs.batches for o in b if "trial.source='lr_finder:valley'" in o)
+    assert {"stages.0.lr=find", "++stages.0.lr_rule=valley"} <= set(valley)
     # steep failed: it is enqueued again on resume; the others are not.
-    resumed = _open(store, space, n_trials=8, enqueue=["lr_finder"])
+    resumed = _open(store, space, n_trials=len(rules) + 4, enqueue=["lr_finder"])
     resumed.run(FakeJobs(), finder)
     sources = [t.user_attrs[SOURCE] for t in resumed.study.get_trials(deepcopy=False)]
-    assert sorted(s for s in sources if s.startswith("lr_finder:")) == sorted([*rules, "lr_finder:steep"])
-    assert sources[7] == "lr_finder:steep"
+    assert sorted(s for s in sources if s.startswith("lr_finder:")) == sorted(
+        [*(f"lr_finder:{r}" for r in rules), "lr_finder:steep"]
+    )
+    assert sources[len(rules) + 3] == "lr_finder:steep"
 
 
 def test_finder_rules_pick_the_baselines_and_mappings_are_enqueued(store: Path) -> None:
