@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,20 +15,26 @@ from PIL import Image
 from lrlab.data.loaders import TensorLoader, make_loaders
 from lrlab.data.registry import SOURCES, DataConfig, get_source, register_source
 from lrlab.data.sources import DigitsConfig, load_digits, load_elpv, load_source
+from lrlab.data.splits import split_indices
 from lrlab.data.types import ImageSource, Normalization, TensorSplit
 from lrlab.errors import ConfigError, LrlabError
 
 NORM = Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def test_digits_split_is_stratified_and_resized() -> None:
-    source = load_digits(image_size=16, valid_pct=0.25, split_seed=0)
+def _counts(split) -> Counter:
+    return Counter(split.labels.tolist())
+
+
+def test_digits_split_60_20_20_is_stratified_and_resized() -> None:
+    source = load_digits(image_size=16, split_seed=0)
     assert source.num_classes == 10
-    assert len(source.train) + len(source.valid) == 1797
+    assert source.sizes() == {"train": 1077, "valid": 360, "test": 360}
     assert source.train.images.shape[1:] == (1, 16, 16) and source.train.images.dtype == torch.uint8
-    full = Counter(source.train.labels.tolist()) + Counter(source.valid.labels.tolist())
-    valid = Counter(source.valid.labels.tolist())
-    assert all(abs(valid[c] - 0.25 * n) <= 1 for c, n in full.items())
+    full = _counts(source.train) + _counts(source.valid) + _counts(source.test)
+    assert sum(full.values()) == 1797
+    for held_out in (_counts(source.valid), _counts(source.test)):
+        assert all(abs(held_out[c] - 0.2 * n) <= 1 for c, n in full.items())
 
 
 @pytest.fixture(scope="module")
@@ -35,32 +42,37 @@ def elpv():
     return load_elpv(image_size=32, classes=4)
 
 
-def test_elpv_four_classes_stratified_by_class_and_cell_type(elpv) -> None:
+def test_elpv_four_classes_60_20_20_stratified_by_class_and_cell_type(elpv) -> None:
     from elpv_dataset.utils import load_dataset
 
-    assert len(elpv.train) + len(elpv.valid) == 2624
-    assert len(elpv.valid) == 656
+    assert elpv.sizes() == {"train": 1574, "valid": 525, "test": 525}
+    assert _counts(elpv.train) == {0: 904, 1: 178, 2: 64, 3: 428}
+    assert _counts(elpv.valid) == {0: 302, 1: 58, 2: 21, 3: 144}
+    assert _counts(elpv.test) == {0: 302, 1: 59, 2: 21, 3: 143}
     _, probs, _ = load_dataset()
     labels = np.rint(probs * 3).astype(int)
     full = Counter(labels.tolist())
-    valid = Counter(elpv.valid.labels.tolist())
-    for cls, n in full.items():
-        assert abs(valid[cls] - 0.25 * n) <= 1.5
-    assert sorted(full) == [0, 1, 2, 3]
+    assert sorted(full) == [0, 1, 2, 3] and sum(full.values()) == 2624
+    for held_out in (_counts(elpv.valid), _counts(elpv.test)):
+        for cls, n in full.items():
+            assert abs(held_out[cls] - 0.2 * n) <= 1.5
+    assert elpv.class_groups == {"functional": [0, 1], "defective": [2, 3]}
 
 
 def test_elpv_split_is_fixed_by_split_seed() -> None:
     a = load_elpv(image_size=8, split_seed=0)
     b = load_elpv(image_size=8, split_seed=0)
     c = load_elpv(image_size=8, split_seed=1)
-    assert torch.equal(a.valid.images, b.valid.images)
+    assert torch.equal(a.valid.images, b.valid.images) and torch.equal(a.test.images, b.test.images)
     assert not torch.equal(a.valid.images, c.valid.images)
+    assert not torch.equal(a.test.images, c.test.images)
 
 
 def test_elpv_binary_variant() -> None:
     source = load_elpv(image_size=8, classes=2)
     assert source.class_names == ["functional", "defective"]
-    assert set(source.train.labels.tolist()) == {0, 1}
+    assert set(source.train.labels.tolist()) == set(source.test.labels.tolist()) == {0, 1}
+    assert source.class_groups is None
 
 
 def test_tensor_loader_is_seeded_normalised_and_three_channel() -> None:
@@ -107,11 +119,13 @@ def test_imagefolder_single_tree_split_and_timm_transforms(tmp_path: Path) -> No
         "augment": {"hflip": 0.5, "scale": [0.5, 1.0]},
     }
     source = load_source(cfg)
-    assert source.class_names == ["cat", "dog"] and len(source.train) == 9 and len(source.valid) == 3
-    train, valid = make_loaders(source, cfg, NORM)
+    assert source.class_names == ["cat", "dog"]
+    assert source.sizes() == {"train": 6, "valid": 3, "test": 3}  # test ceil(0.2 * 12), valid ceil(0.25 * 12)
+    train, valid, test = make_loaders(source, cfg, NORM)
     x, y = next(iter(train))
     assert x.shape == (4, 3, 16, 16) and y.dtype == torch.int64
     assert next(iter(valid))[0].shape[1:] == (3, 16, 16)
+    assert sum(len(labels) for _, labels in test) == 3
 
 
 def test_imagefolder_train_valid_tree_in_memory(tmp_path: Path) -> None:
@@ -129,8 +143,10 @@ def test_imagefolder_train_valid_tree_in_memory(tmp_path: Path) -> None:
         "augment": {},
     }
     source = load_source(cfg)
-    assert isinstance(source.train, TensorSplit)
-    assert source.train.images.shape == (12, 3, 12, 12) and len(source.valid) == 4
+    assert isinstance(source.train, TensorSplit) and isinstance(source.test, TensorSplit)
+    # no ROOT/test: the test split is cut from ROOT/train, stratified (ceil(0.2 * 12) = 3 images)
+    assert source.sizes() == {"train": 9, "valid": 4, "test": 3}
+    assert source.train.images.shape == (9, 3, 12, 12)
 
 
 def test_missing_root_and_offline_torchvision_give_clear_errors(tmp_path: Path) -> None:
@@ -187,17 +203,18 @@ def test_elpv_from_a_folder_copy_in_another_image_format(tmp_path: Path) -> None
             "classes": 4,
             "image_size": 10,
             "valid_pct": 0.25,
+            "test_pct": 0.25,
             "split_seed": 0,
         }
     )
-    assert len(source.train) == 48 and len(source.valid) == 16
-    assert Counter(source.valid.labels.tolist()) == {0: 4, 1: 4, 2: 4, 3: 4}
+    assert source.sizes() == {"train": 32, "valid": 16, "test": 16}
+    assert _counts(source.valid) == _counts(source.test) == {0: 4, 1: 4, 2: 4, 3: 4}
     assert source.train.images.shape[1:] == (1, 10, 10)
 
 
 def test_load_source_takes_missing_keys_from_the_sources_config() -> None:
     source = load_source({"name": "digits", "image_size": 8})
-    assert len(source.valid) == 450 and source.train.images.shape[1:] == (1, 8, 8)
+    assert len(source.valid) == 360 and source.train.images.shape[1:] == (1, 8, 8)
     assert source.train.images.shape == load_digits(DigitsConfig(image_size=8)).train.images.shape
 
 
@@ -214,6 +231,9 @@ def test_an_unknown_source_lists_the_registered_ones() -> None:
         ({"name": "imagefolder"}, "data.root is missing"),
         ({"name": "elpv", "classes": 3}, "data.classes=3 is not valid for elpv; choose 4 or 2"),
         ({"name": "digits", "valid_pct": 0}, "data.valid_pct=0"),
+        ({"name": "digits", "test_pct": -0.1}, "data.test_pct=-0.1"),
+        ({"name": "digits", "test_pct": 1}, "data.test_pct=1"),
+        ({"name": "digits", "valid_pct": 0.5, "test_pct": 0.5}, "data.valid_pct=0.5 plus data.test_pct=0.5"),
     ],
 )
 def test_a_bad_data_config_names_the_key(cfg: dict, message: str) -> None:
@@ -244,3 +264,96 @@ def test_a_new_source_registers_its_config_and_loader() -> None:
         SOURCES.pop("toy")
     with pytest.raises(ValueError, match="name defaulting to 'other'"):
         register_source("other", ToyConfig)
+
+
+def _check_split(split, n: int) -> None:
+    train, valid, test = (set(part.tolist()) for part in split)
+    assert not (train & valid or train & test or valid & test), "splits overlap"
+    assert train | valid | test == set(range(n)), "splits do not cover the data"
+    assert sum(len(part) for part in split) == n
+
+
+def test_split_indices_are_disjoint_stratified_and_fixed_by_the_seed() -> None:
+    strata = np.repeat([0, 1, 2], [50, 30, 20])
+    split = split_indices(strata, 0.2, 0.2, seed=0)
+    _check_split(split, 100)
+    assert [len(part) for part in split] == [60, 20, 20]
+    for part, pct in ((split.valid, 0.2), (split.test, 0.2), (split.train, 0.6)):
+        assert Counter(strata[part].tolist()) == {0: 50 * pct, 1: 30 * pct, 2: 20 * pct}
+    again, other = split_indices(strata, 0.2, 0.2, seed=0), split_indices(strata, 0.2, 0.2, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(split, again))
+    assert not np.array_equal(split.test, other.test)
+    # the test split does not depend on valid_pct; without one, valid is the classic 2-way split
+    assert np.array_equal(split_indices(strata, 0.3, 0.2, seed=0).test, split.test)
+    two_way = split_indices(strata, 0.25, 0.0, seed=0)
+    assert len(two_way.test) == 0 and [len(two_way.train), len(two_way.valid)] == [75, 25]
+
+
+def test_a_stratum_too_small_to_split_is_a_clear_error() -> None:
+    with pytest.raises(LrlabError, match=r"data\.valid_pct=0\.2 and data\.test_pct=0\.2"):
+        split_indices(np.array([0, 0, 0, 0, 1]), 0.2, 0.2)
+
+
+def test_elpv_splits_are_disjoint_and_cover_the_2624_images(elpv) -> None:
+    """Positions from the same strata load_elpv uses: disjoint, covering, and the loaded test
+    split holds exactly the labels at those positions."""
+    from lrlab.data.sources import _elpv_arrays, elpv_labels
+
+    _, probs, types = _elpv_arrays(None)
+    labels, _, strata = elpv_labels(probs, types, 4)
+    split = split_indices(strata, 0.2, 0.2, seed=0)
+    _check_split(split, 2624)
+    for part, loaded in zip(split, (elpv.train, elpv.valid, elpv.test)):
+        assert loaded.labels.tolist() == labels[part].tolist()
+        # stratified by class x cell type too: each held-out share within one image of 20 / 60 %
+        share = 0.6 if part is split.train else 0.2
+        for stratum, n in Counter(strata.tolist()).items():
+            assert abs((strata[part] == stratum).sum() - share * n) <= 1
+
+
+def test_test_pct_zero_means_no_test_split_and_the_old_two_way_split() -> None:
+    source = load_source({"name": "digits", "image_size": 8, "valid_pct": 0.25, "test_pct": 0})
+    assert source.test is None and source.sizes() == {"train": 1347, "valid": 450, "test": 0}
+    loaders = make_loaders(source, {"batch_size": 64}, NORM)
+    assert loaders.test is None and isinstance(loaders.valid, TensorLoader)
+
+
+def test_imagefolder_uses_its_own_valid_and_test_folders(tmp_path: Path) -> None:
+    _write_tree(tmp_path / "train", per_class=10)
+    _write_tree(tmp_path / "val", per_class=3)
+    _write_tree(tmp_path / "test", per_class=2)
+    cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "num_workers": 0}
+    assert load_source(cfg).sizes() == {"train": 20, "valid": 6, "test": 4}
+    assert load_source({**cfg, "test_pct": 0}).sizes() == {"train": 20, "valid": 6, "test": 0}
+    shutil.rmtree(tmp_path / "val")  # no valid folder: valid is cut from train (ceil(0.2 * 20) = 4)
+    source = load_source(cfg)
+    assert source.sizes() == {"train": 16, "valid": 4, "test": 4}
+    assert Counter(source.valid[i][1] for i in range(4)) == {0: 2, 1: 2}
+    _write_tree(tmp_path / "valid", classes=("cat", "cow"), per_class=1)
+    with pytest.raises(LrlabError, match="different class folders"):
+        load_source(cfg)
+
+
+class TinyVision:
+    """A torchvision-style dataset class with an official train/test split (train=True/False)."""
+
+    def __init__(self, root: str, train: bool = True, download: bool = False):
+        self.classes = ["a", "b"]
+        self.targets = [i % 2 for i in range(40 if train else 10)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return Image.new("L", (6, 6), color=i), self.targets[i]
+
+
+def test_torchvisions_official_test_split_is_the_test_split(monkeypatch, tmp_path: Path) -> None:
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "TinyVision", TinyVision, raising=False)
+    cfg = {"name": "torchvision", "dataset": "TinyVision", "root": str(tmp_path), "image_size": 4}
+    source = load_source({**cfg, "valid_pct": 0.25})
+    assert source.sizes() == {"train": 30, "valid": 10, "test": 10}  # valid cut from train; test official
+    assert source.class_names == ["a", "b"] and source.test.indices == list(range(10))
+    assert load_source({**cfg, "test_pct": 0}).test is None

@@ -71,7 +71,8 @@ def test_losses_are_read_back_in_chunks_of_log_every(digits) -> None:
     engine = Engine(model, log_every=5, callbacks=[rec])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     engine.fit(train, valid, opt, constant(opt, [1e-3], len(train)), epochs=1)
-    assert rec.chunks == [5, 5, 5, 5, 1] and rec.steps == list(range(21))
+    # digits' 1,077 training images (60/20/20) in batches of 64: 16 steps
+    assert rec.chunks == [5, 5, 5, 1] and rec.steps == list(range(16))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "16"])
@@ -136,3 +137,24 @@ def test_checkpoints_are_atomic_best_by_valid_loss_and_weights_only(digits, tmp_
         save_atomic({"x": Unpicklable()}, tmp_path / "last.pt")
     assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["3.weight"], model[3].weight.detach())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "evil.pt", "last.pt"]
+
+
+def test_predict_returns_labels_targets_and_the_evaluate_loss(digits) -> None:
+    model = _mlp()
+    train, valid = _loaders(digits, 64)
+    engine = Engine(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    engine.fit(train, valid, opt, constant(opt, [3e-3], len(train)), epochs=1)
+    test = TensorLoader(digits.test, 100, NORM)  # 360 images: batches of 100, 100, 100, 60
+    predictions, targets, loss = engine.predict(test)
+    assert predictions.dtype == targets.dtype == torch.int64 and predictions.device.type == "cpu"
+    assert torch.equal(targets, digits.test.labels) and predictions.shape == (360,)
+    with torch.no_grad():
+        x = torch.cat([xb for xb, _ in test])
+        assert torch.equal(predictions, model(x).argmax(1))
+    metrics = engine.evaluate(test)
+    assert loss == pytest.approx(metrics["valid_loss"], rel=1e-9)
+    assert (predictions == targets).float().mean().item() == pytest.approx(metrics["accuracy"])
+    assert model.training, "predict leaves the model in the mode it found it"
+    empty = engine.predict([])
+    assert len(empty.predictions) == 0 and empty.loss != empty.loss  # nan

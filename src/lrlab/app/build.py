@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -52,6 +52,10 @@ class Setup:
     optimizer: torch.optim.Optimizer
     schedule: Any
     stages: list[Stage]
+    test_loader: Any = None  # None without a test split (data.test_pct=0)
+    class_names: list[str] = field(default_factory=list)
+    class_groups: dict[str, list[int]] | None = None  # coarser classes reported on test (ELPV: 2-class)
+    split_sizes: dict[str, int] = field(default_factory=dict)  # images in train, valid and test
 
 
 def build(cfg: DictConfig) -> Setup:
@@ -74,14 +78,16 @@ def build(cfg: DictConfig) -> Setup:
     norm = normalization(model)
     model = to_device(model, device, cfg.train.channels_last)
     data_device = device if cfg.data.in_memory else "cpu"
-    train_loader, valid_loader = make_loaders(source, data_cfg, norm, data_device, cfg.seed)
+    loaders = make_loaders(source, data_cfg, norm, data_device, cfg.seed)
     optimizer = build_optimizer(instantiate(cfg.optimizer), model, groups, lr=cfg.lr_finder.start_lr)
     stages: list[Stage] = OmegaConf.to_object(cfg.stages)  # Stage is the schema of each entry
+    sizes = source.sizes()
     log.info(
         f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, "
-        f"pretrained={cfg.model.pretrained}) on {cfg.data.name} ({len(source.train)} train / "
-        f"{len(source.valid)} valid, {source.num_classes} classes, {cfg.data.image_size} px) | "
-        f"device {device}, precision {precision} | setup {time.perf_counter() - started:.1f}s"
+        f"pretrained={cfg.model.pretrained}) on {cfg.data.name} ({sizes['train']} train / "
+        f"{sizes['valid']} valid / {sizes['test']} test, {source.num_classes} classes, "
+        f"{cfg.data.image_size} px) | device {device}, precision {precision} | "
+        f"setup {time.perf_counter() - started:.1f}s"
     )
     log.info("layer groups:\n" + model_summary(model, groups))
     return Setup(
@@ -90,11 +96,15 @@ def build(cfg: DictConfig) -> Setup:
         precision,
         model,
         groups,
-        train_loader,
-        valid_loader,
+        loaders.train,
+        loaders.valid,
         optimizer,
         instantiate(cfg.schedule),
         stages,
+        test_loader=loaders.test,
+        class_names=list(source.class_names),
+        class_groups=source.class_groups,
+        split_sizes=sizes,
     )
 
 

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from lrlab.core.metrics import class_keys
 from lrlab.core.types import Callback, EpochResult
 
 log = logging.getLogger("lrlab")
@@ -82,3 +83,21 @@ class ConsoleTable(Callback):
 
     def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
         log.info(table_row(result))
+
+
+def test_block(
+    report: dict[str, float], class_names: list[str], groups: dict[str, list[int]] | None, images: int
+) -> list[str]:
+    """Console lines for the once-only test report (the final model on the test split)."""
+    lines = [
+        "",
+        f"test: the final model on {images} held-out images (evaluated once, after training)",
+        f"  accuracy {report['accuracy']:.4f}  balanced accuracy {report['balanced_accuracy']:.4f}  "
+        f"loss {report['loss']:.4f}",
+    ]
+    recalls = [(name, report.get(f"recall/{key}")) for name, key in zip(class_names, class_keys(class_names))]
+    lines.append("  recall: " + ", ".join(f"{name} {r:.4f}" for name, r in recalls if r is not None))
+    if groups and f"accuracy_{len(groups)}class" in report:
+        coarse = report[f"accuracy_{len(groups)}class"]
+        lines.append(f"  {len(groups)}-class accuracy ({' vs '.join(groups)}): {coarse:.4f}")
+    return lines

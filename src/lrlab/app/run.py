@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lrlab.app.build import Setup, _engine, build
 from lrlab.app.checkpoint import CheckpointCallback
-from lrlab.app.console import ConsoleTable, finder_file_stem, format_time
+from lrlab.app.console import ConsoleTable, finder_file_stem, format_time, test_block
 from lrlab.core.engine import Engine
+from lrlab.core.metrics import classification_report
 from lrlab.core.stages import run_stages
 from lrlab.core.types import Callback, EpochResult
 from lrlab.finder.config import FinderConfig
@@ -45,10 +45,13 @@ class RunResult:
     output_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
+    test: dict[str, float] = field(default_factory=dict)  # the final model on the test split, once
 
     def summary(self) -> dict[str, Any]:
-        """Plain data for a sweeper (picklable, YAML-able): final metrics, seconds spent training
-        and in range tests, and each stage's chosen LR, rule and range-test curve file."""
+        """Plain data for a sweeper (picklable, YAML-able): final metrics (on valid: what sweeps
+        optimise), seconds spent training and in range tests, each stage's chosen LR, rule and
+        range-test curve file, and, apart, the test metrics (`test`, empty without a test split),
+        which nothing should choose by."""
         train_seconds = sum(r.seconds for r in self.epochs)
         finder_seconds = sum(s.get("finder_seconds", 0.0) for s in self.stages)
         return {
@@ -56,6 +59,7 @@ class RunResult:
             "train_seconds": train_seconds,
             "finder_seconds": finder_seconds,
             "stages": self.stages,
+            "test": {k: float(v) for k, v in self.test.items()},
             "run_id": self.run_id,
             "output_dir": str(self.output_dir) if self.output_dir else None,
         }
@@ -119,9 +123,7 @@ def run_experiment(
     status, trial_state = "FAILED", "FAIL"
     try:
         if tracker:
-            _log_run_start(
-                tracker, cfg, overrides or [], launch_dir, setup.device, setup.precision, output_dir
-            )
+            _log_run_start(tracker, setup, overrides or [], launch_dir, output_dir)
         if cfg.task == "lr_find":
             result = _lr_find_task(setup, engine, tracker, output_dir)
         else:
@@ -162,14 +164,29 @@ def _train_task(
         seed=setup.cfg.seed,
     )
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
+    test = test_report(engine, setup)
     if tracker:
-        _log_run_end(tracker, setup.cfg, results, final, checkpoints)
+        _log_run_end(tracker, setup.cfg, results, final, checkpoints, test)
     total = sum(r.seconds for r in results)
     speed = sum(r.train_images_per_s for r in results) / max(1, len(results))
     per_epoch = total / max(1, len(results))
     metrics = ", ".join(f"{k} {final[k]:.4f}" for k in ("valid_loss", "error_rate", "accuracy"))
     log.info(f"done in {format_time(total)} ({per_epoch:.1f} s/epoch, {speed:.0f} train images/s): {metrics}")
-    return RunResult(results, final)
+    return RunResult(results, final, test=test)
+
+
+def test_report(engine: Engine, setup: Setup) -> dict[str, float]:
+    """The final model evaluated once on the test split (nothing is chosen by it): accuracy,
+    error_rate, balanced_accuracy, loss, recall/<class>, accuracy_<n>class; printed as a short block
+    after the epoch tables. Empty without a test split."""
+    if setup.test_loader is None:
+        return {}
+    predictions, targets, loss = engine.predict(setup.test_loader)
+    report = classification_report(predictions, targets, setup.class_names, setup.class_groups)
+    report["loss"] = loss
+    for line in test_block(report, setup.class_names, setup.class_groups, len(targets)):
+        log.info(line)
+    return report
 
 
 def finder_config(cfg: DictConfig) -> FinderConfig:
@@ -222,21 +239,16 @@ def _lr_find_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None, o
 
 
 def _log_run_start(
-    tracker: MlflowTracker,
-    cfg: DictConfig,
-    overrides: list[str],
-    launch_dir: Path,
-    device: torch.device,
-    precision: str,
-    output_dir: Path,
+    tracker: MlflowTracker, setup: Setup, overrides: list[str], launch_dir: Path, output_dir: Path
 ) -> None:
+    cfg = setup.cfg
     container = OmegaConf.to_container(cfg, resolve=True)
     tracker.log_params(container)
     tracker.set_tags(
         {
             **provenance_tags(launch_dir),
-            "device": str(device),
-            "precision": precision,
+            "device": str(setup.device),
+            "precision": setup.precision,
             "seed": cfg.seed,
             "overrides": " ".join(overrides),
             "output_dir": str(output_dir),
@@ -244,6 +256,7 @@ def _log_run_start(
             "task": cfg.task,
         }
     )
+    tracker.log_params({f"split.{name}": size for name, size in setup.split_sizes.items()})
     if cfg.trial.study is not None:
         tracker.set_tags(
             {
@@ -263,9 +276,13 @@ def _log_run_end(
     results: list[EpochResult],
     final: dict[str, float],
     checkpoints: CheckpointCallback | None,
+    test: dict[str, float],
 ) -> None:
+    step = results[-1].epoch if results else 0
     for key, value in final.items():
-        tracker.log_metric(f"final_{key}", value, results[-1].epoch if results else 0)
+        tracker.log_metric(f"final_{key}", value, step)
+    for key, value in test.items():
+        tracker.log_metric(f"test/{key}", value, step)
     if results:
         tracker.log_metric("best_valid_loss", min(r.valid_loss for r in results))
         tracker.log_metric("seconds_per_epoch", sum(r.seconds for r in results) / len(results))

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(LrlabError):
     """The training loss became NaN or infinite."""
+
+
+class Predictions(NamedTuple):
+    """What `Engine.predict` returns: predicted labels, targets (CPU int64) and the mean loss."""
+
+    predictions: torch.Tensor
+    targets: torch.Tensor
+    loss: float
 
 
 def resolve_device(device: str) -> torch.device:
@@ -243,24 +251,46 @@ class Engine:
         return sum(losses) / max(1, len(losses))
 
     @torch.no_grad()
-    def evaluate(self, loader: Iterable) -> dict[str, float]:
-        """Mean loss, accuracy and error rate over `loader`, with one host sync at the end."""
+    def _eval_pass(self, loader: Iterable) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The model in eval mode over `loader`: summed cross-entropy, and predicted labels and
+        targets per batch, all left on the device (no host sync)."""
         was_training = self.model.training
         self.model.eval()
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        predictions, targets = [], []
+        try:
+            for x, y in loader:
+                x, y = self._to_device(x, y)
+                with self.autocast():
+                    logits = self.forward_model(x)
+                total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+                predictions.append(logits.argmax(1))
+                targets.append(y)
+        finally:
+            if was_training:
+                self.train_mode()
+        return total_loss, predictions, targets
+
+    def evaluate(self, loader: Iterable) -> dict[str, float]:
+        """Mean loss, accuracy and error rate over `loader`, with one host sync at the end."""
+        total_loss, predictions, targets = self._eval_pass(loader)
+        count = sum(len(y) for y in targets)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        count = 0
-        for x, y in loader:
-            x, y = self._to_device(x, y)
-            with self.autocast():
-                logits = self.forward_model(x)
-            total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
-            correct += (logits.argmax(1) == y).sum()
-            count += len(y)
-        if was_training:
-            self.train_mode()
+        for p, y in zip(predictions, targets):
+            correct += (p == y).sum()
         loss, acc = (total_loss / max(1, count)).item(), correct.item() / max(1, count)
         return {"valid_loss": loss, "accuracy": acc, "error_rate": 1.0 - acc}
+
+    def predict(self, loader: Iterable) -> Predictions:
+        """Predicted labels (argmax) and targets over `loader` as CPU int64 tensors, and the mean
+        cross-entropy, read back once at the end (no per-batch host sync):
+        `predictions, targets, loss = engine.predict(test_loader)`."""
+        total_loss, predictions, targets = self._eval_pass(loader)
+        if not targets:
+            empty = torch.zeros(0, dtype=torch.int64)
+            return Predictions(empty, empty.clone(), float("nan"))
+        labels = torch.stack([torch.cat(predictions), torch.cat(targets)]).cpu()
+        return Predictions(labels[0], labels[1], total_loss.item() / labels.shape[1])
 
     def fit(
         self,

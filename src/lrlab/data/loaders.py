@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -87,16 +87,27 @@ def _timm_transform(norm: Normalization, image_size: int, training: bool, augmen
     return create_transform(**kwargs)
 
 
+class Loaders(NamedTuple):
+    """The loaders of a source: `train` (shuffled, augmented), `valid` (choices: checkpoints,
+    early decisions, sweeps) and `test` (the once-only report; None without a test split)."""
+
+    train: Any
+    valid: Any
+    test: Any = None
+
+
 def make_loaders(
     source: ImageSource,
     cfg: Mapping[str, Any],
     norm: Normalization,
     device: torch.device | str = "cpu",
     seed: int = 0,
-) -> tuple[Any, Any]:
-    """Train and valid loaders for a source: TensorLoaders in memory, else DataLoaders with timm's
-    transforms. `cfg` is a data config as a mapping (batch_size, augment, image_size, num_workers)."""
+) -> Loaders:
+    """Train, valid and test loaders for a source (`train, valid, test = make_loaders(...)`):
+    TensorLoaders in memory, else DataLoaders with timm's transforms. `cfg` is a data config as a
+    mapping (batch_size, augment, image_size, num_workers)."""
     batch_size, augment = int(cfg["batch_size"]), dict(cfg.get("augment") or {})
+    held_out = [source.valid] + ([source.test] if source.test is not None else [])
     if isinstance(source.train, TensorSplit):
         train = TensorLoader(
             source.train,
@@ -108,21 +119,31 @@ def make_loaders(
             augment=augment,
             seed=seed,
         )
-        valid = TensorLoader(source.valid, batch_size * 2, norm, device)
-        return train, valid
-    source.train.transform = _timm_transform(norm, cfg["image_size"], True, augment)
-    source.valid.transform = _timm_transform(norm, cfg["image_size"], False, augment)
+        return Loaders(train, *(TensorLoader(split, batch_size * 2, norm, device) for split in held_out))
     workers = int(cfg.get("num_workers", 0))
-    common = dict(
-        num_workers=workers, pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0
-    )
+    pin = torch.device(device).type == "cuda"
+    source.train.transform = _timm_transform(norm, cfg["image_size"], True, augment)
     train = DataLoader(
         source.train,
         batch_size=batch_size,
         shuffle=True,
         drop_last=len(source.train) > batch_size,
         generator=torch.Generator().manual_seed(seed),
-        **common,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
     )
-    valid = DataLoader(source.valid, batch_size=batch_size * 2, shuffle=False, **common)
-    return train, valid
+    evals = []
+    for i, split in enumerate(held_out):
+        split.transform = _timm_transform(norm, cfg["image_size"], False, augment)
+        # valid is read every epoch: its workers persist; test is read once
+        loader = DataLoader(
+            split,
+            batch_size * 2,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=pin,
+            persistent_workers=workers > 0 and i == 0,
+        )
+        evals.append(loader)
+    return Loaders(train, *evals)

@@ -19,7 +19,7 @@ from lrlab.errors import ConfigError
 if TYPE_CHECKING:
     from lrlab.data.types import ImageSource
 
-BUILTIN_MODULES = ("lrlab.data.sources",)
+BUILTIN_MODULES = ("lrlab.data.sources", "lrlab.data.files")
 
 
 @dataclass
@@ -36,14 +36,19 @@ class AugmentConfig:
 @dataclass(kw_only=True)
 class DataConfig:
     """The keys every source has; the defaults suit a file dataset of photos (224 px, DataLoader
-    workers, timm's transforms). Each source subclasses it with its own keys and defaults."""
+    workers, timm's transforms). Each source subclasses it with its own keys and defaults.
+
+    Every source has train / valid / test splits: a split the dataset does not have of its own is
+    cut from its training images, stratified, by `valid_pct` / `test_pct`, deterministically from
+    `split_seed`. `test_pct: 0` means no test split at all (not even a dataset's own)."""
 
     name: str  # the registered source
     image_size: int = 224
     batch_size: int = 32
     num_workers: int = 2  # DataLoader workers for file datasets (in-memory sources use none)
-    valid_pct: float = 0.2  # held out for validation when the source has no validation split
-    split_seed: int = 0
+    valid_pct: float = 0.2  # held out for validation (checkpoints, sweeps) when the source has no valid split
+    test_pct: float = 0.2  # held out for the once-only test report when the source has no test split; 0: none
+    split_seed: int = 0  # the stratified splits depend only on this (and the two fractions)
     in_memory: bool = False  # decode once, hold uint8 tensors (on the GPU when training there)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -56,6 +61,15 @@ class DataConfig:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0.")
         if not 0 < self.valid_pct < 1:
             raise ConfigError(f"data.valid_pct={self.valid_pct} must be between 0 and 1.")
+        if not 0 <= self.test_pct < 1:
+            raise ConfigError(
+                f"data.test_pct={self.test_pct} must be at least 0 (0: no test split) and below 1."
+            )
+        if self.valid_pct + self.test_pct >= 1:
+            raise ConfigError(
+                f"data.valid_pct={self.valid_pct} plus data.test_pct={self.test_pct} must be below 1 "
+                "(the rest is the training split)."
+            )
         return self
 
 

@@ -1,5 +1,7 @@
-"""The built-in data sources, each a config dataclass (its keys and defaults) registered with its
-loader: bundled ELPV and digits, image folders and torchvision datasets.
+"""The built-in in-memory data sources, each a config dataclass (its keys and defaults) registered
+with its loader: bundled ELPV and digits (image folders and torchvision datasets: `files.py`), and
+`load_source`, which loads any registered source. Every source splits train / valid / test
+(`splits.py`).
 
 Small datasets are decoded once into uint8 tensors and served by `TensorLoader`, which indexes,
 augments (one batched affine warp) and normalises whole batches on the training device: torch's
@@ -12,10 +14,8 @@ source's config as a Hydra schema, and `lrlab --help` should not pay for torch.
 
 from __future__ import annotations
 
-import inspect
 import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from lrlab.data.registry import AugmentConfig, DataConfig, data_config, get_source, register_source
+from lrlab.data.splits import split_indices
 from lrlab.data.types import ImageSource, TensorSplit
 from lrlab.errors import ConfigError, LrlabError
 
@@ -36,17 +37,9 @@ log = logging.getLogger(__name__)
 Config = TypeVar("Config", bound=DataConfig)
 
 
-def _config(cls: type[Config], cfg: Config | None, fields: Mapping[str, Any]) -> Config:
+def config_with(cls: type[Config], cfg: Config | None, fields: Mapping[str, Any]) -> Config:
     """`cfg` with `fields` replaced, or `cls(**fields)`: loaders take a config or its keywords."""
     return replace(cfg, **fields) if cfg is not None else cls(**fields)
-
-
-def _stratified_split(strata: np.ndarray, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
-    index = np.arange(len(strata))
-    train_idx, valid_idx = train_test_split(index, test_size=valid_pct, random_state=seed, stratify=strata)
-    return np.sort(train_idx), np.sort(valid_idx)
 
 
 def _uint8_stack(images: np.ndarray, size: int) -> torch.Tensor:
@@ -73,13 +66,15 @@ def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _split_tensors(
-    images: torch.Tensor, labels: np.ndarray, strata: np.ndarray, valid_pct: float, seed: int
-) -> tuple[TensorSplit, TensorSplit]:
+    images: torch.Tensor, labels: np.ndarray, strata: np.ndarray, cfg: DataConfig
+) -> tuple[TensorSplit, TensorSplit, TensorSplit | None]:
+    """Stratified train, valid and test splits (test None when test_pct is 0) of a tensor stack."""
     import torch
 
-    train_idx, valid_idx = _stratified_split(strata, valid_pct, seed)
-    y = torch.as_tensor(labels, dtype=torch.int64)
-    return TensorSplit(images[train_idx], y[train_idx]), TensorSplit(images[valid_idx], y[valid_idx])
+    split = split_indices(strata, cfg.valid_pct, cfg.test_pct, cfg.split_seed)
+    full = TensorSplit(images, torch.as_tensor(labels, dtype=torch.int64))
+    test = full.subset(split.test) if cfg.test_pct > 0 else None
+    return full.subset(split.train), full.subset(split.valid), test
 
 
 def _elpv_labels_file(root: str | None) -> Path:
@@ -115,16 +110,33 @@ def _elpv_arrays(root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.nd
     return images, probs, types
 
 
+# ELPV's 2-class task from its 4 classes: functional = p in {0, 1/3}, defective = p in {2/3, 1}.
+ELPV_GROUPS = {"functional": [0, 1], "defective": [2, 3]}
+
+
+def elpv_labels(
+    probs: np.ndarray, types: np.ndarray, classes: int
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Labels, class names and split strata (class x cell type) of ELPV's defect probabilities."""
+    level = np.rint(np.asarray(probs) * 3).astype(np.int64)
+    if classes == 4:
+        labels, names = level, ["p=0", "p=1/3", "p=2/3", "p=1"]
+    else:
+        labels, names = (level >= 2).astype(np.int64), ["functional", "defective"]
+    return labels, names, labels * 2 + (np.asarray(types) == "poly").astype(np.int64)
+
+
 @dataclass(kw_only=True)
 class ElpvConfig(DataConfig):
-    """Bundled ELPV solar-cell electroluminescence images (elpv-dataset package, CC BY-NC-SA 4.0)."""
+    """Bundled ELPV solar-cell electroluminescence images (elpv-dataset package, CC BY-NC-SA 4.0);
+    train / valid / test 60/20/20 (the schema's valid_pct and test_pct), each stratified by class
+    and cell type (mono/poly)."""
 
     name: str = "elpv"
     classes: int = 4  # 4: defect probability {0, 1/3, 2/3, 1}; 2: functional (p < 0.5) vs defective
     root: str | None = None  # None: the elpv-dataset package; or a folder with its labels.csv + images/
     image_size: int = 128
     num_workers: int = 0
-    valid_pct: float = 0.25  # stratified by class and cell type
     in_memory: bool = True
     augment: AugmentConfig = field(
         # the augmentation the ELPV results in experiments/ were measured with
@@ -142,28 +154,24 @@ class ElpvConfig(DataConfig):
 def load_elpv(cfg: ElpvConfig | None = None, **fields: Any) -> ImageSource:
     """The ELPV solar cells (bundled, or under `root`), stratified by class and cell type (mono/poly).
     `load_elpv(image_size=64)` is short for `load_elpv(ElpvConfig(image_size=64))`."""
-    cfg = _config(ElpvConfig, cfg, fields)
+    cfg = config_with(ElpvConfig, cfg, fields)
     images, probs, types = _elpv_arrays(cfg.root)
-    level = np.rint(np.asarray(probs) * 3).astype(np.int64)
-    if cfg.classes == 4:
-        labels, names = level, ["p=0", "p=1/3", "p=2/3", "p=1"]
-    else:
-        labels, names = (level >= 2).astype(np.int64), ["functional", "defective"]
-    strata = labels * 2 + (np.asarray(types) == "poly").astype(np.int64)
+    labels, names, strata = elpv_labels(probs, types, cfg.classes)
     stack = _uint8_stack(images, cfg.image_size)
-    train, valid = _split_tensors(stack, labels, strata, cfg.valid_pct, cfg.split_seed)
-    return ImageSource(train, valid, names)
+    train, valid, test = _split_tensors(stack, labels, strata, cfg)
+    groups = {k: list(v) for k, v in ELPV_GROUPS.items()} if cfg.classes == 4 else None
+    return ImageSource(train, valid, names, test, class_groups=groups)
 
 
 @dataclass(kw_only=True)
 class DigitsConfig(DataConfig):
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes)."""
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes); train / valid /
+    test 60/20/20, stratified by class."""
 
     name: str = "digits"
     image_size: int = 32
     batch_size: int = 64
     num_workers: int = 0
-    valid_pct: float = 0.25
     in_memory: bool = True
     augment: AugmentConfig = field(
         default_factory=lambda: AugmentConfig(hflip=0.0, vflip=0.0, rot90=False, scale=[0.9, 1.0])
@@ -175,132 +183,11 @@ def load_digits(cfg: DigitsConfig | None = None, **fields: Any) -> ImageSource:
     """scikit-learn's bundled 8x8 digits, scaled to uint8 and resized to image_size."""
     from sklearn.datasets import load_digits as sk_digits
 
-    cfg = _config(DigitsConfig, cfg, fields)
+    cfg = config_with(DigitsConfig, cfg, fields)
     digits = sk_digits()
     stack = _uint8_stack(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8), cfg.image_size)
-    train, valid = _split_tensors(stack, digits.target, digits.target, cfg.valid_pct, cfg.split_seed)
-    return ImageSource(train, valid, [str(c) for c in digits.target_names])
-
-
-class _Subset:
-    """A subset of an image dataset with its own transform (train and valid differ); a map-style
-    dataset (`__len__`, `__getitem__`), which is all DataLoader needs."""
-
-    def __init__(self, base: Dataset, indices: Sequence[int], transform: Any = None):
-        self.base, self.indices, self.transform = base, list(indices), transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        image, label = self.base[self.indices[i]]
-        image = image.convert("RGB")
-        return (self.transform(image) if self.transform else image), label
-
-
-def _dataset_targets(dataset: Dataset) -> np.ndarray:
-    for attr in ("targets", "_labels", "labels"):
-        if hasattr(dataset, attr):
-            return np.asarray(getattr(dataset, attr))
-    return np.asarray([dataset[i][1] for i in range(len(dataset))])
-
-
-@dataclass(kw_only=True)
-class ImageFolderConfig(DataConfig):
-    """Any folder of images: ROOT/train/<class>/* and ROOT/valid/<class>/*, or ROOT/<class>/* split
-    by valid_pct."""
-
-    name: str = "imagefolder"
-    root: str
-
-    def check(self) -> ImageFolderConfig:
-        super().check()
-        if not Path(str(self.root)).expanduser().is_dir():
-            raise ConfigError(f"data.root={str(self.root)!r} is not an existing directory.")
-        return self
-
-
-@register_source("imagefolder", ImageFolderConfig)
-def load_imagefolder(cfg: ImageFolderConfig | None = None, **fields: Any) -> ImageSource:
-    """ROOT/train + ROOT/valid (or val) class folders, or one class-folder tree split by valid_pct."""
-    from torchvision.datasets import ImageFolder
-
-    cfg = _config(ImageFolderConfig, cfg, fields).check()
-    root, base = cfg.root, Path(cfg.root).expanduser()
-    valid_dir = next((base / name for name in ("valid", "val") if (base / name).is_dir()), None)
-    try:
-        if (base / "train").is_dir() and valid_dir is not None:
-            train, valid = ImageFolder(str(base / "train")), ImageFolder(str(valid_dir))
-            if train.classes != valid.classes:
-                raise LrlabError(f"{base}/train and {valid_dir} hold different class folders.")
-            return ImageSource(
-                _Subset(train, range(len(train))), _Subset(valid, range(len(valid))), train.classes
-            )
-        full = ImageFolder(str(base))
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise LrlabError(f"data.root={root!r} holds no images in class folders: {exc}") from exc
-    train_idx, valid_idx = _stratified_split(np.asarray(full.targets), cfg.valid_pct, cfg.split_seed)
-    return ImageSource(_Subset(full, train_idx), _Subset(full, valid_idx), full.classes)
-
-
-def _torchvision_split(cls: type, root: str, download: bool, train: bool) -> Dataset | None:
-    params = inspect.signature(cls).parameters
-    if "train" in params:
-        return cls(root, train=train, download=download)
-    if "split" in params:
-        names = ("train", "trainval") if train else ("val", "valid", "test")
-        for name in names:
-            try:
-                return cls(root, split=name, download=download)
-            except ValueError:
-                continue
-    return None if not train else cls(root, download=download)
-
-
-@dataclass(kw_only=True)
-class TorchvisionConfig(DataConfig):
-    """Any torchvision classification dataset by class name (e.g. CIFAR10, OxfordIIITPet, FashionMNIST)."""
-
-    name: str = "torchvision"
-    dataset: str
-    root: str | None = None  # None: $LRLAB_DATA, else ./data under the launch directory
-    download: bool = False  # needs internet, once
-
-
-@register_source("torchvision", TorchvisionConfig)
-def load_torchvision(cfg: TorchvisionConfig | None = None, **fields: Any) -> ImageSource:
-    """Any torchvision classification dataset by class name, with its official split when it has one."""
-    import torchvision.datasets as tvd
-
-    cfg = _config(TorchvisionConfig, cfg, fields)
-    dataset, download = cfg.dataset, cfg.download
-    root = cfg.root or os.environ.get("LRLAB_DATA") or "data"
-    cls = getattr(tvd, str(dataset), None)
-    if not isinstance(cls, type):
-        import difflib
-
-        close = difflib.get_close_matches(str(dataset), tvd.__all__, n=5)
-        raise LrlabError(
-            f"data.dataset={dataset!r} is not a torchvision dataset. "
-            f"Close matches: {', '.join(close) or 'none'}."
-        )
-    try:
-        train = _torchvision_split(cls, root, download, train=True)
-        valid = _torchvision_split(cls, root, download, train=False)
-    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
-        hint = "pass data.download=true (needs internet)" if not download else "check the internet connection"
-        raise LrlabError(
-            f"Could not load torchvision dataset {dataset} from data.root={root!r} "
-            f"({type(exc).__name__}: {exc}); "
-            f"{hint}, or use an offline dataset: data=elpv, data=digits or data=imagefolder data.root=PATH."
-        ) from exc
-    classes = list(getattr(train, "classes", []))
-    if valid is None:
-        train_idx, valid_idx = _stratified_split(_dataset_targets(train), cfg.valid_pct, cfg.split_seed)
-        return ImageSource(_Subset(train, train_idx), _Subset(train, valid_idx), classes)
-    if not classes:
-        classes = [str(c) for c in sorted(set(_dataset_targets(train).tolist()))]
-    return ImageSource(_Subset(train, range(len(train))), _Subset(valid, range(len(valid))), classes)
+    train, valid, test = _split_tensors(stack, digits.target, digits.target, cfg)
+    return ImageSource(train, valid, [str(c) for c in digits.target_names], test)
 
 
 def materialize(dataset: Dataset, image_size: int) -> TensorSplit:
@@ -326,9 +213,11 @@ def load_source(cfg: Mapping[str, Any] | DataConfig) -> ImageSource:
     source = get_source(config.name).load(config)
     if config.in_memory and not isinstance(source.train, TensorSplit):
         log.info("Decoding %s into memory at %d px ...", config.name, config.image_size)
-        source = ImageSource(
-            materialize(source.train, config.image_size),
-            materialize(source.valid, config.image_size),
-            source.class_names,
+        size = config.image_size
+        source = replace(
+            source,
+            train=materialize(source.train, size),
+            valid=materialize(source.valid, size),
+            test=materialize(source.test, size) if source.test is not None else None,
         )
     return source

@@ -1,0 +1,192 @@
+"""Data sources read from image files: any folder of images and any torchvision classification
+dataset, served by torch's DataLoader with timm's transforms (or decoded into memory with
+`in_memory`). A split the dataset has on disk is used as it is (ROOT/valid, ROOT/test, torchvision's
+official test split); a missing one is cut from the training images, stratified by class.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lrlab.data.registry import DataConfig, register_source
+from lrlab.data.sources import config_with
+from lrlab.data.splits import split_indices
+from lrlab.data.types import ImageSource
+from lrlab.errors import ConfigError, LrlabError
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+
+class _Subset:
+    """A subset of an image dataset with its own transform (train and eval differ); a map-style
+    dataset (`__len__`, `__getitem__`), which is all DataLoader needs."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int], transform: Any = None):
+        self.base, self.indices, self.transform = base, [int(i) for i in indices], transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        image, label = self.base[self.indices[i]]
+        image = image.convert("RGB")
+        return (self.transform(image) if self.transform else image), label
+
+
+def _whole(dataset: Dataset) -> _Subset:
+    return _Subset(dataset, range(len(dataset)))
+
+
+def _dataset_targets(dataset: Dataset) -> np.ndarray:
+    for attr in ("targets", "_labels", "labels"):
+        if hasattr(dataset, attr):
+            return np.asarray(getattr(dataset, attr))
+    return np.asarray([dataset[i][1] for i in range(len(dataset))])
+
+
+def _assemble(
+    pool: Dataset, valid: Dataset | None, test: Dataset | None, classes: list[str], cfg: DataConfig
+) -> ImageSource:
+    """Train from `pool`; valid (when the dataset has none) and test (when it has none and test_pct
+    is not 0) are cut from `pool` by their fractions of it, stratified by class."""
+    want_test = cfg.test_pct > 0
+    valid_pct = cfg.valid_pct if valid is None else 0.0
+    test_pct = cfg.test_pct if want_test and test is None else 0.0
+    if not valid_pct and not test_pct:
+        return ImageSource(_whole(pool), _whole(valid), classes, _whole(test) if want_test else None)
+    split = split_indices(_dataset_targets(pool), valid_pct, test_pct, cfg.split_seed)
+    return ImageSource(
+        _Subset(pool, split.train),
+        _whole(valid) if valid is not None else _Subset(pool, split.valid),
+        classes,
+        None if not want_test else _whole(test) if test is not None else _Subset(pool, split.test),
+    )
+
+
+@dataclass(kw_only=True)
+class ImageFolderConfig(DataConfig):
+    """Any folder of images: ROOT/train/<class>/* with, when present, ROOT/valid (or ROOT/val) and
+    ROOT/test; a missing valid or test split is cut from ROOT/train by valid_pct / test_pct. Without
+    ROOT/train, ROOT/<class>/* is split train / valid / test by the fractions."""
+
+    name: str = "imagefolder"
+    root: str
+
+    def check(self) -> ImageFolderConfig:
+        super().check()
+        if not Path(str(self.root)).expanduser().is_dir():
+            raise ConfigError(f"data.root={str(self.root)!r} is not an existing directory.")
+        return self
+
+
+def _split_folders(base: Path, with_test: bool) -> tuple[Path, Path | None, Path | None]:
+    """ROOT/train, ROOT/valid or ROOT/val (or None), and ROOT/test (None if absent or not wanted)."""
+    valid = next((base / name for name in ("valid", "val") if (base / name).is_dir()), None)
+    test = base / "test" if with_test and (base / "test").is_dir() else None
+    return base / "train", valid, test
+
+
+@register_source("imagefolder", ImageFolderConfig)
+def load_imagefolder(cfg: ImageFolderConfig | None = None, **fields: Any) -> ImageSource:
+    """ROOT/train [+ ROOT/valid or val] [+ ROOT/test] class folders, or one class-folder tree; the
+    splits a folder does not hold are cut from the training images, stratified by class."""
+    from torchvision.datasets import ImageFolder
+
+    cfg = config_with(ImageFolderConfig, cfg, fields).check()
+    base = Path(cfg.root).expanduser()
+    try:
+        if not (base / "train").is_dir():
+            full = ImageFolder(str(base))
+            return _assemble(full, None, None, full.classes, cfg)
+        train_dir, valid_dir, test_dir = _split_folders(base, cfg.test_pct > 0)
+        pool = ImageFolder(str(train_dir))
+        valid, test = (ImageFolder(str(d)) if d is not None else None for d in (valid_dir, test_dir))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise LrlabError(f"data.root={cfg.root!r} holds no images in class folders: {exc}") from exc
+    for folder, dataset in ((valid_dir, valid), (test_dir, test)):
+        if dataset is not None and dataset.classes != pool.classes:
+            raise LrlabError(f"{train_dir} and {folder} hold different class folders.")
+    return _assemble(pool, valid, test, pool.classes, cfg)
+
+
+def _first_split(cls: type, root: str, download: bool, names: Sequence[str]) -> Dataset | None:
+    """The first of the split `names` the dataset class accepts (None if it accepts none)."""
+    for name in names:
+        try:
+            return cls(root, split=name, download=download)
+        except ValueError:
+            continue
+    return None
+
+
+def _official_splits(cls: type, root: str, download: bool, with_test: bool) -> tuple[Dataset, Dataset | None]:
+    """A torchvision dataset's training split and its official held-out split (train=False, or
+    split test / val / valid), which lrlab uses as the test split; None when it has none."""
+    params = inspect.signature(cls).parameters
+    if "train" in params:
+        train = cls(root, train=True, download=download)
+        return train, cls(root, train=False, download=download) if with_test else None
+    if "split" in params:
+        train = _first_split(cls, root, download, ("train", "trainval"))
+        if train is not None:
+            test = _first_split(cls, root, download, ("test", "val", "valid")) if with_test else None
+            return train, test
+    return cls(root, download=download), None
+
+
+@dataclass(kw_only=True)
+class TorchvisionConfig(DataConfig):
+    """Any torchvision classification dataset by class name (e.g. CIFAR10, OxfordIIITPet, FashionMNIST):
+    its official test split is the test split (test_pct 0: none); valid is cut from its training
+    split by valid_pct (and test by test_pct when it has no test split)."""
+
+    name: str = "torchvision"
+    dataset: str
+    root: str | None = None  # None: $LRLAB_DATA, else ./data under the launch directory
+    download: bool = False  # needs internet, once
+
+
+def _torchvision_class(dataset: str) -> type:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, str(dataset), None)
+    if not isinstance(cls, type):
+        import difflib
+
+        close = difflib.get_close_matches(str(dataset), tvd.__all__, n=5)
+        raise LrlabError(
+            f"data.dataset={dataset!r} is not a torchvision dataset. "
+            f"Close matches: {', '.join(close) or 'none'}."
+        )
+    return cls
+
+
+@register_source("torchvision", TorchvisionConfig)
+def load_torchvision(cfg: TorchvisionConfig | None = None, **fields: Any) -> ImageSource:
+    """Any torchvision classification dataset by class name: its official test split as the test
+    split, valid cut from its training split."""
+    cfg = config_with(TorchvisionConfig, cfg, fields)
+    dataset, download = cfg.dataset, cfg.download
+    root = cfg.root or os.environ.get("LRLAB_DATA") or "data"
+    cls = _torchvision_class(dataset)
+    try:
+        train, test = _official_splits(cls, root, download, cfg.test_pct > 0)
+    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
+        hint = "pass data.download=true (needs internet)" if not download else "check the internet connection"
+        raise LrlabError(
+            f"Could not load torchvision dataset {dataset} from data.root={root!r} "
+            f"({type(exc).__name__}: {exc}); "
+            f"{hint}, or use an offline dataset: data=elpv, data=digits or data=imagefolder data.root=PATH."
+        ) from exc
+    classes = list(getattr(train, "classes", []))
+    if not classes:
+        classes = [str(c) for c in sorted(set(_dataset_targets(train).tolist()))]
+    return _assemble(train, None, test, classes, cfg)

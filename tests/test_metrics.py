@@ -1,0 +1,90 @@
+"""The test report's metrics on hand-made predictions: accuracy, per-class recall, balanced
+accuracy (a class missing from the targets, a class never predicted), grouped (2-class) accuracy
+and metric keys made from class names."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lrlab.core.metrics import (
+    accuracy,
+    balanced_accuracy,
+    class_keys,
+    classification_report,
+    confusion_matrix,
+    grouped_accuracy,
+    metric_key,
+    per_class_recall,
+)
+
+#                 class:  0  0  0  0  1  1  2  2  2  3
+TARGETS = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 3])
+PREDICTIONS = np.array([0, 0, 0, 1, 1, 0, 2, 3, 3, 3])
+
+
+def test_confusion_matrix_rows_are_true_classes() -> None:
+    matrix = confusion_matrix(PREDICTIONS, TARGETS, 4)
+    assert matrix.tolist() == [[3, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 2], [0, 0, 0, 1]]
+
+
+def test_accuracy_and_per_class_recall() -> None:
+    assert accuracy(PREDICTIONS, TARGETS) == pytest.approx(0.6)
+    assert per_class_recall(PREDICTIONS, TARGETS, 4) == pytest.approx([0.75, 0.5, 1 / 3, 1.0])
+    assert math.isnan(accuracy([], []))
+
+
+def test_balanced_accuracy_is_the_mean_recall() -> None:
+    assert balanced_accuracy(PREDICTIONS, TARGETS, 4) == pytest.approx((0.75 + 0.5 + 1 / 3 + 1.0) / 4)
+    # a majority-class predictor: plain accuracy 0.8, balanced 0.5
+    assert balanced_accuracy([0] * 10, [0] * 8 + [1] * 2) == pytest.approx(0.5)
+
+
+def test_balanced_accuracy_leaves_out_a_class_with_no_samples() -> None:
+    targets = np.array([0, 0, 1, 1, 3, 3])  # class 2 has no samples
+    predictions = np.array([0, 2, 1, 1, 3, 0])  # class 2 is predicted once, wrongly
+    recall = per_class_recall(predictions, targets, 4)
+    assert recall[[0, 1, 3]] == pytest.approx([0.5, 1.0, 0.5]) and math.isnan(recall[2])
+    assert balanced_accuracy(predictions, targets, 4) == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+
+
+def test_a_class_never_predicted_counts_zero() -> None:
+    assert balanced_accuracy([0, 0, 0, 0], [0, 0, 1, 1], 2) == pytest.approx(0.5)
+
+
+def test_grouped_accuracy_scores_the_coarse_classes_of_fine_predictions() -> None:
+    elpv = [[0, 1], [2, 3]]  # functional: p in {0, 1/3}; defective: p in {2/3, 1}
+    # wrong 4-class predictions that stay in the right group count as right: 0<->1 and 2<->3
+    assert grouped_accuracy(PREDICTIONS, TARGETS, elpv) == pytest.approx(1.0)
+    assert grouped_accuracy([1, 2, 3, 0], [0, 1, 2, 3], elpv) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="none of the groups"):
+        grouped_accuracy([0, 2], [0, 2], [[0], [1]])
+
+
+def test_metric_keys_from_class_names() -> None:
+    assert [metric_key(n) for n in ("p=0", "p=1/3", "p=2/3", "p=1")] == ["p_0", "p_1_3", "p_2_3", "p_1"]
+    assert metric_key("golden retriever") == "golden_retriever" and metric_key("a.b-c") == "a.b-c"
+    assert class_keys(["a b", "a/b", "c"]) == ["a_b", "a_b_1", "c"]
+
+
+def test_classification_report_takes_tensors_and_names_every_key() -> None:
+    names = ["p=0", "p=1/3", "p=2/3", "p=1"]
+    groups = {"functional": [0, 1], "defective": [2, 3]}
+    report = classification_report(torch.as_tensor(PREDICTIONS), torch.as_tensor(TARGETS), names, groups)
+    assert report == pytest.approx(
+        {
+            "accuracy": 0.6,
+            "error_rate": 0.4,
+            "balanced_accuracy": (0.75 + 0.5 + 1 / 3 + 1.0) / 4,
+            "recall/p_0": 0.75,
+            "recall/p_1_3": 0.5,
+            "recall/p_2_3": 1 / 3,
+            "recall/p_1": 1.0,
+            "accuracy_2class": 1.0,
+        }
+    )
+    without = classification_report([0, 0], [0, 0], ["a", "b"])
+    assert "recall/b" not in without and "accuracy_2class" not in without
