@@ -30,6 +30,8 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
     first = run_cli(*SMOKE)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "epoch  train_loss  valid_loss  error_rate" in first.stdout
+    assert "test: the final model on 360 held-out images" in first.stdout
+    assert first.stdout.index("epoch  train_loss") < first.stdout.index("test: the final model")
     second = run_cli(*SMOKE)
     assert second.returncode == 0, second.stderr[-3000:]
 
@@ -45,7 +47,10 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
         valid = client.get_metric_history(run.info.run_id, "valid_loss")
         errors = client.get_metric_history(run.info.run_id, "error_rate")
         assert [m.step for m in valid] == [0, 1]
-        assert len(client.get_metric_history(run.info.run_id, "step_train_loss")) == 2 * 21
+        # digits 60/20/20: 1,077 training images, 16 steps of 64 per epoch
+        assert len(client.get_metric_history(run.info.run_id, "step_train_loss")) == 2 * 16
+        assert run.data.params["data.test_pct"] == "0.2" and run.data.params["split.test"] == "360"
+        _check_test_metrics(run.data.metrics, [m.value for m in errors])
         histories.append(([m.value for m in valid], [m.value for m in errors]))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config", "epochs.csv", "model"} <= artifacts
@@ -55,6 +60,18 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
     assert histories[0][1][-1] < 0.5, "the tiny model should learn digits in two epochs"
     checkpoints = list((tmp_path / "outputs").rglob("best.pt"))
     assert len(checkpoints) == 2
+
+
+TEST_KEYS = {"test/accuracy", "test/error_rate", "test/loss", "test/balanced_accuracy"}
+
+
+def _check_test_metrics(metrics: dict[str, float], valid_errors: list[float]) -> None:
+    """The final model's test metrics are logged apart; error_rate stays the valid split's."""
+    recalls = {f"test/recall/{digit}" for digit in range(10)}
+    assert TEST_KEYS | recalls == {k for k in metrics if k.startswith("test/")}
+    assert all(0.0 <= metrics[k] <= 1.0 for k in (TEST_KEYS - {"test/loss"}) | recalls)
+    assert metrics["test/loss"] > 0 and metrics["test/error_rate"] == 1 - metrics["test/accuracy"]
+    assert metrics["error_rate"] == valid_errors[-1] == metrics["final_error_rate"]
 
 
 def test_unknown_model_fails_cleanly_before_any_run(run_cli, tmp_path: Path) -> None:
@@ -117,6 +134,8 @@ def test_cfg_job_prints_every_group(run_cli) -> None:
     for key in ("model:", "data:", "optimizer:", "schedule:", "stages:", "tracking:"):
         assert key in proc.stdout
     assert "tf_efficientnet_lite0" in proc.stdout
+    data = yaml.safe_load(proc.stdout)["data"]
+    assert (data["valid_pct"], data["test_pct"], data["split_seed"]) == (0.2, 0.2, 0)
 
 
 def test_another_data_source_and_model_get_their_own_settings(run_cli, tmp_path: Path) -> None:

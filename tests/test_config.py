@@ -158,6 +158,13 @@ def test_a_misspelt_key_in_a_config_not_from_the_tree_fails_validation(compose_c
         (["stages.0.trainable=body"], "stages.0.trainable='body'"),
         (["data.classes=3"], "data.classes=3 is not valid for elpv; choose 4 or 2"),
         (["data.valid_pct=1.5"], "data.valid_pct=1.5"),
+        (["data.valid_pct=0"], "data.valid_pct=0"),
+        (["data.test_pct=-0.1"], "data.test_pct=-0.1 must be at least 0"),
+        (["data.test_pct=1"], "data.test_pct=1"),
+        (
+            ["data.valid_pct=0.5", "data.test_pct=0.5"],
+            "data.valid_pct=0.5 plus data.test_pct=0.5 must be below 1",
+        ),
         (["data.batch_size=0"], "data.batch_size=0"),
         (["data.name=mnist"], "data.name='mnist' is not a data source; choose one of: elpv, digits"),
         (
@@ -188,3 +195,16 @@ def test_registering_the_schemas_imports_no_torch() -> None:
     code = "import sys, lrlab.app.cli; print(sorted({'torch', 'timm'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_data_source_has_valid_and_test_fractions(compose_cfg, tmp_path: Path) -> None:
+    """The split keys are in every data option's composed config (so `--cfg job` shows them); ELPV
+    and digits are 60/20/20; `test_pct=0` (no test split) validates."""
+    for option in (o for g, o in OPTIONS if g == "data"):
+        extra = [o.format(tmp=tmp_path) for o in NEEDS.get(("data", option), [])]
+        data = compose_cfg(f"data={option}", *extra).data
+        assert {"valid_pct", "test_pct", "split_seed"} <= set(data)
+    for option in ("elpv", "digits"):
+        data = compose_cfg(f"data={option}").data
+        assert (data.valid_pct, data.test_pct) == (0.2, 0.2)
+    assert validate(compose_cfg("experiment=smoke", "data.test_pct=0")).data.test_pct == 0
