@@ -73,3 +73,13 @@ def test_test_pct_zero_runs_without_test_metrics(compose_cfg, tmp_path: Path, ev
     assert not [k for k in run.data.metrics if k.startswith("test/")]
     assert run.data.params["split.test"] == "0" and run.data.params["split.valid"] == "360"
     assert run.data.metrics["error_rate"] == result.epochs[-1].error_rate
+
+
+def test_elpv_reports_per_class_recall_and_the_2class_accuracy(compose_cfg, tmp_path: Path) -> None:
+    overrides = ("model=tiny", "stages=full", "epochs=1", "lr=1e-2", "data.image_size=16")
+    cfg = compose_cfg(*overrides, "tracking=none", "train.checkpoints=false")
+    test = run_experiment(cfg, tmp_path / "out", launch_dir=tmp_path).summary()["test"]
+    recalls = {"recall/p_0", "recall/p_1_3", "recall/p_2_3", "recall/p_1"}
+    assert recalls | {"accuracy", "error_rate", "balanced_accuracy", "loss", "accuracy_2class"} == set(test)
+    # grouping can only merge mistakes: the 2-class accuracy is at least the 4-class one
+    assert test["accuracy"] <= test["accuracy_2class"] <= 1
