@@ -18,6 +18,8 @@ from lrlab.data.loaders import TensorLoader
 from lrlab.data.sources import load_digits
 from lrlab.data.types import ImageSource, TensorSplit
 from lrlab.finder.range_test import diverged, find_lr, lr_schedule
+from lrlab.finder.rules import RULES, suggest
+from lrlab.finder.smoothing import ema_smooth
 from lrlab.models.factory import create_model, normalization
 from lrlab.models.groups import layer_groups
 
@@ -96,6 +98,39 @@ def test_ramp_is_exponential_and_keeps_group_ratios(digits) -> None:
     np.testing.assert_allclose(rows[:, layer.index(0)], result.lrs / 100)
     np.testing.assert_allclose(rows[:, layer.index(1)], result.lrs / 10)
     assert [g["lr"] for g in optimizer.param_groups] == group_lrs(optimizer, [1e-3, 1e-2, 1e-1])
+
+
+def test_group_lrs_equal_ramps_every_group_at_the_same_lr(digits) -> None:
+    """fastai's lr_find: one LR for all parameter groups, whatever their ratios were."""
+    model, _, loader, optimizer = _setup(digits)
+    set_lrs(optimizer, group_lrs(optimizer, [1e-3, 1e-2, 1e-1]))
+    spy = LrSpy(optimizer)
+    result = find_lr(model, loader, optimizer, group_lrs="equal", end_lr=1e-2, num_iter=12, stop_div=False)
+    rows = np.array(spy.rows)
+    assert rows.shape == (12, len(optimizer.param_groups))
+    for column in rows.T:
+        np.testing.assert_allclose(column, result.lrs)
+    assert [g["lr"] for g in optimizer.param_groups] == group_lrs(optimizer, [1e-3, 1e-2, 1e-1])
+
+
+def test_fastai_rules_read_the_ema_curve_whatever_curve_is_shown(digits) -> None:
+    """With the zero-lag curve displayed, fastai's four rules still equal fastai's definitions
+    applied to fastai's causal debiased EMA (beta 0.98) of the recorded raw losses; lrlab's
+    descent rule reads the zero-lag curve."""
+    model, _, loader, optimizer = _setup(digits)
+    result = find_lr(model, loader, optimizer, num_iter=60, end_lr=10.0, smoothing="zero_lag")
+    ema = ema_smooth(result.losses, 0.98)
+    assert result.rule_curves["valley"] == "ema" and result.rule_curves["descent"] == "zero_lag"
+    for rule in ("valley", "steep", "minimum", "slide"):
+        expected = suggest(result.lrs, ema, "all")[rule]
+        assert result.suggestions[rule] == expected or (
+            np.isnan(expected) and np.isnan(result.suggestions[rule])
+        )
+    assert result.suggestions["descent"] == suggest(result.lrs, result.smoothed, "all")["descent"]
+    forced = find_lr(model, loader, optimizer, num_iter=60, end_lr=10.0, rule_curve="zero_lag")
+    assert set(forced.rule_curves.values()) == {"zero_lag"}
+    assert forced.suggestions["valley"] == suggest(forced.lrs, forced.smoothed, "valley")
+    assert "ema" in result.table() and "zero_lag" in result.table()
 
 
 def test_non_finite_loss_stops_and_is_excluded(digits) -> None:
@@ -192,12 +227,7 @@ def test_per_group_sweeps_each_group_with_the_others_fixed(digits) -> None:
                 np.testing.assert_allclose(block[:, col], results[name].lrs)
             else:
                 assert (block[:, col] == 3e-3).all()
-        assert results[name].group == name and set(results[name].suggestions) == {
-            "valley",
-            "steep",
-            "minimum",
-            "slide",
-        }
+        assert results[name].group == name and set(results[name].suggestions) == set(RULES)
 
 
 def test_repeats_report_median_and_spread_and_plot(digits, tmp_path: Path) -> None:

@@ -7,9 +7,13 @@ import pytest
 
 from lrlab.finder.rules import (
     RULES,
+    edge_flag,
     register_rule,
+    rule_curves,
     suggest,
+    suggest_descent,
     suggest_minimum,
+    suggest_on_curves,
     suggest_slide,
     suggest_steep,
     suggest_valley,
@@ -40,7 +44,7 @@ def test_registered_rule_reaches_suggest_all():
         assert suggest(lrs, losses, "first_point") == lrs[4]
     finally:
         del RULES["first_point"]
-    assert list(RULES) == ["valley", "steep", "minimum", "slide"]
+    assert list(RULES) == ["valley", "steep", "minimum", "slide", "descent"]
     with pytest.raises(ValueError, match="all"):
         register_rule("all", lambda lr, loss: 1.0)
 
@@ -378,10 +382,56 @@ def test_negative_and_zero_losses_give_same_suggestions():
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="'valley', 'steep', 'minimum', 'slide', 'all'"):
+    with pytest.raises(ValueError, match="'valley', 'steep', 'minimum', 'slide', 'descent', 'all'"):
         suggest(LRS30, _valley_curve(), "fastest")
 
 
 def test_rules_reject_untrimmed_nan():
     with pytest.raises(ValueError, match="trim"):
         suggest_minimum([1.0, 2.0], [1.0, np.nan])
+
+
+def test_fastai_rules_are_calibrated_on_the_ema_curve_and_descent_on_zero_lag() -> None:
+    assert rule_curves() == {
+        "valley": "ema",
+        "steep": "ema",
+        "minimum": "ema",
+        "slide": "ema",
+        "descent": "zero_lag",
+    }
+    assert set(rule_curves("zero_lag").values()) == {"zero_lag"}
+    with pytest.raises(ValueError, match="calibrated"):
+        rule_curves("lagged")
+
+
+def test_suggest_on_curves_uses_each_rules_own_curve() -> None:
+    """Two different curves: every rule must read the one its registry entry names."""
+    lrs = np.geomspace(1e-6, 1.0, 60)
+    falling_late = np.concatenate([np.full(40, 2.0), np.linspace(2.0, 0.5, 20)])
+    falling_early = np.concatenate([np.linspace(2.0, 0.5, 30), np.full(30, 0.5)])
+    out = suggest_on_curves(lrs, {"ema": falling_late, "zero_lag": falling_early})
+    for rule in ("valley", "steep", "minimum", "slide"):
+        assert out[rule] == suggest(lrs, falling_late, rule) or (
+            math.isnan(out[rule]) and math.isnan(suggest(lrs, falling_late, "all")[rule])
+        )
+    assert out["descent"] == suggest(lrs, falling_early, "descent")
+
+
+def test_descent_is_the_first_point_past_the_fraction_of_the_drop() -> None:
+    lrs = np.geomspace(1e-5, 1.0, 20)
+    #  trimmed: [20//10 : -5] = indices 2..14; losses there 3.0 .. down to 1.0 at index 12
+    losses = np.array([3.0] * 4 + [2.8, 2.5, 2.0, 1.6, 1.3, 1.15, 1.05, 1.02, 1.0, 1.1, 1.5] + [4.0] * 5)
+    # start 3.0, minimum 1.0: 90% of the descent is reached at 1.2 -> first <= 1.2 is 1.15 (index 9)
+    assert suggest(lrs, losses, "descent") == lrs[9]
+    assert suggest_descent(lrs[2:-5], losses[2:-5], fraction=0.5) == lrs[6]
+    assert math.isnan(suggest(lrs, np.linspace(1.0, 2.0, 20), "all")["descent"])
+
+
+def test_edge_flags_mark_the_ramp_start_and_the_diverged_tail() -> None:
+    lrs = np.geomspace(1e-6, 10.0, 50)
+    losses = np.concatenate([np.full(15, 2.0), np.linspace(2.0, 1.0, 15), np.linspace(1.0, 5.0, 20)])
+    start = lrs[50 // 10]
+    assert edge_flag(lrs, losses, start) == "ramp start"
+    assert edge_flag(lrs, losses, start / 10) == "ramp start"
+    assert edge_flag(lrs, losses, lrs[25]) is None
+    assert edge_flag(lrs, losses, lrs[40]) == "diverged tail"

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 MODES = ("exp", "linear")
 SMOOTHINGS = ("zero_lag", "ema")
+RULE_CURVES = ("calibrated", "ema", "zero_lag")
+GROUP_LRS = ("ratio", "equal")
 
 
 @dataclass
@@ -14,8 +16,12 @@ class FinderConfig:
     """How the range test ramps, smooths, stops and suggests.
 
     The ramp goes from `start_lr` to `end_lr` over `num_iter` optimizer steps (`mode` exp or
-    linear). `smoothing` is `zero_lag` (forward-backward EMA, per-pass `zero_lag_beta`) or `ema`
-    (fastai's causal debiased EMA with `beta`, which also drives the divergence test). The test
+    linear). `smoothing` is the curve shown: `zero_lag` (forward-backward EMA, per-pass
+    `zero_lag_beta`) or `ema` (fastai's causal debiased EMA with `beta`, which also drives the
+    divergence test). Each rule is computed on the curve it was designed on (`rule_curve:
+    calibrated`: fastai's rules on the EMA, lrlab's on zero-lag), or on one curve for all (`ema`,
+    `zero_lag`). `group_lrs: ratio` ramps the parameter groups together keeping their LR ratios;
+    `equal` ramps every group at the same LR, as fastai's `lr_find` does. The test
     stops when the smoothed loss exceeds `div_factor` x its best or any loss is NaN/inf
     (`stop_div`). `suggest` names the rule used (any name in `lrlab.finder.rules.RULES`, or `all`:
     print every rule, use valley). `repeats` > 1 reruns with other data orders and reports each
@@ -28,6 +34,7 @@ class FinderConfig:
     num_iter: int = 100
     mode: str = "exp"
     smoothing: str = "zero_lag"
+    rule_curve: str = "calibrated"
     beta: float = 0.98
     zero_lag_beta: float = 0.8
     stop_div: bool = True
@@ -37,6 +44,7 @@ class FinderConfig:
     val_batches: int = 0
     per_group: bool = False
     read_every: int = 10
+    group_lrs: str = "ratio"
 
     @property
     def rule(self) -> str:
@@ -53,6 +61,11 @@ class FinderConfig:
             raise ValueError(
                 f"smoothing={self.smoothing!r} is not valid; choose one of: {', '.join(SMOOTHINGS)}"
             )
+        for name, allowed in (("rule_curve", RULE_CURVES), ("group_lrs", GROUP_LRS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not valid; choose one of: {', '.join(allowed)}"
+                )
         if self.suggest != "all" and self.suggest not in RULES:
             raise ValueError(f"suggest={self.suggest!r} is not valid; choose one of: {', '.join(RULES)}, all")
         if not 0 < self.start_lr < self.end_lr:

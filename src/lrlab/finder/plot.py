@@ -77,8 +77,12 @@ def _suggestions(result: LRFinderResult, ax: Any) -> None:
         y = float(np.interp(np.log(lr), np.log(result.lrs[finite]), result.smoothed[finite]))
         band = f" (IQR {result.spread[rule]['log10_iqr']:.2f} dec)" if rule in result.spread else ""
         used = " (used)" if rule == result.method else ""
+        flag = result.flags.get(rule)
+        note = f" [{flag}]" if flag else ""
         marker, color = rule_style(rule)
-        ax.plot([lr], [y], marker=marker, color=color, ms=9, ls="none", label=f"{rule}: {lr:.2e}{band}{used}")
+        label = f"{rule}: {lr:.2e}{band}{used}{note}"
+        face = "none" if flag else color  # hollow: a suggestion at the ramp's edge
+        ax.plot([lr], [y], marker=marker, color=color, mfc=face, ms=9, ls="none", label=label)
 
 
 def _limits(result: LRFinderResult, ax: Any) -> None:

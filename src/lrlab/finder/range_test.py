@@ -29,10 +29,8 @@ from lrlab.core.engine import Engine, LossBuffer
 from lrlab.core.reproducibility import restore_rng_state, rng_state
 from lrlab.finder.config import MODES, FinderConfig
 from lrlab.finder.result import LRFinderResult, summarize_repeats
-from lrlab.finder.rules import RULES, suggest
+from lrlab.finder.rules import RULES, edge_flag, rule_curves, suggest_on_curves
 from lrlab.finder.smoothing import ema_smooth, zero_lag_smooth
-
-SMOOTHERS = {"ema": ema_smooth, "zero_lag": zero_lag_smooth}
 
 
 def lr_schedule(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> np.ndarray:
@@ -229,20 +227,19 @@ def _progress_bar(enabled: bool, total: int, label: str) -> Any:
 
 
 def _result_from(curve: _Curve, config: FinderConfig, group: str) -> LRFinderResult:
-    """Smooth a recorded curve and apply every registered rule to it."""
+    """Smooth a recorded curve both ways and apply every registered rule on its own curve."""
     lrs, losses = np.asarray(curve.lrs, dtype=np.float64), np.asarray(curve.losses, dtype=np.float64)
-    beta = config.beta if config.smoothing == "ema" else config.zero_lag_beta
-    smoothed = np.full_like(losses, np.nan)
-    # A two-sided smoother must not spread the point that tripped the divergence test backwards.
-    n = len(losses) - (1 if curve.stop_reason != "completed" and config.smoothing == "zero_lag" else 0)
-    smoothed[:n] = SMOOTHERS[config.smoothing](losses[:n], beta)
-    suggestions = suggest(lrs, smoothed, "all") if len(losses) else {r: math.nan for r in RULES}
+    curves = smoothed_curves(losses, curve.stop_reason != "completed", config)
+    if len(losses):
+        suggestions = suggest_on_curves(lrs, curves, config.rule_curve)
+    else:
+        suggestions = {r: math.nan for r in RULES}
     vals = np.asarray(curve.val_losses) if curve.val_losses is not None else None
-    return LRFinderResult(
+    result = LRFinderResult(
         lrs,
         losses,
-        smoothed,
-        dict(suggestions),
+        curves[config.smoothing],
+        suggestions,
         config.rule,
         group,
         config.smoothing,
@@ -250,6 +247,21 @@ def _result_from(curve: _Curve, config: FinderConfig, group: str) -> LRFinderRes
         curve.seconds,
         curve.stop_reason,
     )
+    result.rule_curves = rule_curves(config.rule_curve)
+    result.flags = (
+        {r: edge_flag(lrs, result.smoothed, lr) for r, lr in suggestions.items()} if len(losses) else {}
+    )
+    return result
+
+
+def smoothed_curves(losses: np.ndarray, diverged_last: bool, config: FinderConfig) -> dict[str, np.ndarray]:
+    """The raw losses smoothed by fastai's causal EMA and by the zero-lag EMA. The two-sided
+    smoother leaves out a last point that tripped the divergence test (it would spread backwards)."""
+    ema = ema_smooth(losses, config.beta)
+    zero = np.full_like(losses, np.nan)
+    n = len(losses) - (1 if diverged_last else 0)
+    zero[:n] = zero_lag_smooth(losses[:n], config.zero_lag_beta)
+    return {"ema": ema, "zero_lag": zero}
 
 
 def find_lr(
@@ -286,6 +298,8 @@ def find_lr(
     current = [g["lr"] for g in optimizer.param_groups]
     reference = current[-1] if current[-1] > 0 else 1.0
     ratios = [lr / reference if reference else 1.0 for lr in current]
+    if config.group_lrs == "equal":
+        ratios = [1.0] * len(current)
     held_out = None
     if val_loader is not None and config.val_batches > 0:
         held_out = [b for _, b in zip(range(config.val_batches), val_loader)]

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from lrlab.finder.rules import edge_flag
+
 
 @dataclass
 class LRFinderResult:
@@ -34,6 +36,8 @@ class LRFinderResult:
     stop_reason: str = "completed"
     repeats: list[LRFinderResult] = field(default_factory=list)
     spread: dict[str, dict[str, float]] = field(default_factory=dict)
+    rule_curves: dict[str, str] = field(default_factory=dict)
+    flags: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def suggestion(self) -> float:
@@ -41,15 +45,19 @@ class LRFinderResult:
         return self.suggestions[self.method]
 
     def table(self) -> str:
-        """A short text table of every rule's suggestion (with spread when repeated)."""
-        lines = [f"{'rule':<8} {'lr':>10}" + ("   spread (log10 IQR, min..max)" if self.spread else "")]
+        """A short text table of every rule's suggestion, the curve it was computed on, a flag for
+        suggestions at the ramp's edges, the spread when repeated; `*` marks the rule in use."""
+        spread_head = "   spread (log10 IQR, min..max)" if self.spread else ""
+        lines = [f"  {'rule':<8} {'lr':>10}  {'curve':<8}  {'flag':<13}{spread_head}"]
         for rule, lr in self.suggestions.items():
-            mark = " *" if rule == self.method else ""
+            mark = "*" if rule == self.method else " "
             extra = ""
             if rule in self.spread:
                 s = self.spread[rule]
                 extra = f"   {s['log10_iqr']:.2f} dec, {s['min']:.2e}..{s['max']:.2e}"
-            lines.append(f"{rule:<8} {lr:>10.2e}{extra}{mark}")
+            curve = self.rule_curves.get(rule, self.smoothing)
+            flag = self.flags.get(rule) or ""
+            lines.append(f"{mark} {rule:<8} {lr:>10.2e}  {curve:<8}  {flag:<13}{extra}".rstrip())
         return "\n".join(lines)
 
     def to_csv(self, path: str | Path) -> Path:
@@ -131,7 +139,7 @@ def summarize_repeats(results: Sequence[LRFinderResult]) -> LRFinderResult:
             "max": float(values.max()),
             "n": float(len(values)),
         }
-    return LRFinderResult(
+    summary = LRFinderResult(
         longest.lrs,
         median_raw,
         median_curve,
@@ -144,4 +152,7 @@ def summarize_repeats(results: Sequence[LRFinderResult]) -> LRFinderResult:
         "; ".join(sorted({r.stop_reason for r in results})),
         list(results),
         spread,
+        dict(first.rule_curves),
     )
+    summary.flags = {r: edge_flag(summary.lrs, summary.smoothed, lr) for r, lr in suggestions.items()}
+    return summary

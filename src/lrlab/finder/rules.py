@@ -7,20 +7,25 @@ cannot be reused on a plain ``(lrs, losses)`` curve.  The definitions follow
 fastai's ``callback/schedule.py`` (``valley``, ``steep``, ``minimum``,
 ``slide``) index for index, including its quirks, which are noted per rule.
 
-The rules expect *smoothed* losses, i.e. the output of :func:`ema_smooth`,
-which is what fastai's recorder stores; :func:`suggest` does not smooth.
+The rules expect *smoothed* losses: fastai's rules the output of :func:`ema_smooth` (what
+fastai's recorder stores and what they were tuned on), lrlab's own rules the zero-lag curve;
+each registered rule names its curve, and :func:`suggest_on_curves` applies every rule to its
+own. :func:`suggest` does not smooth.
 Computation is in float64, whereas fastai uses float32 tensors, so results can
 differ only where two candidates tie to within float32 rounding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from lrlab.finder.smoothing import _as_1d, finite_prefix
+
+DESCENT_FRACTION = 0.9
 
 
 def _curve(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -137,25 +142,67 @@ def suggest_slide(
     return float(local_min_lr) * adjust_value
 
 
-RuleFunction = Callable[[np.ndarray, np.ndarray], float]
+def suggest_descent(lrs: ArrayLike, losses: ArrayLike, fraction: float = DESCENT_FRACTION) -> float:
+    """lrlab ``descent``, made for a lag-free (zero-lag) curve: the smallest learning rate at which
+    the loss has made ``fraction`` of its descent from the start of the trimmed curve to its
+    minimum. Fails (NaN under ``suggest("all")``) when the curve never goes below its start."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"descent: fraction must be in (0, 1], got {fraction}")
+    lr_arr, loss_arr = _trimmed_curve(lrs, losses, "descent", 2)
+    low = int(np.argmin(loss_arr))
+    drop = loss_arr[0] - loss_arr[low]
+    if not drop > 0:
+        raise ValueError("descent: the loss never falls below its starting level")
+    reached = np.flatnonzero(loss_arr[: low + 1] <= loss_arr[0] - fraction * drop)
+    return float(lr_arr[int(reached[0])])
 
-RULES: dict[str, RuleFunction] = {
-    "valley": suggest_valley,
-    "steep": suggest_steep,
-    "minimum": suggest_minimum,
-    "slide": suggest_slide,
+
+RuleFunction = Callable[[np.ndarray, np.ndarray], float]
+CURVES = ("ema", "zero_lag")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A suggestion rule: ``function(lrs, smoothed_losses) -> lr`` on the trimmed curve, the
+    smoothing it was designed on (``ema``: fastai's causal EMA; ``zero_lag``) and one line on what
+    it picks."""
+
+    function: RuleFunction
+    curve: str
+    summary: str
+
+
+RULES: dict[str, Rule] = {
+    "valley": Rule(suggest_valley, "ema", "fastai's default: ~2/3 along the longest descent"),
+    "steep": Rule(suggest_steep, "ema", "fastai: the steepest descent"),
+    "minimum": Rule(suggest_minimum, "ema", "fastai: the minimum's LR / 10"),
+    "slide": Rule(suggest_slide, "ema", "fastai: where the slope stops changing, sliding from the end"),
+    "descent": Rule(
+        suggest_descent, "zero_lag", f"lrlab: {DESCENT_FRACTION:.0%} of the descent to the minimum"
+    ),
 }
 """Every suggestion rule by name: the one registry the CLI, `suggest="all"`, sweeps' finder
 baselines, plots and reports read. Add a rule with :func:`register_rule`."""
 
 
-def register_rule(name: str, function: RuleFunction) -> RuleFunction:
-    """Make `function(lrs, smoothed_losses) -> lr` (on an already trimmed curve) available everywhere
-    as rule `name`."""
+def register_rule(
+    name: str, function: RuleFunction, curve: str = "zero_lag", summary: str = ""
+) -> RuleFunction:
+    """Make `function(lrs, smoothed_losses) -> lr` (on an already trimmed curve, smoothed with
+    `curve`) available everywhere as rule `name`."""
     if name == "all" or not name.isidentifier():
         raise ValueError(f"rule name {name!r} is not valid: use an identifier other than 'all'")
-    RULES[name] = function
+    if curve not in CURVES:
+        raise ValueError(f"curve={curve!r} is not valid; choose one of: {', '.join(CURVES)}")
+    RULES[name] = Rule(function, curve, summary or name)
     return function
+
+
+def rule_curves(rule_curve: str = "calibrated") -> dict[str, str]:
+    """The curve each rule is computed on: its own (`calibrated`) or one for all (`ema`, `zero_lag`)."""
+    if rule_curve != "calibrated" and rule_curve not in CURVES:
+        raise ValueError(f"rule_curve={rule_curve!r} is not valid; choose calibrated, {', '.join(CURVES)}")
+    return {name: rule.curve if rule_curve == "calibrated" else rule_curve for name, rule in RULES.items()}
 
 
 def suggest(lrs: ArrayLike, losses: ArrayLike, method: str = "valley") -> float | dict[str, float]:
@@ -169,11 +216,40 @@ def suggest(lrs: ArrayLike, losses: ArrayLike, method: str = "valley") -> float 
         raise ValueError(f"unknown method {method!r}; valid methods are {valid}")
     lr_arr, loss_arr = trim(lrs, losses)
     if method != "all":
-        return RULES[method](lr_arr, loss_arr)
-    result: dict[str, float] = {}
-    for rule in RULES:
-        try:
-            result[rule] = RULES[rule](lr_arr, loss_arr)
-        except ValueError:
-            result[rule] = float("nan")
-    return result
+        return RULES[method].function(lr_arr, loss_arr)
+    return {rule: _safe(rule, lr_arr, loss_arr) for rule in RULES}
+
+
+def suggest_on_curves(
+    lrs: ArrayLike, curves: Mapping[str, ArrayLike], rule_curve: str = "calibrated"
+) -> dict[str, float]:
+    """Every rule's suggestion, each on the smoothed curve `rule_curves(rule_curve)` names
+    (`curves` maps ema / zero_lag to smoothed losses); NaN where a rule cannot apply."""
+    out = {}
+    for rule, curve in rule_curves(rule_curve).items():
+        lr_arr, loss_arr = trim(lrs, curves[curve])
+        out[rule] = _safe(rule, lr_arr, loss_arr)
+    return out
+
+
+def _safe(rule: str, lrs: np.ndarray, losses: np.ndarray) -> float:
+    try:
+        return RULES[rule].function(lrs, losses)
+    except ValueError:
+        return float("nan")
+
+
+def edge_flag(lrs: ArrayLike, smoothed: ArrayLike, lr: float) -> str | None:
+    """Why a suggestion deserves suspicion: "ramp start" when it is at or below the third point
+    the rules can see (the curve had not started to move), "diverged tail" when it lies where the
+    smoothed loss, past its minimum, is back above its starting level (or in the last 3 usable
+    points); None otherwise."""
+    lr_arr, loss_arr = trim(lrs, smoothed)
+    if not loss_arr.size or not np.isfinite(lr):
+        return None
+    if lr <= lr_arr[min(2, lr_arr.size - 1)]:
+        return "ramp start"
+    low = int(np.argmin(loss_arr))
+    above = np.flatnonzero(loss_arr[low:] > loss_arr[0])
+    tail_start = lr_arr[low + int(above[0])] if above.size else lr_arr[max(0, lr_arr.size - 3)]
+    return "diverged tail" if lr >= min(tail_start, lr_arr[max(0, lr_arr.size - 3)]) else None
