@@ -85,7 +85,7 @@ class ConsoleTable(Callback):
         log.info(table_row(result))
 
 
-def test_block(
+def format_test_report(
     report: dict[str, float], class_names: list[str], groups: dict[str, list[int]] | None, images: int
 ) -> list[str]:
     """Console lines for the once-only test report (the final model on the test split)."""

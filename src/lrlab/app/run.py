@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrlab.app.build import Setup, _engine, build
 from lrlab.app.checkpoint import CheckpointCallback
-from lrlab.app.console import ConsoleTable, finder_file_stem, format_time, test_block
+from lrlab.app.console import ConsoleTable, finder_file_stem, format_test_report, format_time
 from lrlab.core.engine import Engine
 from lrlab.core.metrics import classification_report
 from lrlab.core.stages import run_stages
@@ -164,7 +164,7 @@ def _train_task(
         seed=setup.cfg.seed,
     )
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
-    test = test_report(engine, setup)
+    test = evaluate_test_split(engine, setup)
     if tracker:
         _log_run_end(tracker, setup.cfg, results, final, checkpoints, test)
     total = sum(r.seconds for r in results)
@@ -175,7 +175,7 @@ def _train_task(
     return RunResult(results, final, test=test)
 
 
-def test_report(engine: Engine, setup: Setup) -> dict[str, float]:
+def evaluate_test_split(engine: Engine, setup: Setup) -> dict[str, float]:
     """The final model evaluated once on the test split (nothing is chosen by it): accuracy,
     error_rate, balanced_accuracy, loss, recall/<class>, accuracy_<n>class; printed as a short block
     after the epoch tables. Empty without a test split."""
@@ -184,7 +184,7 @@ def test_report(engine: Engine, setup: Setup) -> dict[str, float]:
     predictions, targets, loss = engine.predict(setup.test_loader)
     report = classification_report(predictions, targets, setup.class_names, setup.class_groups)
     report["loss"] = loss
-    for line in test_block(report, setup.class_names, setup.class_groups, len(targets)):
+    for line in format_test_report(report, setup.class_names, setup.class_groups, len(targets)):
         log.info(line)
     return report
 
