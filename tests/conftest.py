@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,16 @@ def run_cli(tmp_path: Path):
         )
 
     return _run
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Path]:
+    """A directory for a study's storage or an MLflow store: on a RAM disk where there is one (real
+    SQLite, without the fsyncs that make each trial cost a second on a disk), else `tmp_path`."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    directory = Path(tempfile.mkdtemp(dir=shm, prefix="lrlab-test-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)

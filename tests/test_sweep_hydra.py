@@ -4,10 +4,7 @@ loader checking every batch, and a fake launcher returning Hydra `JobReturn`s in
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +60,6 @@ class FakeLauncher:
             "output_dir": None,
         }
         return ret
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Path]:
-    """A directory for the MLflow store: on a RAM disk where there is one (SQLite's fsyncs during
-    MLflow's schema migrations cost seconds on a disk), else `tmp_path`."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    directory = Path(tempfile.mkdtemp(dir=shm, prefix="lrlab-sweep-test-"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,10 +3,6 @@ to it, pruned by the pruner the sweeper recorded in the study (real SQLite stora
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -24,18 +20,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Heartbeat of storage"),
 ]
 SPACE = parse_search_space({"stages.*.lr": "tag(log, interval(1e-5, 1e-1))"}, [], [{"epochs": 1}])
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Path]:
-    """A directory for the study's storage: on a RAM disk where there is one, else `tmp_path`."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    directory = Path(tempfile.mkdtemp(dir=shm, prefix="lrlab-sweep-test-"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _epoch(epoch: int, error_rate: float) -> EpochResult:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -73,19 +71,6 @@ class FakeJobs:
                 "output_dir": None,
             }
         )
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Path]:
-    """A directory for the study's storage: on a RAM disk where there is one (real SQLite, without
-    the fsyncs that make each trial cost a second on a disk), else `tmp_path`."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    directory = Path(tempfile.mkdtemp(dir=shm, prefix="lrlab-sweep-test-"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _space(*arguments: str, params: dict[str, Any] | None = None) -> SearchSpace:

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from lrlab.core.engine import Engine, LossBuffer
-from lrlab.core.reproducibility import restore_rng_state, rng_state
 from lrlab.finder.config import MODES, FinderConfig
 from lrlab.finder.result import LRFinderResult, summarize_repeats
 from lrlab.finder.rules import RULES, edge_flag, rule_curves, suggest_on_curves
 from lrlab.finder.smoothing import ema_smooth, zero_lag_smooth
+from lrlab.finder.snapshot import Snapshot, loader_generator
 
 
 def lr_schedule(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> np.ndarray:
@@ -53,52 +53,6 @@ def diverged(smoothed: float, best: float, div_factor: float) -> bool:
     if not math.isfinite(smoothed):
         return True
     return smoothed - best > (div_factor - 1.0) * max(abs(best), 1e-12)
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _loader_generator(loader: Any) -> torch.Generator | None:
-    gen = getattr(loader, "generator", None)
-    return gen if isinstance(gen, torch.Generator) else None
-
-
-class _Snapshot:
-    """Everything the range test changes, held once on the CPU and put back afterwards."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, engine: Engine, loader: Any):
-        self.model_state = _to_cpu(model.state_dict())
-        self.optimizer_state = _to_cpu(optimizer.state_dict())
-        self.scaler_state = _to_cpu(engine.scaler.state_dict()) if engine.scaler else None
-        self.rng = rng_state()
-        gen = _loader_generator(loader)
-        self.loader_state = gen.get_state() if gen is not None else None
-        self.training = model.training
-        self.global_step = engine.global_step
-
-    def restore(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, engine: Engine, loader: Any
-    ) -> None:
-        model.load_state_dict(self.model_state)
-        optimizer.load_state_dict(self.optimizer_state)
-        optimizer.zero_grad(set_to_none=True)
-        if engine.scaler and self.scaler_state is not None:
-            engine.scaler.load_state_dict(self.scaler_state)
-        restore_rng_state(self.rng)
-        gen = _loader_generator(loader)
-        if gen is not None and self.loader_state is not None:
-            gen.set_state(self.loader_state)
-        model.train(self.training)
-        if self.training:
-            engine.train_mode()
-        engine.global_step = self.global_step
 
 
 def _endless(loader: Iterable) -> Iterator[Any]:
@@ -294,24 +248,14 @@ def find_lr(
         engine = Engine(model, dev, precision, loss_fn=loss_fn, grad_accum=grad_accum)
     if not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = optimizer(model.parameters())
-    keys = _group_keys(optimizer)
-    current = [g["lr"] for g in optimizer.param_groups]
-    reference = current[-1] if current[-1] > 0 else 1.0
-    ratios = [lr / reference if reference else 1.0 for lr in current]
-    if config.group_lrs == "equal":
-        ratios = [1.0] * len(current)
+    sweeps = _sweeps(optimizer, config)
     held_out = None
     if val_loader is not None and config.val_batches > 0:
         held_out = [b for _, b in zip(range(config.val_batches), val_loader)]
-    if config.per_group:
-        sweeps = [(name, [k == name for k in keys]) for name in dict.fromkeys(keys)]
-    else:
-        sweeps = [("all", [True] * len(keys))]
-    snapshot = _Snapshot(model, optimizer, engine, train_loader)
+    snapshot = Snapshot(model, optimizer, engine, train_loader)
     out: dict[str, LRFinderResult] = {}
     try:
-        for name, sweep in sweeps:
-            group_ratios = ratios if name == "all" else [1.0] * len(keys)
+        for name, sweep, group_ratios in sweeps:
             runs = []
             for r in range(config.repeats):
                 snapshot.restore(model, optimizer, engine, train_loader)
@@ -328,6 +272,22 @@ def find_lr(
     return out if config.per_group else out["all"]
 
 
+def _sweeps(
+    optimizer: torch.optim.Optimizer, config: FinderConfig
+) -> list[tuple[str, list[bool], list[float]]]:
+    """(name, which torch param groups ramp, LR ratios) per test: one test ramping every group
+    (keeping their LR ratios, or all equal), or with `per_group` one test per layer group."""
+    keys = _group_keys(optimizer)
+    if config.per_group:
+        return [(name, [k == name for k in keys], [1.0] * len(keys)) for name in dict.fromkeys(keys)]
+    current = [g["lr"] for g in optimizer.param_groups]
+    reference = current[-1] if current[-1] > 0 else 1.0
+    ratios = [lr / reference if reference else 1.0 for lr in current]
+    if config.group_lrs == "equal":
+        ratios = [1.0] * len(current)
+    return [("all", [True] * len(keys), ratios)]
+
+
 def _resolve_config(config: FinderConfig | None, overrides: dict[str, Any]) -> FinderConfig:
     """`config` (or the defaults) with keyword overrides applied, checked."""
     valid = {f.name for f in fields(FinderConfig)}
@@ -342,6 +302,6 @@ def _resolve_config(config: FinderConfig | None, overrides: dict[str, Any]) -> F
 def _reseed(loader: Any, seed: int) -> None:
     """Another data order for a repeated test: torch's global RNG and the loader's generator."""
     torch.manual_seed(seed)
-    gen = _loader_generator(loader)
+    gen = loader_generator(loader)
     if gen is not None:
         gen.manual_seed(seed)

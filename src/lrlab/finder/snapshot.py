@@ -1,0 +1,59 @@
+"""Everything the range test changes (model, buffers, optimizer, GradScaler, the loader's
+generator, every RNG, the engine's step counter), held once on the CPU and put back afterwards, so
+that training after the test is bit-identical to training without it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrlab.core.engine import Engine
+from lrlab.core.reproducibility import restore_rng_state, rng_state
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def loader_generator(loader: Any) -> torch.Generator | None:
+    gen = getattr(loader, "generator", None)
+    return gen if isinstance(gen, torch.Generator) else None
+
+
+class Snapshot:
+    """A CPU copy of the training state; `restore` puts it back."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, engine: Engine, loader: Any):
+        self.model_state = _to_cpu(model.state_dict())
+        self.optimizer_state = _to_cpu(optimizer.state_dict())
+        self.scaler_state = _to_cpu(engine.scaler.state_dict()) if engine.scaler else None
+        self.rng = rng_state()
+        gen = loader_generator(loader)
+        self.loader_state = gen.get_state() if gen is not None else None
+        self.training = model.training
+        self.global_step = engine.global_step
+
+    def restore(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, engine: Engine, loader: Any
+    ) -> None:
+        model.load_state_dict(self.model_state)
+        optimizer.load_state_dict(self.optimizer_state)
+        optimizer.zero_grad(set_to_none=True)
+        if engine.scaler and self.scaler_state is not None:
+            engine.scaler.load_state_dict(self.scaler_state)
+        restore_rng_state(self.rng)
+        gen = loader_generator(loader)
+        if gen is not None and self.loader_state is not None:
+            gen.set_state(self.loader_state)
+        model.train(self.training)
+        if self.training:
+            engine.train_mode()
+        engine.global_step = self.global_step
