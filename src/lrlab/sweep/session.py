@@ -26,7 +26,7 @@ from lrlab.sweep.study import DONE, SEARCH_SOURCE, SOURCE, WORKER_ATTR, count, o
 
 log = logging.getLogger("lrlab.sweep")
 
-SUMMARY_ATTRS = ("metrics", "train_seconds", "finder_seconds", "stages", "run_id", "output_dir")
+SUMMARY_ATTRS = ("metrics", "test", "train_seconds", "finder_seconds", "stages", "run_id", "output_dir")
 SECONDS_KEYS = ("train_seconds", "finder_seconds")
 
 
