@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,3 +71,19 @@ def store(tmp_path: Path) -> Iterator[Path]:
     directory = Path(tempfile.mkdtemp(dir=shm, prefix="lrlab-test-"))
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def spawn_lrlab(*args: str, cwd: Path) -> subprocess.Popen:
+    """Start `python -m lrlab ARGS` in the background, stdout and stderr merged. A shell without
+    job control starts background jobs with SIGINT ignored; the child gets the default
+    disposition so tests see what Ctrl-C does in a terminal."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "lrlab", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+
+from conftest import spawn_lrlab
 
 SMOKE = ("experiment=smoke", "train.checkpoints=true")
 
@@ -196,18 +195,7 @@ def test_user_config_dir_adds_an_experiment(run_cli, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_ends_killed_not_running(tmp_path: Path, sig: int) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    # A shell without job control starts background jobs with SIGINT ignored; give the child the
-    # default disposition so the test sees what Ctrl-C does in a terminal.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lrlab", "experiment=smoke", "epochs=200"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = spawn_lrlab("experiment=smoke", "epochs=200", cwd=tmp_path)
     try:
         for line in proc.stdout:
             if line.startswith("epoch  train_loss"):

@@ -9,7 +9,6 @@ in-process with fake jobs in test_sweep_session.py and test_sweep_hydra.py."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from conftest import spawn_lrlab
 from lrlab.finder.rules import RULES
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -157,19 +157,6 @@ def test_median_pruner_prunes_trials_in_optuna_and_mlflow(run_cli, tmp_path: Pat
         assert by_number[trial.number].info.status == "KILLED"
 
 
-def _lrlab(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "lrlab", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
 @pytest.mark.slow
 def test_a_killed_sweep_leaves_no_running_trial_after_resume(tmp_path: Path) -> None:
     args = (
@@ -180,7 +167,7 @@ def test_a_killed_sweep_leaves_no_running_trial_after_resume(tmp_path: Path) -> 
         "train.checkpoints=false",
         "hydra.sweeper.n_trials=1",
     )
-    proc = _lrlab(*args, cwd=tmp_path)
+    proc = spawn_lrlab(*args, cwd=tmp_path)
     try:
         # Kill it once the trial's job trains: its trial is RUNNING and its MLflow child run open.
         training = any(line.startswith("epoch  train_loss") for line in proc.stdout)
@@ -229,9 +216,9 @@ def test_two_workers_fill_one_study_exactly(tmp_path: Path) -> None:
         "tracking=none",
         "hydra.sweeper.n_trials=6",
     )
-    workers = [_lrlab(*args, cwd=tmp_path)]
+    workers = [spawn_lrlab(*args, cwd=tmp_path)]
     time.sleep(1.0)
-    workers.append(_lrlab(*args, cwd=tmp_path))
+    workers.append(spawn_lrlab(*args, cwd=tmp_path))
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     study = _study(tmp_path, "smoke-lr")
