@@ -122,4 +122,6 @@ def _engine(setup: Setup, callbacks: list[Any]) -> Engine:
         progress=_progress_enabled(t.progress),
         callbacks=callbacks,
         cudnn_benchmark=t.cudnn_benchmark,
+        loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        tta=t.tta,
     )

@@ -63,6 +63,8 @@ class TrainConfig:
     # true: cuDNN times its algorithms per input shape (CUDA; measured on H200: first epoch 31 s
     # instead of 15 s, no faster afterwards for EfficientNet-Lite0)
     cudnn_benchmark: bool = False
+    label_smoothing: float = 0.0  # training loss only (valid/test losses are plain cross-entropy)
+    tta: str = "none"  # none | hflip: evaluate each image and its mirror, averaging probabilities
 
 
 @dataclass
@@ -231,6 +233,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     _choice(merged.tracking.backend, TRACKING_BACKENDS, "tracking.backend")
     _positive(merged.train.grad_accum, "train.grad_accum")
     _positive(merged.train.log_every, "train.log_every")
+    _choice(merged.train.tta, ("none", "hflip"), "train.tta")
+    if not 0 <= merged.train.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing={merged.train.label_smoothing} must be in [0, 1).")
     OmegaConf.to_object(merged.data).check()
     finder = OmegaConf.to_container(merged.lr_finder, resolve=True)
     _qualified(lambda: FinderConfig(**finder).check(), "lr_finder", finder)

@@ -86,7 +86,8 @@ class LossBuffer:
 
 
 class Engine:
-    """Trains and evaluates one model on one device; stages call `fit` once each."""
+    """Trains and evaluates one model on one device; stages call `fit` once each. `tta="hflip"`
+    evaluates each image and its mirror image and averages their probabilities."""
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class Engine:
         progress: bool = False,
         callbacks: Sequence[Callback] = (),
         cudnn_benchmark: bool = False,
+        tta: str = "none",
     ):
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -113,6 +115,9 @@ class Engine:
         self.grad_accum, self.grad_clip = int(grad_accum), grad_clip
         self.channels_last, self.log_every, self.progress = channels_last, int(log_every), progress
         self.callbacks = list(callbacks)
+        if tta not in ("none", "hflip"):
+            raise LrlabError(f"tta={tta!r} is not valid; choose none or hflip.")
+        self.tta = tta
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "16" else None
         self.global_step = 0
         self.global_epoch = 0
@@ -261,15 +266,30 @@ class Engine:
         try:
             for x, y in loader:
                 x, y = self._to_device(x, y)
-                with self.autocast():
-                    logits = self.forward_model(x)
-                total_loss += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
-                predictions.append(logits.argmax(1))
+                scores = self._eval_scores(x)
+                total_loss += self._eval_loss(scores, y).double()
+                predictions.append(scores.argmax(1))
                 targets.append(y)
         finally:
             if was_training:
                 self.train_mode()
         return total_loss, predictions, targets
+
+    def _eval_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, or with `tta="hflip"` the log of the probabilities averaged over the image and
+        its mirror image (test-time augmentation)."""
+        with self.autocast():
+            logits = self.forward_model(x).float()
+            if self.tta == "none":
+                return logits
+            mirrored = self.forward_model(torch.flip(x, dims=[-1])).float()
+        pair = torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)])
+        return torch.logsumexp(pair, 0) - math.log(2)
+
+    def _eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.tta == "none":
+            return nn.functional.cross_entropy(scores, y, reduction="sum")
+        return nn.functional.nll_loss(scores, y, reduction="sum")
 
     def evaluate(self, loader: Iterable) -> dict[str, float]:
         """Mean loss, accuracy and error rate over `loader`, with one host sync at the end."""

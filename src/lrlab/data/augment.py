@@ -1,6 +1,7 @@
 """Batched on-device augmentation: one random affine warp per image (crop scale, aspect,
-translation, flips, quarter turns) applied to a whole batch with `grid_sample`. Written here because
-torchvision's v2 transforms work per sample on the CPU, which dominates epochs on small images."""
+translation, flips, quarter turns, small rotations) and brightness/contrast jitter, applied to a
+whole batch at once. Written here because torchvision's v2 transforms work per sample on the CPU,
+which dominates epochs on small in-memory images."""
 
 from __future__ import annotations
 
@@ -12,26 +13,49 @@ import torch
 
 
 def _affine_params(n: int, augment: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor | None:
-    """Random (n, 2, 3) affine matrices for crop-scale, flips and 90-degree turns; None if all off."""
+    """Random (n, 2, 3) affine matrices for crop-scale, flips, 90-degree turns and rotations of
+    up to `rotate` degrees; None if all are off. After an odd number of quarter turns the output's
+    x-extent is the crop's y-scale, so the translation bounds swap with it (the crop stays inside
+    the image)."""
     hflip, vflip = float(augment.get("hflip", 0)), float(augment.get("vflip", 0))
-    rot90 = bool(augment.get("rot90", False))
+    rot90, rotate = bool(augment.get("rot90", False)), float(augment.get("rotate", 0.0))
     scale = augment.get("scale") or [1.0, 1.0]
     lo, hi = float(scale[0]), float(scale[1])
-    if hflip == 0 and vflip == 0 and not rot90 and lo >= 1.0:
+    if hflip == 0 and vflip == 0 and not rot90 and lo >= 1.0 and rotate == 0:
         return None
     area = lo + (hi - lo) * torch.rand(n, generator=generator)
     log_ratio = (torch.rand(n, generator=generator) * 2 - 1) * math.log(4 / 3) if lo < 1.0 else torch.zeros(n)
     sx = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
     sy = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
-    tx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sx)
-    ty = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sy)
+    shift_x = torch.rand(n, generator=generator) * 2 - 1
+    shift_y = torch.rand(n, generator=generator) * 2 - 1
     fx = torch.where(torch.rand(n, generator=generator) < hflip, -1.0, 1.0)
     fy = torch.where(torch.rand(n, generator=generator) < vflip, -1.0, 1.0)
     k = torch.randint(0, 4, (n,), generator=generator) if rot90 else torch.zeros(n, dtype=torch.int64)
+    turned = k % 2 == 1
+    tx = shift_x * (1 - torch.where(turned, sy, sx))
+    ty = shift_y * (1 - torch.where(turned, sx, sy))
     cos = torch.tensor([1.0, 0.0, -1.0, 0.0])[k]
     sin = torch.tensor([0.0, 1.0, 0.0, -1.0])[k]
+    if rotate > 0:
+        angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(rotate)
+        cos, sin = cos * angle.cos() - sin * angle.sin(), sin * angle.cos() + cos * angle.sin()
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = cos * sx * fx, -sin * sy * fy
     theta[:, 1, 0], theta[:, 1, 1] = sin * sx * fx, cos * sy * fy
     theta[:, 0, 2], theta[:, 1, 2] = tx, ty
     return theta
+
+
+def jitter(x: torch.Tensor, augment: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:
+    """Per-image contrast (around the image's mean) and brightness factors drawn from
+    [1 - c, 1 + c] and [1 - b, 1 + b], on 0..255 pixel values; `x` unchanged when both are 0."""
+    brightness, contrast = float(augment.get("brightness", 0.0)), float(augment.get("contrast", 0.0))
+    if brightness == 0 and contrast == 0:
+        return x
+    n = x.shape[0]
+    c = 1 + (torch.rand(n, generator=generator) * 2 - 1) * contrast
+    b = 1 + (torch.rand(n, generator=generator) * 2 - 1) * brightness
+    c, b = c.view(n, 1, 1, 1).to(x.device), b.view(n, 1, 1, 1).to(x.device)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * c + mean).mul_(b).clamp_(0, 255)

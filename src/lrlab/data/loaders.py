@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lrlab.data.augment import _affine_params
+from lrlab.data.augment import _affine_params, jitter
 from lrlab.data.types import ImageSource, Normalization, TensorSplit
 
 
@@ -58,6 +58,7 @@ class TensorLoader:
             if theta is not None:
                 grid = F.affine_grid(theta.to(self.device), list(x.shape), align_corners=False)
                 x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+            x = jitter(x, self.augment, self.generator)
         return (x - self.mean) / self.std, self.labels[index]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -24,12 +24,15 @@ BUILTIN_MODULES = ("lrlab.data.sources", "lrlab.data.files")
 
 @dataclass
 class AugmentConfig:
-    """Random training augmentation: one batched affine warp for in-memory sources, timm's
-    transforms for file datasets (which ignore `rot90`)."""
+    """Random training augmentation: one batched affine warp and brightness/contrast jitter for
+    in-memory sources, timm's transforms for file datasets (which use the flips and scale only)."""
 
     hflip: float = 0.5  # probability of a horizontal flip
     vflip: float = 0.0  # probability of a vertical flip
     rot90: bool = False  # random multiples of 90 degrees
+    rotate: float = 0.0  # random rotation of up to this many degrees (in-memory sources)
+    brightness: float = 0.0  # brightness factor drawn from [1 - b, 1 + b] (in-memory sources)
+    contrast: float = 0.0  # contrast factor drawn from [1 - c, 1 + c] (in-memory sources)
     scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # random-resized-crop area range
 
 
