@@ -1,4 +1,5 @@
-"""The finder-vs-search report on a hand-built study: ranks, regrets, beaten-after counts, compute."""
+"""The finder-vs-search report on a hand-built study: ranks, regrets, beaten-after counts, compute;
+and the "Across seeds" section and seeds.csv of a seed grid, with and without finder trials."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from lrlab.sweep.report import analyse, markdown, write_report
@@ -81,3 +82,57 @@ def test_markdown_and_plot(tmp_path: Path) -> None:
     paths = write_report(study, tmp_path)
     assert [p.name for p in paths] == ["finder_vs_search.md", "finder_vs_search.png"]
     assert paths[1].stat().st_size > 10_000
+
+
+def _seed_trial(seed: int, lr: float, error: float, source: str = "search"):
+    return create_trial(
+        value=error,
+        params={"seed": seed, "stages.0.lr": lr},
+        distributions={"seed": CategoricalDistribution([0, 1]), "stages.0.lr": LR},
+        user_attrs={
+            "source": source,
+            "metrics": {"error_rate": error, "valid_loss": 2 * error},
+            "test": {"accuracy": 1 - error, "loss": error},
+            "stages": [{"index": 0, "name": "full", "lr": lr}],
+        },
+    )
+
+
+def _seed_study(*trials) -> optuna.Study:
+    study = optuna.create_study(study_name="seeds")
+    study.set_user_attr("lrlab.metric", ["error_rate"])
+    study.set_user_attr("lrlab.fixed_overrides", ["experiment=smoke"])
+    for trial in trials:
+        study.add_trial(trial)
+    return study
+
+
+def test_a_seed_grid_without_finder_trials_reports_across_seeds(tmp_path: Path) -> None:
+    study = _seed_study(
+        *(_seed_trial(s, lr, e) for s, lr, e in [(0, 1e-3, 0.1), (1, 1e-3, 0.3), (0, 1e-2, 0.2)])
+    )
+    text = markdown(study)
+    assert text.startswith("# Sweep `seeds`: across seeds") and "## Finder rules" not in text
+    assert "| stages.0.lr | n | seeds | error_rate | test/accuracy | test/loss |" in text
+    assert "| 0.001 | 2 | 0, 1 | 0.2000 ± 0.1414 | 0.8000 ± 0.1414 | 0.2000 ± 0.1414 |" in text
+    assert "| 0.01 | 1 | 0 | 0.2000 ± - | 0.8000 ± - | 0.2000 ± - |" in text
+    assert "## Trials, best first" in text and "| 0 | 0 | 0.001 | 0.1000 | 0.2000 | 0.9000 |" in text
+    paths = write_report(study, tmp_path)
+    assert [p.name for p in paths] == ["finder_vs_search.md", "finder_vs_search.png", "seeds.csv"]
+    assert len((tmp_path / "seeds.csv").read_text().splitlines()) == 3  # header + two recipes
+
+
+def test_finder_trials_keep_their_tables_and_the_seed_section_follows() -> None:
+    study = _seed_study(
+        _seed_trial(0, 5e-3, 0.15, "lr_finder:valley"), _seed_trial(0, 1e-3, 0.1), _seed_trial(1, 1e-3, 0.2)
+    )
+    text = markdown(study)
+    assert text.startswith("# Range-test suggestions") and "| valley | 0.005 | 0.1500 |" in text
+    assert text.index("## Best searched trials") < text.index("## Across seeds") < text.index("## Compute")
+    assert "| 0.001 | 2 | 0, 1 | 0.1500 ± 0.0707 |" in text  # the finder trial is not grouped
+
+
+def test_one_seed_value_adds_no_seed_section(tmp_path: Path) -> None:
+    study = _seed_study(_seed_trial(0, 1e-3, 0.1), _seed_trial(0, 1e-2, 0.2))
+    assert "Across seeds" not in markdown(study)
+    assert "seeds.csv" not in [p.name for p in write_report(study, tmp_path)]

@@ -1,6 +1,9 @@
 """The finder-vs-search report of a sweep: for each range-test rule, its suggested LRs, final
 metrics, rank among the searched trials, regret and compute, against the best searched trial;
 plus a plot of final error against LR with the finder's suggestions and the range-test curve.
+When `seed` is a param with two values or more, an "Across seeds" section (`lrlab.sweep.seeds`:
+mean ± std per recipe of the valid error and the test metrics) and `seeds.csv`; a seed grid
+without finder trials gets that section and its trials instead of the finder tables.
 
 Written by the sweeper when a sweep ends, and regenerated from a sweep directory or the MLflow
 parent run id with `lrlab-report`.
@@ -22,8 +25,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrlab.sweep.baselines import finder_rule
 from lrlab.sweep.results import RESULTS_FILE
+from lrlab.sweep.seeds import SEEDS_FILE, recipes_of, seed_values, trials_table, write_csv
+from lrlab.sweep.seeds import section as seeds_section
 from lrlab.sweep.storage import open_storage
-from lrlab.sweep.study import METRIC_ATTR, MLFLOW_URI_ATTR, PARENT_ATTR, SEARCH_SOURCE, SOURCE, SPACE_ATTR
+from lrlab.sweep.study import (
+    FIXED_ATTR,
+    METRIC_ATTR,
+    MLFLOW_URI_ATTR,
+    PARENT_ATTR,
+    SEARCH_SOURCE,
+    SOURCE,
+    SPACE_ATTR,
+)
 
 REPORT_FILE = "finder_vs_search.md"
 PLOT_FILE = "finder_vs_search.png"
@@ -104,28 +117,46 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 
 def markdown(study: optuna.Study) -> str:
-    """The report as markdown."""
+    """The report as markdown: the finder tables, or for a seed grid without finder trials its
+    trials; the "Across seeds" section when `seed` has two values or more; the compute."""
     rows, searched, metric = analyse(study)
     keys = lr_keys(study)
     names = stage_names(study)
     heads = [f"{names.get(k, k)} lr" for k in keys]
-    all_searched = [t for t in study.trials if source_of(t) == SEARCH_SOURCE and t.state.is_finished()]
+    trials = study.get_trials(deepcopy=False)
+    all_searched = [t for t in trials if source_of(t) == SEARCH_SOURCE and t.state.is_finished()]
     direction = study.directions[0].name.lower()
     pruned = sum(t.state == TrialState.PRUNED for t in all_searched)
     failed = sum(t.state == TrialState.FAIL for t in all_searched)
     space = ", ".join(f"`{k}` {v}" for k, v in (study.user_attrs.get(SPACE_ATTR) or {}).items())
+    recipes = recipes_of(trials)
+    seeds = [] if recipes is None else seeds_section(recipes, seed_values(trials), _fixed(study))
+    if recipes is not None and not any(finder_rule(source_of(t)) for t in trials):
+        title = f"# Sweep `{study.study_name}`: across seeds"
+        body = [*seeds, *trials_table(searched, metric, direction)]
+    else:
+        title = f"# Range-test suggestions vs. searched learning rates: `{study.study_name}`"
+        body = [
+            *_finder_table(study, rows, searched, metric, keys, heads),
+            *_best_table(searched, metric, keys, heads, direction),
+            *seeds,
+        ]
     lines = [
-        f"# Range-test suggestions vs. searched learning rates: `{study.study_name}`",
+        title,
         "",
         f"Objective: final `{metric}` ({direction}). Searched trials: {len(searched)} complete, "
         f"{pruned} pruned, {failed} failed. Search space: {space}.",
         "",
-        *_finder_table(study, rows, searched, metric, keys, heads),
-        *_best_table(searched, metric, keys, heads, direction),
+        *body,
         *_compute(rows, all_searched),
-        f"![final {metric} against learning rate]({PLOT_FILE})",
     ]
+    if keys:  # the plot is drawn only when a stage LR was searched
+        lines.append(f"![final {metric} against learning rate]({PLOT_FILE})")
     return "\n".join(lines) + "\n"
+
+
+def _fixed(study: optuna.Study) -> list[str]:
+    return [str(o) for o in study.user_attrs.get(FIXED_ATTR) or []]
 
 
 def _valid_loss(trial: FrozenTrial) -> Any:
@@ -210,7 +241,8 @@ def _compute(rows: list[FinderRow], all_searched: list[FrozenTrial]) -> list[str
 
 
 def write_report(study: optuna.Study, directory: str | Path) -> list[Path]:
-    """Write the markdown report and its plot into `directory`; returns the files written."""
+    """Write the markdown report, its plot (when a stage LR was searched) and, for a seed grid,
+    `seeds.csv` into `directory`; returns the files written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     report = directory / REPORT_FILE
@@ -218,7 +250,11 @@ def write_report(study: optuna.Study, directory: str | Path) -> list[Path]:
     from lrlab.sweep.report_plot import plot
 
     png = plot(study, directory / PLOT_FILE)
-    return [report] + ([png] if png else [])
+    paths = [report] + ([png] if png else [])
+    recipes = recipes_of(study.get_trials(deepcopy=False))
+    if recipes is not None:
+        paths.append(write_csv(recipes, directory / SEEDS_FILE))
+    return paths
 
 
 def _study_from_dir(directory: Path) -> optuna.Study:
