@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lrlab.app.schema import validate
-from lrlab.core.engine import Engine, resolve_device, resolve_precision
+from lrlab.core.device import resolve_device, resolve_precision
+from lrlab.core.engine import Engine
 from lrlab.core.optim import build_optimizer
 from lrlab.core.reproducibility import seed_everything
 from lrlab.core.types import Stage

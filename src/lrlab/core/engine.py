@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from lrlab.core.device import resolve_precision
 from lrlab.core.optim import momentum_of
 from lrlab.core.types import Callback, EpochResult, StepRecord
 from lrlab.errors import LrlabError
@@ -33,31 +34,6 @@ class Predictions(NamedTuple):
     predictions: torch.Tensor
     targets: torch.Tensor
     loss: float
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA, then MPS, then CPU; an explicit device must be available."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise LrlabError("device=cuda but torch sees no CUDA GPU; use device=auto or device=cpu.")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise LrlabError("device=mps but MPS is not available; use device=auto or device=cpu.")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 on GPUs that support it (else fp16) and fp32 elsewhere."""
-    precision = str(precision)
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "16"
-    return "32"
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
