@@ -163,7 +163,7 @@ def test_a_killed_sweep_leaves_no_running_trial_after_resume(tmp_path: Path) -> 
         "-m",
         "experiment=smoke",
         "search=lr",
-        "epochs=30",
+        "epochs=8",  # long enough to be killed mid-training, short for the resumed run
         "train.checkpoints=false",
         "hydra.sweeper.n_trials=1",
     )
