@@ -19,7 +19,7 @@ from lrlab.errors import ConfigError
 if TYPE_CHECKING:
     from lrlab.data.types import ImageSource
 
-BUILTIN_MODULES = ("lrlab.data.sources", "lrlab.data.files")
+BUILTIN_MODULES = ("lrlab.data.sources", "lrlab.data.files", "lrlab.data.mnist5k")
 
 
 @dataclass
