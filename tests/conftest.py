@@ -87,3 +87,16 @@ def spawn_lrlab(*args: str, cwd: Path) -> subprocess.Popen:
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def run_lrlab_report(target: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`lrlab-report TARGET` (a sweep directory or a parent run id), offline, in `cwd`."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "lrlab.sweep.report", target],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

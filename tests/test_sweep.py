@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from conftest import spawn_lrlab
+from conftest import run_lrlab_report, spawn_lrlab
 from lrlab.finder.rules import RULES
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -116,16 +116,8 @@ def test_lr_vs_finder_sweep_finishes_resumes_and_reports(run_cli, tmp_path: Path
 
     # The report regenerates from the sweep directory and from the parent run id.
     (sweep_dir / "finder_vs_search.md").unlink()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for target in (str(sweep_dir), parent.info.run_id):
-        regen = subprocess.run(
-            [sys.executable, "-m", "lrlab.sweep.report", target],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        regen = run_lrlab_report(target, tmp_path)
         assert regen.returncode == 0, regen.stderr[-3000:]
         assert "of 5" in (sweep_dir / "finder_vs_search.md").read_text()
 

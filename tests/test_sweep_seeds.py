@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
+from conftest import run_lrlab_report
 from lrlab.sweep.seeds import (
     Stat,
     aggregate,
@@ -147,15 +145,7 @@ def test_a_seed_grid_reports_mean_and_std_across_seeds(run_cli, tmp_path: Path) 
     assert (sweep_dir / "seeds.csv").is_file()  # the sweeper's own report at the end of the sweep
     (sweep_dir / "seeds.csv").unlink()
     (sweep_dir / "finder_vs_search.md").unlink()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    regen = subprocess.run(
-        [sys.executable, "-m", "lrlab.sweep.report", str(sweep_dir)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    regen = run_lrlab_report(str(sweep_dir), tmp_path)
     assert regen.returncode == 0, regen.stderr[-3000:]
     study = optuna.load_study(
         study_name="smoke-search", storage=open_storage(f"sqlite:///{sweep_dir / 'optuna.db'}")
