@@ -11,6 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import spawn_lrlab
+from lrlab.app.cli import CONFIG_DIR
 
 SMOKE = ("experiment=smoke", "train.checkpoints=true")
 
@@ -151,7 +152,8 @@ def test_help_lists_the_options_not_the_schemas(run_cli) -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0, proc.stderr
     groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
-    assert "data: cifar10, digits, elpv, imagefolder, pets, torchvision\n" in groups
+    data_options = sorted(f.stem for f in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
+    assert f"data: {', '.join(data_options)}\n" in groups and "elpv" in data_options
     assert "lr_finder: default, fastai\n" in groups and "schema" not in groups
 
 
