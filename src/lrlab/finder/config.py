@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODES = ("exp", "linear")
-SMOOTHINGS = ("zero_lag", "ema")
-RULE_CURVES = ("calibrated", "ema", "zero_lag")
 GROUP_LRS = ("ratio", "equal")
 
 
@@ -53,15 +51,15 @@ class FinderConfig:
 
     def check(self) -> FinderConfig:
         """Raise ValueError naming the first bad field; returns self so calls can chain."""
-        from lrlab.finder.rules import RULES
+        from lrlab.finder.rules import CURVES, RULES
 
-        if self.mode not in MODES:
-            raise ValueError(f"mode={self.mode!r} is not valid; choose one of: {', '.join(MODES)}")
-        if self.smoothing not in SMOOTHINGS:
-            raise ValueError(
-                f"smoothing={self.smoothing!r} is not valid; choose one of: {', '.join(SMOOTHINGS)}"
-            )
-        for name, allowed in (("rule_curve", RULE_CURVES), ("group_lrs", GROUP_LRS)):
+        choices = {
+            "mode": MODES,
+            "smoothing": CURVES,
+            "rule_curve": ("calibrated", *CURVES),
+            "group_lrs": GROUP_LRS,
+        }
+        for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"{name}={getattr(self, name)!r} is not valid; choose one of: {', '.join(allowed)}"
