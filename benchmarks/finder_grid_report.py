@@ -200,7 +200,9 @@ def plot_problem(result: ProblemResult, path: Path) -> Path:
     return path
 
 
-def summary_markdown(results: Sequence[ProblemResult], rows: Sequence[dict[str, Any]]) -> str:
+def summary_markdown(
+    results: Sequence[ProblemResult], rows: Sequence[dict[str, Any]], extra: str = ""
+) -> str:
     """The summary over problems, per budget and over all budgets, and links to each problem."""
     lines = [
         "# Finder vs grid: which range-test rule and curve lands closest to the best LR",
@@ -224,6 +226,7 @@ def summary_markdown(results: Sequence[ProblemResult], rows: Sequence[dict[str, 
     if len({r.budget for r in results}) > 1:
         lines += ["", "## All budgets (problem x budget as the unit)", "", *head]
         lines += [_summary_line(s) for s in summarise(rows, by=())]
+    lines += ["", extra] if extra else []
     lines += ["", "## Per problem", ""]
     lines += [f"- [{r.problem}, {r.budget}]({r.slug}.md) ([plot]({r.slug}.png))" for r in results]
     return "\n".join(lines) + "\n"
@@ -267,8 +270,9 @@ def write_rows_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     return Path(path)
 
 
-def write_report(results: Sequence[ProblemResult], out_dir: Path) -> list[Path]:
-    """Write `<problem>-<budget>.md/.png`, `summary.md` and `rows.csv` into `out_dir`."""
+def write_report(results: Sequence[ProblemResult], out_dir: Path, extra: str = "") -> list[Path]:
+    """Write `<problem>-<budget>.md/.png`, `summary.md` (with `extra` markdown), `summary.csv` (the
+    all-budgets summary) and `rows.csv` into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for result in results:
@@ -277,8 +281,14 @@ def write_report(results: Sequence[ProblemResult], out_dir: Path) -> list[Path]:
         paths += [md, plot_problem(result, out_dir / f"{result.slug}.png")]
     rows = [row for result in results for row in result.rows]
     summary = out_dir / "summary.md"
-    summary.write_text(summary_markdown(results, rows))
-    return [summary, write_rows_csv(out_dir / "rows.csv", rows), *paths]
+    summary.write_text(summary_markdown(results, rows, extra))
+    table = out_dir / "summary.csv"
+    with table.open("w", newline="") as handle:
+        overall = summarise(rows, by=())
+        writer = csv.DictWriter(handle, fieldnames=list(overall[0]))
+        writer.writeheader()
+        writer.writerows(overall)
+    return [summary, table, write_rows_csv(out_dir / "rows.csv", rows), *paths]
 
 
 __all__ = ["ProblemResult", "analyse_problem", "bootstrap_ci", "write_report"]

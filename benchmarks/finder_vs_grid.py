@@ -180,6 +180,7 @@ def run(opts: argparse.Namespace) -> int:
 def analyse(opts: argparse.Namespace) -> int:
     """Read every study that exists back and write the report to --out."""
     from finder_grid_analysis import load_finder, load_grid
+    from finder_grid_calibration import calibrate
     from finder_grid_report import analyse_problem, write_report
 
     results = []
@@ -199,7 +200,9 @@ def analyse(opts: argparse.Namespace) -> int:
     if not results:
         print("nothing to analyse: run the benchmark first", file=sys.stderr)
         return 1
-    paths = write_report(results, opts.out)
+    extra, chosen = calibrate(results)
+    print("# calibrated on every dataset: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
+    paths = write_report(results, opts.out, extra)
     print(paths[0].read_text())
     print("\n".join(f"wrote {p}" for p in paths))
     return 0

@@ -17,6 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import finder_grid_analysis as fga  # noqa: E402
+import finder_grid_calibration as fgc  # noqa: E402
 import finder_vs_grid as fvg  # noqa: E402
 from lrlab.finder.config import FinderConfig  # noqa: E402
 from lrlab.finder.range_test import smoothed_curves  # noqa: E402
@@ -129,6 +130,49 @@ def test_every_rule_is_recomputed_on_both_curves_and_checked_against_the_runs_ow
     assert len(summary) == len(fga.PAIRS) and all(s["problems"] == 2 for s in summary)
     regrets = [s["mean_regret"] for s in summary if not math.isnan(s["mean_regret"])]
     assert regrets == sorted(regrets)
+
+
+def calibration_rows(prefers: dict[str, float]) -> list[dict]:
+    """Rows of a family whose valid and test regret, on each problem, are 0 at the preferred value
+    and grow with the squared log distance from it."""
+    return [
+        {
+            "problem": problem,
+            "budget": "1+2",
+            "seed": seed,
+            "value": value,
+            "valid_regret": math.log(value / best) ** 2 / 10,
+            "regret": math.log(value / best) ** 2 / 10 + 0.01 * seed,
+        }
+        for problem, best in prefers.items()
+        for seed in range(3)
+        for value in (1, 3, 10, 30)
+    ]
+
+
+def test_lag_free_rules_are_calibrated_leaving_the_scored_dataset_out():
+    family = fgc.FAMILIES[1]
+    assert family.rule == "bottom" and fgc.dataset("elpv2") == fgc.dataset("elpv4") == "elpv"
+    rows = calibration_rows({"elpv4": 3, "elpv2": 3, "digits": 30, "mnist5k": 30})
+    found = fgc.leave_one_out(family, rows, default=10)
+    # elpv (both problems) prefers 3, the digit sets 30: each left-out fold gets the others' choice
+    # (problems weigh equally: leaving out one digit set, elpv's two problems pull the choice to 10)
+    assert found["folds"] == {"elpv": 30, "digits": 10, "mnist5k": 10}
+    assert {(r["problem"], r["value"]) for r in found["rows"]} == {
+        ("elpv4", 30),
+        ("elpv2", 30),
+        ("digits", 10),
+        ("mnist5k", 10),
+    }
+    assert all(r["rule"] == "bottom_lopo" and r["curve"] == "zero_lag" for r in found["rows"])
+    assert len(found["rows"]) == 4 * 3
+    assert fgc.choose(rows, family.candidates, default=10) == 10
+    assert fgc.choose(calibration_rows({"a": 3}), family.candidates, default=10) == 3
+    tie = [{**r, "valid_regret": 0.0} for r in rows]
+    assert fgc.choose(tie, family.candidates, default=20) == 30  # a tie: the value nearest the default
+    table = fgc.calibration_table(family, rows, found)
+    assert "| 3 | +0.5302 / +0.5402 | +0.0000 / +0.0100 | +0.5302 / +0.5402 |" in table
+    assert "elpv left out: 30" in table and "on all: 10." in table
 
 
 def test_plan_prints_one_grid_and_one_finder_multirun_per_problem_and_budget(tmp_path: Path, capsys):

@@ -11,6 +11,7 @@ from lrlab.finder.rules import (
     register_rule,
     rule_curves,
     suggest,
+    suggest_bottom,
     suggest_descent,
     suggest_minimum,
     suggest_on_curves,
@@ -44,7 +45,7 @@ def test_registered_rule_reaches_suggest_all():
         assert suggest(lrs, losses, "first_point") == lrs[4]
     finally:
         del RULES["first_point"]
-    assert list(RULES) == ["valley", "steep", "minimum", "slide", "descent"]
+    assert list(RULES) == ["valley", "steep", "minimum", "slide", "descent", "bottom"]
     with pytest.raises(ValueError, match="all"):
         register_rule("all", lambda lr, loss: 1.0)
 
@@ -382,7 +383,7 @@ def test_negative_and_zero_losses_give_same_suggestions():
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="'valley', 'steep', 'minimum', 'slide', 'descent', 'all'"):
+    with pytest.raises(ValueError, match="'valley', 'steep', 'minimum', 'slide', 'descent', 'bottom', 'all'"):
         suggest(LRS30, _valley_curve(), "fastest")
 
 
@@ -398,6 +399,7 @@ def test_fastai_rules_are_calibrated_on_the_ema_curve_and_descent_on_zero_lag() 
         "minimum": "ema",
         "slide": "ema",
         "descent": "zero_lag",
+        "bottom": "zero_lag",
     }
     assert set(rule_curves("zero_lag").values()) == {"zero_lag"}
     with pytest.raises(ValueError, match="calibrated"):
@@ -414,7 +416,8 @@ def test_suggest_on_curves_uses_each_rules_own_curve() -> None:
         assert out[rule] == suggest(lrs, falling_late, rule) or (
             math.isnan(out[rule]) and math.isnan(suggest(lrs, falling_late, "all")[rule])
         )
-    assert out["descent"] == suggest(lrs, falling_early, "descent")
+    for rule in ("descent", "bottom"):
+        assert out[rule] == suggest(lrs, falling_early, rule)
 
 
 def test_descent_is_the_first_point_past_the_fraction_of_the_drop() -> None:
@@ -425,6 +428,15 @@ def test_descent_is_the_first_point_past_the_fraction_of_the_drop() -> None:
     assert suggest(lrs, losses, "descent") == lrs[9]
     assert suggest_descent(lrs[2:-5], losses[2:-5], fraction=0.5) == lrs[6]
     assert math.isnan(suggest(lrs, np.linspace(1.0, 2.0, 20), "all")["descent"])
+
+
+def test_bottom_is_the_lowest_points_lr_over_the_factor() -> None:
+    lrs = np.geomspace(1e-5, 1.0, 20)
+    losses = np.array([3.0] * 4 + [2.8, 2.5, 2.0, 1.6, 1.3, 1.15, 1.05, 1.02, 1.0, 1.1, 1.5] + [4.0] * 5)
+    assert suggest(lrs, losses, "bottom") == pytest.approx(lrs[12] / 10)  # BOTTOM_FACTOR = 10
+    assert suggest_bottom(lrs[2:-5], losses[2:-5], factor=1) == lrs[12]
+    with pytest.raises(ValueError, match="at least 1"):
+        suggest_bottom(lrs, losses, factor=0.5)
 
 
 def test_edge_flags_mark_the_ramp_start_and_the_diverged_tail() -> None:

@@ -26,6 +26,7 @@ from numpy.typing import ArrayLike
 from lrlab.finder.smoothing import _as_1d, finite_prefix
 
 DESCENT_FRACTION = 0.9
+BOTTOM_FACTOR = 10.0
 
 
 def _curve(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +158,16 @@ def suggest_descent(lrs: ArrayLike, losses: ArrayLike, fraction: float = DESCENT
     return float(lr_arr[int(reached[0])])
 
 
+def suggest_bottom(lrs: ArrayLike, losses: ArrayLike, factor: float = BOTTOM_FACTOR) -> float:
+    """lrlab ``bottom``, made for a lag-free (zero-lag) curve: the learning rate at the curve's lowest
+    loss divided by ``factor``. fastai's ``minimum`` does the same on the causal EMA, whose lag puts
+    the minimum late; on the zero-lag curve the minimum sits where the loss really bottoms out."""
+    if not factor >= 1:
+        raise ValueError(f"bottom: factor must be at least 1, got {factor}")
+    lr_arr, loss_arr = _trimmed_curve(lrs, losses, "bottom", 1)
+    return float(lr_arr[int(np.argmin(loss_arr))]) / factor
+
+
 RuleFunction = Callable[[np.ndarray, np.ndarray], float]
 CURVES = ("ema", "zero_lag")
 
@@ -180,6 +191,7 @@ RULES: dict[str, Rule] = {
     "descent": Rule(
         suggest_descent, "zero_lag", f"lrlab: {DESCENT_FRACTION:.0%} of the descent to the minimum"
     ),
+    "bottom": Rule(suggest_bottom, "zero_lag", f"lrlab: the lag-free minimum's LR / {BOTTOM_FACTOR:g}"),
 }
 """Every suggestion rule by name: the one registry the CLI, `suggest="all"`, sweeps' finder
 baselines, plots and reports read. Add a rule with :func:`register_rule`."""
