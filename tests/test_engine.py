@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import collections
-import pickle
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from lrlab.app.checkpoint import CheckpointCallback, load_checkpoint, save_atomic
+from lrlab.app.checkpoint import CheckpointCallback, CheckpointError, load_checkpoint, save_atomic
 from lrlab.core.engine import Engine, TrainingDiverged
 from lrlab.core.schedules import constant
 from lrlab.core.types import Callback
@@ -126,7 +126,7 @@ def test_checkpoints_are_atomic_best_by_valid_loss_and_weights_only(digits, tmp_
 
     evil = tmp_path / "evil.pt"
     torch.save({"obj": collections.Counter(a=1), "f": partial(print)}, evil)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match=r"evil\.pt is damaged or not a checkpoint \(UnpicklingError"):
         load_checkpoint(evil)
 
     class Unpicklable:
@@ -137,6 +137,30 @@ def test_checkpoints_are_atomic_best_by_valid_loss_and_weights_only(digits, tmp_
         save_atomic({"x": Unpicklable()}, tmp_path / "last.pt")
     assert torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["3.weight"], model[3].weight.detach())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "evil.pt", "last.pt"]
+
+
+def test_damaged_empty_or_foreign_checkpoints_are_named_in_one_paragraph(tmp_path: Path) -> None:
+    path = save_atomic({"model": {"w": torch.arange(4096, dtype=torch.float32)}}, tmp_path / "best.pt")
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.arange(4096, dtype=torch.float32))
+    raw = bytearray(path.read_bytes())
+    start = raw.find(np.arange(8, dtype=np.float32).tobytes())  # the tensor's data inside the file
+    assert start > 0
+    for i in range(100):
+        raw[start + 100 + i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"best\.pt is damaged: its payload does not match the SHA-256"):
+        load_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"best\.pt is empty \(0 bytes\)"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError, match=r"best\.pt is damaged or not a checkpoint"):
+        load_checkpoint(path)
+    torch.save({"model": {}}, path)
+    with pytest.raises(CheckpointError, match="not an lrlab checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
 
 
 def test_predict_returns_labels_targets_and_the_evaluate_loss(digits) -> None:

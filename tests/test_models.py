@@ -62,6 +62,70 @@ def test_local_weights_file_loads_body_and_resizes_head(tmp_path: Path, suffix: 
     assert all(torch.equal(v, state[k]) for k, v in body.items())
 
 
+class _Payload:
+    """A pickle that, when unpickled with code allowed, creates the file it names."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_weights_file_that_would_run_code_is_refused_on_every_loading_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wrapped: bool
+) -> None:
+    """Whatever timm is installed: every torch.load lrlab makes (weights file, checkpoint, bundled
+    weights) passes weights_only=True, and the payload never runs."""
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "evil.pt"
+    state = {k: v for k, v in timm.create_model("test_resnet").state_dict().items()}
+    torch.save({"state_dict": {**state, "x": _Payload(marker)}} if wrapped else _Payload(marker), evil)
+    calls = []
+    real_load = torch.load
+
+    def checked_load(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", checked_load)
+    with pytest.raises(LrlabError, match=r"evil\.pt cannot be read as plain tensors.*weights_only=True"):
+        create_model("test_resnet", num_classes=3, pretrained=str(evil))
+    from lrlab.app.checkpoint import load_checkpoint
+
+    with pytest.raises(LrlabError, match=r"not a checkpoint|not an lrlab checkpoint"):
+        load_checkpoint(evil)
+    create_model("tf_efficientnet_lite0", num_classes=2, pretrained="bundled")
+    assert not marker.exists()
+    assert calls and all(flag is True for flag in calls)
+
+
+def test_a_weights_file_of_another_architecture_names_the_missing_keys(tmp_path: Path) -> None:
+    path = tmp_path / "other.pth"
+    torch.save(timm.create_model("test_efficientnet").state_dict(), path)
+    with pytest.raises(
+        LrlabError, match=r"does not fit ResNet: missing keys \(71\): conv1\.0\.weight"
+    ) as err:
+        create_model("test_resnet", num_classes=3, pretrained=str(path))
+    assert "unexpected keys (83): conv_stem.weight" in str(err.value)
+    torch.save({"model": {"module.fc.weight": torch.zeros(2, 2)}}, path)  # only a head: no body at all
+    with pytest.raises(LrlabError, match=r"missing keys \(\d+\): conv1\.0\.weight") as err:
+        create_model("test_resnet", num_classes=3, pretrained=str(path))
+    assert "unexpected" not in str(err.value)
+    torch.save([1, 2], path)
+    with pytest.raises(LrlabError, match="holds no state dict of tensors"):
+        create_model("test_resnet", num_classes=3, pretrained=str(path))
+
+
+def test_a_training_checkpoint_is_unwrapped(tmp_path: Path) -> None:
+    source = timm.create_model("test_resnet", num_classes=3)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    model = create_model("test_resnet", num_classes=3, pretrained=str(path))
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+
+
 def test_hub_weights_offline_name_the_offline_options() -> None:
     with pytest.raises(LrlabError, match=r"model\.pretrained=bundled"):
         create_model("resnet18", num_classes=2, pretrained=True)

@@ -72,16 +72,14 @@ def create_model(
     path = Path(str(pretrained)).expanduser()
     if not path.is_file():
         raise LrlabError(f"model.pretrained={pretrained!r} is not an existing weights file. {OFFLINE_HINT}")
+    from lrlab.models.weights import WeightsError, load_weights_file
+
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     try:
-        return timm.create_model(
-            name,
-            pretrained=True,
-            pretrained_cfg_overlay=dict(file=str(path)),
-            num_classes=num_classes,
-            **kwargs,
-        )
-    except Exception as exc:
-        raise LrlabError(f"Could not load weights file {path} into {name}: {exc}") from exc
+        load_weights_file(model, path)
+    except WeightsError as exc:
+        raise LrlabError(str(exc)) from exc
+    return model
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -1,12 +1,19 @@
 """Weight sources for lrlab models: the bundled offline EfficientNet-Lite0 and local weight files.
 
 The key mapping is hand-written: no library maps lukemelas-style EfficientNet keys to timm.
+Local files are read here rather than by timm because timm's loader unpickles with
+`weights_only=False` in some versions lrlab supports, so a weights file could run code.
 """
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
 import timm
 import torch
+from torch import nn
 
 BUNDLED_MODEL_NAME = "tf_efficientnet_lite0"
 
@@ -64,3 +71,77 @@ def load_bundled_weights(model: torch.nn.Module, model_name: str) -> None:
         raise WeightsError(
             f"bundled weights do not fit this model; create it as {BUNDLED_MODEL_NAME} with 1000 classes"
         ) from err
+
+
+_WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a local weights file, never unpickling code: `.safetensors` through
+    safetensors, anything else through `torch.load(weights_only=True)`. A training checkpoint
+    (`{"state_dict": ...}`, `{"model": ...}`, timm's EMA entries first) is unwrapped and a
+    DataParallel `module.` prefix dropped."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise WeightsError(f"{path} is not a readable safetensors file ({exc})") from exc
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(
+            f"{path} cannot be read as plain tensors ({first}). lrlab loads weights with "
+            "weights_only=True so that a file cannot run code; save a state dict "
+            "(torch.save(model.state_dict(), path)) or a .safetensors file."
+        ) from exc
+    for key in _WRAPPERS:
+        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
+            data = data[key]
+            break
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise WeightsError(f"{path} holds no state dict of tensors (found {type(data).__name__})")
+    return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def _head_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the model's classifier (the head lrlab replaces)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        return set()
+    ids = {id(t) for t in head.state_dict(keep_vars=True).values()}
+    return {k for k, t in model.state_dict(keep_vars=True).items() if id(t) in ids}
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
+    """Load a local weights file into `model`: every key must match in name and shape except the
+    classifier head (kept at its fresh initialisation when the file's head has another size or is
+    absent); BatchNorm's `num_batches_tracked` counters may be missing. Raises WeightsError naming
+    the keys otherwise."""
+    source = read_weights_file(path)
+    target = model.state_dict()
+    head = _head_keys(model)
+    missing = [
+        k for k in target if k not in source and k not in head and not k.endswith("num_batches_tracked")
+    ]
+    unexpected = [k for k in source if k not in target]
+    wrong = [k for k in target if k in source and k not in head and source[k].shape != target[k].shape]
+    if missing or unexpected or wrong:
+        raise WeightsError(
+            f"weights file {path} does not fit {type(model).__name__}: "
+            + "; ".join(
+                f"{label} ({len(keys)}): {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
+                for label, keys in (
+                    ("missing keys", missing),
+                    ("unexpected keys", unexpected),
+                    ("wrong shapes", wrong),
+                )
+                if keys
+            )
+            + ". Pass weights saved from the same architecture (model.name), or model.pretrained=false."
+        )
+    fitting = {k: v for k, v in source.items() if not (k in head and v.shape != target[k].shape)}
+    model.load_state_dict(fitting, strict=False)
