@@ -77,15 +77,16 @@ def _ci(mean: float, low: float, high: float) -> str:
 
 
 def _compute_line(result: ProblemResult) -> str:
-    seeds = max(1, len({r.seed for r in result.grid}))
-    grid_per_seed = sum(r.seconds for r in result.grid) / seeds
+    """Per seed: one finder run (range tests + training) against the grid's trainings. Medians over
+    trials, so a trial slowed by other work on the machine does not skew the ratio."""
+    grid_per_seed = len(result.points) * float(np.median([r.seconds for r in result.grid]))
     if not result.finder:
         return f"Compute per seed: grid {grid_per_seed:.0f} s; no finder runs."
-    tests = float(np.mean([r.range_test_seconds for r in result.finder]))
-    train = float(np.mean([r.train_seconds for r in result.finder]))
+    tests = float(np.median([r.range_test_seconds for r in result.finder]))
+    train = float(np.median([r.train_seconds for r in result.finder]))
     ratio = grid_per_seed / (tests + train) if tests + train > 0 else math.nan
     return (
-        f"Compute per seed (in-run seconds: training + range tests): one finder run {tests + train:.0f} s "
+        f"Compute per seed (in-run seconds, medians over trials): one finder run {tests + train:.0f} s "
         f"(range tests {tests:.0f} s + training {train:.0f} s); the grid's {len(result.points)} trainings "
         f"{grid_per_seed:.0f} s, {ratio:.1f}x the finder run."
     )
