@@ -76,19 +76,24 @@ def _ci(mean: float, low: float, high: float) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
 
 
-def _compute_line(result: ProblemResult) -> str:
-    """Per seed: one finder run (range tests + training) against the grid's trainings. Medians over
-    trials, so a trial slowed by other work on the machine does not skew the ratio."""
-    grid_per_seed = len(result.points) * float(np.median([r.seconds for r in result.grid]))
+def compute_per_seed(result: ProblemResult) -> tuple[float, float, float]:
+    """Per seed, in-run seconds: (range tests, finder-run training, the grid's trainings). Medians
+    over trials, so a trial slowed by other work on the machine does not skew the ratio."""
+    grid = len(result.points) * float(np.median([r.seconds for r in result.grid]))
     if not result.finder:
-        return f"Compute per seed: grid {grid_per_seed:.0f} s; no finder runs."
+        return math.nan, math.nan, grid
     tests = float(np.median([r.range_test_seconds for r in result.finder]))
-    train = float(np.median([r.train_seconds for r in result.finder]))
-    ratio = grid_per_seed / (tests + train) if tests + train > 0 else math.nan
+    return tests, float(np.median([r.train_seconds for r in result.finder])), grid
+
+
+def _compute_line(result: ProblemResult) -> str:
+    tests, train, grid = compute_per_seed(result)
+    if math.isnan(tests):
+        return f"Compute per seed: grid {grid:.0f} s; no finder runs."
     return (
         f"Compute per seed (in-run seconds, medians over trials): one finder run {tests + train:.0f} s "
         f"(range tests {tests:.0f} s + training {train:.0f} s); the grid's {len(result.points)} trainings "
-        f"{grid_per_seed:.0f} s, {ratio:.1f}x the finder run."
+        f"{grid:.0f} s: the finder run costs {(tests + train) / grid:.2f} of the grid."
     )
 
 
@@ -227,6 +232,17 @@ def summary_markdown(
     if len({r.budget for r in results}) > 1:
         lines += ["", "## All budgets (problem x budget as the unit)", "", *head]
         lines += [_summary_line(s) for s in summarise(rows, by=())]
+    lines += ["", "## Compute per seed (range tests + one training, against the grid)", ""]
+    lines += [
+        "| problem | budget | finder run (s) | grid (s) | fraction of the grid |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        tests, train, grid = compute_per_seed(r)
+        lines.append(
+            f"| {r.problem} | {r.budget} | {_num(tests + train, '.0f')} | {grid:.0f} | "
+            f"{_num((tests + train) / grid, '.3f')} |"
+        )
     lines += ["", extra] if extra else []
     lines += ["", "## Per problem", ""]
     lines += [f"- [{r.problem}, {r.budget}]({r.slug}.md) ([plot]({r.slug}.png))" for r in results]
