@@ -73,6 +73,28 @@ def provenance_tags(cwd: str | Path | None = None) -> dict[str, str]:
     return tags
 
 
+def _opened_client(uri: str) -> Any:
+    """An MlflowClient whose store has been opened (created and migrated if new)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)
+    return client
+
+
+def _forget(uri: str) -> None:
+    """Drop MLflow's cached SQLAlchemy engine for `uri`, whose pooled connections may still point
+    at a file that was just moved aside."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+    except (ImportError, AttributeError):
+        return
+    if engine is not None:
+        engine.dispose()
+
+
 class MlflowTracker(Callback):
     """Logs one run to an MLflow store; use as an engine callback and end it with `finish`."""
 
@@ -86,12 +108,15 @@ class MlflowTracker(Callback):
     ):
         """Start a new run, or (with `run_id`) continue an existing one, e.g. a resumed sweep's parent."""
         import mlflow
-        from mlflow.tracking import MlflowClient
 
         for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        from lrlab.integrations.sqlite_setup import open_sqlite
+
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = open_sqlite(
+            uri, "MLflow store", lambda: _opened_client(uri), reset=lambda: _forget(uri)
+        )
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             location = None

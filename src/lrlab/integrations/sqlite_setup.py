@@ -1,0 +1,107 @@
+"""Crash-safe, concurrency-safe creation of the SQLite files lrlab tracks into (MLflow's store,
+Optuna's storage): one process at a time creates a file's schema, under a file lock, with SIGINT
+and SIGTERM held until the schema is complete; a file left half-built by an older crash is moved
+aside (when it holds no runs or trials) or explained. MLflow and Optuna migrate a new SQLite file
+without a lock of their own, so two first runs in a fresh folder can break it; hence this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from filelock import FileLock
+
+from lrlab.errors import LrlabError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+LOCK_TIMEOUT_S = 120
+RECORD_TABLES = ("runs", "trials")  # what a store holds that must never be thrown away
+
+
+class StoreError(LrlabError):
+    """A tracking store or study storage that cannot be opened or repaired."""
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///...` URL, None for any other URL (or an in-memory database)."""
+    if not url.startswith("sqlite:///") or url.rstrip("/") == "sqlite:":
+        return None
+    path = url[len("sqlite:///") :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (they are delivered then, not lost)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):  # no pthread_sigmask (Windows) or not available
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _records(path: Path) -> int:
+    """Rows in the file's run/trial tables (0 when it has none or cannot be read)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            return sum(
+                db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in RECORD_TABLES if t in tables
+            )
+    except sqlite3.Error:
+        return 0
+
+
+def open_sqlite(url: str, what: str, opener: Callable[[], T], reset: Callable[[], None] | None = None) -> T:
+    """Run `opener` (which creates or migrates the SQLite file of `url` if needed and returns the
+    opened store) under the file's lock with signals held. If it fails on an existing file that
+    holds no records, the file is moved aside (`<name>.broken-<time>`), `reset` drops whatever the
+    library cached for it, and `opener` runs again on a fresh one; with records, StoreError explains
+    what to do. Non-SQLite URLs just run `opener`."""
+    path = sqlite_path(url)
+    if path is None:
+        return opener()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S), signals_held():
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink()
+        existed = path.exists()
+        try:
+            return opener()
+        except Exception as exc:
+            if not existed:
+                raise
+            records, reason = _records(path), (str(exc).splitlines() or [""])[0][:200]
+            if records:
+                raise StoreError(
+                    f"The {what} {path} cannot be opened ({type(exc).__name__}: {reason}) "
+                    f"and holds {records} run/trial record(s), so lrlab neither moves nor deletes it. "
+                    "Copy it away, then either point lrlab at a new file (tracking.uri / "
+                    f"hydra.sweeper.storage) or "
+                    f"repair it with the owning tool (`mlflow db upgrade {url}` for MLflow)."
+                ) from exc
+            aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            path.rename(aside)
+            if reset is not None:
+                reset()
+            log.warning(
+                "The %s %s was left half-built by an interrupted first run and holds no runs or trials; "
+                "it was moved to %s and a new one created.",
+                what,
+                path,
+                aside,
+            )
+            return opener()

@@ -1,0 +1,153 @@
+"""Tracking and study stores: created by one process at a time (concurrent first runs in a fresh
+folder), with signals held during creation, and a store half-built by an older crash repaired or
+explained. Real MLflow SQLite stores and Optuna RDB storages, in subprocesses where it matters."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lrlab.integrations.sqlite_setup import StoreError, open_sqlite, signals_held, sqlite_path
+
+WORKERS = 4
+
+MLFLOW_WORKER = """
+import sys
+from lrlab.integrations.mlflow import MlflowTracker
+tracker = MlflowTracker(sys.argv[1], "concurrent", run_name="worker-" + sys.argv[2])
+tracker.log_metric("x", 1.0)
+tracker.finish()
+"""
+
+OPTUNA_WORKER = """
+import sys, optuna
+from lrlab.sweep.storage import open_storage
+study = optuna.create_study(study_name="s", storage=open_storage(sys.argv[1]), load_if_exists=True)
+study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=float(sys.argv[2])))
+"""
+
+
+def _start_together(script: str, url: str, tmp_path: Path) -> list[subprocess.CompletedProcess]:
+    """Start WORKERS processes that wait on one file, then release them in the same instant."""
+    gate = tmp_path / "go"
+    body = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.001)\n" + textwrap.dedent(
+        script
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", body, url, str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        for i in range(WORKERS)
+    ]
+    import time
+
+    time.sleep(6)  # let every interpreter import mlflow/optuna and reach the gate
+    gate.touch()
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=300), *p.communicate()) for p in procs]
+
+
+@pytest.mark.slow
+def test_concurrent_first_runs_share_one_healthy_mlflow_store(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    results = _start_together(MLFLOW_WORKER, url, tmp_path)
+    assert [r.returncode for r in results] == [0] * WORKERS, [r.stderr[-2000:] for r in results]
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(url).search_runs(
+        [MlflowClient(url).get_experiment_by_name("concurrent").experiment_id]
+    )
+    assert sorted(r.info.run_name for r in runs) == [f"worker-{i}" for i in range(WORKERS)]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_concurrent_sweep_workers_share_one_healthy_optuna_storage(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh' / 'study.db'}"
+    results = _start_together(OPTUNA_WORKER, url, tmp_path)
+    assert [r.returncode for r in results] == [0] * WORKERS, [r.stderr[-2000:] for r in results]
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=url)
+    assert sorted(t.value for t in study.trials) == [float(i) for i in range(WORKERS)]
+
+
+def _half_built(path: Path, runs: int) -> None:
+    """A store as an interrupted migration leaves it: some tables, a revision MLflow doesn't know."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        db.execute("INSERT INTO alembic_version VALUES ('0a8213491aaa')")
+        db.execute("CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY, name VARCHAR(256))")
+        db.execute("CREATE TABLE runs (run_uuid VARCHAR(32) PRIMARY KEY)")
+        db.executemany("INSERT INTO runs VALUES (?)", [(f"r{i}",) for i in range(runs)])
+
+
+def test_a_half_built_store_without_runs_is_moved_aside_and_recreated(tmp_path: Path, caplog) -> None:
+    from lrlab.integrations.mlflow import MlflowTracker
+
+    path = tmp_path / "mlflow.db"
+    _half_built(path, runs=0)
+    tracker = MlflowTracker(f"sqlite:///{path}", "repaired")
+    tracker.finish()
+    aside = list(tmp_path.glob("mlflow.db.broken-*"))
+    assert len(aside) == 1 and "moved to" in caplog.text and "half-built" in caplog.text
+    assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_a_damaged_store_with_runs_is_left_alone_and_explained(tmp_path: Path) -> None:
+    from lrlab.integrations.mlflow import MlflowTracker
+
+    path = tmp_path / "mlflow.db"
+    _half_built(path, runs=3)
+    with pytest.raises(StoreError, match=r"mlflow\.db cannot be opened .* holds 3 run/trial record\(s\)"):
+        MlflowTracker(f"sqlite:///{path}", "kept")
+    assert not list(tmp_path.glob("*.broken-*"))
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 3
+
+
+def test_an_empty_store_file_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "study.db"
+    path.write_bytes(b"")
+    import optuna
+
+    from lrlab.sweep.storage import open_storage
+
+    optuna.create_study(study_name="x", storage=open_storage(f"sqlite:///{path}"))
+    assert path.stat().st_size > 0
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="needs pthread_sigmask")
+def test_signals_during_store_creation_are_delivered_after_it() -> None:
+    seen: list[str] = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: seen.append("term"))
+    try:
+
+        def opener() -> str:
+            os.kill(os.getpid(), signal.SIGTERM)
+            seen.append("created")
+            return "store"
+
+        with signals_held():
+            assert opener() == "store"
+            assert seen == ["created"]
+        assert seen == ["created", "term"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sqlite_path_reads_only_file_urls(tmp_path: Path) -> None:
+    assert sqlite_path(f"sqlite:///{tmp_path}/a.db?timeout=5") == tmp_path / "a.db"
+    assert sqlite_path("sqlite:///:memory:") is None and sqlite_path("postgresql://h/db") is None
+    assert open_sqlite("http://example.invalid", "MLflow store", lambda: 7) == 7
