@@ -195,6 +195,40 @@ def test_user_config_dir_adds_an_experiment(run_cli, tmp_path: Path) -> None:
     assert "stage full: 1 epoch(s)" in proc.stdout
 
 
+@pytest.mark.slow
+def test_two_runs_started_together_in_a_fresh_folder_get_their_own_directories(tmp_path: Path) -> None:
+    """Both claim the same base directory (as two runs started in the same second do) and create
+    the MLflow store at the same moment."""
+    same = "hydra.run.dir=${lrlab_unique_dir:outputs/same-second}"
+    procs = [spawn_lrlab(*SMOKE, "epochs=1", same, cwd=tmp_path) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outputs]
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["same-second", "same-second-1"]
+    assert len(list((tmp_path / "outputs").rglob("best.pt"))) == 2
+    _, runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+
+
+def test_the_default_run_directory_is_claimed_uniquely(tmp_path: Path, monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from lrlab.app import schema
+
+    assert (
+        "lrlab_unique_dir"
+        in OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "config.yaml"), resolve=False)["hydra"][
+            "run"
+        ]["dir"]
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(schema, "_CLAIMED", {})
+    assert schema.claim_directory("outputs/a") == "outputs/a"
+    assert schema.claim_directory("outputs/a") == "outputs/a"  # asked again by the same run
+    monkeypatch.setattr(schema, "_CLAIMED", {})  # another process
+    assert schema.claim_directory("outputs/a") == "outputs/a-1"
+    assert (tmp_path / "outputs" / "a-1").is_dir()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_ends_killed_not_running(tmp_path: Path, sig: int) -> None:
     proc = spawn_lrlab("experiment=smoke", "epochs=200", cwd=tmp_path)

@@ -116,10 +116,32 @@ class LrlabConfig:
     trial: TrialConfig = field(default_factory=TrialConfig)
 
 
+_CLAIMED: dict[str, str] = {}
+
+
+def claim_directory(base: str) -> str:
+    """Create and return `base`, or `base-1`, `base-2`, ... the first that does not exist yet. The
+    creation is atomic (mkdir), so two runs started in the same second never share a directory;
+    the same `base` asked again in this process returns the directory already claimed."""
+    if base in _CLAIMED:
+        return _CLAIMED[base]
+    Path(base).parent.mkdir(parents=True, exist_ok=True)
+    for n in range(10_000):
+        candidate = base if n == 0 else f"{base}-{n}"
+        try:
+            Path(candidate).mkdir()
+        except FileExistsError:
+            continue
+        _CLAIMED[base] = candidate
+        return candidate
+    raise ConfigError(f"could not find a free run directory next to {base}")
+
+
 def register_schemas() -> None:
     """Store the schemas in Hydra's ConfigStore at its root, where they are not listed as options
     of a group: `lrlab_schema` (config.yaml extends it), `lr_finder_schema` (conf/lr_finder/*.yaml)
     and one `data_<source>_schema` per registered data source (conf/data/<source>.yaml)."""
+    OmegaConf.register_new_resolver("lrlab_unique_dir", claim_directory, replace=True)
     store = ConfigStore.instance()
     store.store(name="lrlab_schema", node=LrlabConfig, provider="lrlab")
     store.store(name="lr_finder_schema", node=FinderConfig, provider="lrlab")
