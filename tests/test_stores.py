@@ -151,3 +151,32 @@ def test_sqlite_path_reads_only_file_urls(tmp_path: Path) -> None:
     assert sqlite_path(f"sqlite:///{tmp_path}/a.db?timeout=5") == tmp_path / "a.db"
     assert sqlite_path("sqlite:///:memory:") is None and sqlite_path("postgresql://h/db") is None
     assert open_sqlite("http://example.invalid", "MLflow store", lambda: 7) == 7
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_runs_left_running_by_a_dead_process_are_ended_killed_by_the_next_run(tmp_path: Path) -> None:
+    import socket
+
+    from mlflow.tracking import MlflowClient
+
+    from lrlab.integrations.mlflow import OWNER_TAG, MlflowTracker
+
+    url = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = MlflowTracker(url, "e", run_name="killed -9")
+    client = MlflowClient(url)
+    assert client.get_run(first.run_id).data.tags[OWNER_TAG] == f"{socket.gethostname()}:{os.getpid()}"
+    client.set_tag(first.run_id, OWNER_TAG, f"{socket.gethostname()}:{_dead_pid()}")  # its process died
+    elsewhere = client.create_run(first.experiment_id, tags={OWNER_TAG: "another-host:1"}).info.run_id
+    alive = MlflowTracker(url, "e", run_name="still running")  # this process: alive
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    assert "was gone" in client.get_run(first.run_id).data.tags["lrlab.ended"]
+    assert client.get_run(elsewhere).info.status == "RUNNING"  # cannot be checked from this host
+    assert client.get_run(alive.run_id).info.status == "RUNNING"
+    MlflowTracker(url, "e").finish()
+    assert client.get_run(alive.run_id).info.status == "RUNNING"
+    alive.finish()

@@ -298,6 +298,6 @@ def test_the_results_file_names_the_best_trial(store: Path) -> None:
 
 
 def test_pid_check_sees_this_process_alive_and_a_finished_one_dead() -> None:
-    from lrlab.sweep.recovery import pid_alive
+    from lrlab.integrations.process import pid_alive
 
     assert pid_alive(os.getpid()) and not pid_alive(_dead_pid())

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from lrlab.core.types import Callback, EpochResult, StepRecord
+from lrlab.integrations.process import owner_gone, worker_id
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_KEY = 250
 MAX_PARAM_VALUE = 6000
 BATCH_LIMIT = 1000
+OWNER_TAG = "lrlab.owner"  # <host>:<pid> of the process writing the run
 
 
 def default_tracking_uri(directory: str | Path) -> str:
@@ -95,6 +97,24 @@ def _forget(uri: str) -> None:
         engine.dispose()
 
 
+def end_orphaned_runs(client: Any, experiment_id: str) -> list[str]:
+    """End KILLED the runs of the experiment left RUNNING by a process of this host that is gone
+    (kill -9, the OOM killer: no `finally` ran); returns their ids."""
+    ended = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        owner = run.data.tags.get(OWNER_TAG, "")
+        if owner and owner_gone(owner):
+            client.set_tag(
+                run.info.run_id, "lrlab.ended", f"KILLED by a later run: its process {owner} was gone"
+            )
+            client.set_terminated(run.info.run_id, status="KILLED")
+            log.warning(
+                "MLflow run %s was left RUNNING by %s, which is gone: marked KILLED", run.info.run_id, owner
+            )
+            ended.append(run.info.run_id)
+    return ended
+
+
 class MlflowTracker(Callback):
     """Logs one run to an MLflow store; use as an engine callback and end it with `finish`."""
 
@@ -125,11 +145,14 @@ class MlflowTracker(Callback):
             experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             experiment_id = found.experiment_id
+        end_orphaned_runs(self.client, experiment_id)
+        owner = {OWNER_TAG: worker_id()}
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, OWNER_TAG, owner[OWNER_TAG])
             self.run_id: str = run_id
         else:
-            tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+            tags = {**owner, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
             self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         self.experiment_id = experiment_id
         self._metrics: list[Any] = []

@@ -6,7 +6,6 @@ run replacements."""
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 from collections.abc import Sequence
@@ -15,26 +14,11 @@ from types import TracebackType
 import optuna
 from optuna.trial import TrialState
 
+from lrlab.integrations.process import owner_gone
 from lrlab.sweep.storage import HEARTBEAT_INTERVAL_S
 from lrlab.sweep.study import WORKER_ATTR, trial_id
 
 log = logging.getLogger("lrlab.sweep")
-
-
-def worker_id() -> str:
-    """`<host>:<pid>` of this sweep process, stored on each trial it asks."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def heartbeats_enabled(storage: optuna.storages.BaseStorage) -> bool:
@@ -47,8 +31,7 @@ def _running(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def _abandoned_here(trial: optuna.trial.FrozenTrial, host: str) -> bool:
-    name, _, pid = str(trial.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
-    return name == host and pid.isdigit() and not pid_alive(int(pid))
+    return owner_gone(str(trial.user_attrs.get(WORKER_ATTR, "")), host)
 
 
 def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:

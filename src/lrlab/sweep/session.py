@@ -16,8 +16,9 @@ import optuna
 from optuna.trial import TrialState
 
 from lrlab.errors import ConfigError, LrlabError
+from lrlab.integrations.process import worker_id
 from lrlab.sweep.baselines import FinderBaselines, enqueue_baselines, finder_rule
-from lrlab.sweep.recovery import Heartbeat, fail_abandoned_trials, worker_id
+from lrlab.sweep.recovery import Heartbeat, fail_abandoned_trials
 from lrlab.sweep.samplers import make_sampler, suggest
 from lrlab.sweep.search_space import SearchSpace, format_value
 from lrlab.sweep.settings import FINDER_ENTRY, SweepSettings
