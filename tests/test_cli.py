@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 from pathlib import Path
@@ -258,3 +259,32 @@ def test_plain_multirun_is_a_grid_study_sharing_one_store(run_cli, tmp_path: Pat
         ("FINISHED", "0.001"),
         ("FINISHED", "0.01"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("http://127.0.0.1:9", "no MLflow server answers at 127.0.0.1:9"),
+        ("garbage://x", "MLflow has no tracking store for 'garbage://'"),
+    ],
+)
+def test_an_unusable_tracking_uri_exits_2_at_once_naming_it(
+    run_cli, tmp_path: Path, uri: str, expected: str
+) -> None:
+    import time
+
+    start = time.perf_counter()
+    proc = run_cli("experiment=smoke", f"tracking.uri={uri}", timeout=60)
+    assert time.perf_counter() - start < 10
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert expected in proc.stderr and f"tracking.uri={uri!r}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_read_only_store_exits_2_before_any_work(run_cli, tmp_path: Path) -> None:
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    (tmp_path / "mlflow.db").chmod(0o444)
+    if os.access(tmp_path / "mlflow.db", os.W_OK):
+        pytest.skip("running as a user who can write read-only files (root)")
+    proc = run_cli("experiment=smoke")
+    assert proc.returncode == 2 and "is not writable" in proc.stderr

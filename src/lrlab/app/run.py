@@ -25,11 +25,7 @@ from lrlab.core.stages import run_stages
 from lrlab.core.types import Callback, EpochResult
 from lrlab.finder.config import FinderConfig
 from lrlab.finder.range_test import find_lr
-from lrlab.integrations.mlflow import (
-    MlflowTracker,
-    default_tracking_uri,
-    provenance_tags,
-)
+from lrlab.integrations.mlflow import MlflowTracker, check_tracking_uri, default_tracking_uri, provenance_tags
 from lrlab.integrations.optuna import TrialReporter, load_trial
 
 log = logging.getLogger("lrlab")
@@ -86,10 +82,18 @@ class StageLog(Callback):
         self.stages.append(entry)
 
 
-def _tracker(cfg: DictConfig, launch_dir: Path, parent_run_id: str | None) -> MlflowTracker | None:
+def _tracking_uri(cfg: DictConfig, launch_dir: Path) -> str | None:
+    """The MLflow URI this run records to (checked, so a bad one fails before any work), or None."""
     if cfg.tracking.backend != "mlflow":
         return None
     uri = cfg.tracking.uri or default_tracking_uri(launch_dir)
+    check_tracking_uri(uri)
+    return uri
+
+
+def _tracker(cfg: DictConfig, uri: str | None, parent_run_id: str | None) -> MlflowTracker | None:
+    if uri is None:
+        return None
     run_name = cfg.tracking.run_name or f"{cfg.name}-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     return MlflowTracker(uri, cfg.tracking.experiment, run_name, parent_run_id)
 
@@ -103,6 +107,7 @@ def run_experiment(
 ) -> RunResult:
     """Run the task `cfg.task` names (train or lr_find), logging to MLflow unless `tracking=none`."""
     output_dir, launch_dir = Path(output_dir), Path(launch_dir or Path.cwd())
+    uri = _tracking_uri(cfg, launch_dir)
     setup = build(cfg)
     cfg = setup.cfg
     checkpoints = (
@@ -116,7 +121,7 @@ def run_experiment(
         callbacks.append(
             TrialReporter(load_trial(cfg.trial.storage, cfg.trial.study, cfg.trial.number), cfg.trial.metric)
         )
-    tracker = _tracker(cfg, launch_dir, parent_run_id or cfg.tracking.parent_run_id)
+    tracker = _tracker(cfg, uri, parent_run_id or cfg.tracking.parent_run_id)
     if tracker:
         callbacks.append(tracker)
     engine = _engine(setup, callbacks)

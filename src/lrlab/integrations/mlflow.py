@@ -8,6 +8,7 @@ import csv
 import importlib.metadata
 import logging
 import math
+import os
 import subprocess
 import tempfile
 import time
@@ -29,6 +30,52 @@ OWNER_TAG = "lrlab.owner"  # <host>:<pid> of the process writing the run
 def default_tracking_uri(directory: str | Path) -> str:
     """`sqlite:///<absolute directory>/mlflow.db`: absolute, so jobs started elsewhere share one store."""
     return f"sqlite:///{(Path(directory).resolve() / 'mlflow.db').as_posix()}"
+
+
+def _store_schemes() -> set[str]:
+    """URI schemes MLflow has a tracking store for (its registry, plugins included)."""
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        return set(_tracking_store_registry._registry)
+    except (ImportError, AttributeError):
+        return {"", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks"}
+
+
+def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast, before any work, on a tracking URI MLflow cannot use: an unknown scheme, an
+    SQLite file or folder that cannot be written, a server that does not answer within `timeout`
+    seconds (MLflow itself retries for minutes). Raises LrlabError naming the URI."""
+    import socket
+    from urllib.parse import urlparse
+
+    from lrlab.errors import LrlabError
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+", 1)[0]
+    if scheme not in _store_schemes():
+        raise LrlabError(
+            f"tracking.uri={uri!r}: MLflow has no tracking store for {scheme + '://'!r}. Use "
+            "sqlite:///path/mlflow.db (the default, in the launch folder), http(s)://host:port of an "
+            "MLflow server, or a database URL; tracking=none runs without MLflow."
+        )
+    if scheme == "sqlite" and uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+        target = path if path.exists() else next(p for p in (path, *path.parents) if p.exists())
+        if not os.access(target, os.W_OK):
+            raise LrlabError(
+                f"tracking.uri={uri!r}: {target} is not writable, so runs cannot be recorded there."
+            )
+    if scheme in ("http", "https"):
+        port = parsed.port or (443 if scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname or "", port), timeout=timeout).close()
+        except OSError as exc:
+            raise LrlabError(
+                f"tracking.uri={uri!r}: no MLflow server answers at {parsed.hostname}:{port} "
+                f"({exc.strerror or type(exc).__name__}, {timeout:g} s timeout). Start it (mlflow server "
+                "--port ...) or pick another tracking.uri; tracking=none runs without MLflow."
+            ) from None
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:

@@ -32,8 +32,9 @@ def open_parent_run(
     sweep_dir: Path,
 ) -> MlflowTracker:
     """Continue the study's parent run, or start one (recording its id in the study)."""
-    from lrlab.integrations.mlflow import MlflowTracker, provenance_tags
+    from lrlab.integrations.mlflow import MlflowTracker, check_tracking_uri, provenance_tags
 
+    check_tracking_uri(uri)
     run_id = study.user_attrs.get(PARENT_ATTR)
     if run_id is not None:
         try:
