@@ -154,6 +154,12 @@ def test_a_misspelt_key_in_a_config_not_from_the_tree_fails_validation(compose_c
         (["lr_finder.mode=log"], "lr_finder.mode='log' is not valid; choose one of: exp, linear"),
         (["lr_finder.start_lr=1.0", "lr_finder.end_lr=0.5"], "lr_finder.start_lr=1.0"),
         (["lr_finder.num_iter=1"], "lr_finder.num_iter=1"),
+        (["lr_finder.num_iter=2"], "lr_finder.num_iter=2 must be at least 8"),
+        (["lr_finder.start_lr=1", "lr_finder.end_lr=1e6"], "lr_finder.start_lr=1.0 is too high"),
+        (["lr_finder.start_lr=1e-3", "lr_finder.end_lr=1e-2"], "must be at least 100x"),
+        (["lr_finder.end_lr=inf"], "(finite)"),
+        (["lr=inf"], "stages.0.lr=inf must be a positive finite number"),
+        (["stages.0.lr=nan"], "stages.0.lr=nan must be a positive finite number"),
         (["stages.0.lr_spread_mode=wide"], "choose one of: geometric, slice_hi"),
         (["stages.0.trainable=body"], "stages.0.trainable='body'"),
         (["data.classes=3"], "data.classes=3 is not valid for elpv; choose 4 or 2"),
@@ -174,7 +180,7 @@ def test_a_misspelt_key_in_a_config_not_from_the_tree_fails_validation(compose_c
         (["data=imagefolder"], "data.root"),
         (["task=fit"], "task='fit' is not valid; choose one of: train, lr_find"),
         (["tracking.backend=wandb"], "choose one of: mlflow, none"),
-        (["lr=-1"], "stages.0.lr=-1.0 must be positive"),
+        (["lr=-1"], "stages.0.lr=-1.0 must be a positive finite number"),
     ],
 )
 def test_a_bad_value_fails_validation_naming_the_key(compose_cfg, overrides: list[str], message: str) -> None:

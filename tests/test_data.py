@@ -357,3 +357,45 @@ def test_torchvisions_official_test_split_is_the_test_split(monkeypatch, tmp_pat
     assert source.sizes() == {"train": 30, "valid": 10, "test": 10}  # valid cut from train; test official
     assert source.class_names == ["a", "b"] and source.test.indices == list(range(10))
     assert load_source({**cfg, "test_pct": 0}).test is None
+
+
+def _with_bad_files(root: Path) -> list[Path]:
+    _write_tree(root, per_class=10)
+    corrupt, empty = root / "cat" / "corrupt.jpg", root / "dog" / "empty.png"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 20)
+    empty.write_bytes(b"")
+    return [corrupt, empty]
+
+
+def test_unreadable_images_are_named_before_any_training(tmp_path: Path) -> None:
+    bad = _with_bad_files(tmp_path)
+    cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "num_workers": 0}
+    with pytest.raises(LrlabError, match=r"2 of 22 image files under .* cannot be read") as err:
+        load_source(cfg)
+    assert all(str(p) in str(err.value) for p in bad) and "data.skip_bad_images=true" in str(err.value)
+
+
+def test_unreadable_images_can_be_left_out_with_a_count(tmp_path: Path, caplog) -> None:
+    _with_bad_files(tmp_path)
+    cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "num_workers": 0}
+    source = load_source({**cfg, "skip_bad_images": True})
+    assert sum(source.sizes().values()) == 20 and "left out 2 unreadable image(s)" in caplog.text
+    train, _, _ = make_loaders(source, {**cfg, "batch_size": 4}, NORM)
+    assert sum(len(y) for _, y in train) == source.sizes()["train"]  # every remaining file decodes
+
+
+def test_one_class_data_is_refused(tmp_path: Path) -> None:
+    _write_tree(tmp_path, classes=("only",), per_class=12)
+    with pytest.raises(LrlabError, match=r"has 1 class\(es\) \(only\); need at least 2"):
+        load_source({"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "num_workers": 0})
+    from lrlab.data.sources import check_classes
+    from lrlab.data.types import ImageSource, TensorSplit
+
+    def split(*labels: int) -> TensorSplit:
+        return TensorSplit(torch.zeros(len(labels), 1, 2, 2, dtype=torch.uint8), torch.tensor(labels))
+
+    check_classes(ImageSource(split(0, 1, 2), split(0, 2), ["a", "b", "c"], split(1, 2)), "x")
+    with pytest.raises(
+        LrlabError, match=r"the test split of data 'x' holds images of 1 class\(es\) \(b\) out of 3"
+    ):
+        check_classes(ImageSource(split(0, 1, 2), split(0, 2), ["a", "b", "c"], split(1, 1)), "x")

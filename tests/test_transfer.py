@@ -200,3 +200,13 @@ def test_stage_presets_run_and_log_from_the_cli(run_cli, tmp_path: Path, preset:
             "lr_finder/from_body1/lr_find_from_body1.csv",
         }
     assert len(client.get_metric_history(run.info.run_id, "valid_loss")) == len(names)
+
+
+def test_a_stage_unfreezing_groups_the_model_lacks_fails_in_build(compose_cfg) -> None:
+    from lrlab.app.build import build
+    from lrlab.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"stages\.0\.trainable='from:99' is not valid.*layer groups: body0"
+    ):
+        build(compose_cfg("experiment=smoke", "stages=fine_tune", "stages.0.trainable=from:99"))

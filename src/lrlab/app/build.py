@@ -19,9 +19,11 @@ from lrlab.core.device import resolve_device, resolve_precision
 from lrlab.core.engine import Engine
 from lrlab.core.optim import build_optimizer
 from lrlab.core.reproducibility import seed_everything
+from lrlab.core.stages import trainable_group_indices
 from lrlab.core.types import Stage
 from lrlab.data.loaders import make_loaders
 from lrlab.data.sources import load_source
+from lrlab.errors import ConfigError
 from lrlab.models.factory import (
     count_parameters,
     create_model,
@@ -82,6 +84,7 @@ def build(cfg: DictConfig) -> Setup:
     loaders = make_loaders(source, data_cfg, norm, data_device, cfg.seed)
     optimizer = build_optimizer(instantiate(cfg.optimizer), model, groups, lr=cfg.lr_finder.start_lr)
     stages: list[Stage] = OmegaConf.to_object(cfg.stages)  # Stage is the schema of each entry
+    check_stages_fit(stages, groups)
     sizes = source.sizes()
     log.info(
         f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, "
@@ -107,6 +110,16 @@ def build(cfg: DictConfig) -> Setup:
         class_groups=source.class_groups,
         split_sizes=sizes,
     )
+
+
+def check_stages_fit(stages: list[Stage], groups: list) -> None:
+    """Every stage's `trainable` names layer groups this model has (ConfigError naming the stage)."""
+    for i, stage in enumerate(stages):
+        try:
+            trainable_group_indices(stage.trainable, len(groups))
+        except ValueError as exc:
+            names = ", ".join(g.name for g in groups)
+            raise ConfigError(f"stages.{i}.{exc} (this model's layer groups: {names})") from None
 
 
 def _engine(setup: Setup, callbacks: list[Any]) -> Engine:

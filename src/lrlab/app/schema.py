@@ -15,6 +15,7 @@ Defaults live in these dataclasses only; the YAML files pick options and overrid
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -157,8 +158,8 @@ def _choice(value: Any, allowed: Iterable[str], key: str) -> str:
 
 
 def _positive(value: float, key: str) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key}={value!r} must be positive.")
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{key}={value!r} must be a positive finite number.")
 
 
 def check_model_name(name: str) -> None:

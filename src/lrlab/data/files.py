@@ -7,6 +7,7 @@ official test split); a missing one is cut from the training images, stratified 
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from lrlab.errors import ConfigError, LrlabError
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
+log = logging.getLogger(__name__)
+
 
 class _Subset:
     """A subset of an image dataset with its own transform (train and eval differ); a map-style
@@ -34,6 +37,11 @@ class _Subset:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The class index of every image, without decoding any."""
+        return _dataset_targets(self.base)[self.indices]
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         image, label = self.base[self.indices[i]]
@@ -79,6 +87,7 @@ class ImageFolderConfig(DataConfig):
 
     name: str = "imagefolder"
     root: str
+    skip_bad_images: bool = False  # images that cannot be read: an error naming them (false), or left out
 
     def check(self) -> ImageFolderConfig:
         super().check()
@@ -105,6 +114,7 @@ def load_imagefolder(cfg: ImageFolderConfig | None = None, **fields: Any) -> Ima
     try:
         if not (base / "train").is_dir():
             full = ImageFolder(str(base))
+            verify_images(full, cfg.skip_bad_images)
             return _assemble(full, None, None, full.classes, cfg)
         train_dir, valid_dir, test_dir = _split_folders(base, cfg.test_pct > 0)
         pool = ImageFolder(str(train_dir))
@@ -114,7 +124,43 @@ def load_imagefolder(cfg: ImageFolderConfig | None = None, **fields: Any) -> Ima
     for folder, dataset in ((valid_dir, valid), (test_dir, test)):
         if dataset is not None and dataset.classes != pool.classes:
             raise LrlabError(f"{train_dir} and {folder} hold different class folders.")
+    for dataset in (pool, valid, test):
+        if dataset is not None:
+            verify_images(dataset, cfg.skip_bad_images)
     return _assemble(pool, valid, test, pool.classes, cfg)
+
+
+def verify_images(dataset: Any, skip: bool) -> int:
+    """Open and verify every image file of an ImageFolder before training (PIL reads its header and
+    checks its structure without decoding pixels), so a corrupt or empty file fails now, named, not
+    in the middle of an epoch. With `skip`, unreadable files are left out (returns how many)."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    bad = []
+    for path, _ in tqdm(
+        dataset.samples, desc=f"checking images in {dataset.root}", leave=False, disable=None
+    ):
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as exc:  # PIL raises many types for damaged files
+            bad.append((path, f"{type(exc).__name__}: {exc}"))
+    if bad and not skip:
+        listed = "; ".join(f"{p} ({why[:80]})" for p, why in bad[:5]) + ("; ..." if len(bad) > 5 else "")
+        raise LrlabError(
+            f"{len(bad)} of {len(dataset.samples)} image files under {dataset.root} cannot be read: "
+            f"{listed}. Fix or remove them, or set data.skip_bad_images=true to train without them."
+        )
+    if bad:
+        dropped = {p for p, _ in bad}
+        dataset.samples = [s for s in dataset.samples if s[0] not in dropped]
+        dataset.imgs = dataset.samples
+        dataset.targets = [t for _, t in dataset.samples]
+        log.warning(
+            "left out %d unreadable image(s) under %s (data.skip_bad_images=true)", len(bad), dataset.root
+        )
+    return len(bad)
 
 
 def _first_split(cls: type, root: str, download: bool, names: Sequence[str]) -> Dataset | None:

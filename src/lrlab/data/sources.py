@@ -208,11 +208,32 @@ def materialize(dataset: Dataset, image_size: int) -> TensorSplit:
     return TensorSplit(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
 
 
+def check_classes(source: ImageSource, name: str) -> None:
+    """At least two classes, each split holding images of at least two of them (a one-class
+    problem trains to a meaningless 100%); LrlabError naming the split otherwise."""
+    if source.num_classes < 2:
+        classes = ", ".join(source.class_names) or "none"
+        raise LrlabError(f"data {name!r} has {source.num_classes} class(es) ({classes}); need at least 2.")
+    for split in ("train", "valid", "test"):
+        images = getattr(source, split)
+        if images is None:
+            continue
+        present = np.unique(np.asarray(images.labels))
+        if len(present) < 2:
+            found = ", ".join(source.class_names[int(i)] for i in present) or "none"
+            raise LrlabError(
+                f"the {split} split of data {name!r} holds images of {len(present)} class(es) ({found}) "
+                f"out of {source.num_classes}; every split needs at least 2. Add images or change "
+                "data.valid_pct / data.test_pct."
+            )
+
+
 def load_source(cfg: Mapping[str, Any] | DataConfig) -> ImageSource:
     """Load the source a data config names, e.g. `load_source({"name": "digits", "image_size": 32})`
     (missing keys take the source's defaults), decoded into memory when `in_memory` is set."""
     config = data_config(cfg).check()
     source = get_source(config.name).load(config)
+    check_classes(source, config.name)
     if config.in_memory and not isinstance(source.train, TensorSplit):
         log.info("Decoding %s into memory at %d px ...", config.name, config.image_size)
         size = config.image_size

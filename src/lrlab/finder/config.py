@@ -3,9 +3,13 @@ and the `lr_finder` config group (registered as that group's schema) share these
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 MODES = ("exp", "linear")
+MAX_START_LR = 0.1
+MIN_SPAN = 100.0
+MIN_ITER = 8
 GROUP_LRS = ("ratio", "equal")
 
 
@@ -66,12 +70,25 @@ class FinderConfig:
                 )
         if self.suggest != "all" and self.suggest not in RULES:
             raise ValueError(f"suggest={self.suggest!r} is not valid; choose one of: {', '.join(RULES)}, all")
-        if not 0 < self.start_lr < self.end_lr:
+        if not 0 < self.start_lr < self.end_lr < math.inf:
             raise ValueError(
-                f"need 0 < start_lr < end_lr, got start_lr={self.start_lr}, end_lr={self.end_lr}"
+                f"need 0 < start_lr < end_lr (finite), got start_lr={self.start_lr}, end_lr={self.end_lr}"
             )
-        if self.num_iter < 2:
-            raise ValueError(f"num_iter={self.num_iter} must be at least 2")
+        if not self.start_lr < MAX_START_LR:
+            raise ValueError(
+                f"start_lr={self.start_lr} is too high: the ramp must start where training is stable "
+                f"(below {MAX_START_LR:g}; fastai starts at 1e-7)"
+            )
+        if self.end_lr / self.start_lr < MIN_SPAN:
+            raise ValueError(
+                f"end_lr={self.end_lr} must be at least {MIN_SPAN:g}x start_lr={self.start_lr}: "
+                "the rules need a curve spanning a couple of decades"
+            )
+        if self.num_iter < MIN_ITER:
+            raise ValueError(
+                f"num_iter={self.num_iter} must be at least {MIN_ITER}: the rules drop the first 10% "
+                "and the last 5 points of the curve and need enough left to find a descent"
+            )
         for name in ("beta", "zero_lag_beta"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
