@@ -77,7 +77,7 @@ def _check_test_metrics(metrics: dict[str, float], valid_errors: list[float]) ->
 
 def test_unknown_model_fails_cleanly_before_any_run(run_cli, tmp_path: Path) -> None:
     proc = run_cli("experiment=smoke", "model.name=resnet9999")
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     console = proc.stdout + proc.stderr
     assert "resnet9999" in console and "resnet50" in console
     assert "Traceback" not in console
@@ -116,16 +116,17 @@ def test_bad_values_fail_with_the_key_named(run_cli, override: str, expected: st
 def test_misspelt_keys_and_wrong_types_fail_at_composition(
     run_cli, tmp_path: Path, override: str, expected: str
 ) -> None:
-    """The schemas are part of composition: Hydra reports the key and exits 1, before lrlab runs."""
+    """The schemas are part of composition: Hydra reports the key before lrlab runs; bad input, so
+    status 2 (Hydra's own status is 1)."""
     proc = run_cli("experiment=smoke", "tracking=none", override)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert expected in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "outputs").exists()
 
 
 def test_unknown_group_option_lists_the_choices(run_cli) -> None:
     proc = run_cli("experiment=smoke", "model=foo")
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "efficientnet_lite0" in proc.stderr and "resnet34" in proc.stderr
 
 
@@ -238,10 +239,14 @@ def test_interrupted_run_ends_killed_not_running(tmp_path: Path, sig: int) -> No
             if line.startswith("epoch  train_loss"):
                 break
         proc.send_signal(sig)
-        proc.communicate(timeout=120)
+        rest = proc.communicate(timeout=120)[0]
     finally:
         proc.kill()
-    assert proc.returncode != 0
+    assert proc.returncode == 128 + sig
+    assert f"lrlab: interrupted by {signal.Signals(sig).name}" in rest and "Traceback" not in rest
+    assert len([line for line in rest.splitlines() if line.startswith("lrlab: interrupted")]) == 1
+    log_file = next((tmp_path / "outputs").rglob("lrlab.log"))
+    assert "KeyboardInterrupt" in log_file.read_text() or "Interrupted" in log_file.read_text()
     _, runs = _runs(tmp_path)
     assert [r.info.status for r in runs] == ["KILLED"]
 

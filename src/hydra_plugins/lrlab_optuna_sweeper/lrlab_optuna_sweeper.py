@@ -40,11 +40,16 @@ class LrlabOptunaSweeper(Sweeper):
         self.sweep_impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        """Run the sweep; bad input (an LrlabError) prints one paragraph and exits with status 2."""
+        """Run the sweep; too many failed trials print one paragraph and exit with status 1, bad
+        input (an LrlabError) with status 2."""
         from lrlab.errors import LrlabError
+        from lrlab.sweep.session import SweepFailed
 
         try:
             return self.sweep_impl.sweep(arguments)
+        except SweepFailed as exc:
+            print(f"lrlab: sweep stopped: {exc}", file=sys.stderr)
+            sys.exit(1)
         except LrlabError as exc:
             print(f"lrlab: error: {exc}", file=sys.stderr)
             sys.exit(2)

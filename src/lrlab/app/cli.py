@@ -3,9 +3,11 @@
 Importing this module registers the config schemas in Hydra's ConfigStore (the config tree
 extends them), so anything that composes lrlab's config, in or out of the CLI, imports it first.
 
-Bad input (an LrlabError) prints one paragraph on stderr and exits with status 2; the full
-traceback goes to the job's log file only. In a multirun the error is re-raised so the sweeper
-can record the failed job.
+Exit statuses: 0 success; 2 bad input or configuration (an LrlabError, or any error Hydra reports
+before a job starts, e.g. an unknown config option), with one paragraph on stderr and the full
+traceback in the job's log file only; 1 a failure during the work (a sweep stopped by
+max_failure_rate included); 130 SIGINT (Ctrl-C) and 143 SIGTERM, with one line on stderr. In a
+multirun a job's error is re-raised so the sweeper can record the failed trial.
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 log = logging.getLogger("lrlab")
 trace_log = logging.getLogger("lrlab.trace")
+_work_started = False  # set when the first job starts: later Hydra errors are failures, not bad input
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a run (the run is ended KILLED); `signum` says which."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(f"signal {signum}")
+        self.signum = int(signum)
 
 
 def run_task(cfg: DictConfig) -> dict[str, Any]:
@@ -36,6 +47,8 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     seconds, per-stage LRs), which the sweeper turns into the trial's objective values."""
     from lrlab.app.run import run_experiment
 
+    global _work_started
+    _work_started = True
     hydra_cfg = HydraConfig.get()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -52,12 +65,15 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
         log_file = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
         print(f"lrlab: error: {exc}\n(full trace in {log_file})", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        trace_log.exception("lrlab interrupted")
+        raise
     return result.summary()
 
 
 def _interrupt(signum: int, frame: object) -> None:
     """SIGTERM (a scheduler's time limit, `kill`) ends the run like Ctrl-C: MLflow status KILLED."""
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Interrupted(signum)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -80,7 +96,17 @@ def deselect_null_groups(args: list[str]) -> list[str]:
 def main() -> None:
     """Console-script entry point (`lrlab`, `python -m lrlab`)."""
     sys.argv[1:] = deselect_null_groups(sys.argv[1:])
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        print(f"lrlab: interrupted by {name}; the run was ended KILLED (trace in lrlab.log)", file=sys.stderr)
+        sys.exit(128 + signum)
+    except SystemExit as exc:
+        if exc.code == 1 and not _work_started:
+            sys.exit(2)  # Hydra reports a bad override or config option with status 1
+        raise
 
 
 if __name__ == "__main__":
