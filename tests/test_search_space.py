@@ -76,6 +76,12 @@ def test_bad_search_spaces_fail_with_a_clear_message() -> None:
         parse_search_space({}, ["epochs=3"], STAGES)
     with pytest.raises(ConfigError, match="is not a sweep"):
         parse_search_space({"stages.0.lr": "0.1"}, [], STAGES)
+    with pytest.raises(
+        ConfigError, match=r"interval\(1, 0\)\) is empty: an interval needs its low end first"
+    ):
+        parse_search_space({"stages.0.lr": "tag(log, interval(1, 0))"}, [], STAGES)
+    with pytest.raises(ConfigError, match="a log interval needs a positive low end"):
+        parse_search_space({"stages.0.lr": "tag(log, interval(0, 1e-1))"}, [], STAGES)
     with pytest.raises(ConfigError, match="sampler=grid needs finite choices"):
         parse_search_space({}, ["a=interval(0, 1)"], STAGES).grid()
     with pytest.raises(ConfigError, match="sampler"):

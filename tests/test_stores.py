@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lrlab.integrations.sqlite_setup import StoreError, open_sqlite, signals_held, sqlite_path
+from lrlab.integrations.stores import StoreError, open_sqlite, signals_held, sqlite_path
 
 WORKERS = 4
 
@@ -180,3 +180,20 @@ def test_runs_left_running_by_a_dead_process_are_ended_killed_by_the_next_run(tm
     MlflowTracker(url, "e").finish()
     assert client.get_run(alive.run_id).info.status == "RUNNING"
     alive.finish()
+
+
+def test_a_database_url_without_its_driver_names_the_key_and_the_extra() -> None:
+    from lrlab.integrations.mlflow import check_tracking_uri
+    from lrlab.integrations.stores import require_driver
+    from lrlab.sweep.storage import open_storage
+
+    with pytest.raises(StoreError, match=r"hydra\.sweeper\.storage='postgresql\+nosuchdriver://\*\*\*@db/x'"):
+        open_storage("postgresql+nosuchdriver://user:secret@db/x")
+    with pytest.raises(StoreError, match=r"tracking\.uri=.*needs the database driver 'nosuchdriver'"):
+        check_tracking_uri("mysql+nosuchdriver://db/x")
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None:
+        with pytest.raises(StoreError, match=r"pip install 'lrlab\[postgres\]' \(psycopg 3\)"):
+            require_driver("postgresql://db/x", "tracking.uri")
+    require_driver("sqlite:///x.db", "tracking.uri")  # no driver needed

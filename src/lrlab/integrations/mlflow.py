@@ -50,6 +50,7 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
     from urllib.parse import urlparse
 
     from lrlab.errors import LrlabError
+    from lrlab.integrations.stores import require_driver
 
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+", 1)[0]
@@ -59,6 +60,7 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
             "sqlite:///path/mlflow.db (the default, in the launch folder), http(s)://host:port of an "
             "MLflow server, or a database URL; tracking=none runs without MLflow."
         )
+    require_driver(uri, "tracking.uri")
     if scheme == "sqlite" and uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
         target = path if path.exists() else next(p for p in (path, *path.parents) if p.exists())
@@ -178,7 +180,7 @@ class MlflowTracker(Callback):
 
         for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        from lrlab.integrations.sqlite_setup import open_sqlite
+        from lrlab.integrations.stores import open_sqlite
 
         self.uri = uri
         self.client = open_sqlite(

@@ -91,6 +91,16 @@ def to_distribution(override: Override) -> BaseDistribution:
     key = override.get_key_element()
     if isinstance(value, IntervalSweep):
         log = "log" in value.tags
+        if not value.start < value.end:
+            raise ConfigError(
+                f"{key}: {override.input_line} is empty: an interval needs its low end first "
+                f"(interval({value.end}, {value.start}))."
+            )
+        if log and not value.start > 0:
+            raise ConfigError(
+                f"{key}: {override.input_line} cannot be searched on a log scale from {value.start}: "
+                "a log interval needs a positive low end (e.g. tag(log, interval(1e-5, 1e-1)))."
+            )
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(value.start, value.end, log=log)
         return FloatDistribution(float(value.start), float(value.end), log=log)

@@ -37,7 +37,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         path = Path(url[len("journal://") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    from lrlab.integrations.sqlite_setup import open_sqlite
+    from lrlab.integrations.stores import open_sqlite
 
     return open_sqlite(
         url,
@@ -48,6 +48,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             grace_period=HEARTBEAT_GRACE_S,
             engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
         ),
+        key="hydra.sweeper.storage",
     )
 
 

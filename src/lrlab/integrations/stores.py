@@ -1,9 +1,9 @@
-"""Crash-safe, concurrency-safe creation of the SQLite files lrlab tracks into (MLflow's store,
-Optuna's storage): one process at a time creates a file's schema, under a file lock, with SIGINT
-and SIGTERM held until the schema is complete; a file left half-built by an older crash is moved
-aside (when it holds no runs or trials) or explained. MLflow and Optuna migrate a new SQLite file
-without a lock of their own, so two first runs in a fresh folder can break it; hence this module.
-"""
+"""The databases lrlab records into (MLflow's store, Optuna's storage): a driver check for server
+URLs, and crash-safe, concurrency-safe creation of SQLite files: one process at a time creates a
+file's schema, under a file lock, with SIGINT and SIGTERM held until the schema is complete; a file
+left half-built by an older crash is moved aside (when it holds no runs or trials) or explained.
+MLflow and Optuna migrate a new SQLite file without a lock of their own, so two first runs in a
+fresh folder can break it; hence this module."""
 
 from __future__ import annotations
 
@@ -28,6 +28,31 @@ RECORD_TABLES = ("runs", "trials")  # what a store holds that must never be thro
 
 class StoreError(LrlabError):
     """A tracking store or study storage that cannot be opened or repaired."""
+
+
+DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "MySQLdb"}  # SQLAlchemy 2.1's defaults
+HINTS = {
+    "postgresql": "pip install 'lrlab[postgres]' (psycopg 3)",
+    "mysql": "pip install 'lrlab[mysql]' (PyMySQL) and write the URL as mysql+pymysql://...",
+}
+
+
+def require_driver(url: str, key: str) -> None:
+    """A database URL whose SQLAlchemy driver is not installed: StoreError naming the key and the
+    package to install (`postgresql://` means psycopg 3 in SQLAlchemy 2.1, not psycopg2)."""
+    import importlib.util
+    import re
+
+    dialect, _, driver = url.partition("://")[0].partition("+")
+    if dialect not in DEFAULT_DRIVERS:
+        return
+    module = {"mysqldb": "MySQLdb", "": DEFAULT_DRIVERS[dialect]}.get(driver, driver)
+    if importlib.util.find_spec(module) is None:
+        shown = re.sub(r"//[^@/]*@", "//***@", url)
+        raise StoreError(
+            f"{key}={shown!r} needs the database driver {module!r}, which is not installed: "
+            f"{HINTS[dialect]}, or name an installed driver: {dialect}+<driver>://."
+        )
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -65,14 +90,17 @@ def _records(path: Path) -> int:
         return 0
 
 
-def open_sqlite(url: str, what: str, opener: Callable[[], T], reset: Callable[[], None] | None = None) -> T:
+def open_sqlite(
+    url: str, what: str, opener: Callable[[], T], reset: Callable[[], None] | None = None, key: str = "url"
+) -> T:
     """Run `opener` (which creates or migrates the SQLite file of `url` if needed and returns the
     opened store) under the file's lock with signals held. If it fails on an existing file that
     holds no records, the file is moved aside (`<name>.broken-<time>`), `reset` drops whatever the
     library cached for it, and `opener` runs again on a fresh one; with records, StoreError explains
-    what to do. Non-SQLite URLs just run `opener`."""
+    what to do. Other URLs run `opener` once their driver is found (`key`: the URL's config key)."""
     path = sqlite_path(url)
     if path is None:
+        require_driver(url, key)
         return opener()
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S), signals_held():
