@@ -8,10 +8,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import spawn_lrlab
+from lrlab.app.checkpoint import load_checkpoint
 from lrlab.app.cli import CONFIG_DIR
 
 SMOKE = ("experiment=smoke", "train.checkpoints=true")
@@ -44,6 +46,9 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
         assert run.data.params["model.name"] == "test_efficientnet"
         assert run.data.params["data.name"] == "digits"
         assert run.data.tags["seed"] == "42"
+        assert (
+            run.data.tags["cpu.threads"] == str(torch.get_num_threads()) and run.data.tags["cpu.capability"]
+        )
         assert "version.torch" in run.data.tags
         valid = client.get_metric_history(run.info.run_id, "valid_loss")
         errors = client.get_metric_history(run.info.run_id, "error_rate")
@@ -57,7 +62,9 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
         assert {"config", "epochs.csv", "model"} <= artifacts
         config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
         assert {"config/config.yaml", "config/overrides.yaml"} <= config_files
-    assert histories[0] == histories[1], "same config and seed must give identical metrics"
+    assert histories[0] == histories[1], "same config, seed and machine must give bit-identical metrics"
+    weights = [load_checkpoint(p)["model"] for p in sorted((tmp_path / "outputs").rglob("last.pt"))]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert histories[0][1][-1] < 0.5, "the tiny model should learn digits in two epochs"
     checkpoints = list((tmp_path / "outputs").rglob("best.pt"))
     assert len(checkpoints) == 2

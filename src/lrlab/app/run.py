@@ -21,6 +21,7 @@ from lrlab.app.checkpoint import CheckpointCallback
 from lrlab.app.console import ConsoleTable, finder_file_stem, format_test_report, format_time
 from lrlab.core.engine import Engine
 from lrlab.core.metrics import classification_report
+from lrlab.core.reproducibility import machine_fingerprint
 from lrlab.core.stages import run_stages
 from lrlab.core.types import Callback, EpochResult
 from lrlab.finder.config import FinderConfig
@@ -252,6 +253,7 @@ def _log_run_start(
     tracker.set_tags(
         {
             **provenance_tags(launch_dir),
+            **machine_fingerprint(),
             "device": str(setup.device),
             "precision": setup.precision,
             "seed": cfg.seed,

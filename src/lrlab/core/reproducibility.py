@@ -40,3 +40,24 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def machine_fingerprint() -> dict[str, str]:
+    """What CPU results depend on beyond the seed: the CPU model, the instruction set torch's
+    kernels use (e.g. AVX2, AVX512) and the intra-op thread count. Runs agree bit for bit only
+    when these (and the library versions) agree."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model
+            )
+    except OSError:
+        pass
+    return {
+        "cpu.model": model,
+        "cpu.capability": str(torch.backends.cpu.get_cpu_capability()),
+        "cpu.threads": str(torch.get_num_threads()),
+    }
