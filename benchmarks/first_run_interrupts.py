@@ -64,7 +64,8 @@ def main() -> int:
             ok, what = one_round(folder, delay, sig)
             passed += ok
             print(
-                f"round {i:2d}: {signal.Signals(sig).name} at {delay:.2f} s -> {'ok' if ok else 'FAILED'}: {what}"
+                f"round {i:2d}: {signal.Signals(sig).name} at {delay:.2f} s -> {'ok' if ok else 'FAILED'}: "
+                f"{what}"
             )
             print(
                 f"  leftovers: {sorted(p.name for p in folder.iterdir() if 'broken' in p.name)}", flush=True
