@@ -41,6 +41,8 @@ _EXPORTS = {
     "LayerGroup": "lrlab.models.groups",
     "layer_groups": "lrlab.models.groups",
     "create_model": "lrlab.models.factory",
+    "load_model": "lrlab.models.checkpoint",
+    "LoadedModel": "lrlab.models.checkpoint",
     "normalization": "lrlab.models.factory",
 }
 

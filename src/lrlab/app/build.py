@@ -22,6 +22,7 @@ from lrlab.core.reproducibility import seed_everything
 from lrlab.core.stages import trainable_group_indices
 from lrlab.core.types import Stage
 from lrlab.data.loaders import make_loaders
+from lrlab.data.preprocess import Preprocess
 from lrlab.data.sources import load_source
 from lrlab.errors import ConfigError
 from lrlab.models.factory import (
@@ -59,6 +60,20 @@ class Setup:
     class_names: list[str] = field(default_factory=list)
     class_groups: dict[str, list[int]] | None = None  # coarser classes reported on test (ELPV: 2-class)
     split_sizes: dict[str, int] = field(default_factory=dict)  # images in train, valid and test
+    preprocess: Preprocess | None = None  # how an image file becomes an input, as for the eval splits
+
+    def model_description(self) -> dict[str, Any]:
+        """What `lrlab.load_model` needs besides the weights, stored in every checkpoint."""
+        from lrlab import __version__
+
+        return {
+            "model_name": self.cfg.model.name,
+            "class_names": list(self.class_names),
+            "preprocess": self.preprocess.to_dict() if self.preprocess else None,
+            "in_chans": 3,
+            "config": OmegaConf.to_yaml(self.cfg, resolve=True),
+            "lrlab_version": __version__,
+        }
 
 
 def build(cfg: DictConfig) -> Setup:
@@ -109,6 +124,9 @@ def build(cfg: DictConfig) -> Setup:
         class_names=list(source.class_names),
         class_groups=source.class_groups,
         split_sizes=sizes,
+        preprocess=Preprocess(
+            source.eval_resize, cfg.data.image_size, source.channels, norm.mean, norm.std, norm.interpolation
+        ),
     )
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from lrlab.app.build import Setup, _engine, build
 from lrlab.app.checkpoint import CheckpointCallback
 from lrlab.app.console import ConsoleTable, finder_file_stem, format_test_report, format_time
+from lrlab.app.schema import validate
 from lrlab.core.engine import Engine
 from lrlab.core.metrics import classification_report
 from lrlab.core.reproducibility import machine_fingerprint
@@ -108,11 +109,13 @@ def run_experiment(
 ) -> RunResult:
     """Run the task `cfg.task` names (train or lr_find), logging to MLflow unless `tracking=none`."""
     output_dir, launch_dir = Path(output_dir), Path(launch_dir or Path.cwd())
+    if cfg.task == "predict":
+        return _predict_task(validate(cfg), output_dir)
     uri = _tracking_uri(cfg, launch_dir)
     setup = build(cfg)
     cfg = setup.cfg
     checkpoints = (
-        CheckpointCallback(output_dir / "checkpoints")
+        CheckpointCallback(output_dir / "checkpoints", setup.model_description())
         if cfg.train.checkpoints and cfg.task == "train"
         else None
     )
@@ -153,6 +156,15 @@ def run_experiment(
         view = f"mlflow ui --backend-store-uri {tracker.uri}"
         log.info(f"MLflow run {tracker.run_id} in {tracker.uri}  (view: {view})")
     return result
+
+
+def _predict_task(cfg: DictConfig, output_dir: Path) -> RunResult:
+    from lrlab.app.predict import run_predict
+    from lrlab.core.device import resolve_device
+
+    device = resolve_device(cfg.device)
+    path = run_predict(cfg.checkpoint, cfg.input, output_dir, cfg.train.tta, device)
+    return RunResult([], {}, output_dir=output_dir, extra={"predictions": str(path)})
 
 
 def _train_task(

@@ -31,7 +31,7 @@ from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError
 from lrlab.finder.config import FinderConfig
 
-TASKS = ("train", "lr_find")
+TASKS = ("train", "lr_find", "predict")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "bf16", "16")
 TRACKING_BACKENDS = ("mlflow", "none")
@@ -103,12 +103,14 @@ class LrlabConfig:
     stages: list[Stage] = field(default_factory=list)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     lr_finder: FinderConfig = field(default_factory=FinderConfig)
-    task: str = "train"  # train | lr_find (the range test only)
+    task: str = "train"  # train | lr_find (the range test only) | predict (needs checkpoint and input)
+    checkpoint: str | None = None  # a checkpoint file (best.pt / last.pt) for task=predict
+    input: str | None = None  # an image file or a folder of them, for task=predict
     name: str = "${data.name}"  # experiment name: MLflow experiment and run-name prefix
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto | 32 | bf16 | 16
-    # torch.use_deterministic_algorithms (CPU runs are bitwise reproducible either way)
+    # torch.use_deterministic_algorithms (CPU runs repeat bit for bit on one machine either way)
     deterministic: bool = False
     epochs: int = 5  # epochs of the main (unfrozen) stage; stage presets refer to it
     freeze_epochs: int = 1  # epochs of each frozen stage (fine_tune's head stage)
@@ -269,6 +271,18 @@ def validate(cfg: DictConfig) -> DictConfig:
                 "trial.study is set but trial.storage or trial.number is missing "
                 "(the sweeper sets all three)."
             )
+    if merged.task == "predict":
+        for key in ("checkpoint", "input"):
+            if merged[key] is None or not Path(str(merged[key])).expanduser().exists():
+                raise ConfigError(
+                    f"task=predict needs {key}=PATH of an existing "
+                    + (
+                        "checkpoint (e.g. outputs/<date>/<time>/checkpoints/best.pt)"
+                        if key == "checkpoint"
+                        else "image file or folder"
+                    )
+                    + f"; got {key}={merged[key]!r}."
+                )
     if not merged.stages:
         raise ConfigError("stages is empty: give at least one stage (name, epochs, lr).")
     for i, stage in enumerate(merged.stages):

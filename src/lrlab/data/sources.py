@@ -234,11 +234,14 @@ def load_source(cfg: Mapping[str, Any] | DataConfig) -> ImageSource:
     config = data_config(cfg).check()
     source = get_source(config.name).load(config)
     check_classes(source, config.name)
+    if not isinstance(source.train, TensorSplit) and not config.in_memory:
+        source = replace(source, eval_resize="timm")
     if config.in_memory and not isinstance(source.train, TensorSplit):
         log.info("Decoding %s into memory at %d px ...", config.name, config.image_size)
         size = config.image_size
         source = replace(
             source,
+            eval_resize="crop",
             train=materialize(source.train, size),
             valid=materialize(source.valid, size),
             test=materialize(source.test, size) if source.test is not None else None,

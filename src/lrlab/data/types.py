@@ -42,6 +42,12 @@ class ImageSource:
     class_names: list[str]
     test: TensorSplit | Dataset | None = None
     class_groups: dict[str, list[int]] | None = None
+    eval_resize: str = "square"  # how evaluation images were sized: square | crop | timm (data/preprocess.py)
+
+    @property
+    def channels(self) -> int:
+        """Channels of the stored images (1: grayscale); 3 for file datasets (decoded as RGB)."""
+        return int(self.train.images.shape[1]) if isinstance(self.train, TensorSplit) else 3
 
     @property
     def num_classes(self) -> int:

@@ -1,0 +1,100 @@
+"""`lrlab task=predict checkpoint=PATH input=FILE_OR_DIR`: class probabilities for image files
+from a saved model, as a CSV (path, predicted class, its probability, one column per class).
+Unreadable files are named and skipped; the rest are still predicted."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from lrlab.errors import ConfigError
+from lrlab.models.checkpoint import LoadedModel, load_model
+
+log = logging.getLogger("lrlab")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+
+
+def image_files(path: str | Path) -> list[Path]:
+    """`path` itself, or every image file under it (recursively, sorted); ConfigError if none."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ConfigError(f"input={str(path)!r} is neither an image file nor a directory.")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(f"input={str(path)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+    return files
+
+
+def _readable(paths: Sequence[Path], skipped: list[tuple[Path, str]]) -> Iterator[tuple[Path, Any]]:
+    from PIL import Image
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                yield path, image.copy()
+        except Exception as exc:  # PIL raises many types for damaged files
+            skipped.append((path, f"{type(exc).__name__}: {exc}"))
+            log.error("cannot read %s (%s): skipped", path, f"{type(exc).__name__}: {exc}")
+
+
+def predict_files(
+    loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 64, tta: str = "none", progress: Any = None
+) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """One row per readable file (path, predicted, probability, one probability per class) and
+    the (path, reason) of every file that could not be read."""
+    from tqdm.auto import tqdm
+
+    rows, skipped, batch = [], [], []
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=progress)
+
+    def flush() -> None:
+        probs = loaded.predict_proba([image for _, image in batch], tta=tta)
+        for (path, _), p in zip(batch, probs.tolist()):
+            best = max(range(len(p)), key=p.__getitem__)
+            rows.append(
+                {"path": str(path), "predicted": loaded.class_names[best], "probability": p[best]}
+                | {f"p_{name}": value for name, value in zip(loaded.class_names, p)}
+            )
+        bar.update(len(batch))
+        batch.clear()
+
+    for item in _readable(paths, skipped):
+        batch.append(item)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    bar.update(len(skipped))
+    bar.close()
+    return rows, skipped
+
+
+def write_predictions(rows: Sequence[dict[str, Any]], path: Path, class_names: Sequence[str]) -> Path:
+    fields = ["path", "predicted", "probability", *(f"p_{name}" for name in class_names)]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def run_predict(
+    checkpoint: str, inputs: str, output_dir: Path, tta: str = "none", device: str = "cpu"
+) -> Path:
+    """Predict every image under `inputs` with the model in `checkpoint`; writes and returns
+    `<output_dir>/predictions.csv`."""
+    loaded = load_model(checkpoint, device=device)
+    paths = image_files(inputs)
+    rows, skipped = predict_files(loaded, paths, tta=tta)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    out = write_predictions(rows, output_dir / "predictions.csv", loaded.class_names)
+    log.info(f"predicted {len(rows)} of {len(paths)} image(s) with {loaded.meta['model_name']}: {out}")
+    if skipped:
+        log.info(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(str(p) for p, _ in skipped[:10]))
+    return out

@@ -1,0 +1,129 @@
+"""The lrlab checkpoint file and the model it holds: atomic writes that load with
+`weights_only=True` (a checkpoint can never run code), a SHA-256 of the payload (a damaged file is
+named instead of loaded; torch.save has no checksum of its own), and `load_model`, which rebuilds a
+ready-to-run model and its preprocessing from the metadata a training run stores with the weights."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrlab.data.preprocess import Preprocess
+from lrlab.errors import LrlabError
+
+FORMAT = "lrlab-checkpoint-1"
+
+
+class CheckpointError(LrlabError):
+    """A checkpoint file that is missing, empty, damaged or not a checkpoint."""
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
+    """torch.save `{format, sha256, payload}` (the payload: `obj` serialised by torch.save, as a
+    uint8 tensor) to a temporary file in the same folder, then rename over `path` (never truncated)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    payload = buffer.getvalue()
+    envelope = {
+        "format": FORMAT,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),  # stored raw, unlike bytes
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(envelope, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True` (tensors and plain containers only), checking its
+    payload against the SHA-256 it was written with. Raises CheckpointError, one paragraph naming
+    the file, for a missing, empty, damaged or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): its write was cut short; use another one"
+        )
+    envelope = _load_plain(path, io.FileIO(path), map_location)
+    if not (isinstance(envelope, dict) and envelope.get("format") == FORMAT):
+        raise CheckpointError(f"{path} is not an lrlab checkpoint (no {FORMAT} envelope)")
+    payload = envelope.get("payload")
+    payload = payload.numpy().tobytes() if isinstance(payload, torch.Tensor) else b""
+    if hashlib.sha256(payload).hexdigest() != envelope.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its payload does not match the SHA-256 it was saved with "
+            "(a disk or copy error changed it); use another checkpoint, e.g. last.pt instead of best.pt"
+        )
+    return _load_plain(path, io.BytesIO(payload), map_location)
+
+
+def _load_plain(path: Path, source: Any, map_location: str | torch.device) -> Any:
+    with source:
+        try:
+            return torch.load(source, map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(
+                f"checkpoint {path} is damaged or not a checkpoint ({type(exc).__name__}: {first[:200]}). "
+                "lrlab loads checkpoints with weights_only=True and never runs code from them."
+            ) from exc
+
+
+@dataclass
+class LoadedModel:
+    """A trained model in eval mode with what it needs to predict on image files: its
+    preprocessing, class names and the metadata of the run that trained it."""
+
+    model: nn.Module
+    preprocess: Preprocess
+    class_names: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def predict_proba(self, images: list[Any], tta: str = "none") -> torch.Tensor:
+        """Class probabilities (N, classes) for PIL images (mirrored and averaged with tta=hflip)."""
+        device = next(self.model.parameters()).device
+        x = torch.stack([self.preprocess(image) for image in images]).to(device)
+        probs = self.model(x).float().softmax(-1)
+        if tta == "hflip":
+            probs = (probs + self.model(x.flip(-1)).float().softmax(-1)) / 2
+        return probs.cpu()
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """The model of an lrlab checkpoint (`best.pt`, `last.pt`), rebuilt from its own metadata
+    (timm architecture, classes, preprocessing) with the saved weights, in eval mode on `device`."""
+    import timm
+
+    checkpoint = load_checkpoint(path)
+    meta = checkpoint.get("meta")
+    if not isinstance(meta, dict) or "model_name" not in meta:
+        raise CheckpointError(
+            f"checkpoint {path} holds weights but no model description (written by an older lrlab); "
+            "rebuild the model with its run's config and load checkpoint['model'] into it"
+        )
+    model = timm.create_model(meta["model_name"], pretrained=False, num_classes=len(meta["class_names"]))
+    model.load_state_dict(checkpoint["model"], strict=True)
+    return LoadedModel(
+        model.to(device).eval(), Preprocess.from_dict(meta["preprocess"]), list(meta["class_names"]), meta
+    )

@@ -1,0 +1,99 @@
+"""Self-describing checkpoints, `lrlab.load_model` and `lrlab task=predict`: a saved model predicts
+on image files exactly as it scored the evaluation split, and unreadable files are skipped by name."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lrlab import load_model
+from lrlab.app.build import build
+from lrlab.app.checkpoint import CheckpointCallback
+from lrlab.core.types import EpochResult
+from lrlab.data.loaders import TensorLoader
+from lrlab.data.preprocess import Preprocess
+from lrlab.data.sources import _uint8_stack
+from lrlab.data.types import Normalization, TensorSplit
+from lrlab.models.checkpoint import CheckpointError, save_atomic
+
+
+class _Engine:
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+
+def _saved(compose_cfg, tmp_path: Path) -> tuple[Path, torch.nn.Module]:
+    setup = build(compose_cfg("experiment=smoke", "tracking=none"))
+    callback = CheckpointCallback(tmp_path, setup.model_description())
+    callback.on_epoch_end(_Engine(setup.model), EpochResult("full", 0, 0, 1.0, 0.5, 0.1, 0.9, 1.0))
+    return tmp_path / "best.pt", setup.model.eval()
+
+
+def test_a_checkpoint_rebuilds_the_model_and_its_preprocessing(compose_cfg, tmp_path: Path) -> None:
+    path, model = _saved(compose_cfg, tmp_path)
+    loaded = load_model(path)
+    assert (
+        loaded.class_names == [str(d) for d in range(10)] and loaded.meta["model_name"] == "test_efficientnet"
+    )
+    assert loaded.preprocess.kind == "square" and loaded.preprocess.channels == 1
+    assert "name: smoke" in loaded.meta["config"] and loaded.meta["lrlab_version"]
+    from sklearn.datasets import load_digits
+
+    raw = np.rint(load_digits().images[:12] * (255.0 / 16.0)).astype(np.uint8)  # 8x8 grey, as the source
+    files = [Image.fromarray(image, mode="L") for image in raw]
+    norm = Normalization(loaded.preprocess.mean, loaded.preprocess.std)
+    split = TensorSplit(_uint8_stack(raw, loaded.preprocess.image_size), torch.zeros(12, dtype=torch.int64))
+    x, _ = next(iter(TensorLoader(split, 12, norm)))
+    assert torch.allclose(torch.stack([loaded.preprocess(f) for f in files]), x, atol=1e-6)
+    with torch.no_grad():
+        expected = model(x).softmax(-1)
+    assert torch.allclose(loaded.predict_proba(files), expected, atol=1e-5)
+
+
+def test_preprocess_round_trips_and_crops_like_the_in_memory_decoder() -> None:
+    spec = Preprocess("crop", 16, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert Preprocess.from_dict(spec.to_dict()) == spec
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 40, 3), dtype=np.uint8))
+    from lrlab.data.sources import materialize
+
+    stored = materialize([(image, 0)], 16).images.float() / 255
+    assert torch.allclose(spec(image), (stored[0] - 0.5) / 0.5, atol=1e-6)
+
+
+def test_an_older_checkpoint_without_a_description_is_explained(tmp_path: Path) -> None:
+    save_atomic({"model": {}, "epoch": 0}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="no model description"):
+        load_model(tmp_path / "old.pt")
+
+
+@pytest.mark.slow
+def test_predict_writes_a_csv_and_skips_unreadable_files_by_name(run_cli, tmp_path: Path) -> None:
+    trained = run_cli("experiment=smoke", "epochs=1", "tracking=none", "train.checkpoints=true")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    best = next((tmp_path / "outputs").rglob("best.pt"))
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8), mode="L").save(images / "sub" / f"{i}.png")
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg" * 10)
+    (images / "empty.png").write_bytes(b"")
+    proc = run_cli("task=predict", f"checkpoint={best}", f"input={images}", "tracking=none")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = proc.stdout + proc.stderr
+    assert "predicted 3 of 5 image(s)" in console and "skipped 2 unreadable file(s)" in console
+    assert "corrupt.jpg" in console and "empty.png" in console
+    out = next((tmp_path / "outputs").rglob("predictions.csv"))
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [Path(r["path"]).name for r in rows] == ["0.png", "1.png", "2.png"]
+    for row in rows:
+        probs = [float(row[f"p_{d}"]) for d in range(10)]
+        assert sum(probs) == pytest.approx(1, abs=1e-5) and float(row["probability"]) == max(probs)
+        assert row["predicted"] == str(int(np.argmax(probs)))
+    missing = run_cli("task=predict", f"checkpoint={tmp_path / 'nope.pt'}", f"input={images}")
+    assert missing.returncode == 2 and "task=predict needs checkpoint=PATH" in missing.stderr
