@@ -170,7 +170,8 @@ def test_predict_returns_labels_targets_and_the_evaluate_loss(digits) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     engine.fit(train, valid, opt, constant(opt, [3e-3], len(train)), epochs=1)
     test = TensorLoader(digits.test, 100, NORM)  # 360 images: batches of 100, 100, 100, 60
-    predictions, targets, loss = engine.predict(test)
+    predictions, targets, loss, probs = engine.predict(test)
+    assert probs is None
     assert predictions.dtype == targets.dtype == torch.int64 and predictions.device.type == "cpu"
     assert torch.equal(targets, digits.test.labels) and predictions.shape == (360,)
     with torch.no_grad():
@@ -180,5 +181,10 @@ def test_predict_returns_labels_targets_and_the_evaluate_loss(digits) -> None:
     assert loss == pytest.approx(metrics["valid_loss"], rel=1e-9)
     assert (predictions == targets).float().mean().item() == pytest.approx(metrics["accuracy"])
     assert model.training, "predict leaves the model in the mode it found it"
+    with_probs = engine.predict(test, probabilities=True)
+    assert with_probs.probabilities.shape == (360, 10) and torch.equal(with_probs.predictions, predictions)
+    assert torch.allclose(with_probs.probabilities.sum(1), torch.ones(360), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(with_probs.probabilities, model(x).softmax(1), atol=1e-6)
     empty = engine.predict([])
     assert len(empty.predictions) == 0 and empty.loss != empty.loss  # nan

@@ -72,10 +72,30 @@ def test_an_older_checkpoint_without_a_description_is_explained(tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_predict_writes_a_csv_and_skips_unreadable_files_by_name(run_cli, tmp_path: Path) -> None:
-    trained = run_cli("experiment=smoke", "epochs=1", "tracking=none", "train.checkpoints=true")
+def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -> None:
+    """One smoke training; its end-of-training evaluation files (also in MLflow); task=evaluate on
+    last.pt reproduces the test metrics; task=predict writes a CSV, skipping unreadable files."""
+    trained = run_cli("experiment=smoke", "epochs=1", "train.checkpoints=true")
     assert trained.returncode == 0, trained.stderr[-2000:]
     best = next((tmp_path / "outputs").rglob("best.pt"))
+    run_dir = best.parent.parent
+    for name in ("per_class.csv", "confusion_matrix.png", "top_losses.png"):
+        assert (run_dir / "evaluation" / name).is_file(), name
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {
+        "evaluation/confusion_matrix.png",
+        "evaluation/top_losses.png",
+        "evaluation/per_class.csv",
+    } <= logged
+    evaluated = run_cli("task=evaluate", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}", "tracking=none")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    accuracy = run.data.metrics["test/accuracy"]
+    assert f"accuracy {accuracy:.4f}" in evaluated.stdout + evaluated.stderr
+    assert len(list((tmp_path / "outputs").rglob("confusion_matrix.png"))) == 2
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
     for i in range(3):

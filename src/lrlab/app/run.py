@@ -18,10 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrlab.app.build import Setup, _engine, build
 from lrlab.app.checkpoint import CheckpointCallback
-from lrlab.app.console import ConsoleTable, finder_file_stem, format_test_report, format_time
+from lrlab.app.console import ConsoleTable, finder_file_stem, format_time
+from lrlab.app.evaluate import evaluate_checkpoint, evaluate_split
 from lrlab.app.schema import validate
 from lrlab.core.engine import Engine
-from lrlab.core.metrics import classification_report
 from lrlab.core.reproducibility import machine_fingerprint
 from lrlab.core.stages import run_stages
 from lrlab.core.types import Callback, EpochResult
@@ -109,8 +109,8 @@ def run_experiment(
 ) -> RunResult:
     """Run the task `cfg.task` names (train or lr_find), logging to MLflow unless `tracking=none`."""
     output_dir, launch_dir = Path(output_dir), Path(launch_dir or Path.cwd())
-    if cfg.task == "predict":
-        return _predict_task(validate(cfg), output_dir)
+    if cfg.task in ("predict", "evaluate"):
+        return _from_checkpoint_task(validate(cfg), output_dir)
     uri = _tracking_uri(cfg, launch_dir)
     setup = build(cfg)
     cfg = setup.cfg
@@ -136,7 +136,7 @@ def run_experiment(
         if cfg.task == "lr_find":
             result = _lr_find_task(setup, engine, tracker, output_dir)
         else:
-            result = _train_task(setup, engine, tracker, checkpoints)
+            result = _train_task(setup, engine, tracker, checkpoints, output_dir)
         status, trial_state = "FINISHED", "COMPLETE"
     except optuna.TrialPruned:
         status, trial_state = "KILLED", "PRUNED"
@@ -158,17 +158,26 @@ def run_experiment(
     return result
 
 
-def _predict_task(cfg: DictConfig, output_dir: Path) -> RunResult:
-    from lrlab.app.predict import run_predict
+def _from_checkpoint_task(cfg: DictConfig, output_dir: Path) -> RunResult:
+    """task=predict (image files -> predictions.csv) or task=evaluate (the checkpoint's test split)."""
     from lrlab.core.device import resolve_device
 
     device = resolve_device(cfg.device)
+    if cfg.task == "evaluate":
+        report = evaluate_checkpoint(cfg.checkpoint, output_dir, cfg.train.tta, device)
+        return RunResult([], {}, output_dir=output_dir, test=report.metrics)
+    from lrlab.app.predict import run_predict
+
     path = run_predict(cfg.checkpoint, cfg.input, output_dir, cfg.train.tta, device)
     return RunResult([], {}, output_dir=output_dir, extra={"predictions": str(path)})
 
 
 def _train_task(
-    setup: Setup, engine: Engine, tracker: MlflowTracker | None, checkpoints: CheckpointCallback | None
+    setup: Setup,
+    engine: Engine,
+    tracker: MlflowTracker | None,
+    checkpoints: CheckpointCallback | None,
+    output_dir: Path,
 ) -> RunResult:
     results = run_stages(
         engine,
@@ -182,29 +191,25 @@ def _train_task(
         seed=setup.cfg.seed,
     )
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
-    test = evaluate_test_split(engine, setup)
+    report = evaluate_split(
+        engine,
+        setup.test_loader,
+        setup.class_names,
+        setup.class_groups,
+        setup.preprocess,
+        output_dir / "evaluation",
+    )
+    test = report.metrics
     if tracker:
         _log_run_end(tracker, setup.cfg, results, final, checkpoints, test)
+        for path in report.files:
+            tracker.log_artifact(path, "evaluation")
     total = sum(r.seconds for r in results)
     speed = sum(r.train_images_per_s for r in results) / max(1, len(results))
     per_epoch = total / max(1, len(results))
     metrics = ", ".join(f"{k} {final[k]:.4f}" for k in ("valid_loss", "error_rate", "accuracy"))
     log.info(f"done in {format_time(total)} ({per_epoch:.1f} s/epoch, {speed:.0f} train images/s): {metrics}")
     return RunResult(results, final, test=test)
-
-
-def evaluate_test_split(engine: Engine, setup: Setup) -> dict[str, float]:
-    """The final model evaluated once on the test split (nothing is chosen by it): accuracy,
-    error_rate, balanced_accuracy, loss, recall/<class>, accuracy_<n>class; printed as a short block
-    after the epoch tables. Empty without a test split."""
-    if setup.test_loader is None:
-        return {}
-    predictions, targets, loss = engine.predict(setup.test_loader)
-    report = classification_report(predictions, targets, setup.class_names, setup.class_groups)
-    report["loss"] = loss
-    for line in format_test_report(report, setup.class_names, setup.class_groups, len(targets)):
-        log.info(line)
-    return report
 
 
 def finder_config(cfg: DictConfig) -> FinderConfig:

@@ -31,7 +31,7 @@ from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError
 from lrlab.finder.config import FinderConfig
 
-TASKS = ("train", "lr_find", "predict")
+TASKS = ("train", "lr_find", "predict", "evaluate")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "bf16", "16")
 TRACKING_BACKENDS = ("mlflow", "none")
@@ -103,8 +103,10 @@ class LrlabConfig:
     stages: list[Stage] = field(default_factory=list)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     lr_finder: FinderConfig = field(default_factory=FinderConfig)
-    task: str = "train"  # train | lr_find (the range test only) | predict (needs checkpoint and input)
-    checkpoint: str | None = None  # a checkpoint file (best.pt / last.pt) for task=predict
+    task: str = (
+        "train"  # train | lr_find (range test only) | predict (checkpoint, input) | evaluate (checkpoint)
+    )
+    checkpoint: str | None = None  # a checkpoint file (best.pt / last.pt) for task=predict or evaluate
     input: str | None = None  # an image file or a folder of them, for task=predict
     name: str = "${data.name}"  # experiment name: MLflow experiment and run-name prefix
     seed: int = 42
@@ -271,8 +273,8 @@ def validate(cfg: DictConfig) -> DictConfig:
                 "trial.study is set but trial.storage or trial.number is missing "
                 "(the sweeper sets all three)."
             )
-    if merged.task == "predict":
-        for key in ("checkpoint", "input"):
+    if merged.task in ("predict", "evaluate"):
+        for key in ("checkpoint", "input") if merged.task == "predict" else ("checkpoint",):
             if merged[key] is None or not Path(str(merged[key])).expanduser().exists():
                 raise ConfigError(
                     f"task=predict needs {key}=PATH of an existing "

@@ -29,11 +29,13 @@ class TrainingDiverged(LrlabError):
 
 
 class Predictions(NamedTuple):
-    """What `Engine.predict` returns: predicted labels, targets (CPU int64) and the mean loss."""
+    """What `Engine.predict` returns: predicted labels, targets (CPU int64), the mean loss and,
+    when asked for, the class probabilities (N, classes)."""
 
     predictions: torch.Tensor
     targets: torch.Tensor
     loss: float
+    probabilities: torch.Tensor | None = None
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
@@ -232,9 +234,11 @@ class Engine:
         return sum(losses) / max(1, len(losses))
 
     @torch.no_grad()
-    def _eval_pass(self, loader: Iterable) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """The model in eval mode over `loader`: summed cross-entropy, and predicted labels and
-        targets per batch, all left on the device (no host sync)."""
+    def _eval_pass(
+        self, loader: Iterable, probabilities: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The model in eval mode over `loader`: summed cross-entropy, and predicted labels (or
+        class probabilities) and targets per batch, all left on the device (no host sync)."""
         was_training = self.model.training
         self.model.eval()
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -244,7 +248,7 @@ class Engine:
                 x, y = self._to_device(x, y)
                 scores = self._eval_scores(x)
                 total_loss += self._eval_loss(scores, y).double()
-                predictions.append(scores.argmax(1))
+                predictions.append(scores.softmax(1) if probabilities else scores.argmax(1))
                 targets.append(y)
         finally:
             if was_training:
@@ -277,16 +281,18 @@ class Engine:
         loss, acc = (total_loss / max(1, count)).item(), correct.item() / max(1, count)
         return {"valid_loss": loss, "accuracy": acc, "error_rate": 1.0 - acc}
 
-    def predict(self, loader: Iterable) -> Predictions:
-        """Predicted labels (argmax) and targets over `loader` as CPU int64 tensors, and the mean
-        cross-entropy, read back once at the end (no per-batch host sync):
-        `predictions, targets, loss = engine.predict(test_loader)`."""
-        total_loss, predictions, targets = self._eval_pass(loader)
+    def predict(self, loader: Iterable, probabilities: bool = False) -> Predictions:
+        """Predicted labels (argmax) and targets over `loader` as CPU int64 tensors, the mean
+        cross-entropy and, with `probabilities`, the class probabilities, read back once at the end:
+        `predictions, targets, loss, probs = engine.predict(test_loader, probabilities=True)`."""
+        total_loss, outputs, targets = self._eval_pass(loader, probabilities)
         if not targets:
             empty = torch.zeros(0, dtype=torch.int64)
             return Predictions(empty, empty.clone(), float("nan"))
-        labels = torch.stack([torch.cat(predictions), torch.cat(targets)]).cpu()
-        return Predictions(labels[0], labels[1], total_loss.item() / labels.shape[1])
+        probs = torch.cat(outputs).float().cpu() if probabilities else None
+        predicted = probs.argmax(1) if probs is not None else torch.cat(outputs).cpu()
+        target = torch.cat(targets).cpu()
+        return Predictions(predicted, target, total_loss.item() / len(target), probs)
 
     def fit(
         self,

@@ -1,0 +1,86 @@
+"""The test split, read once: metrics, the per-class table, the confusion matrix and the most
+confidently wrong images. Used at the end of every training and by `lrlab task=evaluate
+checkpoint=PATH`, which rebuilds the checkpoint's data from the config stored in it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from lrlab.app.console import format_test_report
+from lrlab.core.engine import Engine
+from lrlab.core.interpret import Interpretation, gather_images
+from lrlab.core.metrics import classification_report
+from lrlab.data.preprocess import Preprocess
+
+log = logging.getLogger("lrlab")
+TOP_LOSSES = 16
+
+
+@dataclass
+class TestReport:
+    """The test metrics (accuracy, error_rate, balanced_accuracy, loss, recall/<class>,
+    accuracy_<n>class) and the files written (per_class.csv, confusion_matrix.png, top_losses.png)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+def evaluate_split(
+    engine: Engine,
+    loader: Any,
+    class_names: list[str],
+    class_groups: dict[str, list[int]] | None,
+    preprocess: Preprocess | None,
+    directory: Path,
+) -> TestReport:
+    """Evaluate `engine.model` on `loader` once: metrics printed after the epoch tables, and the
+    interpretation files in `directory`. An empty report for no loader."""
+    if loader is None:
+        return TestReport()
+    predictions, targets, loss, probabilities = engine.predict(loader, probabilities=True)
+    metrics = classification_report(predictions, targets, class_names, class_groups)
+    metrics["loss"] = loss
+    for line in format_test_report(metrics, class_names, class_groups, len(targets)):
+        log.info(line)
+    interpretation = Interpretation(class_names, predictions.numpy(), targets.numpy(), probabilities.numpy())
+    log.info("\n" + interpretation.table())
+    wrong = interpretation.confidently_wrong(TOP_LOSSES)
+    images = None
+    if preprocess is not None and len(wrong):
+        images = gather_images(loader, wrong, preprocess.mean, preprocess.std)
+    files = interpretation.write(directory, images, wrong)
+    log.info(f"evaluation files: {directory}")
+    return TestReport(metrics, files)
+
+
+def evaluate_checkpoint(
+    checkpoint: str, output_dir: Path, tta: str = "none", device: Any = "cpu"
+) -> TestReport:
+    """`task=evaluate`: the checkpoint's model on its own data's test split (rebuilt from the
+    config saved in the checkpoint, so the split is the one it was never trained or chosen on)."""
+    from lrlab.data.loaders import make_loaders
+    from lrlab.data.sources import load_source
+    from lrlab.data.types import Normalization
+    from lrlab.errors import ConfigError
+    from lrlab.models.checkpoint import load_model
+
+    loaded = load_model(checkpoint, device=device)
+    data_cfg = OmegaConf.to_container(OmegaConf.create(loaded.meta["config"]).data, resolve=True)
+    source = load_source(data_cfg)
+    if source.test is None:
+        raise ConfigError(
+            f"the data of {checkpoint} has no test split (data.test_pct=0): nothing to evaluate."
+        )
+    norm = Normalization(loaded.preprocess.mean, loaded.preprocess.std, loaded.preprocess.interpolation)
+    data_device = device if data_cfg.get("in_memory") else "cpu"
+    test = make_loaders(source, data_cfg, norm, data_device).test
+    engine = Engine(loaded.model, device, tta=tta)
+    groups = source.class_groups
+    return evaluate_split(
+        engine, test, source.class_names, groups, loaded.preprocess, output_dir / "evaluation"
+    )

@@ -1,0 +1,150 @@
+"""Interpretation of a model's test predictions, as fastai's ClassificationInterpretation gives:
+per-class precision, recall and F1, the confusion matrix (counts and row-normalised) as a plot, and
+the most confidently wrong images as a grid, written as files a tracker can attach."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lrlab.core.metrics import confusion_matrix
+
+
+@dataclass
+class Interpretation:
+    """Predictions of one split: class names, predicted labels, targets and probabilities (N, C)."""
+
+    class_names: list[str]
+    predictions: np.ndarray
+    targets: np.ndarray
+    probabilities: np.ndarray
+
+    def matrix(self) -> np.ndarray:
+        return confusion_matrix(self.predictions, self.targets, len(self.class_names))
+
+    def per_class(self) -> list[dict[str, float | str | int]]:
+        """One row per class: precision, recall, F1 (nan where undefined) and support."""
+        m = self.matrix()
+        rows = []
+        for i, name in enumerate(self.class_names):
+            hit, predicted, support = m[i, i], m[:, i].sum(), m[i].sum()
+            precision = hit / predicted if predicted else math.nan
+            recall = hit / support if support else math.nan
+            both = precision + recall
+            f1 = 2 * precision * recall / both if both and not math.isnan(both) else math.nan
+            rows.append(
+                {"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int(support)}
+            )
+        return rows
+
+    def table(self) -> str:
+        """The per-class rows as aligned text."""
+        width = max(5, *(len(n) for n in self.class_names))
+        lines = [f"{'class':<{width}}  precision  recall  f1      support"]
+        for r in self.per_class():
+            scores = f"{r['precision']:<9.4f}  {r['recall']:<6.4f}  {r['f1']:<6.4f}"
+            lines.append(f"{r['class']:<{width}}  {scores}  {r['support']}")
+        return "\n".join(lines)
+
+    def confidently_wrong(self, k: int = 16) -> np.ndarray:
+        """Indices of up to `k` wrong predictions, the most confident (highest probability) first."""
+        wrong = np.flatnonzero(self.predictions != self.targets)
+        confidence = self.probabilities[wrong, self.predictions[wrong]]
+        return wrong[np.argsort(-confidence, kind="stable")][:k]
+
+    def write(
+        self, directory: Path, images: np.ndarray | None = None, indices: Sequence[int] = ()
+    ) -> list[Path]:
+        """`per_class.csv`, `confusion_matrix.png` and, given the images (N, H, W, C in 0..1) of
+        `indices`, `top_losses.png` in `directory`; returns the paths."""
+        directory.mkdir(parents=True, exist_ok=True)
+        table = directory / "per_class.csv"
+        with table.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["class", "precision", "recall", "f1", "support"])
+            writer.writeheader()
+            writer.writerows(self.per_class())
+        paths = [table, self.plot_confusion(directory / "confusion_matrix.png")]
+        if images is not None and len(indices):
+            paths.append(self.plot_top_losses(images, indices, directory / "top_losses.png"))
+        return paths
+
+    def plot_confusion(self, path: Path) -> Path:
+        """Counts (left) and row-normalised fractions (right): row = actual, column = predicted."""
+        m = self.matrix()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rows = m / m.sum(axis=1, keepdims=True)
+        n = len(self.class_names)
+        fig = _figure(figsize=(4 + 1.6 * n, 1.8 + 0.8 * n), layout="constrained")
+        axes = fig.subplots(1, 2)
+        for ax, values, title, fmt in ((axes[0], m, "counts", "d"), (axes[1], rows, "row-normalised", ".2f")):
+            ax.imshow(np.nan_to_num(values, nan=0.0), cmap="Blues")
+            for i in range(n):
+                for j in range(n):
+                    text = format(values[i, j], fmt) if not np.isnan(values[i, j]) else "-"
+                    dark = values[i, j] > np.nanmax(values) / 2
+                    ax.text(
+                        j, i, text, ha="center", va="center", color="white" if dark else "black", fontsize=8
+                    )
+            ax.set_xticks(range(n), self.class_names, rotation=45, ha="right", fontsize=8)
+            ax.set_yticks(range(n), self.class_names, fontsize=8)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("actual")
+            ax.set_title(f"confusion matrix ({title})", fontsize=9)
+        fig.savefig(path, dpi=110)
+        return path
+
+    def plot_top_losses(self, images: np.ndarray, indices: Sequence[int], path: Path) -> Path:
+        """The images of `indices` (most confidently wrong first), titled predicted / actual /
+        probability of the prediction / probability of the actual class."""
+        cols = min(4, len(indices))
+        rows = math.ceil(len(indices) / cols)
+        fig = _figure(figsize=(2.6 * cols, 3.1 * rows + 0.3), layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, image, i in zip(axes.flat, images, indices):
+            grey = image.shape[-1] == 1 or np.allclose(image[..., 0], image[..., -1])
+            ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=1)
+            p, t = self.predictions[i], self.targets[i]
+            ax.set_title(
+                f"{self.class_names[p]} / {self.class_names[t]}\n"
+                f"{self.probabilities[i, p]:.2f} / {self.probabilities[i, t]:.2f}",
+                fontsize=8,
+            )
+        fig.suptitle("most confidently wrong: predicted / actual, probability of each", fontsize=9)
+        fig.savefig(path, dpi=110)
+        return path
+
+
+def gather_images(
+    loader: Iterable, indices: Sequence[int], mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
+    """The images at positions `indices` of an unshuffled loader, un-normalised to 0..1 and laid
+    out (N, H, W, C) for plotting, in the order of `indices`."""
+    wanted = {int(i): k for k, i in enumerate(indices)}
+    found: dict[int, torch.Tensor] = {}
+    offset = 0
+    for x, _ in loader:
+        for j in range(len(x)):
+            if offset + j in wanted:
+                found[offset + j] = x[j].detach().float().cpu()
+        offset += len(x)
+        if len(found) == len(wanted):
+            break
+    mean_t = torch.tensor(mean).view(-1, 1, 1)
+    std_t = torch.tensor(std).view(-1, 1, 1)
+    ordered = [(found[i] * std_t + mean_t).clamp(0, 1).permute(1, 2, 0) for i in indices]
+    return torch.stack(ordered).numpy() if ordered else np.zeros((0, 1, 1, 3))
+
+
+def _figure(**kwargs: object):
+    """A matplotlib Figure not attached to pyplot (no backend switch, nothing left open)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
