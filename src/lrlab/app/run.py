@@ -22,6 +22,7 @@ from lrlab.app.console import ConsoleTable, finder_file_stem, format_time
 from lrlab.app.evaluate import evaluate_checkpoint, evaluate_split
 from lrlab.app.schema import validate
 from lrlab.core.engine import Engine
+from lrlab.core.monitor import EarlyStopping, Monitor
 from lrlab.core.reproducibility import machine_fingerprint
 from lrlab.core.stages import run_stages
 from lrlab.core.types import Callback, EpochResult
@@ -114,13 +115,18 @@ def run_experiment(
     uri = _tracking_uri(cfg, launch_dir)
     setup = build(cfg)
     cfg = setup.cfg
+    monitor = Monitor(cfg.train.monitor, cfg.train.mode, cfg.train.min_delta)
     checkpoints = (
-        CheckpointCallback(output_dir / "checkpoints", setup.model_description())
+        CheckpointCallback(
+            output_dir / "checkpoints", setup.model_description(), monitor, cfg.train.save_top_k
+        )
         if cfg.train.checkpoints and cfg.task == "train"
         else None
     )
     stage_log = StageLog(output_dir)
-    callbacks: list[Any] = [ConsoleTable(output_dir), stage_log] + ([checkpoints] if checkpoints else [])
+    stopping = EarlyStopping(monitor, cfg.train.patience) if cfg.train.patience else None
+    callbacks: list[Any] = [ConsoleTable(output_dir), stage_log]
+    callbacks += [c for c in (checkpoints, stopping) if c is not None]
     if cfg.trial.study is not None:
         callbacks.append(
             TrialReporter(load_trial(cfg.trial.storage, cfg.trial.study, cfg.trial.number), cfg.trial.metric)
@@ -138,6 +144,8 @@ def run_experiment(
         else:
             result = _train_task(setup, engine, tracker, checkpoints, output_dir)
         status, trial_state = "FINISHED", "COMPLETE"
+        if tracker and stopping and stopping.stops:
+            tracker.set_tags({"early_stopping": " | ".join(stopping.stops.values())})
     except optuna.TrialPruned:
         status, trial_state = "KILLED", "PRUNED"
         raise

@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lrlab.core.monitor import Monitor
 from lrlab.core.types import Stage
 from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError
@@ -66,6 +67,11 @@ class TrainConfig:
     cudnn_benchmark: bool = False
     label_smoothing: float = 0.0  # training loss only (valid/test losses are plain cross-entropy)
     tta: str = "none"  # none | hflip: evaluate each image and its mirror, averaging probabilities
+    monitor: str = "valid_loss"  # the valid-split metric best.pt, save_top_k and patience follow
+    mode: str = "auto"  # auto (max for accuracy, else min) | min | max
+    patience: int | None = None  # end a stage after this many epochs without improvement; None: off
+    min_delta: float = 0.0  # the smallest change of `monitor` that counts as an improvement
+    save_top_k: int = 1  # >1: also keep the k best epochs as checkpoints/top/epoch<N>-<metric><value>.pt
 
 
 @dataclass
@@ -261,6 +267,15 @@ def validate(cfg: DictConfig) -> DictConfig:
     _positive(merged.train.grad_accum, "train.grad_accum")
     _positive(merged.train.log_every, "train.log_every")
     _choice(merged.train.tta, ("none", "hflip"), "train.tta")
+    _qualified(
+        lambda: Monitor(merged.train.monitor, merged.train.mode, merged.train.min_delta),
+        "train",
+        ("monitor", "mode"),
+    )
+    if merged.train.patience is not None and merged.train.patience < 1:
+        raise ConfigError(f"train.patience={merged.train.patience} must be at least 1 (or null: off).")
+    if merged.train.save_top_k < 1:
+        raise ConfigError(f"train.save_top_k={merged.train.save_top_k} must be at least 1.")
     if not 0 <= merged.train.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing={merged.train.label_smoothing} must be in [0, 1).")
     OmegaConf.to_object(merged.data).check()

@@ -303,8 +303,10 @@ class Engine:
         epochs: int,
         stage: str = "train",
     ) -> list[EpochResult]:
-        """Train for `epochs` epochs, evaluating after each; callbacks see every step and epoch."""
+        """Train for `epochs` epochs, evaluating after each; callbacks see every step and epoch, and
+        one that sets `engine.stop_reason` ends the stage after the current epoch."""
         steps = self.steps_per_epoch(train_loader)
+        self.stop_reason: str | None = None
         for cb in self.callbacks:
             cb.on_fit_start(self, stage, epochs, steps)
         results: list[EpochResult] = []
@@ -327,6 +329,8 @@ class Engine:
             for cb in self.callbacks:
                 cb.on_epoch_end(self, result)
             self.global_epoch += 1
+            if self.stop_reason:
+                break
         for cb in self.callbacks:
             cb.on_fit_end(self, stage, results)
         return results

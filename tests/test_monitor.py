@@ -1,0 +1,96 @@
+"""The monitored metric: early stopping ends a stage cleanly, checkpoints keep the best and the
+top k by it, and a CLI run that stops early ends FINISHED with a tag saying why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrlab.app.checkpoint import CheckpointCallback, load_checkpoint
+from lrlab.core.monitor import EarlyStopping, Monitor
+from lrlab.core.types import EpochResult
+
+
+class _Engine:
+    def __init__(self) -> None:
+        self.model = torch.nn.Linear(2, 2)
+        self.stop_reason: str | None = None
+
+
+def _result(epoch: int, valid_loss: float, accuracy: float = 0.5) -> EpochResult:
+    return EpochResult("unfrozen", epoch, epoch, 1.0, valid_loss, accuracy, 1 - accuracy, 1.0)
+
+
+def test_monitor_direction_and_min_delta() -> None:
+    assert (
+        not Monitor().maximize
+        and Monitor("accuracy").maximize
+        and Monitor("accuracy", "min").maximize is False
+    )
+    assert Monitor().better(0.5, 0.6) and not Monitor(min_delta=0.2).better(0.5, 0.6)
+    assert not Monitor().better(float("nan"), 1.0)
+    with pytest.raises(ValueError, match="monitor='f1' is not valid"):
+        Monitor("f1")
+
+
+def test_early_stopping_waits_patience_epochs_then_stops_the_stage() -> None:
+    engine, stopping = _Engine(), EarlyStopping(Monitor(), patience=2)
+    stopping.on_fit_start(engine, "unfrozen", 10, 1)
+    for epoch, loss in enumerate([1.0, 0.9, 0.95, 0.91]):
+        stopping.on_epoch_end(engine, _result(epoch, loss))
+        assert (engine.stop_reason is not None) == (epoch == 3)
+    assert (
+        "valid_loss did not improve on 0.9 for 2 epoch(s); stage unfrozen stopped after epoch 4"
+        in (stopping.stops["unfrozen"])
+    )
+
+
+def test_engine_fit_ends_the_stage_when_a_callback_asks() -> None:
+    from lrlab.core.engine import Engine
+    from lrlab.core.schedules import constant
+    from lrlab.data.loaders import TensorLoader
+    from lrlab.data.sources import load_digits
+    from lrlab.data.types import Normalization
+
+    digits = load_digits(image_size=8)
+    norm = Normalization((0.5,) * 3, (0.5,) * 3)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    stopping = EarlyStopping(Monitor("accuracy", "min"), patience=1)  # accuracy rises: "min" never improves
+    engine = Engine(model, callbacks=[stopping])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    train, valid = TensorLoader(digits.train, 256, norm, shuffle=True), TensorLoader(digits.valid, 256, norm)
+    results = engine.fit(train, valid, opt, constant(opt, [0.01], 10 * len(train)), epochs=10, stage="s")
+    assert len(results) == 2 and "stage s stopped after epoch 2" in engine.stop_reason
+    assert engine.global_epoch == 2
+
+
+def test_checkpoints_follow_the_monitor_and_keep_the_top_k(tmp_path: Path) -> None:
+    callback = CheckpointCallback(tmp_path, monitor=Monitor("accuracy"), save_top_k=2)
+    engine = _Engine()
+    for epoch, accuracy in enumerate([0.5, 0.7, 0.6, 0.8, 0.55]):
+        callback.on_epoch_end(engine, _result(epoch, 1.0, accuracy))
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 3
+    assert sorted(p.name for p in (tmp_path / "top").iterdir()) == [
+        "epoch1-accuracy0.7000.pt",
+        "epoch3-accuracy0.8000.pt",
+    ]
+
+
+@pytest.mark.slow
+def test_a_run_stopped_early_finishes_with_a_tag_saying_why(run_cli, tmp_path: Path) -> None:
+    proc = run_cli(
+        "experiment=smoke", "epochs=6", "train.monitor=accuracy", "train.mode=min", "train.patience=1"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    epochs = len(client.get_metric_history(run.info.run_id, "valid_loss"))
+    assert epochs < 6, "stopped before the stage's 6 epochs"
+    assert "accuracy did not improve" in run.data.tags["early_stopping"]
+    assert f"stage full stopped after epoch {epochs}" in run.data.tags["early_stopping"]
