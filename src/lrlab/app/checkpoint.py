@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lrlab.core.monitor import Monitor
+from lrlab.core.resume import capture
 from lrlab.core.types import Callback, EpochResult
 from lrlab.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
 
@@ -53,7 +54,9 @@ class CheckpointCallback(Callback):
             "metrics": result.metrics(),
             "meta": self.meta,
         }
-        save_atomic(payload, self.directory / "last.pt")
+        progress = getattr(engine, "stage_progress", None)
+        resume = capture(engine, progress, result.stage_epoch + 1) if progress is not None else None
+        save_atomic({**payload, "resume": resume}, self.directory / "last.pt")
         value = self.monitor.value(result)
         if self.monitor.better(value, self.best_value):
             self.best_value = value
@@ -75,3 +78,38 @@ class CheckpointCallback(Callback):
         for _, dropped in self.top[self.save_top_k :]:
             dropped.unlink(missing_ok=True)
         del self.top[self.save_top_k :]
+
+
+def load_resume(cfg: Any, launch_dir: Path) -> dict[str, Any]:
+    """The checkpoint `resume=` names (a `last.pt`, or `auto`: the newest `outputs/**/last.pt` under
+    `launch_dir` whose run had this same config), with its path; LrlabError when there is none or
+    it holds no training state."""
+    from omegaconf import OmegaConf
+
+    from lrlab.errors import ConfigError
+
+    def plain(config: Any) -> dict[str, Any]:
+        found = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+        found.pop("resume", None)
+        return found
+
+    if str(cfg.resume) != "auto":
+        candidates = [Path(str(cfg.resume)).expanduser()]
+    else:
+        found = (launch_dir / "outputs").rglob("checkpoints/last.pt")
+        candidates = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    wanted = plain(OmegaConf.to_container(cfg, resolve=True))
+    for path in candidates:
+        checkpoint = load_checkpoint(path)
+        meta = checkpoint.get("meta") or {}
+        if str(cfg.resume) == "auto" and plain(meta.get("config", "{}")) != wanted:
+            continue
+        if not checkpoint.get("resume"):
+            raise ConfigError(
+                f"resume: {path} holds no training state to continue from (written by an older lrlab)"
+            )
+        return {**checkpoint, "path": str(path)}
+    raise ConfigError(
+        f"resume=auto: no checkpoints/last.pt under {launch_dir / 'outputs'} comes from a run with this "
+        "config (same overrides, train.checkpoints=true); pass resume=PATH/TO/last.pt"
+    )

@@ -17,19 +17,18 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from lrlab.app.build import Setup, _engine, build
-from lrlab.app.checkpoint import CheckpointCallback
-from lrlab.app.console import ConsoleTable, finder_file_stem, format_time
+from lrlab.app.checkpoint import CheckpointCallback, load_resume
+from lrlab.app.console import format_time
 from lrlab.app.evaluate import evaluate_checkpoint, evaluate_split
+from lrlab.app.hooks import RunCallbacks
 from lrlab.app.schema import validate
 from lrlab.core.engine import Engine
-from lrlab.core.monitor import EarlyStopping, Monitor
 from lrlab.core.reproducibility import machine_fingerprint
 from lrlab.core.stages import run_stages
-from lrlab.core.types import Callback, EpochResult
+from lrlab.core.types import EpochResult
 from lrlab.finder.config import FinderConfig
 from lrlab.finder.range_test import find_lr
 from lrlab.integrations.mlflow import MlflowTracker, check_tracking_uri, default_tracking_uri, provenance_tags
-from lrlab.integrations.optuna import TrialReporter, load_trial
 
 log = logging.getLogger("lrlab")
 
@@ -64,27 +63,6 @@ class RunResult:
         }
 
 
-class StageLog(Callback):
-    """Records each stage's decisions (LR, rule, range-test seconds and curve file) for `RunResult.stages`."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.stages: list[dict[str, Any]] = []
-
-    def on_stage_start(self, engine: Any, start: Any) -> None:
-        entry: dict[str, Any] = {
-            "index": start.index,
-            "name": start.stage.name,
-            "lr": float(start.lr),
-            "rule": start.rule,
-        }
-        if start.finder is not None:
-            entry["finder_seconds"] = float(start.finder.seconds)
-            entry["suggestions"] = {r: float(v) for r, v in start.finder.suggestions.items()}
-            entry["curve"] = str(self.directory / f"{finder_file_stem(start.stage.name)}.csv")
-        self.stages.append(entry)
-
-
 def _tracking_uri(cfg: DictConfig, launch_dir: Path) -> str | None:
     """The MLflow URI this run records to (checked, so a bad one fails before any work), or None."""
     if cfg.tracking.backend != "mlflow":
@@ -94,9 +72,14 @@ def _tracking_uri(cfg: DictConfig, launch_dir: Path) -> str | None:
     return uri
 
 
-def _tracker(cfg: DictConfig, uri: str | None, parent_run_id: str | None) -> MlflowTracker | None:
+def _tracker(
+    cfg: DictConfig, uri: str | None, parent_run_id: str | None, run_id: str | None = None
+) -> MlflowTracker | None:
+    """The run's MLflow tracker: a new run, or (`run_id`, a resumed training) the same run again."""
     if uri is None:
         return None
+    if run_id is not None:
+        return MlflowTracker(uri, cfg.tracking.experiment, run_id=run_id)
     run_name = cfg.tracking.run_name or f"{cfg.name}-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     return MlflowTracker(uri, cfg.tracking.experiment, run_name, parent_run_id)
 
@@ -115,26 +98,13 @@ def run_experiment(
     uri = _tracking_uri(cfg, launch_dir)
     setup = build(cfg)
     cfg = setup.cfg
-    monitor = Monitor(cfg.train.monitor, cfg.train.mode, cfg.train.min_delta)
-    checkpoints = (
-        CheckpointCallback(
-            output_dir / "checkpoints", setup.model_description(), monitor, cfg.train.save_top_k
-        )
-        if cfg.train.checkpoints and cfg.task == "train"
-        else None
-    )
-    stage_log = StageLog(output_dir)
-    stopping = EarlyStopping(monitor, cfg.train.patience) if cfg.train.patience else None
-    callbacks: list[Any] = [ConsoleTable(output_dir), stage_log]
-    callbacks += [c for c in (checkpoints, stopping) if c is not None]
-    if cfg.trial.study is not None:
-        callbacks.append(
-            TrialReporter(load_trial(cfg.trial.storage, cfg.trial.study, cfg.trial.number), cfg.trial.metric)
-        )
-    tracker = _tracker(cfg, uri, parent_run_id or cfg.tracking.parent_run_id)
-    if tracker:
-        callbacks.append(tracker)
-    engine = _engine(setup, callbacks)
+    resume = load_resume(cfg, launch_dir) if cfg.resume else None
+    hooks = RunCallbacks.create(setup, output_dir)
+    run_id = resume["meta"].get("mlflow_run_id") if resume else None
+    tracker = _tracker(cfg, uri, parent_run_id or cfg.tracking.parent_run_id, run_id)
+    engine = _engine(setup, hooks.all(tracker))
+    if tracker and hooks.checkpoints:
+        hooks.checkpoints.meta["mlflow_run_id"] = tracker.run_id
     status, trial_state = "FAILED", "FAIL"
     try:
         if tracker:
@@ -142,10 +112,10 @@ def run_experiment(
         if cfg.task == "lr_find":
             result = _lr_find_task(setup, engine, tracker, output_dir)
         else:
-            result = _train_task(setup, engine, tracker, checkpoints, output_dir)
+            result = _train_task(setup, engine, tracker, hooks.checkpoints, output_dir, resume)
         status, trial_state = "FINISHED", "COMPLETE"
-        if tracker and stopping and stopping.stops:
-            tracker.set_tags({"early_stopping": " | ".join(stopping.stops.values())})
+        if tracker and hooks.stopping and hooks.stopping.stops:
+            tracker.set_tags({"early_stopping": " | ".join(hooks.stopping.stops.values())})
     except optuna.TrialPruned:
         status, trial_state = "KILLED", "PRUNED"
         raise
@@ -158,7 +128,7 @@ def run_experiment(
                 tracker.set_tags({"trial.state": trial_state})
             tracker.finish(status)
     result.output_dir = output_dir
-    result.stages = stage_log.stages
+    result.stages = hooks.stage_log.stages
     if tracker:
         result.run_id = tracker.run_id
         view = f"mlflow ui --backend-store-uri {tracker.uri}"
@@ -186,7 +156,10 @@ def _train_task(
     tracker: MlflowTracker | None,
     checkpoints: CheckpointCallback | None,
     output_dir: Path,
+    resume: dict[str, Any] | None = None,
 ) -> RunResult:
+    if resume is not None:
+        log.info(f"resuming after epoch {resume['resume']['global_epoch']} from {resume['path']}")
     results = run_stages(
         engine,
         setup.groups,
@@ -197,6 +170,7 @@ def _train_task(
         setup.schedule,
         finder=finder_config(setup.cfg),
         seed=setup.cfg.seed,
+        resume={**resume["resume"], "model": resume["model"]} if resume else None,
     )
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
     report = evaluate_split(
@@ -274,7 +248,10 @@ def _log_run_start(
 ) -> None:
     cfg = setup.cfg
     container = OmegaConf.to_container(cfg, resolve=True)
+    resumed_from = container.pop("resume", None)  # not a param: a resumed run logs into the same run
     tracker.log_params(container)
+    if resumed_from:
+        tracker.set_tags({"resumed_from": str(resumed_from)})
     tracker.set_tags(
         {
             **provenance_tags(launch_dir),

@@ -114,6 +114,7 @@ class LrlabConfig:
     )
     checkpoint: str | None = None  # a checkpoint file (best.pt / last.pt) for task=predict or evaluate
     input: str | None = None  # an image file or a folder of them, for task=predict
+    resume: str | None = None  # auto (the newest last.pt of a run with this config) | PATH/TO/last.pt
     name: str = "${data.name}"  # experiment name: MLflow experiment and run-name prefix
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | mps

@@ -100,6 +100,9 @@ class Engine:
         self.global_step = 0
         self.global_epoch = 0
         self.images_seen = 0
+        self.history: list[EpochResult] = []  # every epoch trained by this engine (restored on resume)
+        self.fit_context: tuple[Any, Any, Any] | None = None  # the running fit's optimizer, scheduler, loader
+        self.stage_progress: Any = None  # set by run_stages: the stage reached and its LR decisions
         self.eval_modules: list[nn.Module] = []
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = (
@@ -302,15 +305,18 @@ class Engine:
         scheduler: Any,
         epochs: int,
         stage: str = "train",
+        start_epoch: int = 0,
     ) -> list[EpochResult]:
-        """Train for `epochs` epochs, evaluating after each; callbacks see every step and epoch, and
-        one that sets `engine.stop_reason` ends the stage after the current epoch."""
+        """Train epochs `start_epoch`..`epochs - 1` (a resumed stage starts later), evaluating after
+        each; callbacks see every step and epoch, and one that sets `engine.stop_reason` ends the
+        stage after the current epoch."""
         steps = self.steps_per_epoch(train_loader)
         self.stop_reason: str | None = None
+        self.fit_context = (optimizer, scheduler, train_loader)
         for cb in self.callbacks:
             cb.on_fit_start(self, stage, epochs, steps)
         results: list[EpochResult] = []
-        for stage_epoch in range(epochs):
+        for stage_epoch in range(start_epoch, epochs):
             start = time.perf_counter()
             train_loss = self.train_epoch(train_loader, optimizer, scheduler)
             train_seconds = time.perf_counter() - start
@@ -326,6 +332,7 @@ class Engine:
                 **metrics,
             )
             results.append(result)
+            self.history.append(result)
             for cb in self.callbacks:
                 cb.on_epoch_end(self, result)
             self.global_epoch += 1

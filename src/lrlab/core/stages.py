@@ -20,6 +20,7 @@ from torch import nn
 
 from lrlab.core.engine import Engine
 from lrlab.core.optim import group_lrs, set_lrs
+from lrlab.core.resume import StageProgress, decisions, restore
 from lrlab.core.types import EpochResult, Stage
 from lrlab.finder.config import FinderConfig
 from lrlab.finder.range_test import find_lr
@@ -143,6 +144,21 @@ def _stage_lr(
     return lr, rule, found
 
 
+def _announce(
+    engine: Engine, groups: Sequence[LayerGroup], trainable: list[int], layer_lrs: list[float], **decided: Any
+) -> None:
+    """Tell the callbacks what a stage decided (a StageStart of `decided` plus its per-group LRs,
+    trainable groups and parameter count)."""
+    start = StageStart(
+        layer_lrs=dict(zip((g.name for g in groups), layer_lrs)),
+        trainable_groups=[groups[i].name for i in trainable],
+        trainable_params=_trainable_count(engine.model),
+        **decided,
+    )
+    for cb in engine.callbacks:
+        cb.on_stage_start(engine, start)
+
+
 def run_stages(
     engine: Engine,
     groups: Sequence[LayerGroup],
@@ -153,52 +169,51 @@ def run_stages(
     schedule: ScheduleFactory,
     finder: FinderConfig | None = None,
     seed: int = 0,
+    resume: dict[str, Any] | None = None,
 ) -> list[EpochResult]:
-    """Run each stage in order and return every epoch's result.
-
-    Stages whose lr is 'find' run the range test with `finder` (its defaults when None; its
-    held-out loss, if any, on `valid_loader`; data orders of repeats from `seed`).
-    """
+    """Run each stage in order and return every epoch's result. Stages whose lr is 'find' run the
+    range test with `finder` (its held-out loss on `valid_loader`; repeats' data orders from `seed`).
+    `resume` (a checkpoint's `resume` entry plus its `model`) skips finished stages, reuses the LR
+    decisions of the stage it stopped in and continues that stage after its last saved epoch."""
     finder = finder or FinderConfig()
-    results: list[EpochResult] = []
     steps = engine.steps_per_epoch(train_loader)
     model = engine.model
+    engine.stage_progress = progress = StageProgress()
+    first_result = len(engine.history)
     previous: tuple[int, ...] | None = None
     for index, stage in enumerate(stages):
-        if stage.epochs <= 0:
-            continue
         trainable = trainable_group_indices(stage.trainable, len(groups))
+        resuming = resume is not None and index == resume["stage_index"]
+        if stage.epochs <= 0 or (resume is not None and index < resume["stage_index"]):
+            previous = tuple(trainable) if stage.epochs > 0 else previous
+            continue
         engine.eval_modules = freeze(model, groups, trainable, stage.train_bn)
-        cleared = previous is not None and tuple(trainable) != previous
+        cleared = previous is not None and tuple(trainable) != previous and not resuming
         if cleared:
             optimizer.state.clear()
         previous = tuple(trainable)
         ratios = spread_lrs(1.0, len(groups), stage.lr_spread, stage.lr_spread_mode)
-        lr, rule, found = _stage_lr(
-            engine, stage, index, train_loader, valid_loader, optimizer, ratios, finder, seed
+        if resuming:
+            progress.decisions = decisions(resume)
+        lr, rule, found = (
+            (*progress.decisions[index], None)
+            if resuming
+            else _stage_lr(engine, stage, index, train_loader, valid_loader, optimizer, ratios, finder, seed)
         )
+        progress.index, progress.decisions[index] = index, (lr, rule)
         layer_lrs = [lr * r for r in ratios]
-        start = StageStart(
-            stage,
-            index,
-            lr,
-            rule,
-            {g.name: v for g, v in zip(groups, layer_lrs)},
-            [groups[i].name for i in trainable],
-            _trainable_count(model),
-            found,
-            cleared,
-        )
-        for cb in engine.callbacks:
-            cb.on_stage_start(engine, start)
+        decided = {"stage": stage, "index": index, "lr": lr, "rule": rule, "finder": found}
+        _announce(engine, groups, trainable, layer_lrs, cleared_optimizer_state=cleared, **decided)
         scheduler = schedule(
             optimizer,
             max_lr=group_lrs(optimizer, layer_lrs),
             total_steps=steps * stage.epochs,
             **stage.schedule_overrides(),
         )
-        results += engine.fit(
-            train_loader, valid_loader, optimizer, scheduler, stage.epochs, stage=stage.name
-        )
+        first = 0
+        if resuming:
+            restore(resume, resume["model"], engine, optimizer, scheduler, train_loader)
+            first, first_result = resume["stage_epochs_done"], 0
+        engine.fit(train_loader, valid_loader, optimizer, scheduler, stage.epochs, stage.name, first)
     engine.eval_modules = []
-    return results
+    return engine.history[first_result:]

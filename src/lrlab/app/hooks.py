@@ -1,0 +1,68 @@
+"""The engine callbacks a run uses besides its tracker: the console table, the record of each
+stage's decisions, checkpoints, early stopping and the Optuna trial reporter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lrlab.app.build import Setup
+from lrlab.app.checkpoint import CheckpointCallback
+from lrlab.app.console import ConsoleTable, finder_file_stem
+from lrlab.core.monitor import EarlyStopping, Monitor
+from lrlab.core.types import Callback
+from lrlab.integrations.optuna import TrialReporter, load_trial
+
+
+class StageLog(Callback):
+    """Records each stage's decisions (LR, rule, range-test seconds and curve file) for `RunResult.stages`."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.stages: list[dict[str, Any]] = []
+
+    def on_stage_start(self, engine: Any, start: Any) -> None:
+        entry: dict[str, Any] = {
+            "index": start.index,
+            "name": start.stage.name,
+            "lr": float(start.lr),
+            "rule": start.rule,
+        }
+        if start.finder is not None:
+            entry["finder_seconds"] = float(start.finder.seconds)
+            entry["suggestions"] = {r: float(v) for r, v in start.finder.suggestions.items()}
+            entry["curve"] = str(self.directory / f"{finder_file_stem(start.stage.name)}.csv")
+        self.stages.append(entry)
+
+
+@dataclass
+class RunCallbacks:
+    """The engine callbacks a run uses besides its tracker."""
+
+    console: ConsoleTable
+    stage_log: StageLog
+    checkpoints: CheckpointCallback | None = None
+    stopping: EarlyStopping | None = None
+    trial: TrialReporter | None = None
+
+    @classmethod
+    def create(cls, setup: Setup, output_dir: Path) -> RunCallbacks:
+        cfg = setup.cfg
+        monitor = Monitor(cfg.train.monitor, cfg.train.mode, cfg.train.min_delta)
+        hooks = cls(ConsoleTable(output_dir), StageLog(output_dir))
+        if cfg.train.checkpoints and cfg.task == "train":
+            description = setup.model_description()
+            hooks.checkpoints = CheckpointCallback(
+                output_dir / "checkpoints", description, monitor, cfg.train.save_top_k
+            )
+        if cfg.train.patience:
+            hooks.stopping = EarlyStopping(monitor, cfg.train.patience)
+        if cfg.trial.study is not None:
+            trial = load_trial(cfg.trial.storage, cfg.trial.study, cfg.trial.number)
+            hooks.trial = TrialReporter(trial, cfg.trial.metric)
+        return hooks
+
+    def all(self, tracker: Any) -> list[Any]:
+        found = (self.console, self.stage_log, self.checkpoints, self.stopping, self.trial, tracker)
+        return [c for c in found if c is not None]

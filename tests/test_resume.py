@@ -1,0 +1,63 @@
+"""Resuming an interrupted training: 4 epochs straight and 2 epochs + SIGTERM + `resume=auto` for
+the rest give bit-identical weights and metrics on CPU, in the same MLflow run."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import spawn_lrlab
+from lrlab.app.checkpoint import load_checkpoint
+
+RUN = ("experiment=smoke", "epochs=4", "train.checkpoints=true", "hydra.run.dir=outputs/${now:%H-%M-%S-%f}")
+
+
+def _final(directory: Path) -> tuple[dict[str, torch.Tensor], list[float], list]:
+    checkpoint = load_checkpoint(
+        max((directory / "outputs").rglob("last.pt"), key=lambda p: p.stat().st_mtime)
+    )
+    client = MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (run,) = runs
+    history = [m.value for m in client.get_metric_history(run.info.run_id, "valid_loss")]
+    return checkpoint["model"], history, runs
+
+
+@pytest.mark.slow
+def test_an_interrupted_training_resumes_bit_identically_into_the_same_run(run_cli, tmp_path: Path) -> None:
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    straight.mkdir()
+    interrupted.mkdir()
+    assert run_cli(*RUN, cwd=straight).returncode == 0
+    proc = spawn_lrlab(*RUN, cwd=interrupted)
+    try:
+        for line in proc.stdout:
+            if line.startswith("1 "):  # the second epoch's row: epochs 0 and 1 are saved
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    (killed,) = _final(interrupted)[2]
+    assert killed.info.status == "KILLED"
+    resumed = run_cli(*RUN, "resume=auto", cwd=interrupted)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after epoch" in resumed.stdout + resumed.stderr
+
+    weights, history, _ = _final(straight)
+    weights_resumed, history_resumed, (run,) = _final(interrupted)
+    assert run.info.status == "FINISHED" and run.info.run_id == killed.info.run_id
+    assert "resumed_from" in run.data.tags
+    assert history_resumed == history and len(history) == 4
+    assert weights.keys() == weights_resumed.keys()
+    assert all(torch.equal(weights[k], weights_resumed[k]) for k in weights)
+
+
+def test_resume_without_a_matching_checkpoint_is_bad_input(run_cli, tmp_path: Path) -> None:
+    proc = run_cli("experiment=smoke", "resume=auto", "tracking=none")
+    assert proc.returncode == 2 and "resume=auto: no checkpoints/last.pt under" in proc.stderr
