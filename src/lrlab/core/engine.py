@@ -246,6 +246,11 @@ class Engine:
         self.model.eval()
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         predictions, targets = [], []
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            total = len(loader) if hasattr(loader, "__len__") else None
+            loader = tqdm(loader, total=total, leave=False, desc="evaluate", unit="batch")
         try:
             for x, y in loader:
                 x, y = self._to_device(x, y)
