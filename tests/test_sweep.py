@@ -199,18 +199,17 @@ def test_a_killed_sweep_leaves_no_running_trial_after_resume(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_two_workers_fill_one_study_exactly(tmp_path: Path) -> None:
+    """Both started at once in a fresh folder: they create the study's storage and the MLflow store
+    together, then share the trials."""
     args = (
         "-m",
         "experiment=smoke",
         "search=lr",
         "epochs=1",
         "train.checkpoints=false",
-        "tracking=none",
         "hydra.sweeper.n_trials=6",
     )
-    workers = [spawn_lrlab(*args, cwd=tmp_path)]
-    time.sleep(1.0)
-    workers.append(spawn_lrlab(*args, cwd=tmp_path))
+    workers = [spawn_lrlab(*args, cwd=tmp_path) for _ in range(2)]
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
     study = _study(tmp_path, "smoke-lr")
@@ -221,3 +220,9 @@ def test_two_workers_fill_one_study_exactly(tmp_path: Path) -> None:
     assert len({t.params["stages.0.lr"] for t in complete}) == 6
     workers_used = {t.user_attrs["lrlab.worker"] for t in complete}
     assert len(workers_used) == 2, "both workers should have run trials"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 6 and {r.info.status for r in runs} == {"FINISHED"}
