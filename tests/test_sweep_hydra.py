@@ -149,7 +149,7 @@ def test_too_many_failures_stop_the_sweep_naming_the_error(hydra_sweeper, tmp_pa
     assert stopped.value.code == 1  # a failure during the work, not bad input
     err = capsys.readouterr().err
     assert (
-        err.startswith("lrlab: sweep stopped:")
+        "\nlrlab: sweep stopped:" in f"\n{err}"
         and "max_failure_rate=0" in err
         and "(trial 0): LrlabError: training diverged at step 3" in err
     )

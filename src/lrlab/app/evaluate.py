@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from lrlab.app.console import format_test_report
 from lrlab.core.engine import Engine
-from lrlab.core.interpret import Interpretation, gather_images
+from lrlab.core.interpret import Interpretation, ThumbnailTap
 from lrlab.core.metrics import classification_report
 from lrlab.data.preprocess import Preprocess
 
@@ -42,7 +42,8 @@ def evaluate_split(
     interpretation files in `directory`. An empty report for no loader."""
     if loader is None:
         return TestReport()
-    predictions, targets, loss, probabilities = engine.predict(loader, probabilities=True)
+    tap = ThumbnailTap(loader, preprocess.mean, preprocess.std) if preprocess is not None else loader
+    predictions, targets, loss, probabilities = engine.predict(tap, probabilities=True)
     metrics = classification_report(predictions, targets, class_names, class_groups)
     metrics["loss"] = loss
     for line in format_test_report(metrics, class_names, class_groups, len(targets)):
@@ -50,9 +51,7 @@ def evaluate_split(
     interpretation = Interpretation(class_names, predictions.numpy(), targets.numpy(), probabilities.numpy())
     log.info("\n" + interpretation.table())
     wrong = interpretation.confidently_wrong(TOP_LOSSES)
-    images = None
-    if preprocess is not None and len(wrong):
-        images = gather_images(loader, wrong, preprocess.mean, preprocess.std)
+    images = tap.images(wrong) if isinstance(tap, ThumbnailTap) else None
     files = interpretation.write(directory, images, wrong)
     log.info(f"evaluation files: {directory}")
     return TestReport(metrics, files)

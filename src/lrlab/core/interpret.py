@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,25 +123,34 @@ class Interpretation:
         return path
 
 
-def gather_images(
-    loader: Iterable, indices: Sequence[int], mean: Sequence[float], std: Sequence[float]
-) -> np.ndarray:
-    """The images at positions `indices` of an unshuffled loader, un-normalised to 0..1 and laid
-    out (N, H, W, C) for plotting, in the order of `indices`."""
-    wanted = {int(i): k for k, i in enumerate(indices)}
-    found: dict[int, torch.Tensor] = {}
-    offset = 0
-    for x, _ in loader:
-        for j in range(len(x)):
-            if offset + j in wanted:
-                found[offset + j] = x[j].detach().float().cpu()
-        offset += len(x)
-        if len(found) == len(wanted):
-            break
-    mean_t = torch.tensor(mean).view(-1, 1, 1)
-    std_t = torch.tensor(std).view(-1, 1, 1)
-    ordered = [(found[i] * std_t + mean_t).clamp(0, 1).permute(1, 2, 0) for i in indices]
-    return torch.stack(ordered).numpy() if ordered else np.zeros((0, 1, 1, 3))
+class ThumbnailTap:
+    """Wraps an evaluation loader: yields its batches unchanged and keeps a small copy of every
+    image (un-normalised, at most `size` px, uint8 on the CPU), so the most confidently wrong
+    images can be shown without a second pass over the split (the test split is read once)."""
+
+    def __init__(self, loader: Iterable, mean: Sequence[float], std: Sequence[float], size: int = 96):
+        self.loader, self.size = loader, size
+        self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+        self.thumbnails: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        for x, y in self.loader:
+            small = x.detach().float()
+            if max(small.shape[-2:]) > self.size:
+                small = torch.nn.functional.interpolate(small, size=(self.size, self.size), mode="area")
+            pixels = small.cpu() * self.std + self.mean
+            self.thumbnails.append((pixels.clamp(0, 1) * 255).round().to(torch.uint8))
+            yield x, y
+
+    def images(self, indices: Sequence[int]) -> np.ndarray:
+        """The kept images at positions `indices`, (N, H, W, C) in 0..1."""
+        if not len(indices):
+            return np.zeros((0, 1, 1, 3))
+        stacked = torch.cat(self.thumbnails)[torch.as_tensor(list(indices), dtype=torch.long)]
+        return (stacked.permute(0, 2, 3, 1).float() / 255).numpy()
 
 
 def _figure(**kwargs: object):
