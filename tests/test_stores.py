@@ -128,14 +128,28 @@ def test_an_empty_store_file_is_replaced(tmp_path: Path) -> None:
     assert path.stat().st_size > 0
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="needs pthread_sigmask")
-def test_signals_during_store_creation_are_delivered_after_it() -> None:
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
+@pytest.mark.parametrize("from_another_thread", [False, True])
+def test_signals_during_store_creation_are_delivered_after_it(from_another_thread: bool) -> None:
+    """Also when the kernel hands the signal to another thread (torch and MLflow start threads),
+    where blocking it in the main thread would not hold it."""
+    import threading
+    import time
+
     seen: list[str] = []
     previous = signal.signal(signal.SIGTERM, lambda *_: seen.append("term"))
     try:
 
         def opener() -> str:
-            os.kill(os.getpid(), signal.SIGTERM)
+            if from_another_thread:
+                helper = threading.Thread(
+                    target=lambda: signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+                )
+                helper.start()
+                helper.join()
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # bytecode runs: a pending handler would fire here
             seen.append("created")
             return "store"
 

@@ -65,17 +65,24 @@ def sqlite_path(url: str) -> Path | None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends (they are delivered then, not lost)."""
-    held = {signal.SIGINT, signal.SIGTERM}
+    """Hold SIGINT and SIGTERM until the block ends (they are delivered then, not lost). Python
+    runs signal handlers in the main thread whichever thread the kernel picked, so swapping in a
+    recording handler defers them reliably (blocking with pthread_sigmask would not: another
+    thread, e.g. torch's, can take the signal). Outside the main thread: no deferral."""
+    held = (signal.SIGINT, signal.SIGTERM)
+    pending: list[int] = []
     try:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, ValueError, OSError):  # no pthread_sigmask (Windows) or not available
+        previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in held}
+    except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 def _records(path: Path) -> int:
