@@ -226,3 +226,4 @@ def test_two_workers_fill_one_study_exactly(tmp_path: Path) -> None:
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.info.run_name for r in children) == [f"trial-{n}-search" for n in range(6)]

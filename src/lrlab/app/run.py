@@ -81,6 +81,8 @@ def _tracker(
     if run_id is not None:
         return MlflowTracker(uri, cfg.tracking.experiment, run_id=run_id)
     run_name = cfg.tracking.run_name or f"{cfg.name}-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if cfg.trial.study is not None and not cfg.tracking.run_name:  # a sweep's child: trial-<n>-<source>
+        run_name = f"trial-{cfg.trial.number}-{str(cfg.trial.source or 'search').replace(':', '-')}"
     return MlflowTracker(uri, cfg.tracking.experiment, run_name, parent_run_id)
 
 
