@@ -142,15 +142,19 @@ def read_curve(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array([float(r["lr"]) for r in rows]), np.array([float(r["loss"]) for r in rows])
 
 
+def run_curves(losses: np.ndarray, config: FinderConfig) -> dict[str, np.ndarray]:
+    """Raw range-test losses smoothed exactly as the range test smooths them (`ema`, `zero_lag`;
+    the zero-lag curve leaves out a last point that tripped the divergence test)."""
+    stopped = _DivergenceWatch(config).extend(list(losses), []) != "completed"
+    return smoothed_curves(np.asarray(losses, dtype=np.float64), stopped, config)
+
+
 def curve_suggestions(
     lrs: np.ndarray, losses: np.ndarray, config: FinderConfig | None = None
 ) -> dict[tuple[str, str], tuple[float, str | None]]:
-    """Every (rule, curve) pair's suggestion on raw range-test losses, smoothed exactly as the
-    range test smooths them (the zero-lag curve leaves out a last point that tripped the
-    divergence test), with its edge flag (ramp start / diverged tail) or None."""
-    config = config or FinderConfig()
-    stopped = _DivergenceWatch(config).extend(list(losses), []) != "completed"
-    curves = smoothed_curves(np.asarray(losses, dtype=np.float64), stopped, config)
+    """Every (rule, curve) pair's suggestion on raw range-test losses (smoothed by `run_curves`),
+    with its edge flag (ramp start / diverged tail) or None."""
+    curves = run_curves(losses, config or FinderConfig())
     out = {}
     for curve in CURVES:
         for rule, lr in suggest_on_curves(lrs, curves, rule_curve=curve).items():

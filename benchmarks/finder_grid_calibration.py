@@ -22,9 +22,9 @@ from finder_grid_analysis import (
     best_and_band,
     grid_points,
     read_curve,
+    run_curves,
     score_suggestion,
 )
-from lrlab.finder.range_test import _DivergenceWatch, smoothed_curves
 from lrlab.finder.rules import suggest_bottom, suggest_descent, trim
 
 
@@ -56,9 +56,7 @@ def dataset(problem: str) -> str:
 
 def _zero_lag(run: FinderRun) -> tuple[np.ndarray, np.ndarray]:
     lrs, losses = read_curve(run.curve)
-    stopped = _DivergenceWatch(run.config).extend(list(losses), []) != "completed"
-    curves = smoothed_curves(np.asarray(losses, dtype=np.float64), stopped, run.config)
-    return trim(lrs, curves["zero_lag"])
+    return trim(lrs, run_curves(losses, run.config)["zero_lag"])
 
 
 def candidate_rows(

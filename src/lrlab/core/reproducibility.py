@@ -22,10 +22,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """A snapshot of every global RNG, for `restore_rng_state`."""
+    """A snapshot of every global RNG, for `restore_rng_state`, in types `torch.load(weights_only=True)`
+    accepts (numpy's key array as a tensor), so checkpoints can hold it too."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -34,12 +36,20 @@ def rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
-    """Put every global RNG back to a `rng_state` snapshot."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Put every global RNG back to a `rng_state` snapshot (also one read back from a checkpoint)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state:
+    if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def loader_generator(loader: Any) -> torch.Generator | None:
+    """The torch.Generator that orders a loader's batches (TensorLoader, DataLoader), if it has one."""
+    gen = getattr(loader, "generator", None)
+    return gen if isinstance(gen, torch.Generator) else None
 
 
 def machine_fingerprint() -> dict[str, str]:

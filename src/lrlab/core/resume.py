@@ -6,13 +6,12 @@ bit-identically on the same machine."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
+from lrlab.core.reproducibility import loader_generator, restore_rng_state, rng_state
 from lrlab.core.types import EpochResult
 
 
@@ -24,38 +23,10 @@ class StageProgress:
     decisions: dict[int, tuple[float, str | None]] = field(default_factory=dict)
 
 
-def portable_rng_state() -> dict[str, Any]:
-    """Every global RNG's state in types `torch.load(weights_only=True)` accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_portable_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _generator(loader: Any) -> torch.Generator | None:
-    gen = getattr(loader, "generator", None)
-    return gen if isinstance(gen, torch.Generator) else None
-
-
 def capture(engine: Any, progress: StageProgress, stage_epochs_done: int) -> dict[str, Any]:
     """The training state at the end of the engine's current epoch (call from `on_epoch_end`)."""
     optimizer, scheduler, loader = engine.fit_context
-    gen = _generator(loader)
+    gen = loader_generator(loader)
     return {
         "stage_index": progress.index,
         "stage_epochs_done": stage_epochs_done,
@@ -66,7 +37,7 @@ def capture(engine: Any, progress: StageProgress, stage_epochs_done: int) -> dic
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": engine.scaler.state_dict() if engine.scaler else None,
-        "rng": portable_rng_state(),
+        "rng": rng_state(),
         "loader": gen.get_state() if gen is not None else None,
     }
 
@@ -90,8 +61,8 @@ def restore(
         scheduler.load_state_dict(state["scheduler"])
     if engine.scaler and state["scaler"] is not None:
         engine.scaler.load_state_dict(state["scaler"])
-    restore_portable_rng_state(state["rng"])
-    gen = _generator(loader)
+    restore_rng_state(state["rng"])
+    gen = loader_generator(loader)
     if gen is not None and state["loader"] is not None:
         gen.set_state(state["loader"])
     engine.global_step, engine.global_epoch = state["global_step"], state["global_epoch"]

@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from lrlab.core.engine import Engine, LossBuffer
+from lrlab.core.reproducibility import loader_generator
 from lrlab.finder.config import MODES, FinderConfig
 from lrlab.finder.result import LRFinderResult, summarize_repeats
 from lrlab.finder.rules import RULES, edge_flag, rule_curves, suggest_on_curves
 from lrlab.finder.smoothing import ema_smooth, zero_lag_smooth
-from lrlab.finder.snapshot import Snapshot, loader_generator
+from lrlab.finder.snapshot import Snapshot
 
 
 def lr_schedule(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> np.ndarray:

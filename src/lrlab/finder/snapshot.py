@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lrlab.core.engine import Engine
-from lrlab.core.reproducibility import restore_rng_state, rng_state
+from lrlab.core.reproducibility import loader_generator, restore_rng_state, rng_state
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -21,11 +21,6 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
-
-
-def loader_generator(loader: Any) -> torch.Generator | None:
-    gen = getattr(loader, "generator", None)
-    return gen if isinstance(gen, torch.Generator) else None
 
 
 class Snapshot:

@@ -50,7 +50,7 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
     from urllib.parse import urlparse
 
     from lrlab.errors import LrlabError
-    from lrlab.integrations.stores import require_driver
+    from lrlab.integrations.stores import require_driver, sqlite_path
 
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+", 1)[0]
@@ -61,8 +61,8 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
             "MLflow server, or a database URL; tracking=none runs without MLflow."
         )
     require_driver(uri, "tracking.uri")
-    if scheme == "sqlite" and uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    path = sqlite_path(uri)
+    if path is not None:
         target = path if path.exists() else next(p for p in (path, *path.parents) if p.exists())
         if not os.access(target, os.W_OK):
             raise LrlabError(

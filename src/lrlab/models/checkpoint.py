@@ -32,11 +32,11 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     uint8 tensor) to a temporary file in the same folder, then rename over `path` (never truncated)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    payload = buffer.getvalue()
+    payload = buffer.getbuffer()  # a view: neither the digest nor the tensor copies the bytes
     envelope = {
         "format": FORMAT,
         "sha256": hashlib.sha256(payload).hexdigest(),
-        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),  # stored raw, unlike bytes
+        "payload": torch.frombuffer(payload, dtype=torch.uint8),  # stored raw, unlike bytes
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
