@@ -63,10 +63,10 @@ def test_another_data_source_gets_its_own_settings_not_elpvs(compose_cfg, tmp_pa
     cfg = compose_cfg("model=resnet18", "data=imagefolder", f"data.root={tmp_path}")
     assert cfg.data.image_size == 224 and "classes" not in cfg.data
     assert cfg.name == "imagefolder" and cfg.tracking.experiment == "imagefolder"
-    assert cfg.lr_finder.smoothing == "zero_lag"
-    assert compose_cfg("data=digits").lr_finder.smoothing == "zero_lag"
+    assert (cfg.lr_finder.smoothing, cfg.lr_finder.suggest) == ("ema", "minimum")
+    assert compose_cfg("data=digits").lr_finder.smoothing == "ema"
     assert compose_cfg("data=digits", "name=mine").tracking.experiment == "mine"
-    assert compose_cfg("lr_finder=default").lr_finder.smoothing == "zero_lag"
+    assert compose_cfg("lr_finder=default").lr_finder.suggest == "minimum"
 
 
 @pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "stages"])
@@ -85,7 +85,7 @@ def test_smoke_stage_takes_a_rule_override(compose_cfg) -> None:
 def test_lr_finder_yaml_repeats_no_default_and_shows_every_key(compose_cfg) -> None:
     assert _resolved(compose_cfg("lr_finder=default").lr_finder) == dataclasses.asdict(FinderConfig())
     fastai = _resolved(compose_cfg("lr_finder=fastai").lr_finder)
-    assert fastai == dataclasses.asdict(FinderConfig(smoothing="ema"))
+    assert fastai == dataclasses.asdict(FinderConfig(smoothing="ema", suggest="valley"))
 
 
 def _schema_of(group: str, option: str, compose_cfg, tmp_path: Path) -> type | None:

@@ -127,7 +127,9 @@ def test_fastai_rules_read_the_ema_curve_whatever_curve_is_shown(digits) -> None
             np.isnan(expected) and np.isnan(result.suggestions[rule])
         )
     assert result.suggestions["descent"] == suggest(result.lrs, result.smoothed, "all")["descent"]
-    forced = find_lr(model, loader, optimizer, num_iter=60, end_lr=10.0, rule_curve="zero_lag")
+    forced = find_lr(
+        model, loader, optimizer, num_iter=60, end_lr=10.0, smoothing="zero_lag", rule_curve="zero_lag"
+    )
     assert set(forced.rule_curves.values()) == {"zero_lag"}
     assert forced.suggestions["valley"] == suggest(forced.lrs, forced.smoothed, "valley")
     assert "ema" in result.table() and "zero_lag" in result.table()
@@ -276,9 +278,10 @@ def test_lr_find_from_the_cli_logs_plot_csv_and_suggestions(run_cli, tmp_path: P
     assert run.data.metrics["lr_find/seconds"] > 0
 
 
-def test_elpv_preset_suggests_on_fastais_curve_and_the_group_default_stays_zero_lag(compose_cfg) -> None:
-    # The ELPV sweep (experiments/elpv_sweep.md) measured valley's regret at +0.005 on fastai's EMA
-    # curve against +0.142 on the zero-lag one, so the default experiment uses lr_finder=fastai.
-    assert compose_cfg().lr_finder.smoothing == "ema"
-    assert compose_cfg("lr_finder=default").lr_finder.smoothing == "zero_lag"
-    assert compose_cfg("experiment=smoke").lr_finder.smoothing == "zero_lag"
+def test_every_preset_uses_the_benchmarks_pair_and_fastai_keeps_valley(compose_cfg) -> None:
+    # experiments/finder_benchmark/: minimum on fastai's EMA curve had the lowest mean test regret.
+    for preset in ([], ["experiment=smoke"], ["experiment=elpv_gpu"], ["data=digits"]):
+        finder = compose_cfg(*preset).lr_finder
+        assert (finder.suggest, finder.smoothing, finder.rule_curve) == ("minimum", "ema", "calibrated")
+    fastai = compose_cfg("lr_finder=fastai").lr_finder
+    assert (fastai.suggest, fastai.smoothing) == ("valley", "ema")

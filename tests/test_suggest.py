@@ -424,8 +424,10 @@ def test_descent_is_the_first_point_past_the_fraction_of_the_drop() -> None:
     lrs = np.geomspace(1e-5, 1.0, 20)
     #  trimmed: [20//10 : -5] = indices 2..14; losses there 3.0 .. down to 1.0 at index 12
     losses = np.array([3.0] * 4 + [2.8, 2.5, 2.0, 1.6, 1.3, 1.15, 1.05, 1.02, 1.0, 1.1, 1.5] + [4.0] * 5)
-    # start 3.0, minimum 1.0: 90% of the descent is reached at 1.2 -> first <= 1.2 is 1.15 (index 9)
-    assert suggest(lrs, losses, "descent") == lrs[9]
+    # start 3.0, minimum 1.0: 98% (the default) of the descent is reached at 1.04 -> 1.02 (index 11);
+    # 90% at 1.2 -> 1.15 (index 9)
+    assert suggest(lrs, losses, "descent") == lrs[11]
+    assert suggest_descent(lrs[2:-5], losses[2:-5], fraction=0.9) == lrs[9]
     assert suggest_descent(lrs[2:-5], losses[2:-5], fraction=0.5) == lrs[6]
     assert math.isnan(suggest(lrs, np.linspace(1.0, 2.0, 20), "all")["descent"])
 
@@ -433,8 +435,8 @@ def test_descent_is_the_first_point_past_the_fraction_of_the_drop() -> None:
 def test_bottom_is_the_lowest_points_lr_over_the_factor() -> None:
     lrs = np.geomspace(1e-5, 1.0, 20)
     losses = np.array([3.0] * 4 + [2.8, 2.5, 2.0, 1.6, 1.3, 1.15, 1.05, 1.02, 1.0, 1.1, 1.5] + [4.0] * 5)
-    assert suggest(lrs, losses, "bottom") == pytest.approx(lrs[12] / 10)  # BOTTOM_FACTOR = 10
-    assert suggest_bottom(lrs[2:-5], losses[2:-5], factor=1) == lrs[12]
+    assert suggest(lrs, losses, "bottom") == lrs[12]  # BOTTOM_FACTOR = 1
+    assert suggest_bottom(lrs[2:-5], losses[2:-5], factor=10) == pytest.approx(lrs[12] / 10)
     with pytest.raises(ValueError, match="at least 1"):
         suggest_bottom(lrs, losses, factor=0.5)
 

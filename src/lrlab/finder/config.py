@@ -13,20 +13,23 @@ MIN_ITER = 8
 GROUP_LRS = ("ratio", "equal")
 
 
+DEFAULT_RULE = "minimum"  # the finder-vs-grid benchmark's lowest mean test regret, on the EMA curve
+
+
 @dataclass
 class FinderConfig:
     """How the range test ramps, smooths, stops and suggests.
 
     The ramp goes from `start_lr` to `end_lr` over `num_iter` optimizer steps (`mode` exp or
-    linear). `smoothing` is the curve shown: `zero_lag` (forward-backward EMA, per-pass
-    `zero_lag_beta`) or `ema` (fastai's causal debiased EMA with `beta`, which also drives the
-    divergence test). Each rule is computed on the curve it was designed on (`rule_curve:
+    linear). `smoothing` is the curve shown: `ema` (fastai's causal debiased EMA with `beta`, which
+    also drives the divergence test) or `zero_lag` (forward-backward EMA, per-pass `zero_lag_beta`). Each rule is computed on the curve it was designed on (`rule_curve:
     calibrated`: fastai's rules on the EMA, lrlab's on zero-lag), or on one curve for all (`ema`,
     `zero_lag`). `group_lrs: ratio` ramps the parameter groups together keeping their LR ratios;
     `equal` ramps every group at the same LR, as fastai's `lr_find` does. The test
     stops when the smoothed loss exceeds `div_factor` x its best or any loss is NaN/inf
     (`stop_div`). `suggest` names the rule used (any name in `lrlab.finder.rules.RULES`, or `all`:
-    print every rule, use valley). `repeats` > 1 reruns with other data orders and reports each
+    print every rule, use the default). The defaults, `minimum` shown on the `ema` curve, are the pair
+    with the lowest mean test regret in the finder-vs-grid benchmark (experiments/finder_benchmark/). `repeats` > 1 reruns with other data orders and reports each
     rule's median and spread; `val_batches` > 0 also records a held-out loss; `per_group` sweeps
     each layer group on its own; `read_every` is the number of steps between host read-backs.
     """
@@ -35,13 +38,13 @@ class FinderConfig:
     end_lr: float = 10.0
     num_iter: int = 100
     mode: str = "exp"
-    smoothing: str = "zero_lag"
+    smoothing: str = "ema"
     rule_curve: str = "calibrated"
     beta: float = 0.98
     zero_lag_beta: float = 0.8
     stop_div: bool = True
     div_factor: float = 4.0
-    suggest: str = "valley"
+    suggest: str = DEFAULT_RULE
     repeats: int = 1
     val_batches: int = 0
     per_group: bool = False
@@ -50,8 +53,8 @@ class FinderConfig:
 
     @property
     def rule(self) -> str:
-        """The rule whose suggestion is used (`all` prints every rule and uses valley)."""
-        return "valley" if self.suggest == "all" else self.suggest
+        """The rule whose suggestion is used (`all` prints every rule and uses the default rule)."""
+        return DEFAULT_RULE if self.suggest == "all" else self.suggest
 
     def check(self) -> FinderConfig:
         """Raise ValueError naming the first bad field; returns self so calls can chain."""

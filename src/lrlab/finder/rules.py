@@ -25,8 +25,9 @@ from numpy.typing import ArrayLike
 
 from lrlab.finder.smoothing import _as_1d, finite_prefix
 
-DESCENT_FRACTION = 0.9
-BOTTOM_FACTOR = 10.0
+# Calibrated in the finder-vs-grid benchmark, leave-one-dataset-out (experiments/finder_benchmark/).
+DESCENT_FRACTION = 0.98
+BOTTOM_FACTOR = 1.0
 
 
 def _curve(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +192,11 @@ RULES: dict[str, Rule] = {
     "descent": Rule(
         suggest_descent, "zero_lag", f"lrlab: {DESCENT_FRACTION:.0%} of the descent to the minimum"
     ),
-    "bottom": Rule(suggest_bottom, "zero_lag", f"lrlab: the lag-free minimum's LR / {BOTTOM_FACTOR:g}"),
+    "bottom": Rule(
+        suggest_bottom,
+        "zero_lag",
+        "lrlab: the LR at the lag-free curve's minimum" + (f" / {BOTTOM_FACTOR:g}" if BOTTOM_FACTOR != 1 else ""),
+    ),
 }
 """Every suggestion rule by name: the one registry the CLI, `suggest="all"`, sweeps' finder
 baselines, plots and reports read. Add a rule with :func:`register_rule`."""

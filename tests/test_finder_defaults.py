@@ -1,0 +1,40 @@
+"""The range test's defaults are the finder-vs-grid benchmark's winner: `find_lr` with no rule or
+smoothing arguments uses the (rule, curve) pair with the lowest mean test regret in
+experiments/finder_benchmark/summary.csv (lrlab's own one-parameter rules scored by their
+leave-one-dataset-out rows), and those rules' parameters are the ones calibrated there."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+
+from lrlab.finder import rules
+from lrlab.finder.config import FinderConfig
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "experiments" / "finder_benchmark"
+IN_SAMPLE = {"descent", "bottom"}  # their fixed-parameter rows use the constants calibrated on every problem
+
+
+def _summary() -> list[dict[str, str]]:
+    with (BENCHMARK / "summary.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_default_pair_has_the_lowest_mean_regret() -> None:
+    rows = [r for r in _summary() if r["rule"] not in IN_SAMPLE and math.isfinite(float(r["mean_regret"]))]
+    best = min(rows, key=lambda r: float(r["mean_regret"]))
+    rule, curve = best["rule"].removesuffix("_lopo"), best["curve"]
+    config = FinderConfig()
+    assert config.suggest == rule
+    assert rules.rule_curves(config.rule_curve)[rule] == curve
+    assert config.smoothing == curve, "the curve shown is the curve the default rule reads"
+
+
+def test_lag_free_rule_parameters_are_the_calibrated_ones() -> None:
+    text = (BENCHMARK / "summary.md").read_text()
+    for rule, value in (("descent", rules.DESCENT_FRACTION), ("bottom", rules.BOTTOM_FACTOR)):
+        section = text[text.index(f"### `{rule}`") :]
+        chosen = float(re.search(r"on all: ([0-9.e+-]+)\.", section).group(1))
+        assert value == chosen, f"{rule}: library {value}, benchmark calibration {chosen}"
