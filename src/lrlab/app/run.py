@@ -95,7 +95,7 @@ def run_experiment(
 ) -> RunResult:
     """Run the task `cfg.task` names (train or lr_find), logging to MLflow unless `tracking=none`."""
     output_dir, launch_dir = Path(output_dir), Path(launch_dir or Path.cwd())
-    if cfg.task in ("predict", "evaluate"):
+    if cfg.task in ("predict", "evaluate", "export"):
         return _from_checkpoint_task(validate(cfg), output_dir)
     uri = _tracking_uri(cfg, launch_dir)
     setup = build(cfg)
@@ -139,13 +139,23 @@ def run_experiment(
 
 
 def _from_checkpoint_task(cfg: DictConfig, output_dir: Path) -> RunResult:
-    """task=predict (image files -> predictions.csv) or task=evaluate (the checkpoint's test split)."""
+    """task=predict (image files -> predictions.csv), evaluate (the checkpoint's test split) or
+    export (ONNX / TorchScript file + model.json, checked against PyTorch)."""
     from lrlab.core.device import resolve_device
 
     device = resolve_device(cfg.device)
     if cfg.task == "evaluate":
         report = evaluate_checkpoint(cfg.checkpoint, output_dir, cfg.train.tta, device)
         return RunResult([], {}, output_dir=output_dir, test=report.metrics)
+    if cfg.task == "export":
+        from lrlab.models.checkpoint import load_model
+        from lrlab.models.export import export_model
+
+        done = export_model(load_model(cfg.checkpoint), output_dir / "export", cfg.format)
+        diff = done.max_abs_diff
+        check = "not checked" if diff is None else f"max |diff| vs PyTorch {diff:.1e}"
+        log.info(f"exported {cfg.format}: {done.path} ({check}); inputs and classes: {done.sidecar}")
+        return RunResult([], {}, output_dir=output_dir, extra={"export": str(done.path)})
     from lrlab.app.predict import run_predict
 
     path = run_predict(cfg.checkpoint, cfg.input, output_dir, cfg.train.tta, device)

@@ -32,7 +32,7 @@ from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError
 from lrlab.finder.config import FinderConfig
 
-TASKS = ("train", "lr_find", "predict", "evaluate")
+TASKS = ("train", "lr_find", "predict", "evaluate", "export")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "bf16", "16")
 TRACKING_BACKENDS = ("mlflow", "none")
@@ -110,9 +110,10 @@ class LrlabConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     lr_finder: FinderConfig = field(default_factory=FinderConfig)
     task: str = (
-        "train"  # train | lr_find (range test only) | predict (checkpoint, input) | evaluate (checkpoint)
+        "train"  # train | lr_find (range test) | predict (checkpoint, input) | evaluate | export (checkpoint)
     )
-    checkpoint: str | None = None  # a checkpoint file (best.pt / last.pt) for task=predict or evaluate
+    checkpoint: str | None = None  # a checkpoint file (best.pt / last.pt) for task=predict, evaluate, export
+    format: str = "onnx"  # task=export: onnx (pip install 'lrlab[export]') | torchscript
     input: str | None = None  # an image file or a folder of them, for task=predict
     resume: str | None = None  # auto (the newest last.pt of a run with this config) | PATH/TO/last.pt
     name: str = "${data.name}"  # experiment name: MLflow experiment and run-name prefix
@@ -289,11 +290,12 @@ def validate(cfg: DictConfig) -> DictConfig:
                 "trial.study is set but trial.storage or trial.number is missing "
                 "(the sweeper sets all three)."
             )
-    if merged.task in ("predict", "evaluate"):
+    _choice(merged.format, ("onnx", "torchscript"), "format")
+    if merged.task in ("predict", "evaluate", "export"):
         for key in ("checkpoint", "input") if merged.task == "predict" else ("checkpoint",):
             if merged[key] is None or not Path(str(merged[key])).expanduser().exists():
                 raise ConfigError(
-                    f"task=predict needs {key}=PATH of an existing "
+                    f"task={merged.task} needs {key}=PATH of an existing "
                     + (
                         "checkpoint (e.g. outputs/<date>/<time>/checkpoints/best.pt)"
                         if key == "checkpoint"

@@ -195,7 +195,8 @@ RULES: dict[str, Rule] = {
     "bottom": Rule(
         suggest_bottom,
         "zero_lag",
-        "lrlab: the LR at the lag-free curve's minimum" + (f" / {BOTTOM_FACTOR:g}" if BOTTOM_FACTOR != 1 else ""),
+        "lrlab: the LR at the lag-free curve's minimum"
+        + (f" / {BOTTOM_FACTOR:g}" if BOTTOM_FACTOR != 1 else ""),
     ),
 }
 """Every suggestion rule by name: the one registry the CLI, `suggest="all"`, sweeps' finder

@@ -1,0 +1,114 @@
+"""Export a trained model to ONNX or TorchScript for serving without lrlab, each file with a JSON
+sidecar (class names, input size, normalisation) and a parity check against PyTorch.
+
+The check runs the exported file on a batch and compares its logits with the PyTorch model's
+(ONNX through onnxruntime, when installed); exports that disagree by more than `TOLERANCE` fail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lrlab.errors import LrlabError
+from lrlab.models.checkpoint import LoadedModel
+
+log = logging.getLogger("lrlab")
+
+FORMATS = ("onnx", "torchscript")
+TOLERANCE = 1e-4  # max absolute logit difference accepted between PyTorch and the exported file
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+
+
+@dataclass
+class Exported:
+    """Where the export went and how closely it reproduces PyTorch (None: not checked)."""
+
+    path: Path
+    sidecar: Path
+    max_abs_diff: float | None
+
+
+def example_batch(loaded: LoadedModel, batch_size: int = 4, seed: int = 0) -> torch.Tensor:
+    """A normalised random batch shaped like the model's inputs (N, 3, size, size)."""
+    size = loaded.preprocess.image_size
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch_size, 3, size, size, generator=generator)
+
+
+def export_model(loaded: LoadedModel, output_dir: str | Path, fmt: str = "onnx") -> Exported:
+    """Write `model.onnx` or `model.torchscript.pt` and `model.json` under `output_dir`, then run
+    the file on an example batch and compare with PyTorch (LrlabError beyond `TOLERANCE`)."""
+    if fmt not in FORMATS:
+        raise LrlabError(f"format={fmt!r} is not valid; choose one of: {', '.join(FORMATS)}")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = loaded.model.float().cpu().eval()
+    x = example_batch(loaded)
+    with torch.no_grad():
+        expected = model(x)
+    if fmt == "onnx":
+        path, got = _onnx(model, x, output_dir / "model.onnx")
+    else:
+        path, got = _torchscript(model, x, output_dir / "model.torchscript.pt")
+    diff = None if got is None else float((got - expected).abs().max())
+    if diff is not None and diff > TOLERANCE:
+        raise LrlabError(
+            f"the exported {fmt} model differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on a test batch"
+        )
+    sidecar = output_dir / "model.json"
+    sidecar.write_text(json.dumps(_description(loaded, fmt, path), indent=2) + "\n")
+    return Exported(path, sidecar, diff)
+
+
+def _description(loaded: LoadedModel, fmt: str, path: Path) -> dict:
+    """What a serving program needs besides the file: input layout, preprocessing, class names."""
+    size = loaded.preprocess.image_size
+    return {
+        "file": path.name,
+        "format": fmt,
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "meaning": "logits; softmax gives class probabilities"},
+        "preprocess": loaded.preprocess.to_dict(),
+        "class_names": loaded.class_names,
+        "model_name": loaded.meta.get("model_name"),
+        "lrlab_version": loaded.meta.get("lrlab_version"),
+        "mlflow_run_id": loaded.meta.get("mlflow_run_id"),
+    }
+
+
+def _onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> tuple[Path, torch.Tensor | None]:
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError as exc:
+        raise LrlabError("format=onnx needs the export extra: pip install 'lrlab[export]'") from exc
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        verbose=False,
+    )
+    try:
+        import onnxruntime
+    except ImportError:
+        log.warning("onnxruntime is not installed: the ONNX file was not checked against PyTorch")
+        return path, None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return path, torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+
+def _torchscript(model: torch.nn.Module, x: torch.Tensor, path: Path) -> tuple[Path, torch.Tensor]:
+    traced = torch.jit.trace(model, x)
+    traced.save(str(path))
+    reloaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        return path, reloaded(x)

@@ -1,0 +1,83 @@
+"""`lrlab task=export format=onnx|torchscript`: the exported file reproduces the PyTorch model on
+real images (ONNX checked with onnxruntime) and carries a sidecar a server can use without lrlab."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lrlab import load_model
+from lrlab.app.build import build
+from lrlab.app.checkpoint import CheckpointCallback
+from lrlab.core.types import EpochResult
+from lrlab.errors import LrlabError
+from lrlab.models.export import TOLERANCE, export_model
+
+
+class _Engine:
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+
+@pytest.fixture
+def checkpoint(compose_cfg, tmp_path: Path) -> Path:
+    setup = build(compose_cfg("experiment=smoke", "tracking=none"))
+    callback = CheckpointCallback(tmp_path / "ckpt", setup.model_description())
+    callback.on_epoch_end(_Engine(setup.model), EpochResult("full", 0, 0, 1.0, 0.5, 0.1, 0.9, 1.0))
+    return tmp_path / "ckpt" / "best.pt"
+
+
+def _digit_images(n: int = 6) -> list[Image.Image]:
+    from sklearn.datasets import load_digits
+
+    raw = np.rint(load_digits().images[:n] * (255.0 / 16.0)).astype(np.uint8)
+    return [Image.fromarray(image, mode="L") for image in raw]
+
+
+def test_onnx_export_matches_pytorch_on_real_images(checkpoint: Path, tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    loaded = load_model(checkpoint)
+    done = export_model(loaded, tmp_path / "export", "onnx")
+    assert done.path.name == "model.onnx" and done.max_abs_diff is not None and done.max_abs_diff <= TOLERANCE
+    sidecar = json.loads(done.sidecar.read_text())
+    assert sidecar["class_names"] == [str(d) for d in range(10)] and sidecar["format"] == "onnx"
+    size = loaded.preprocess.image_size
+    assert sidecar["input"]["shape"] == ["batch", 3, size, size]
+    images = _digit_images()
+    x = torch.stack([loaded.preprocess(image) for image in images]).numpy()  # a batch size not exported
+    session = onnxruntime.InferenceSession(str(done.path), providers=["CPUExecutionProvider"])
+    logits = session.run([sidecar["output"]["name"]], {sidecar["input"]["name"]: x})[0]
+    probs = torch.from_numpy(logits).softmax(-1)
+    assert torch.allclose(probs, loaded.predict_proba(images), atol=TOLERANCE)
+
+
+def test_torchscript_export_reloads_without_lrlab_classes(checkpoint: Path, tmp_path: Path) -> None:
+    loaded = load_model(checkpoint)
+    done = export_model(loaded, tmp_path / "export", "torchscript")
+    assert done.max_abs_diff is not None and done.max_abs_diff <= TOLERANCE
+    scripted = torch.jit.load(str(done.path))
+    images = _digit_images(3)
+    x = torch.stack([loaded.preprocess(image) for image in images])
+    with torch.no_grad():
+        assert torch.allclose(scripted(x).softmax(-1), loaded.predict_proba(images), atol=TOLERANCE)
+    with pytest.raises(LrlabError, match="format='tflite' is not valid"):
+        export_model(loaded, tmp_path / "bad", "tflite")
+
+
+def test_export_cli_writes_the_file_and_refuses_an_unknown_format(
+    run_cli, checkpoint: Path, tmp_path: Path
+) -> None:
+    proc = run_cli("task=export", "format=torchscript", f"checkpoint={checkpoint}", "hydra.run.dir=exported")
+    assert proc.returncode == 0, proc.stderr
+    assert "exported torchscript" in proc.stdout + proc.stderr
+    out = tmp_path / "exported" / "export"
+    assert (out / "model.torchscript.pt").is_file()
+    assert json.loads((out / "model.json").read_text())["format"] == "torchscript"
+    bad = run_cli("task=export", "format=tflite", f"checkpoint={checkpoint}")
+    assert bad.returncode == 2 and "format" in bad.stderr
