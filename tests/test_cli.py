@@ -59,7 +59,8 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
         _check_test_metrics(run.data.metrics, [m.value for m in errors])
         histories.append(([m.value for m in valid], [m.value for m in errors]))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config", "epochs.csv", "model"} <= artifacts
+        assert {"config", "epochs.csv", "checkpoints"} <= artifacts
+        assert client.get_logged_model(run.outputs.model_outputs[0].model_id).name == "model"
         config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
         assert {"config/config.yaml", "config/overrides.yaml"} <= config_files
     assert histories[0] == histories[1], "same config, seed and machine must give bit-identical metrics"

@@ -309,4 +309,12 @@ def _log_run_end(
         tracker.log_metric("seconds_per_epoch", sum(r.seconds for r in results) / len(results))
     tracker.log_epoch_table(results)
     if checkpoints and checkpoints.best_path and cfg.tracking.log_model:
-        tracker.log_artifact(checkpoints.best_path, "model")
+        from lrlab.integrations.mlflow_model import log_pytorch_model
+
+        tracker.log_artifact(checkpoints.best_path, "checkpoints")
+        tracker.flush()
+        name = cfg.tracking.register_model
+        logged = log_pytorch_model(tracker.uri, tracker.run_id, checkpoints.best_path, name)
+        registered = logged["registered_version"]
+        where = f"; registered as {name} v{registered}" if registered else ""
+        log.info(f"MLflow model: {logged['model_uri']}{where}")

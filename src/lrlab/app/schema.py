@@ -82,7 +82,8 @@ class TrackingConfig:
     uri: str | None = None  # None: sqlite:///<launch dir>/mlflow.db (absolute, shared by multirun jobs)
     experiment: str = "${name}"  # MLflow experiment name
     run_name: str | None = None  # None: <name>-<task>-<timestamp>
-    log_model: bool = True  # log the best weights as an artifact
+    log_model: bool = True  # log best.pt (checkpoints/) and the model in MLflow's format (model/)
+    register_model: str | None = None  # also register that model in MLflow's registry under this name
     parent_run_id: str | None = None  # set by the sweeper: nests this run under the sweep's parent run
 
 
