@@ -154,7 +154,7 @@ def test_another_data_source_and_model_get_their_own_settings(run_cli, tmp_path:
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["data"]["image_size"] == 224 and "classes" not in cfg["data"]
     assert cfg["name"] == "imagefolder" and cfg["tracking"]["experiment"] == "imagefolder"
-    assert cfg["lr_finder"]["smoothing"] == "ema" and cfg["lr_finder"]["suggest"] == "minimum"
+    assert cfg["lr_finder"]["smoothing"] == "ema" and cfg["lr_finder"]["suggest"] == "minimum_or_valley"
     assert cfg["model"]["name"] == "resnet18"
 
 

@@ -279,9 +279,11 @@ def test_lr_find_from_the_cli_logs_plot_csv_and_suggestions(run_cli, tmp_path: P
 
 
 def test_every_preset_uses_the_benchmarks_pair_and_fastai_keeps_valley(compose_cfg) -> None:
-    # experiments/finder_benchmark/: minimum on fastai's EMA curve had the lowest mean test regret.
+    # experiments/finder_benchmark/: minimum_or_valley on fastai's EMA curve had the lowest mean test
+    # regret (tied with minimum, which fails where the curve never falls before rising).
     for preset in ([], ["experiment=smoke"], ["experiment=elpv_gpu"], ["data=digits"]):
         finder = compose_cfg(*preset).lr_finder
-        assert (finder.suggest, finder.smoothing, finder.rule_curve) == ("minimum", "ema", "calibrated")
+        assert (finder.suggest, finder.smoothing) == ("minimum_or_valley", "ema")
+        assert finder.rule_curve == "calibrated"
     fastai = compose_cfg("lr_finder=fastai").lr_finder
     assert (fastai.suggest, fastai.smoothing) == ("valley", "ema")

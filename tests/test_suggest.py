@@ -45,7 +45,7 @@ def test_registered_rule_reaches_suggest_all():
         assert suggest(lrs, losses, "first_point") == lrs[4]
     finally:
         del RULES["first_point"]
-    assert list(RULES) == ["valley", "steep", "minimum", "slide", "descent", "bottom"]
+    assert list(RULES) == ["valley", "steep", "minimum", "slide", "descent", "bottom", "minimum_or_valley"]
     with pytest.raises(ValueError, match="all"):
         register_rule("all", lambda lr, loss: 1.0)
 
@@ -383,7 +383,8 @@ def test_negative_and_zero_losses_give_same_suggestions():
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="'valley', 'steep', 'minimum', 'slide', 'descent', 'bottom', 'all'"):
+    names = "'valley', 'steep', 'minimum', 'slide', 'descent', 'bottom', 'minimum_or_valley', 'all'"
+    with pytest.raises(ValueError, match=names):
         suggest(LRS30, _valley_curve(), "fastest")
 
 
@@ -400,6 +401,7 @@ def test_fastai_rules_are_calibrated_on_the_ema_curve_and_descent_on_zero_lag() 
         "slide": "ema",
         "descent": "zero_lag",
         "bottom": "zero_lag",
+        "minimum_or_valley": "ema",
     }
     assert set(rule_curves("zero_lag").values()) == {"zero_lag"}
     with pytest.raises(ValueError, match="calibrated"):

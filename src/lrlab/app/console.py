@@ -44,7 +44,8 @@ def describe_stage(start: Any) -> list[str]:
     if start.finder is not None:
         f = start.finder
         rules = ", ".join(f"{r} {v:.2e}{'*' if r == start.rule else ''}" for r, v in f.suggestions.items())
-        lines.append(f"  range test: {len(f.lrs)} steps, {f.stop_reason}, {f.seconds:.1f}s: {rules}")
+        spent = "reused (same starting state as an earlier run)" if f.cached else f"{f.seconds:.1f}s"
+        lines.append(f"  range test: {len(f.lrs)} steps, {f.stop_reason}, {spent}: {rules}")
         lines.append(f"  lr {start.lr:.3g} = {start.rule} suggestion x {stage.lr_scale:g}")
     else:
         lines.append(f"  lr {start.lr:.3g} (fixed)")

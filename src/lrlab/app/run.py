@@ -22,11 +22,13 @@ from lrlab.app.console import format_time
 from lrlab.app.evaluate import evaluate_checkpoint, evaluate_split
 from lrlab.app.hooks import RunCallbacks
 from lrlab.app.schema import validate
+from lrlab.app.shared_curves import shared_curves
 from lrlab.core.engine import Engine
 from lrlab.core.reproducibility import machine_fingerprint
 from lrlab.core.stages import run_stages
 from lrlab.core.types import EpochResult
 from lrlab.finder.config import FinderConfig
+from lrlab.finder.curve_cache import SharedCurves
 from lrlab.finder.range_test import find_lr
 from lrlab.integrations.mlflow import MlflowTracker, check_tracking_uri, default_tracking_uri, provenance_tags
 
@@ -114,7 +116,8 @@ def run_experiment(
         if cfg.task == "lr_find":
             result = _lr_find_task(setup, engine, tracker, output_dir)
         else:
-            result = _train_task(setup, engine, tracker, hooks.checkpoints, output_dir, resume)
+            shared = shared_curves(cfg, launch_dir)
+            result = _train_task(setup, engine, tracker, hooks.checkpoints, output_dir, resume, shared)
         status, trial_state = "FINISHED", "COMPLETE"
         if tracker and hooks.stopping and hooks.stopping.stops:
             tracker.set_tags({"early_stopping": " | ".join(hooks.stopping.stops.values())})
@@ -169,6 +172,7 @@ def _train_task(
     checkpoints: CheckpointCallback | None,
     output_dir: Path,
     resume: dict[str, Any] | None = None,
+    shared: SharedCurves | None = None,
 ) -> RunResult:
     if resume is not None:
         log.info(f"resuming after epoch {resume['resume']['global_epoch']} from {resume['path']}")
@@ -183,6 +187,7 @@ def _train_task(
         finder=finder_config(setup.cfg),
         seed=setup.cfg.seed,
         resume={**resume["resume"], "model": resume["model"]} if resume else None,
+        shared=shared,
     )
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
     report = evaluate_split(

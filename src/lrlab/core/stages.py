@@ -23,6 +23,7 @@ from lrlab.core.optim import group_lrs, set_lrs
 from lrlab.core.resume import StageProgress, decisions, restore
 from lrlab.core.types import EpochResult, Stage
 from lrlab.finder.config import FinderConfig
+from lrlab.finder.curve_cache import SharedCurves
 from lrlab.finder.range_test import find_lr
 from lrlab.finder.result import LRFinderResult
 from lrlab.models.groups import LayerGroup
@@ -117,6 +118,7 @@ def _stage_lr(
     ratios: Sequence[float],
     finder: FinderConfig,
     seed: int,
+    shared: SharedCurves | None = None,
 ) -> tuple[float, str | None, LRFinderResult | None]:
     """The stage's head LR: its fixed `lr`, or (lr 'find') the range test's suggestion for the
     stage's rule, run with the stage's LR ratios across groups; times `lr_scale`."""
@@ -134,6 +136,8 @@ def _stage_lr(
         seed=seed,
         val_loader=valid_loader,
         progress=engine.progress,
+        curve_store=shared.store if shared else None,
+        context=shared.context if shared else "",
     )
     lr = found.suggestions[rule] * stage.lr_scale
     if not (math.isfinite(lr) and lr > 0):
@@ -170,11 +174,13 @@ def run_stages(
     finder: FinderConfig | None = None,
     seed: int = 0,
     resume: dict[str, Any] | None = None,
+    shared: SharedCurves | None = None,
 ) -> list[EpochResult]:
     """Run each stage in order and return every epoch's result. Stages whose lr is 'find' run the
     range test with `finder` (its held-out loss on `valid_loader`; repeats' data orders from `seed`).
     `resume` (a checkpoint's `resume` entry plus its `model`) skips finished stages, reuses the LR
-    decisions of the stage it stopped in and continues that stage after its last saved epoch."""
+    decisions of the stage it stopped in and continues that stage after its last saved epoch.
+    `shared` lets range tests that start from a state seen before reuse its curve (sweeps)."""
     finder = finder or FinderConfig()
     steps = engine.steps_per_epoch(train_loader)
     model = engine.model
@@ -198,7 +204,9 @@ def run_stages(
         lr, rule, found = (
             (*progress.decisions[index], None)
             if resuming
-            else _stage_lr(engine, stage, index, train_loader, valid_loader, optimizer, ratios, finder, seed)
+            else _stage_lr(
+                engine, stage, index, train_loader, valid_loader, optimizer, ratios, finder, seed, shared
+            )
         )
         progress.index, progress.decisions[index] = index, (lr, rule)
         layer_lrs = [lr * r for r in ratios]

@@ -1,7 +1,8 @@
 """The learning-rate range test (Smith 2015; fastai's `lr_find`), done so that it can be trusted.
 
 Differences from fastai / Lightning / torch-lr-finder, each deliberate:
-- the curve is smoothed without phase lag by default (`zero_lag`), so `steep` is not pushed up;
+- each rule is computed on the curve it was designed on (fastai's on its causal EMA, lrlab's on a
+  zero-lag EMA that can also be shown), and the default rule is the measured best;
 - NaN/inf losses stop the test and are excluded from every rule; the divergence test also
   works for losses <= 0;
 - model, optimizer, GradScaler, loader and every RNG are restored afterwards (one CPU snapshot),
@@ -9,7 +10,8 @@ Differences from fastai / Lightning / torch-lr-finder, each deliberate:
 - with a GradScaler, overflowed steps do not advance the ramp; with gradient accumulation the
   ramp advances once per optimizer step;
 - parameter groups are ramped together keeping their LR ratios, or swept one at a time;
-- `repeats` re-runs the test with other data orders and reports each rule's median and spread.
+- `repeats` re-runs the test with other data orders and reports each rule's median and spread;
+- a `curve_store` lets runs that start from the identical state share one curve (sweeps).
 The loop is written here rather than taken from a library because none of them does the above.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,7 @@ from torch import nn
 from lrlab.core.engine import Engine, LossBuffer
 from lrlab.core.reproducibility import loader_generator
 from lrlab.finder.config import MODES, FinderConfig
+from lrlab.finder.curve_cache import CurveStore, curve_key
 from lrlab.finder.result import LRFinderResult, summarize_repeats
 from lrlab.finder.rules import RULES, edge_flag, rule_curves, suggest_on_curves
 from lrlab.finder.smoothing import ema_smooth, zero_lag_smooth
@@ -233,6 +236,8 @@ def find_lr(
     precision: str = "32",
     grad_accum: int = 1,
     progress: bool = False,
+    curve_store: CurveStore | None = None,
+    context: str = "",
     **overrides: Any,
 ) -> LRFinderResult | dict[str, LRFinderResult]:
     """Run the LR range test and restore every piece of state it touched.
@@ -241,6 +246,8 @@ def find_lr(
     `overrides` replace single fields, e.g. `find_lr(model, loader, opt, num_iter=50, repeats=3)`.
     `optimizer` is a built optimizer or a factory called as `factory(model.parameters())`.
     Pass an `engine` to reuse its device, precision, GradScaler and accumulation settings.
+    With a `curve_store`, a ramp that starts from a state seen before (same snapshot digest and
+    `context`, which should name the data, model and loss) reuses the stored raw curve.
     Returns one LRFinderResult, or with `per_group=True` one per layer group (keyed by name).
     """
     config = _resolve_config(config, overrides)
@@ -254,6 +261,7 @@ def find_lr(
     if val_loader is not None and config.val_batches > 0:
         held_out = [b for _, b in zip(range(config.val_batches), val_loader)]
     snapshot = Snapshot(model, optimizer, engine, train_loader)
+    start = snapshot.digest() if curve_store is not None else ""
     out: dict[str, LRFinderResult] = {}
     try:
         for name, sweep, group_ratios in sweeps:
@@ -263,14 +271,27 @@ def find_lr(
                 if config.repeats > 1:
                     _reseed(train_loader, seed + r)
                 label = f"lr_find {name}" + (f" {r + 1}/{config.repeats}" if config.repeats > 1 else "")
-                curve = _run_curve(
-                    engine, optimizer, train_loader, sweep, group_ratios, config, held_out, progress, label
-                )
+                key = curve_key(start, config, context, name, group_ratios, r) if curve_store else ""
+                run = (engine, optimizer, train_loader, sweep, group_ratios, config, held_out, progress)
+                curve, cached = _recorded_curve(curve_store, key, (*run, label))
                 runs.append(_result_from(curve, config, name))
+                if cached:  # this run spent no time on it: a sweep's compute counts the curve once
+                    runs[-1].cached, runs[-1].seconds = True, 0.0
             out[name] = runs[0] if config.repeats == 1 else summarize_repeats(runs)
     finally:
         snapshot.restore(model, optimizer, engine, train_loader)
     return out if config.per_group else out["all"]
+
+
+def _recorded_curve(store: CurveStore | None, key: str, run: tuple) -> tuple[_Curve, bool]:
+    """The stored curve for `key` (True), or a freshly run one, then stored (False)."""
+    stored = store.get(key) if store is not None else None
+    if stored is not None:
+        return _Curve(**stored), True
+    curve = _run_curve(*run)
+    if store is not None:
+        store.put(key, asdict(curve))
+    return curve, False
 
 
 def _sweeps(

@@ -28,9 +28,9 @@ class LRFinderResult:
     losses: np.ndarray
     smoothed: np.ndarray
     suggestions: dict[str, float]
-    method: str = "valley"
+    method: str = "minimum_or_valley"
     group: str = "all"
-    smoothing: str = "zero_lag"
+    smoothing: str = "ema"
     val_losses: np.ndarray | None = None
     seconds: float = 0.0
     stop_reason: str = "completed"
@@ -38,6 +38,7 @@ class LRFinderResult:
     spread: dict[str, dict[str, float]] = field(default_factory=dict)
     rule_curves: dict[str, str] = field(default_factory=dict)
     flags: dict[str, str | None] = field(default_factory=dict)
+    cached: bool = False  # the raw curve was reused from a CurveStore (then seconds is 0)
 
     @property
     def suggestion(self) -> float:

@@ -169,6 +169,15 @@ def suggest_bottom(lrs: ArrayLike, losses: ArrayLike, factor: float = BOTTOM_FAC
     return float(lr_arr[int(np.argmin(loss_arr))]) / factor
 
 
+def suggest_minimum_or_valley(lrs: ArrayLike, losses: ArrayLike) -> float:
+    """lrlab ``minimum_or_valley``: fastai's ``minimum``, unless it lands at the ramp's start (the
+    curve's lowest point is among its first usable points: a flat start that never really fell
+    before rising, where ``minimum`` returns a useless start LR / 10), then fastai's ``valley``.
+    Seen on ELPV's unfrozen stage after a head stage at a high LR: minimum 5e-7, valley 5.9e-3."""
+    lr = suggest_minimum(lrs, losses)
+    return suggest_valley(lrs, losses) if edge_flag(lrs, losses, lr) == "ramp start" else lr
+
+
 RuleFunction = Callable[[np.ndarray, np.ndarray], float]
 CURVES = ("ema", "zero_lag")
 
@@ -197,6 +206,9 @@ RULES: dict[str, Rule] = {
         "zero_lag",
         "lrlab: the LR at the lag-free curve's minimum"
         + (f" / {BOTTOM_FACTOR:g}" if BOTTOM_FACTOR != 1 else ""),
+    ),
+    "minimum_or_valley": Rule(
+        suggest_minimum_or_valley, "ema", "lrlab: minimum, or valley when minimum sits at the ramp start"
     ),
 }
 """Every suggestion rule by name: the one registry the CLI, `suggest="all"`, sweeps' finder

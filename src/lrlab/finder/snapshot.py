@@ -4,6 +4,7 @@ that training after the test is bit-identical to training without it."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -35,6 +36,17 @@ class Snapshot:
         self.loader_state = gen.get_state() if gen is not None else None
         self.training = model.training
         self.global_step = engine.global_step
+        # Not restored (the test does not change them) but part of the starting point's identity:
+        self.trainable = [p.requires_grad for p in model.parameters()]
+        self.module_modes = [m.training for m in model.modules()]
+
+    def digest(self) -> str:
+        """SHA-256 of everything held (weights, buffers, optimizer and scaler state, RNGs, the
+        loader's generator, train/eval mode, step): equal digests mean an identical starting point."""
+        sha = hashlib.sha256()
+        _feed(sha, [self.model_state, self.optimizer_state, self.scaler_state, self.rng])
+        _feed(sha, [self.loader_state, self.training, self.global_step, self.trainable, self.module_modes])
+        return sha.hexdigest()
 
     def restore(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, engine: Engine, loader: Any
@@ -52,3 +64,25 @@ class Snapshot:
         if self.training:
             engine.train_mode()
         engine.global_step = self.global_step
+
+
+def _feed(sha: Any, obj: Any) -> None:
+    """Hash a nested structure of tensors, containers and plain values (tensors by dtype, shape
+    and bytes; dict entries in key order)."""
+    if isinstance(obj, torch.Tensor):
+        tensor = obj.detach().cpu().contiguous()
+        sha.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        sha.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    elif isinstance(obj, dict):
+        sha.update(b"{")
+        for key in sorted(obj, key=repr):
+            sha.update(repr(key).encode())
+            _feed(sha, obj[key])
+        sha.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        sha.update(b"[")
+        for item in obj:
+            _feed(sha, item)
+        sha.update(b"]")
+    else:
+        sha.update(repr(obj).encode())

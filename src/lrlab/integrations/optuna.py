@@ -41,3 +41,20 @@ class TrialReporter(Callback):
                 f"trial {self.trial.number} pruned after epoch {result.epoch} "
                 f"({self.metric} {getattr(result, self.metric):.4f})"
             )
+
+
+class StudyCurveStore:
+    """Range-test curves kept as user attributes of the sweep's Optuna study, so every worker of
+    the sweep (on any machine sharing its storage) reuses them (a lrlab.finder CurveStore)."""
+
+    PREFIX = "lr_find_curve:"
+
+    def __init__(self, storage_url: str, study_name: str):
+        self.storage = open_storage(storage_url)
+        self.study_id = self.storage.get_study_id_from_name(study_name)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.storage.get_study_user_attrs(self.study_id).get(self.PREFIX + key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.storage.set_study_user_attr(self.study_id, self.PREFIX + key, value)
