@@ -125,6 +125,7 @@ class LrlabConfig:
     deterministic: bool = False
     epochs: int = 5  # epochs of the main (unfrozen) stage; stage presets refer to it
     freeze_epochs: int = 1  # epochs of each frozen stage (fine_tune's head stage)
+    lr_spread: float = 100.0  # fine_tune's unfrozen stage: the first layer group trains at lr / lr_spread
     lr: Any = "find"  # find: each stage runs the range test and takes its suggestion; or a number
     train: TrainConfig = field(default_factory=TrainConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
