@@ -28,6 +28,9 @@ from lrlab.finder.smoothing import _as_1d, finite_prefix
 # Calibrated in the finder-vs-grid benchmark, leave-one-dataset-out (experiments/finder_benchmark/).
 DESCENT_FRACTION = 0.98
 BOTTOM_FACTOR = 1.0
+# minimum_or_valley's least relative drop before the minimum: the flat ELPV unfrozen curves fell
+# 0.3-1.6%, the benchmark's curves 0.4-27% (the 0.4% one: minimum 1.23e-3, valley 1.32e-3).
+MIN_DROP = 0.02
 
 
 def _curve(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -169,13 +172,20 @@ def suggest_bottom(lrs: ArrayLike, losses: ArrayLike, factor: float = BOTTOM_FAC
     return float(lr_arr[int(np.argmin(loss_arr))]) / factor
 
 
-def suggest_minimum_or_valley(lrs: ArrayLike, losses: ArrayLike) -> float:
-    """lrlab ``minimum_or_valley``: fastai's ``minimum``, unless it lands at the ramp's start (the
-    curve's lowest point is among its first usable points: a flat start that never really fell
-    before rising, where ``minimum`` returns a useless start LR / 10), then fastai's ``valley``.
-    Seen on ELPV's unfrozen stage after a head stage at a high LR: minimum 5e-7, valley 5.9e-3."""
+def suggest_minimum_or_valley(lrs: ArrayLike, losses: ArrayLike, min_drop: float = MIN_DROP) -> float:
+    """lrlab ``minimum_or_valley``: fastai's ``minimum``, unless the curve never really fell before
+    its lowest point (less than ``min_drop`` of the starting loss, or the minimum at the ramp's
+    start), then fastai's ``valley``. On such flat-then-rising curves the lowest point is noise
+    anywhere in the flat part and ``minimum`` returns it / 10: seen on ELPV's unfrozen stage after
+    the head stage (drops of 0.3-1.6%: minimum 1.1e-7 to 8.1e-6, valley 9.1e-4 to 5.9e-3)."""
     lr = suggest_minimum(lrs, losses)
-    return suggest_valley(lrs, losses) if edge_flag(lrs, losses, lr) == "ramp start" else lr
+    trimmed = trim(lrs, losses)[1]
+    if not trimmed.size:
+        raise ValueError("minimum_or_valley: no usable points after trimming")
+    drop = (trimmed[0] - trimmed.min()) / max(abs(trimmed[0]), 1e-12)
+    if drop < min_drop or edge_flag(lrs, losses, lr) == "ramp start":
+        return suggest_valley(lrs, losses)
+    return lr
 
 
 RuleFunction = Callable[[np.ndarray, np.ndarray], float]
