@@ -178,14 +178,12 @@ def suggest_minimum_or_valley(lrs: ArrayLike, losses: ArrayLike, min_drop: float
     start), then fastai's ``valley``. On such flat-then-rising curves the lowest point is noise
     anywhere in the flat part and ``minimum`` returns it / 10: seen on ELPV's unfrozen stage after
     the head stage (drops of 0.3-1.6%: minimum 1.1e-7 to 8.1e-6, valley 9.1e-4 to 5.9e-3)."""
-    lr = suggest_minimum(lrs, losses)
-    trimmed = trim(lrs, losses)[1]
-    if not trimmed.size:
-        raise ValueError("minimum_or_valley: no usable points after trimming")
-    drop = (trimmed[0] - trimmed.min()) / max(abs(trimmed[0]), 1e-12)
-    if drop < min_drop or edge_flag(lrs, losses, lr) == "ramp start":
-        return suggest_valley(lrs, losses)
-    return lr
+    lr_arr, loss_arr = _trimmed_curve(lrs, losses, "minimum_or_valley", 1)
+    low = int(np.argmin(loss_arr))
+    drop = (loss_arr[0] - loss_arr[low]) / max(abs(loss_arr[0]), 1e-12)
+    if low <= 2 or drop < min_drop:  # at the ramp's start, or no real descent before the minimum
+        return suggest_valley(lr_arr, loss_arr)
+    return float(lr_arr[low]) / 10.0
 
 
 RuleFunction = Callable[[np.ndarray, np.ndarray], float]
