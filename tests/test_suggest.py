@@ -454,14 +454,13 @@ def test_edge_flags_mark_the_ramp_start_and_the_diverged_tail() -> None:
     assert edge_flag(lrs, losses, lrs[40]) == "diverged tail"
 
 
-def test_minimum_or_valley_falls_back_to_valley_on_a_curve_that_never_fell() -> None:
+def test_minimum_or_valley_takes_valley_on_a_curve_that_never_fell() -> None:
     lrs = np.geomspace(1e-7, 10.0, 100)
     rng = np.random.default_rng(0)
     flat_then_rising = 0.80 + 0.004 * rng.standard_normal(100) + np.where(lrs > 1e-2, np.log10(lrs / 1e-2), 0)
     assert suggest(lrs, flat_then_rising, "minimum") < 1e-3  # noise in the flat part, / 10
     assert suggest(lrs, flat_then_rising, "minimum_or_valley") == suggest(lrs, flat_then_rising, "valley")
     falling = np.concatenate([np.linspace(2.0, 1.0, 70), np.linspace(1.0, 4.0, 30)])
+    assert suggest(lrs, falling, "minimum") > suggest(lrs, falling, "valley")
     assert suggest(lrs, falling, "minimum_or_valley") == suggest(lrs, falling, "minimum")
-    assert suggest_minimum_or_valley(lrs, flat_then_rising, min_drop=0.0) != suggest(
-        lrs, flat_then_rising, "valley"
-    )
+    assert suggest_minimum_or_valley(lrs[10:-5], falling[10:-5]) == suggest(lrs, falling, "minimum")

@@ -28,9 +28,6 @@ from lrlab.finder.smoothing import _as_1d, finite_prefix
 # Calibrated in the finder-vs-grid benchmark, leave-one-dataset-out (experiments/finder_benchmark/).
 DESCENT_FRACTION = 0.98
 BOTTOM_FACTOR = 1.0
-# minimum_or_valley's least relative drop before the minimum: the flat ELPV unfrozen curves fell
-# 0.3-1.6%, the benchmark's curves 0.4-27% (the 0.4% one: minimum 1.23e-3, valley 1.32e-3).
-MIN_DROP = 0.02
 
 
 def _curve(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -172,18 +169,14 @@ def suggest_bottom(lrs: ArrayLike, losses: ArrayLike, factor: float = BOTTOM_FAC
     return float(lr_arr[int(np.argmin(loss_arr))]) / factor
 
 
-def suggest_minimum_or_valley(lrs: ArrayLike, losses: ArrayLike, min_drop: float = MIN_DROP) -> float:
-    """lrlab ``minimum_or_valley``: fastai's ``minimum``, unless the curve never really fell before
-    its lowest point (less than ``min_drop`` of the starting loss, or the minimum at the ramp's
-    start), then fastai's ``valley``. On such flat-then-rising curves the lowest point is noise
-    anywhere in the flat part and ``minimum`` returns it / 10: seen on ELPV's unfrozen stage after
-    the head stage (drops of 0.3-1.6%: minimum 1.1e-7 to 8.1e-6, valley 9.1e-4 to 5.9e-3)."""
+def suggest_minimum_or_valley(lrs: ArrayLike, losses: ArrayLike) -> float:
+    """lrlab ``minimum_or_valley``: the larger of fastai's ``minimum`` and ``valley``. Where the
+    curve has a clear bottom, minimum (its LR / 10) is the better choice and usually the larger;
+    where it is flat before it rises, its lowest point is noise in the flat part and minimum falls
+    far below valley: seen on ELPV's unfrozen stage after the head stage (minimum 1.1e-7 to 8.1e-6,
+    valley 7.6e-4 to 5.9e-3), where valley, 2/3 down the longest descent, is the safe choice."""
     lr_arr, loss_arr = _trimmed_curve(lrs, losses, "minimum_or_valley", 1)
-    low = int(np.argmin(loss_arr))
-    drop = (loss_arr[0] - loss_arr[low]) / max(abs(loss_arr[0]), 1e-12)
-    if low <= 2 or drop < min_drop:  # at the ramp's start, or no real descent before the minimum
-        return suggest_valley(lr_arr, loss_arr)
-    return float(lr_arr[low]) / 10.0
+    return max(float(lr_arr[int(np.argmin(loss_arr))]) / 10.0, suggest_valley(lr_arr, loss_arr))
 
 
 RuleFunction = Callable[[np.ndarray, np.ndarray], float]
@@ -215,9 +208,7 @@ RULES: dict[str, Rule] = {
         "lrlab: the LR at the lag-free curve's minimum"
         + (f" / {BOTTOM_FACTOR:g}" if BOTTOM_FACTOR != 1 else ""),
     ),
-    "minimum_or_valley": Rule(
-        suggest_minimum_or_valley, "ema", "lrlab: minimum, or valley when minimum sits at the ramp start"
-    ),
+    "minimum_or_valley": Rule(suggest_minimum_or_valley, "ema", "lrlab: the larger of minimum and valley"),
 }
 """Every suggestion rule by name: the one registry the CLI, `suggest="all"`, sweeps' finder
 baselines, plots and reports read. Add a rule with :func:`register_rule`."""
