@@ -177,12 +177,10 @@ def run_stages(
     shared: SharedCurves | None = None,
 ) -> list[EpochResult]:
     """Run each stage in order and return every epoch's result. Stages whose lr is 'find' run the
-    range test with `finder` (its held-out loss on `valid_loader`; repeats' data orders from `seed`).
-    `resume` (a checkpoint's `resume` entry plus its `model`) skips finished stages, reuses the LR
-    decisions of the stage it stopped in and continues that stage after its last saved epoch.
-    `shared` lets range tests that start from a state seen before reuse its curve (sweeps)."""
-    finder = finder or FinderConfig()
-    steps = engine.steps_per_epoch(train_loader)
+    range test with `finder` (held-out loss on `valid_loader`, repeats' data orders from `seed`, a
+    curve reused from `shared` when its start is identical). `resume` (a checkpoint's `resume` entry
+    plus its `model`) skips finished stages, reuses their LR decisions, continues after its last epoch."""
+    finder, steps = finder or FinderConfig(), engine.steps_per_epoch(train_loader)
     model = engine.model
     engine.stage_progress = progress = StageProgress()
     first_result = len(engine.history)
