@@ -98,7 +98,7 @@ def run_experiment(
     """Run the task `cfg.task` names (train or lr_find), logging to MLflow unless `tracking=none`."""
     output_dir, launch_dir = Path(output_dir), Path(launch_dir or Path.cwd())
     if cfg.task in ("predict", "evaluate", "export"):
-        return _from_checkpoint_task(validate(cfg), output_dir)
+        return _from_checkpoint_task(validate(cfg), output_dir, overrides or [])
     uri = _tracking_uri(cfg, launch_dir)
     setup = build(cfg)
     cfg = setup.cfg
@@ -141,14 +141,28 @@ def run_experiment(
     return result
 
 
-def _from_checkpoint_task(cfg: DictConfig, output_dir: Path) -> RunResult:
+def _checkpoint_tta(cfg: DictConfig, overrides: list[str]) -> str:
+    """`train.tta` when given on the command line, else the TTA the checkpoint's own run used (the
+    composed default would bring the default problem's recipe, whatever the checkpoint's data)."""
+    import yaml
+
+    from lrlab.models.checkpoint import load_checkpoint
+
+    if any(o.lstrip("+~").split("=", 1)[0] == "train.tta" for o in overrides):
+        return cfg.train.tta
+    saved = yaml.safe_load(load_checkpoint(cfg.checkpoint).get("meta", {}).get("config") or "{}") or {}
+    return str((saved.get("train") or {}).get("tta", "none"))
+
+
+def _from_checkpoint_task(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> RunResult:
     """task=predict (image files -> predictions.csv), evaluate (the checkpoint's test split) or
     export (ONNX / TorchScript file + model.json, checked against PyTorch)."""
     from lrlab.core.device import resolve_device
 
     device = resolve_device(cfg.device)
+    tta = _checkpoint_tta(cfg, overrides)
     if cfg.task == "evaluate":
-        report = evaluate_checkpoint(cfg.checkpoint, output_dir, cfg.train.tta, device)
+        report = evaluate_checkpoint(cfg.checkpoint, output_dir, tta, device)
         return RunResult([], {}, output_dir=output_dir, test=report.metrics)
     if cfg.task == "export":
         from lrlab.models.checkpoint import load_model
@@ -161,7 +175,7 @@ def _from_checkpoint_task(cfg: DictConfig, output_dir: Path) -> RunResult:
         return RunResult([], {}, output_dir=output_dir, extra={"export": str(done.path)})
     from lrlab.app.predict import run_predict
 
-    path = run_predict(cfg.checkpoint, cfg.input, output_dir, cfg.train.tta, device)
+    path = run_predict(cfg.checkpoint, cfg.input, output_dir, tta, device)
     return RunResult([], {}, output_dir=output_dir, extra={"predictions": str(path)})
 
 
