@@ -21,7 +21,8 @@ def shared_curves(cfg: DictConfig, launch_dir: Path) -> SharedCurves | None:
     mode = str(cfg.lr_finder.share_curves)
     if mode == "off" or (mode == "auto" and cfg.trial.study is None):
         return None
-    parts = {key: OmegaConf.to_container(cfg, resolve=True).get(key) for key in CONTEXT_KEYS}
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    parts = {key: resolved.get(key) for key in CONTEXT_KEYS}
     context = json.dumps(parts, sort_keys=True, default=str)
     if mode == "auto":
         from lrlab.integrations.optuna import StudyCurveStore
