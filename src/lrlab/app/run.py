@@ -160,7 +160,7 @@ def _from_checkpoint_task(cfg: DictConfig, output_dir: Path, overrides: list[str
     from lrlab.core.device import resolve_device
 
     device = resolve_device(cfg.device)
-    tta = _checkpoint_tta(cfg, overrides)
+    tta = _checkpoint_tta(cfg, overrides) if cfg.task != "export" else "none"  # export: no TTA
     if cfg.task == "evaluate":
         report = evaluate_checkpoint(cfg.checkpoint, output_dir, tta, device)
         return RunResult([], {}, output_dir=output_dir, test=report.metrics)
