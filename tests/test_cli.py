@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -32,7 +33,8 @@ def _runs(directory: Path):
 def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Path) -> None:
     first = run_cli(*SMOKE)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "epoch  train_loss  valid_loss  error_rate" in first.stdout
+    assert "epoch  train_loss  valid_loss  error_rate" in first.stdout and "img/s" in first.stdout
+    assert "\r" not in first.stdout + first.stderr, "no progress bars in a log: one line per epoch"
     assert "test: the final model on 360 held-out images" in first.stdout
     assert first.stdout.index("epoch  train_loss") < first.stdout.index("test: the final model")
     second = run_cli(*SMOKE)
@@ -41,7 +43,7 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
     client, runs = _runs(tmp_path)
     assert len(runs) == 2
     assert {r.info.status for r in runs} == {"FINISHED"}
-    histories = []
+    histories, digests = [], []
     for run in runs:
         assert run.data.params["model.name"] == "test_efficientnet"
         assert run.data.params["data.name"] == "digits"
@@ -50,6 +52,17 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
             run.data.tags["cpu.threads"] == str(torch.get_num_threads()) and run.data.tags["cpu.capability"]
         )
         assert "version.torch" in run.data.tags
+        assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
+        # Keys of other tasks, of sweeps and of the range test (no stage runs one) are not logged.
+        assert not {"checkpoint", "format", "input", "trial.study", "lr_finder.suggest"} & set(
+            run.data.params
+        )
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+        assert sorted(inputs) == ["test", "train", "valid"]
+        assert {d.name for d in inputs.values()} == {"digits-train", "digits-valid", "digits-test"}
+        assert json.loads(inputs["train"].profile)["num_rows"] == 1077
+        assert len({d.digest for d in inputs.values()}) == 3
+        digests.append(inputs["train"].digest)
         valid = client.get_metric_history(run.info.run_id, "valid_loss")
         errors = client.get_metric_history(run.info.run_id, "error_rate")
         assert [m.step for m in valid] == [0, 1]
@@ -63,6 +76,7 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
         assert client.get_logged_model(run.outputs.model_outputs[0].model_id).name == "model"
         config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
         assert {"config/config.yaml", "config/overrides.yaml"} <= config_files
+    assert digests[0] == digests[1], "the same data has the same digest"
     assert histories[0] == histories[1], "same config, seed and machine must give bit-identical metrics"
     weights = [load_checkpoint(p)["model"] for p in sorted((tmp_path / "outputs").rglob("last.pt"))]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
@@ -174,17 +188,23 @@ def test_experiment_null_composes_the_plain_config(run_cli) -> None:
     assert proc.stdout == plain.stdout
 
 
-def test_a_smoke_stage_takes_a_rule_override_and_runs(run_cli) -> None:
+def test_a_smoke_stage_takes_a_rule_override_and_runs(run_cli, tmp_path: Path) -> None:
     proc = run_cli(
         "experiment=smoke",
         "stages.0.lr_rule=steep",
         "stages.0.lr=find",
         "epochs=1",
-        "tracking=none",
         "train.checkpoints=false",
+        "tracking.log_model=false",
+        "tracking.system_metrics=true",
+        "tracking.system_metrics_interval=0.2",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "= steep suggestion" in proc.stdout
+    _, (run,) = _runs(tmp_path)
+    assert run.data.params["lr_finder.suggest"] == "minimum_or_valley", "a stage runs the range test"
+    assert run.data.metrics["system/cpu_utilization_percentage"] >= 0
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
 
 
 def test_user_config_dir_adds_an_experiment(run_cli, tmp_path: Path) -> None:

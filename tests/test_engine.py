@@ -75,6 +75,20 @@ def test_losses_are_read_back_in_chunks_of_log_every(digits) -> None:
     assert rec.chunks == [5, 5, 5, 1] and rec.steps == list(range(16))
 
 
+def test_progress_bars_show_running_loss_speed_and_evaluation_only_when_asked(digits, capsys) -> None:
+    train, valid = _loaders(digits, 64)
+    for progress in (True, False):
+        model = _mlp()
+        engine = Engine(model, log_every=4, progress=progress)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        engine.fit(train, valid, opt, constant(opt, [1e-3], len(train)), epochs=1)
+        err = capsys.readouterr().err
+        if progress:
+            assert "epoch 0" in err and "batch/s" in err and "loss=" in err and "evaluate" in err
+        else:
+            assert err == ""
+
+
 @pytest.mark.parametrize("precision", ["bf16", "16"])
 def test_mixed_precision_on_cpu_trains(digits, precision: str) -> None:
     model = _mlp()

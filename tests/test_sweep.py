@@ -91,6 +91,13 @@ def test_lr_vs_finder_sweep_finishes_resumes_and_reports(run_cli, tmp_path: Path
         assert run.data.tags["trial.source"] == trial.user_attrs["source"]
         assert run.data.tags["trial.state"] == "COMPLETE"
         assert float(run.data.metrics["final_error_rate"]) == pytest.approx(trial.value)
+        assert run.info.run_name == f"trial-{trial.number}-{trial.user_attrs['source'].replace(':', '-')}"
+    best = study.best_trial
+    assert parent.data.tags["best.trial"] == str(best.number)
+    assert parent.data.tags["best.child_run_id"] == by_number[best.number].info.run_id
+    assert float(parent.data.tags["best.error_rate"]) == pytest.approx(best.value)
+    assert float(parent.data.tags["best.params.stages.0.lr"]) == pytest.approx(best.params["stages.0.lr"])
+    assert parent.data.tags["mlflow.user"] and parent.data.tags["mlflow.source.type"] == "LOCAL"
 
     sweep_dir = tmp_path / "sweeps" / "smoke-lr_vs_finder"
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")

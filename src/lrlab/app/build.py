@@ -60,6 +60,7 @@ class Setup:
     class_names: list[str] = field(default_factory=list)
     class_groups: dict[str, list[int]] | None = None  # coarser classes reported on test (ELPV: 2-class)
     split_sizes: dict[str, int] = field(default_factory=dict)  # images in train, valid and test
+    split_digests: dict[str, str] = field(default_factory=dict)  # content digests (only when tracked)
     preprocess: Preprocess | None = None  # how an image file becomes an input, as for the eval splits
 
     def model_description(self) -> dict[str, Any]:
@@ -124,6 +125,7 @@ def build(cfg: DictConfig) -> Setup:
         class_names=list(source.class_names),
         class_groups=source.class_groups,
         split_sizes=sizes,
+        split_digests=source.digests() if cfg.tracking.backend == "mlflow" else {},
         preprocess=Preprocess(
             source.eval_resize, cfg.data.image_size, source.channels, norm.mean, norm.std, norm.interpolation
         ),

@@ -1,4 +1,6 @@
-"""Console output: the fastai-style epoch table (`epoch train_loss valid_loss error_rate time`)."""
+"""Console output: the fastai-style epoch table (`epoch train_loss valid_loss error_rate time`, plus
+training throughput), one compact line per epoch that stays readable in log files; the live
+per-batch bars (running loss, speed) are the engine's, shown only on a terminal."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from lrlab.core.types import Callback, EpochResult
 
 log = logging.getLogger("lrlab")
 
-COLUMNS = ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "time")
+COLUMNS = ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "time", "img/s")
 
 
 def format_time(seconds: float) -> str:
@@ -30,7 +32,7 @@ def table_row(result: EpochResult) -> str:
     cells = (
         [f"{result.stage_epoch:<5d}"]
         + [f"{v:<10.6f}" for v in (result.train_loss, result.valid_loss, result.error_rate, result.accuracy)]
-        + [format_time(result.seconds)]
+        + [f"{format_time(result.seconds):<10}", f"{result.train_images_per_s:.0f}"]
     )
     return "  ".join(cells)
 

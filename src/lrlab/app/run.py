@@ -7,7 +7,6 @@ MLflow run is created, and the run always ends FINISHED, FAILED or KILLED.
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +20,17 @@ from lrlab.app.checkpoint import CheckpointCallback, load_resume
 from lrlab.app.console import format_time
 from lrlab.app.evaluate import evaluate_checkpoint, evaluate_split
 from lrlab.app.hooks import RunCallbacks
+from lrlab.app.run_record import log_run_start
 from lrlab.app.schema import validate
 from lrlab.app.shared_curves import shared_curves
 from lrlab.core.engine import Engine
-from lrlab.core.reproducibility import machine_fingerprint
 from lrlab.core.stages import run_stages
 from lrlab.core.types import EpochResult
 from lrlab.finder.config import FinderConfig
 from lrlab.finder.curve_cache import SharedCurves
 from lrlab.finder.range_test import find_lr
-from lrlab.integrations.mlflow import MlflowTracker, check_tracking_uri, default_tracking_uri, provenance_tags
+from lrlab.integrations.mlflow import MlflowTracker, check_tracking_uri, default_tracking_uri
+from lrlab.integrations.mlflow_run import SystemMetrics
 
 log = logging.getLogger("lrlab")
 
@@ -88,6 +88,13 @@ def _tracker(
     return MlflowTracker(uri, cfg.tracking.experiment, run_name, parent_run_id)
 
 
+def _system_metrics(cfg: DictConfig, tracker: MlflowTracker | None, resumed: bool) -> SystemMetrics | None:
+    """MLflow's system-metrics sampler for the run when `tracking.system_metrics` asks for it."""
+    if tracker is None or not cfg.tracking.system_metrics:
+        return None
+    return SystemMetrics(tracker.uri, tracker.run_id, cfg.tracking.system_metrics_interval, resume=resumed)
+
+
 def run_experiment(
     cfg: DictConfig,
     output_dir: str | Path,
@@ -110,9 +117,10 @@ def run_experiment(
     if tracker and hooks.checkpoints:
         hooks.checkpoints.meta["mlflow_run_id"] = tracker.run_id
     status, trial_state = "FAILED", "FAIL"
+    monitor = _system_metrics(cfg, tracker, resumed=run_id is not None)
     try:
         if tracker:
-            _log_run_start(tracker, setup, overrides or [], launch_dir, output_dir)
+            log_run_start(tracker, setup, overrides or [], launch_dir, output_dir)
         if cfg.task == "lr_find":
             result = _lr_find_task(setup, engine, tracker, output_dir)
         else:
@@ -128,6 +136,8 @@ def run_experiment(
         status = "KILLED"
         raise
     finally:
+        if monitor:
+            monitor.stop()
         if tracker:
             if cfg.trial.study is not None:
                 tracker.set_tags({"trial.state": trial_state})
@@ -272,42 +282,6 @@ def _lr_find_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None, o
             tracker.log_metric(key, value)
         tracker.flush()
     return RunResult([], final, extra={"lr_finder": results})
-
-
-def _log_run_start(
-    tracker: MlflowTracker, setup: Setup, overrides: list[str], launch_dir: Path, output_dir: Path
-) -> None:
-    cfg = setup.cfg
-    container = OmegaConf.to_container(cfg, resolve=True)
-    resumed_from = container.pop("resume", None)  # not a param: a resumed run logs into the same run
-    tracker.log_params(container)
-    if resumed_from:
-        tracker.set_tags({"resumed_from": str(resumed_from)})
-    tracker.set_tags(
-        {
-            **provenance_tags(launch_dir),
-            **machine_fingerprint(),
-            "device": str(setup.device),
-            "precision": setup.precision,
-            "seed": cfg.seed,
-            "overrides": " ".join(overrides),
-            "output_dir": str(output_dir),
-            "python": platform.python_version(),
-            "task": cfg.task,
-        }
-    )
-    tracker.log_params({f"split.{name}": size for name, size in setup.split_sizes.items()})
-    if cfg.trial.study is not None:
-        tracker.set_tags(
-            {
-                "trial.study": cfg.trial.study,
-                "trial.number": cfg.trial.number,
-                "trial.source": cfg.trial.source or "search",
-                "trial.state": "RUNNING",
-            }
-        )
-    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-    tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), "config/overrides.yaml")
 
 
 def _log_run_end(

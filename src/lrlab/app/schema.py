@@ -85,6 +85,8 @@ class TrackingConfig:
     log_model: bool = True  # log best.pt (checkpoints/) and the model in MLflow's format (model/)
     register_model: str | None = None  # also register that model in MLflow's registry under this name
     parent_run_id: str | None = None  # set by the sweeper: nests this run under the sweep's parent run
+    system_metrics: bool = False  # also sample CPU, memory, disk, network (GPU with pynvml) into the run
+    system_metrics_interval: float = 10.0  # seconds between system-metric samples
 
 
 @dataclass

@@ -53,10 +53,38 @@ class ImageSource:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def digests(self) -> dict[str, str]:
+        """A content digest per split (MLflow's dataset digest): same data, same digest."""
+        splits = {"train": self.train, "valid": self.valid, "test": self.test}
+        return {name: split_digest(split) for name, split in splits.items() if split is not None}
+
     def sizes(self) -> dict[str, int]:
         """Images per split: train, valid and test (0 when there is no test split)."""
         test = len(self.test) if self.test is not None else 0
         return {"train": len(self.train), "valid": len(self.valid), "test": test}
+
+
+def split_digest(split: TensorSplit | Dataset) -> str:
+    """16 hex digits of SHA-256 over an in-memory split's pixels and labels, or a file dataset's
+    (path, label) list (its files are not read again); other datasets: their type and length."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if isinstance(split, TensorSplit):
+        digest.update(str(tuple(split.images.shape)).encode())
+        digest.update(split.images.contiguous().numpy().tobytes())
+        digest.update(split.labels.numpy().tobytes())
+        return digest.hexdigest()[:16]
+    base, index = split, None
+    if hasattr(split, "dataset") and hasattr(split, "indices"):  # torch.utils.data.Subset
+        base, index = split.dataset, list(split.indices)
+    samples = getattr(base, "samples", None)
+    if samples is None:
+        digest.update(f"{type(base).__name__}:{len(split)}".encode())
+        return digest.hexdigest()[:16]
+    for path, label in samples if index is None else (samples[i] for i in index):
+        digest.update(f"{path}\t{label}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The sweep's MLflow parent run: started with the study (or continued when the study resumes), it
-holds the sweep's settings and search space as params, the best metric(s), the results file and
-the report; each trial's job logs a child run under it. Child runs of trials that died with
-their sweep are ended KILLED. MLflow is imported only when a parent run is opened."""
+holds the sweep's settings and search space as params, the best metric(s) and, as tags, the best
+trial's params, value and child run id, the results file and the report; each trial's job logs a
+child run under it. Child runs of trials that died with their sweep are ended KILLED. MLflow is
+imported only when a parent run is opened."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import optuna
 from lrlab.sweep.results import best_trial
 from lrlab.sweep.search_space import SearchSpace
 from lrlab.sweep.settings import SweepSettings
-from lrlab.sweep.study import DONE, MLFLOW_URI_ATTR, PARENT_ATTR, STORAGE_ATTR, count
+from lrlab.sweep.study import DONE, MLFLOW_URI_ATTR, PARENT_ATTR, SOURCE, STORAGE_ATTR, count
 
 if TYPE_CHECKING:
     from lrlab.integrations.mlflow import MlflowTracker
@@ -33,6 +34,7 @@ def open_parent_run(
 ) -> MlflowTracker:
     """Continue the study's parent run, or start one (recording its id in the study)."""
     from lrlab.integrations.mlflow import MlflowTracker, check_tracking_uri, provenance_tags
+    from lrlab.integrations.mlflow_run import context_tags
 
     check_tracking_uri(uri)
     run_id = study.user_attrs.get(PARENT_ATTR)
@@ -59,6 +61,7 @@ def open_parent_run(
     )
     tracker.set_tags(
         {
+            **context_tags(),
             **provenance_tags(Path.cwd()),
             "lrlab.sweep": "parent",
             "study_name": study.study_name,
@@ -84,6 +87,19 @@ def kill_orphaned_children(parent: MlflowTracker, trial_numbers: Sequence[int]) 
             parent.client.set_terminated(run.info.run_id, "KILLED")
 
 
+def child_run_id(parent: MlflowTracker, trial_number: int) -> str | None:
+    """The id of the parent's child run that logged trial `trial_number` (its latest, if retried)."""
+    runs = parent.client.search_runs(
+        [parent.experiment_id],
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{parent.run_id}' and tags.`trial.number` = '{trial_number}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def log_outcome(
     parent: MlflowTracker, study: optuna.Study, settings: SweepSettings, artifacts: Sequence[Path]
 ) -> None:
@@ -91,7 +107,14 @@ def log_outcome(
     parent.set_tags({"n_trials": settings.n_trials, "finished_trials": count(study, DONE)})
     best = best_trial(study)
     if best is not None:
+        tags = {"best.trial": best.number, "best.source": best.user_attrs.get(SOURCE) or "search"}
+        tags.update({f"best.params.{k}": v for k, v in best.params.items()})
         for name, value in zip(settings.metrics, best.values, strict=True):
             parent.log_metric(f"best_{name}", value)
+            tags[f"best.{name}"] = value
+        child = child_run_id(parent, best.number)
+        if child is not None:
+            tags["best.child_run_id"] = child
+        parent.set_tags(tags)
     for path in artifacts:
         parent.log_artifact(path)

@@ -1,0 +1,74 @@
+"""What a training or range-test run records in MLflow when it starts: the params that apply to
+it (keys of other tasks, of sweeps when it is not a trial, of the range test when no stage runs
+one are left out rather than logged with values that mislead), tags, dataset inputs and config."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lrlab.app.build import Setup
+from lrlab.core.reproducibility import machine_fingerprint
+from lrlab.integrations.mlflow import MlflowTracker, provenance_tags
+from lrlab.integrations.mlflow_run import context_tags, log_dataset_inputs
+
+CHECKPOINT_TASK_KEYS = ("checkpoint", "format", "input")  # predict / evaluate / export only
+
+
+def run_params(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as a dict, without the keys that do not apply to this run."""
+    params = OmegaConf.to_container(cfg, resolve=True)
+    params.pop("resume", None)  # not a param: a resumed run logs into the same run
+    for key in CHECKPOINT_TASK_KEYS:
+        params.pop(key, None)
+    if cfg.trial.study is None:
+        params.pop("trial", None)
+    stages = params.get("stages", [])
+    uses_finder = cfg.task == "lr_find" or any(s.get("lr") == "find" or s.get("lr_rule") for s in stages)
+    if not uses_finder:
+        params.pop("lr_finder", None)
+    return params
+
+
+def log_run_start(
+    tracker: MlflowTracker, setup: Setup, overrides: list[str], launch_dir: Path, output_dir: Path
+) -> None:
+    """Params, tags (provenance, machine, user and source, trial), dataset inputs and the config
+    files of a run that starts (or resumes) logging."""
+    cfg = setup.cfg
+    tracker.log_params(run_params(cfg))
+    if cfg.resume:
+        tracker.set_tags({"resumed_from": str(cfg.resume)})
+    tracker.set_tags(
+        {
+            **context_tags(),
+            **provenance_tags(launch_dir),
+            **machine_fingerprint(),
+            "device": str(setup.device),
+            "precision": setup.precision,
+            "seed": cfg.seed,
+            "overrides": " ".join(overrides),
+            "output_dir": str(output_dir),
+            "python": platform.python_version(),
+            "task": cfg.task,
+        }
+    )
+    tracker.log_params({f"split.{name}": size for name, size in setup.split_sizes.items()})
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    log_dataset_inputs(
+        tracker.client, tracker.run_id, str(cfg.data.name), setup.split_digests, setup.split_sizes, data
+    )
+    if cfg.trial.study is not None:
+        tracker.set_tags(
+            {
+                "trial.study": cfg.trial.study,
+                "trial.number": cfg.trial.number,
+                "trial.source": cfg.trial.source or "search",
+                "trial.state": "RUNNING",
+            }
+        )
+    tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+    tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), "config/overrides.yaml")

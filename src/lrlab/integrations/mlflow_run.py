@@ -1,0 +1,78 @@
+"""What MLflow users expect on a run besides its params and metrics: the datasets it used (as
+`mlflow.log_input` records them), the user and source tags MLflow's fluent API sets, and opt-in
+system metrics. lrlab logs through `MlflowClient` with explicit run ids (no active fluent run, so
+sweeps' children and resumed runs stay correct), so the entities are built here rather than by
+`mlflow.log_input` / `mlflow.start_run(log_system_metrics=True)`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SYSTEM_METRICS_INTERVAL_S = 10.0
+
+
+def context_tags() -> dict[str, str]:
+    """`mlflow.user`, `mlflow.source.name` and `mlflow.source.type`, resolved by MLflow's own context
+    providers (the same values `mlflow.start_run` would set)."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return {k: v for k, v in resolve_tags().items() if k.startswith("mlflow.")}
+
+
+def dataset_inputs(
+    name: str, digests: Mapping[str, str], sizes: Mapping[str, int], source: Mapping[str, Any]
+) -> list[Any]:
+    """One MLflow `DatasetInput` per split (context tag train / valid / test): the data source's
+    name, the split's content digest, its size as the profile and the source config as JSON."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for split, digest in digests.items():
+        dataset = Dataset(
+            name=f"{name}-{split}",
+            digest=digest,
+            source_type="code",
+            source=json.dumps(dict(source), sort_keys=True, default=str),
+            profile=json.dumps({"num_rows": int(sizes.get(split, 0)), "split": split}),
+        )
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", split)]))
+    return inputs
+
+
+def log_dataset_inputs(
+    client: Any,
+    run_id: str,
+    name: str,
+    digests: Mapping[str, str],
+    sizes: Mapping[str, int],
+    source: Mapping[str, Any],
+) -> None:
+    """Record the run's train / valid / test splits as its dataset inputs (what the MLflow UI's
+    "Datasets used" column and `run.inputs` show)."""
+    if digests:
+        client.log_inputs(run_id, datasets=dataset_inputs(name, digests, sizes, source))
+
+
+class SystemMetrics:
+    """MLflow's system-metrics monitor (CPU, memory, disk, network and, with pynvml, GPU) for one
+    run, sampled every `interval` seconds in a daemon thread; `stop` ends it. Needs psutil."""
+
+    def __init__(
+        self, uri: str, run_id: str, interval: float = SYSTEM_METRICS_INTERVAL_S, resume: bool = False
+    ):
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        self.monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=interval, resume_logging=resume, tracking_uri=uri
+        )
+        self.monitor.start()
+
+    def stop(self) -> None:
+        """Stop sampling (the last samples are written first)."""
+        self.monitor.finish()
