@@ -1,6 +1,7 @@
-"""Calibration of lrlab's one-parameter lag-free rules (`descent`'s fraction, `bottom`'s factor) for
-the finder-vs-grid benchmark, leave-one-problem-out: the parameter scored on a problem is the one
-with the lowest mean *valid* regret on the other problems, never chosen on the problem itself.
+"""Calibration of lrlab's one-parameter rules (`descent`'s fraction and `bottom`'s factor on the
+zero-lag curve, the default `lrlab` rule's scale on fastai's EMA curve) for the finder-vs-grid
+benchmark, leave-one-problem-out: the parameter scored on a problem is the one with the lowest
+mean *valid* regret on the other problems, never chosen on the problem itself.
 
 A "problem" here is a dataset: ELPV 4-class and 2-class share their images, so both are left out
 together. The parameter over all problems (the library's default) is reported beside the folds.
@@ -25,17 +26,18 @@ from finder_grid_analysis import (
     run_curves,
     score_suggestion,
 )
-from lrlab.finder.rules import suggest_bottom, suggest_descent, trim
+from lrlab.finder.rules import suggest_bottom, suggest_descent, suggest_lrlab, trim
 
 
 @dataclass(frozen=True)
 class Family:
-    """A rule with one free parameter: `make(value)` is the rule at that value, on the zero-lag curve."""
+    """A rule with one free parameter: `make(value)` is the rule at that value, on `curve`."""
 
     rule: str
     parameter: str
     make: Callable[[float], Callable[[np.ndarray, np.ndarray], float]]
     candidates: tuple[float, ...]
+    curve: str = "zero_lag"
 
 
 FAMILIES = (
@@ -46,6 +48,9 @@ FAMILIES = (
         (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98),
     ),
     Family("bottom", "factor", lambda v: partial(suggest_bottom, factor=v), (1, 2, 3, 5, 10, 20, 30, 100)),
+    Family(
+        "lrlab", "scale", lambda v: partial(suggest_lrlab, scale=v), (1, 1.5, 2, 2.5, 3, 4, 5, 7, 10), "ema"
+    ),
 )
 
 
@@ -54,9 +59,9 @@ def dataset(problem: str) -> str:
     return "elpv" if problem.startswith("elpv") else problem
 
 
-def _zero_lag(run: FinderRun) -> tuple[np.ndarray, np.ndarray]:
+def _curve(run: FinderRun, curve: str) -> tuple[np.ndarray, np.ndarray]:
     lrs, losses = read_curve(run.curve)
-    return trim(lrs, run_curves(losses, run.config)["zero_lag"])
+    return trim(lrs, run_curves(losses, run.config)[curve])
 
 
 def candidate_rows(
@@ -66,7 +71,7 @@ def candidate_rows(
     best, band = best_and_band(grid_points(grid))
     rows = []
     for run in finder:
-        lrs, losses = _zero_lag(run)
+        lrs, losses = _curve(run, family.curve)
         for value in family.candidates:
             try:
                 lr = family.make(value)(lrs, losses)
@@ -106,7 +111,7 @@ def leave_one_out(family: Family, rows: Sequence[dict[str, Any]], default: float
         folds[left_out] = value
         for r in rows:
             if dataset(r["problem"]) == left_out and r["value"] == value:
-                held_rows.append({**r, "rule": f"{family.rule}_lopo", "curve": "zero_lag", "flag": ""})
+                held_rows.append({**r, "rule": f"{family.rule}_lopo", "curve": family.curve, "flag": ""})
     return {"folds": folds, "rows": held_rows, "all": choose(rows, family.candidates, default)}
 
 
@@ -132,8 +137,15 @@ def calibrate(results: Sequence[Any]) -> tuple[str, dict[str, float]]:
     (`<rule>_lopo`) to its `rows`, and return a markdown section and the all-datasets values."""
     from lrlab.finder import rules
 
-    defaults = {"descent": rules.DESCENT_FRACTION, "bottom": rules.BOTTOM_FACTOR}
-    sections, chosen = ["## Calibration of lrlab's lag-free rules, leave one dataset out", "", __doc__], {}
+    defaults = {
+        "descent": rules.DESCENT_FRACTION,
+        "bottom": rules.BOTTOM_FACTOR,
+        "lrlab": rules.SUGGESTION_SCALE,
+    }
+    sections, chosen = (
+        ["## Calibration of lrlab's one-parameter rules, leave one dataset out", "", __doc__],
+        {},
+    )
     for family in FAMILIES:
         rows = [row for r in results for row in candidate_rows(family, r.problem, r.budget, r.grid, r.finder)]
         found = leave_one_out(family, rows, defaults[family.rule])

@@ -168,7 +168,7 @@ def test_another_data_source_and_model_get_their_own_settings(run_cli, tmp_path:
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["data"]["image_size"] == 224 and "classes" not in cfg["data"]
     assert cfg["name"] == "imagefolder" and cfg["tracking"]["experiment"] == "imagefolder"
-    assert cfg["lr_finder"]["smoothing"] == "ema" and cfg["lr_finder"]["suggest"] == "minimum_or_valley"
+    assert cfg["lr_finder"]["smoothing"] == "ema" and cfg["lr_finder"]["suggest"] == "lrlab"
     assert cfg["model"]["name"] == "resnet18"
 
 
@@ -202,7 +202,7 @@ def test_a_smoke_stage_takes_a_rule_override_and_runs(run_cli, tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "= steep suggestion" in proc.stdout
     _, (run,) = _runs(tmp_path)
-    assert run.data.params["lr_finder.suggest"] == "minimum_or_valley", "a stage runs the range test"
+    assert run.data.params["lr_finder.suggest"] == "lrlab", "a stage runs the range test"
     assert run.data.metrics["system/cpu_utilization_percentage"] >= 0
     assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
 

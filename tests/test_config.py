@@ -63,10 +63,10 @@ def test_another_data_source_gets_its_own_settings_not_elpvs(compose_cfg, tmp_pa
     cfg = compose_cfg("model=resnet18", "data=imagefolder", f"data.root={tmp_path}")
     assert cfg.data.image_size == 224 and "classes" not in cfg.data
     assert cfg.name == "imagefolder" and cfg.tracking.experiment == "imagefolder"
-    assert (cfg.lr_finder.smoothing, cfg.lr_finder.suggest) == ("ema", "minimum_or_valley")
+    assert (cfg.lr_finder.smoothing, cfg.lr_finder.suggest) == ("ema", "lrlab")
     assert compose_cfg("data=digits").lr_finder.smoothing == "ema"
     assert compose_cfg("data=digits", "name=mine").tracking.experiment == "mine"
-    assert compose_cfg("lr_finder=default").lr_finder.suggest == "minimum_or_valley"
+    assert compose_cfg("lr_finder=default").lr_finder.suggest == "lrlab"
 
 
 @pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "stages"])

@@ -15,7 +15,7 @@ def test_params_of_other_tasks_sweeps_and_an_unused_range_test_are_left_out(comp
     assert plain["data"]["name"] == "digits" and "classes" not in plain["data"]
 
     finder = run_params(compose_cfg("experiment=smoke", "stages.0.lr_rule=steep", "stages.0.lr=find"))
-    assert finder["lr_finder"]["suggest"] == "minimum_or_valley"
+    assert finder["lr_finder"]["suggest"] == "lrlab"
     assert "lr_finder" in run_params(compose_cfg("experiment=smoke", "task=lr_find"))
 
     trial = run_params(compose_cfg("experiment=smoke", "trial.study=s", "trial.number=3"))

@@ -7,12 +7,14 @@ import pytest
 
 from lrlab.finder.rules import (
     RULES,
+    SUGGESTION_SCALE,
     edge_flag,
     register_rule,
     rule_curves,
     suggest,
     suggest_bottom,
     suggest_descent,
+    suggest_lrlab,
     suggest_minimum,
     suggest_minimum_or_valley,
     suggest_on_curves,
@@ -46,7 +48,8 @@ def test_registered_rule_reaches_suggest_all():
         assert suggest(lrs, losses, "first_point") == lrs[4]
     finally:
         del RULES["first_point"]
-    assert list(RULES) == ["valley", "steep", "minimum", "slide", "descent", "bottom", "minimum_or_valley"]
+    fastai, own = ["valley", "steep", "minimum", "slide"], ["descent", "bottom", "minimum_or_valley", "lrlab"]
+    assert list(RULES) == fastai + own
     with pytest.raises(ValueError, match="all"):
         register_rule("all", lambda lr, loss: 1.0)
 
@@ -384,7 +387,7 @@ def test_negative_and_zero_losses_give_same_suggestions():
 
 
 def test_unknown_method_lists_valid_ones():
-    names = "'valley', 'steep', 'minimum', 'slide', 'descent', 'bottom', 'minimum_or_valley', 'all'"
+    names = "'valley', 'steep', 'minimum', 'slide', 'descent', 'bottom', 'minimum_or_valley', 'lrlab', 'all'"
     with pytest.raises(ValueError, match=names):
         suggest(LRS30, _valley_curve(), "fastest")
 
@@ -403,6 +406,7 @@ def test_fastai_rules_are_calibrated_on_the_ema_curve_and_descent_on_zero_lag() 
         "descent": "zero_lag",
         "bottom": "zero_lag",
         "minimum_or_valley": "ema",
+        "lrlab": "ema",
     }
     assert set(rule_curves("zero_lag").values()) == {"zero_lag"}
     with pytest.raises(ValueError, match="calibrated"):
@@ -464,3 +468,15 @@ def test_minimum_or_valley_takes_valley_on_a_curve_that_never_fell() -> None:
     assert suggest(lrs, falling, "minimum") > suggest(lrs, falling, "valley")
     assert suggest(lrs, falling, "minimum_or_valley") == suggest(lrs, falling, "minimum")
     assert suggest_minimum_or_valley(lrs[10:-5], falling[10:-5]) == suggest(lrs, falling, "minimum")
+
+
+def test_lrlab_scales_minimum_or_valley_and_stops_at_the_curves_lowest_point() -> None:
+    lrs = np.geomspace(1e-7, 10.0, 100)
+    falling = np.concatenate([np.linspace(2.0, 1.0, 70), np.linspace(1.0, 4.0, 30)])
+    base = suggest(lrs, falling, "minimum_or_valley")
+    assert suggest(lrs, falling, "lrlab") == pytest.approx(SUGGESTION_SCALE * base)
+    kept_lrs, kept = trim(lrs, falling)
+    bottom = kept_lrs[np.argmin(kept)]
+    assert suggest_lrlab(kept_lrs, kept, scale=100.0) == bottom, "never past the curve's lowest point"
+    with pytest.raises(ValueError, match="positive"):
+        suggest_lrlab(kept_lrs, kept, scale=0.0)

@@ -13,9 +13,10 @@ MIN_ITER = 8
 GROUP_LRS = ("ratio", "equal")
 
 
-# The finder-vs-grid benchmark's lowest mean test regret, on the EMA curve (tied with fastai's
-# minimum there; it also survives curves where minimum lands at the ramp's start).
-DEFAULT_RULE = "minimum_or_valley"
+# The finder-vs-grid benchmark's lowest mean test regret (scored leave-one-dataset-out), on the
+# EMA curve: minimum_or_valley (which survives curves where minimum lands at the ramp's start)
+# scaled by the factor calibrated there.
+DEFAULT_RULE = "lrlab"
 
 
 @dataclass
@@ -31,12 +32,13 @@ class FinderConfig:
     `equal` ramps every group at the same LR, as fastai's `lr_find` does. The test stops when the
     smoothed loss exceeds `div_factor` x its best or any loss is NaN/inf (`stop_div`). `suggest`
     names the rule used (any name in `lrlab.finder.rules.RULES`, or `all`: print every rule, use
-    the default). The defaults, `minimum_or_valley` shown on the `ema` curve, are the pair with the lowest
-    mean test regret in the finder-vs-grid benchmark (experiments/finder_benchmark/). `repeats` > 1
-    reruns with other data orders and reports each rule's median and spread; `val_batches` > 0
-    also records a held-out loss; `per_group` sweeps each layer group on its own; `read_every` is
-    the number of steps between host read-backs. `share_curves` reuses a curve recorded from the
-    identical starting state (see lrlab.finder.curve_cache).
+    the default). The defaults, `lrlab` shown on the `ema` curve, are the pair with the lowest mean
+    test regret (leave-one-dataset-out) in the finder-vs-grid benchmark
+    (experiments/finder_benchmark/). `repeats` > 1 reruns with other data orders and reports each
+    rule's median and spread; `val_batches` > 0 also records a held-out loss; `per_group` sweeps
+    each layer group on its own; `read_every` is the number of steps between host read-backs.
+    `share_curves` reuses a curve recorded from the identical starting state (see
+    lrlab.finder.curve_cache).
     """
 
     start_lr: float = 1e-7

@@ -28,7 +28,7 @@ class LRFinderResult:
     losses: np.ndarray
     smoothed: np.ndarray
     suggestions: dict[str, float]
-    method: str = "minimum_or_valley"
+    method: str = "lrlab"
     group: str = "all"
     smoothing: str = "ema"
     val_losses: np.ndarray | None = None
