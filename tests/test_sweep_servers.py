@@ -1,7 +1,7 @@
 """Sweeps across machines, for real: a PostgreSQL server holds the Optuna study and an MLflow
 tracking server (itself on PostgreSQL, artifacts uploaded over HTTP) the runs; two `lrlab -m`
 workers started in the same instant fill one study. Also: workers opening one study together
-enqueue each finder baseline exactly once, on every kind of storage.
+enqueue each finder baseline exactly once, on every kind of storage, and start one MLflow parent run.
 
 The servers are started by fixtures (`servers.py`) on 127.0.0.1 and removed afterwards; where
 they cannot start the tests skip, naming why (CI sets LRLAB_REQUIRE_SERVERS=1: they fail instead)."""
@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 import pytest
@@ -20,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import spawn_lrlab
-from lrlab.sweep.search_space import parse_search_space
+from lrlab.sweep.parent import open_parent_run
+from lrlab.sweep.search_space import SearchSpace, parse_search_space
 from lrlab.sweep.session import SweepSession
 from lrlab.sweep.settings import SweepSettings
 from lrlab.sweep.study import SOURCE
@@ -32,6 +34,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Heartbeat of storage"),
 ]
 
+T = TypeVar("T")
 RULES = ["valley", "steep", "minimum"]
 STAGES = [{"name": "full", "epochs": 1, "trainable": "all", "lr": 1e-3}]
 
@@ -44,6 +47,34 @@ def postgres() -> Iterator[Postgres]:
             yield server
     except ServerUnavailable as exc:
         unavailable(exc)
+
+
+def _together(work: Callable[[], T], workers: int = 2) -> list[T]:
+    """Run `work` in `workers` threads released by one barrier, as workers started in the same
+    instant; returns their results (re-raises the first error)."""
+    barrier, results, errors = threading.Barrier(workers), [], []
+
+    def worker() -> None:
+        try:
+            barrier.wait()
+            results.append(work())
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    if errors:
+        raise errors[0]
+    assert len(results) == workers, "a worker did not finish in 120 s"
+    return results
+
+
+def _settings_and_space() -> tuple[SweepSettings, SearchSpace]:
+    settings = SweepSettings(n_trials=8, enqueue=["lr_finder"], finder_rules=RULES).validate()
+    return settings, parse_search_space({"stages.*.lr": "tag(log, interval(1e-5, 1e-1))"}, [], STAGES)
 
 
 def _storage_url(kind: str, store: Path, request: pytest.FixtureRequest) -> str:
@@ -68,26 +99,37 @@ def test_workers_opening_a_study_together_enqueue_each_baseline_once(
         enqueue(self, *args, **kwargs)
 
     monkeypatch.setattr(optuna.Study, "enqueue_trial", slow_enqueue)
-    settings = SweepSettings(n_trials=8, enqueue=["lr_finder"], finder_rules=RULES).validate()
-    space = parse_search_space({"stages.*.lr": "tag(log, interval(1e-5, 1e-1))"}, [], STAGES)
-    barrier, errors = threading.Barrier(2), []
-
-    def worker() -> None:
-        try:
-            barrier.wait()
-            SweepSession.open(settings, space, url, "study", store)
-        except Exception as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
+    settings, space = _settings_and_space()
+    _together(lambda: SweepSession.open(settings, space, url, "study", store))
     trials = SweepSession.open(settings, space, url, "study", store).study.get_trials(deepcopy=False)
     assert sorted(t.user_attrs[SOURCE] for t in trials) == sorted(f"lr_finder:{r}" for r in RULES)
     assert {t.state for t in trials} == {TrialState.WAITING}
+
+
+def test_workers_opening_a_study_together_start_one_mlflow_parent_run(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting a parent run is slowed down, so without the study's lock both workers would find
+    no parent recorded in the study and each start one."""
+    from lrlab.integrations.mlflow import MlflowTracker
+
+    settings, space = _settings_and_space()
+    url, uri = f"sqlite:///{store / 'optuna.db'}", f"sqlite:///{store / 'mlflow.db'}"
+    studies = iter([SweepSession.open(settings, space, url, "study", store).study for _ in range(2)])
+    log_params = MlflowTracker.log_params
+
+    def slow_log_params(self: MlflowTracker, params: dict) -> None:
+        time.sleep(0.5)
+        log_params(self, params)
+
+    monkeypatch.setattr(MlflowTracker, "log_params", slow_log_params)
+    parents = _together(lambda: open_parent_run(next(studies), settings, space, uri, "sweeps", store))
+    for parent in parents:
+        parent.finish()
+    assert len({p.run_id for p in parents}) == 1
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.data.tags.get("lrlab.sweep") for r in runs] == ["parent"]
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrlab.errors import ConfigError
 from lrlab.sweep.baselines import FinderBaselines
-from lrlab.sweep.lock import study_lock
 from lrlab.sweep.parent import kill_orphaned_children, log_outcome, open_parent_run
 from lrlab.sweep.report import write_report
 from lrlab.sweep.results import write_results
@@ -122,10 +121,9 @@ class OptunaSweep(Sweeper):
         from lrlab.integrations.mlflow import default_tracking_uri
 
         uri = tracking.uri or default_tracking_uri(Path.cwd())
-        with study_lock(session.url, session.study.study_name):  # workers started together: one parent
-            parent = open_parent_run(
-                session.study, session.settings, session.space, uri, tracking.experiment, sweep_dir
-            )
+        parent = open_parent_run(
+            session.study, session.settings, session.space, uri, tracking.experiment, sweep_dir
+        )
         if session.recovered:
             kill_orphaned_children(parent, session.recovered)
         return parent
