@@ -155,9 +155,11 @@ def _experiment_id(client: Any, uri: str, experiment: str) -> str:
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / experiment).as_uri()
+    from mlflow.exceptions import MlflowException
+
     try:
         return client.create_experiment(experiment, artifact_location=location)
-    except Exception:
+    except MlflowException:
         found = client.get_experiment_by_name(experiment)
         if found is None:
             raise

@@ -71,6 +71,7 @@ def _server_lock(url: str, key: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _local_lock(key: str) -> Iterator[None]:
+    """A lock of this process, one per key (storages that live in one process only)."""
     with _LOCAL_GUARD:
         lock = _LOCAL.setdefault(key, threading.Lock())
     with lock:
@@ -79,6 +80,7 @@ def _local_lock(key: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _journal_lock(path: Path, key: str) -> Iterator[None]:
+    """Optuna's symlink lock, beside the journal file at `path` (the journal's own kind of lock)."""
     from optuna.storages.journal import JournalFileSymlinkLock
 
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
