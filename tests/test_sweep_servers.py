@@ -167,7 +167,13 @@ def test_two_workers_on_postgresql_and_an_mlflow_server_fill_one_study(
     for machine in machines:
         machine.mkdir()
     workers = [spawn_lrlab(*args, cwd=machine) for machine in machines]
-    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    try:
+        outputs = [w.communicate(timeout=600)[0] for w in workers]
+    finally:
+        for worker in workers:  # a timeout must not leave workers behind the servers' teardown
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
     assert [w.returncode for w in workers] == [0, 0], "\n".join(o[-3000:] for o in outputs)
 
     study = optuna.load_study(study_name="smoke-lr_vs_finder", storage=storage)
