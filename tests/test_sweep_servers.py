@@ -25,6 +25,7 @@ from lrlab.sweep.parent import open_parent_run
 from lrlab.sweep.search_space import SearchSpace, parse_search_space
 from lrlab.sweep.session import SweepSession
 from lrlab.sweep.settings import SweepSettings
+from lrlab.sweep.storage import open_storage
 from lrlab.sweep.study import SOURCE
 from servers import Postgres, ServerUnavailable, mlflow_server, postgres_server, unavailable
 
@@ -104,6 +105,18 @@ def test_workers_opening_a_study_together_enqueue_each_baseline_once(
     trials = SweepSession.open(settings, space, url, "study", store).study.get_trials(deepcopy=False)
     assert sorted(t.user_attrs[SOURCE] for t in trials) == sorted(f"lr_finder:{r}" for r in RULES)
     assert {t.state for t in trials} == {TrialState.WAITING}
+
+
+def test_workers_opening_a_fresh_postgresql_database_together_create_optunas_tables_once(
+    postgres: Postgres,
+) -> None:
+    """Optuna creates its tables on first use; four at once on a fresh database collide (duplicate
+    key in pg_type) unless one at a time does it."""
+    url = postgres.create_database(f"fresh_{uuid.uuid4().hex[:8]}")
+    storages = _together(lambda: open_storage(url), workers=4)
+    assert len(storages) == 4
+    study = optuna.create_study(storage=storages[0], study_name="s")
+    assert optuna.load_study(study_name="s", storage=storages[3]).study_name == study.study_name
 
 
 def test_workers_opening_a_study_together_start_one_mlflow_parent_run(
