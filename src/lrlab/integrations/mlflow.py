@@ -146,6 +146,26 @@ def _forget(uri: str) -> None:
         engine.dispose()
 
 
+def _experiment_id(client: Any, uri: str, experiment: str) -> str:
+    """The id of `experiment`, created if missing (artifacts beside an SQLite store). Another
+    process may create it between the lookup and the creation: then its experiment is used."""
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / experiment).as_uri()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(experiment, artifact_location=location)
+    except MlflowException:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 def end_orphaned_runs(client: Any, experiment_id: str) -> list[str]:
     """End KILLED the runs of the experiment left RUNNING by a process of this host that is gone
     (kill -9, the OOM killer: no `finally` ran); returns their ids."""
@@ -186,14 +206,7 @@ class MlflowTracker(Callback):
         self.client = open_sqlite(
             uri, "MLflow store", lambda: _opened_client(uri), reset=lambda: _forget(uri)
         )
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            location = None
-            if uri.startswith("sqlite:///"):
-                location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / experiment).as_uri()
-            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-        else:
-            experiment_id = found.experiment_id
+        experiment_id = _experiment_id(self.client, uri, experiment)
         end_orphaned_runs(self.client, experiment_id)
         owner = {OWNER_TAG: worker_id()}
         if run_id is not None:

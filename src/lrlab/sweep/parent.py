@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from lrlab.sweep.lock import study_lock
 from lrlab.sweep.results import best_trial
 from lrlab.sweep.search_space import SearchSpace
 from lrlab.sweep.settings import SweepSettings
@@ -32,11 +33,27 @@ def open_parent_run(
     experiment: str,
     sweep_dir: Path,
 ) -> MlflowTracker:
-    """Continue the study's parent run, or start one (recording its id in the study)."""
-    from lrlab.integrations.mlflow import MlflowTracker, check_tracking_uri, provenance_tags
-    from lrlab.integrations.mlflow_run import context_tags
+    """Continue the study's parent run, or start one (recording its id in the study). Under the
+    study's lock: workers started together would otherwise each start a parent run."""
+    from lrlab.integrations.mlflow import check_tracking_uri
 
     check_tracking_uri(uri)
+    with study_lock(study.user_attrs[STORAGE_ATTR], study.study_name):
+        return _open_parent_run(study, settings, space, uri, experiment, sweep_dir)
+
+
+def _open_parent_run(
+    study: optuna.Study,
+    settings: SweepSettings,
+    space: SearchSpace,
+    uri: str,
+    experiment: str,
+    sweep_dir: Path,
+) -> MlflowTracker:
+    """`open_parent_run`'s body, run under the study's lock."""
+    from lrlab.integrations.mlflow import MlflowTracker, provenance_tags
+    from lrlab.integrations.mlflow_run import context_tags
+
     run_id = study.user_attrs.get(PARENT_ATTR)
     if run_id is not None:
         try:

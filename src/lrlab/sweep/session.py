@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from lrlab.errors import ConfigError, LrlabError
 from lrlab.integrations.process import worker_id
 from lrlab.sweep.baselines import FinderBaselines, enqueue_baselines, finder_rule
+from lrlab.sweep.lock import study_lock
 from lrlab.sweep.recovery import Heartbeat, fail_abandoned_trials
 from lrlab.sweep.samplers import make_sampler, suggest
 from lrlab.sweep.search_space import SearchSpace, format_value
@@ -93,12 +94,14 @@ class SweepSession:
         storage: optuna.storages.BaseStorage | None = None,
     ) -> SweepSession:
         """Create or resume study `name` in `url`, fail trials a dead sweep left RUNNING, and enqueue
-        the baseline trials it does not hold yet. `settings` must be validated."""
+        the baseline trials it does not hold yet (under the study's lock: workers started together
+        enqueue each baseline once). `settings` must be validated."""
         storage = storage or open_storage(url)
         study = open_study(storage, url, name, settings, space, sweep_dir)
         recovered = fail_abandoned_trials(study, storage)
         rules = settings.rules() if FINDER_ENTRY in settings.enqueue else []
-        enqueue_baselines(study, settings.enqueue, rules)
+        with study_lock(url, name):
+            enqueue_baselines(study, settings.enqueue, rules)
         return cls(study, storage, settings, space, url, recovered)
 
     def run(

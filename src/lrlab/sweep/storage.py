@@ -4,6 +4,7 @@ the report: a storage from a URL, and the study's pruner from the spec the sweep
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import optuna
 
 from lrlab.errors import ConfigError
+from lrlab.sweep.lock import is_server_url, study_lock
 
 # lrlab records trial heartbeats itself (not through Study.optimize), which Optuna flags as experimental.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -25,6 +27,7 @@ PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
 }
 HEARTBEAT_INTERVAL_S = 10
 HEARTBEAT_GRACE_S = 60
+TABLES_LOCK = "optuna-tables"  # the storage-wide lock under which a server database's tables are created
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -39,17 +42,20 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return JournalStorage(JournalFileBackend(str(path)))
     from lrlab.integrations.stores import open_sqlite
 
-    return open_sqlite(
-        url,
-        "Optuna storage",
-        lambda: optuna.storages.RDBStorage(
+    return open_sqlite(url, "Optuna storage", lambda: _open_rdb(url), key="hydra.sweeper.storage")
+
+
+def _open_rdb(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage with heartbeats. On a database server, one worker at a time opens it: Optuna
+    creates its tables on first use, and two workers creating them at once on a fresh PostgreSQL
+    database collide (duplicate key in pg_type). SQLite files are serialised by `open_sqlite`."""
+    with study_lock(url, TABLES_LOCK) if is_server_url(url) else contextlib.nullcontext():
+        return optuna.storages.RDBStorage(
             url,
             heartbeat_interval=HEARTBEAT_INTERVAL_S,
             grace_period=HEARTBEAT_GRACE_S,
             engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-        ),
-        key="hydra.sweeper.storage",
-    )
+        )
 
 
 def make_pruner(spec: dict[str, Any] | None) -> optuna.pruners.BasePruner:
