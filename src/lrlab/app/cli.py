@@ -122,7 +122,8 @@ def main() -> None:
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         name = signal.Signals(signum).name
-        print(f"lrlab: interrupted by {name}; the run was ended KILLED (trace in lrlab.log)", file=sys.stderr)
+        trace = f"lrlab{rank_suffix()}.log"
+        print(f"lrlab: interrupted by {name}; the run was ended KILLED (trace in {trace})", file=sys.stderr)
         sys.exit(128 + signum)
     except SystemExit as exc:
         if exc.code == 1 and not _work_started:
