@@ -124,15 +124,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return total / dist.get_world_size()
 
 
-def broadcast_object(value: Any) -> Any:
-    """Rank 0's `value` on every rank (e.g. a path only rank 0 knows)."""
-    if not is_distributed():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def sync_buffers(model: nn.Module) -> None:
     """Broadcast rank 0's buffers (norm layers' running statistics) to every rank: each rank's last
     training forward updated them from its own shard."""
