@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lrlab.app.schema import validate
+from lrlab.core import distributed
 from lrlab.core.device import resolve_device, resolve_precision
 from lrlab.core.engine import Engine
 from lrlab.core.optim import build_optimizer
@@ -81,7 +82,7 @@ def build(cfg: DictConfig) -> Setup:
     """Validate `cfg`, seed, and build data, model, layer groups, loaders and optimizer."""
     cfg = validate(cfg)
     seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
+    device = distributed.init_distributed(resolve_device(cfg.device))  # cuda:LOCAL_RANK under torchrun
     precision = resolve_precision(cfg.precision, device)
     started = time.perf_counter()
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
@@ -95,9 +96,12 @@ def build(cfg: DictConfig) -> Setup:
     )
     groups = layer_groups(model, cfg.model.body_groups)
     norm = normalization(model)
+    if cfg.train.sync_batchnorm and distributed.is_distributed():
+        model = distributed.convert_sync_batchnorm(model, device)
     model = to_device(model, device, cfg.train.channels_last)
     data_device = device if cfg.data.in_memory else "cpu"
-    loaders = make_loaders(source, data_cfg, norm, data_device, cfg.seed)
+    shard = (distributed.rank(), distributed.world_size())
+    loaders = make_loaders(source, data_cfg, norm, data_device, cfg.seed, shard)
     optimizer = build_optimizer(instantiate(cfg.optimizer), model, groups, lr=cfg.lr_finder.start_lr)
     stages: list[Stage] = OmegaConf.to_object(cfg.stages)  # Stage is the schema of each entry
     check_stages_fit(stages, groups)
@@ -106,7 +110,7 @@ def build(cfg: DictConfig) -> Setup:
         f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, "
         f"pretrained={cfg.model.pretrained}) on {cfg.data.name} ({sizes['train']} train / "
         f"{sizes['valid']} valid / {sizes['test']} test, {source.num_classes} classes, "
-        f"{cfg.data.image_size} px) | device {device}, precision {precision} | "
+        f"{cfg.data.image_size} px) | device {device}{_processes()}, precision {precision} | "
         f"setup {time.perf_counter() - started:.1f}s"
     )
     log.info("layer groups:\n" + model_summary(model, groups))
@@ -142,9 +146,15 @@ def check_stages_fit(stages: list[Stage], groups: list) -> None:
             raise ConfigError(f"stages.{i}.{exc} (this model's layer groups: {names})") from None
 
 
+def _processes() -> str:
+    world = distributed.world_size()
+    return f" x {world} processes (DDP, global batch split across them)" if world > 1 else ""
+
+
 def _engine(setup: Setup, callbacks: list[Any]) -> Engine:
+    """The run's engine: a DistributedEngine under torchrun (progress bars on rank 0 only)."""
     t = setup.cfg.train
-    return Engine(
+    return distributed.engine_class()(
         setup.model,
         setup.device,
         setup.precision,
@@ -153,7 +163,7 @@ def _engine(setup: Setup, callbacks: list[Any]) -> Engine:
         channels_last=t.channels_last,
         compile=t.compile,
         log_every=t.log_every,
-        progress=_progress_enabled(t.progress),
+        progress=_progress_enabled(t.progress) and distributed.is_main(),
         callbacks=callbacks,
         cudnn_benchmark=t.cudnn_benchmark,
         loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),

@@ -23,7 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lrlab.app.schema import register_schemas
+from lrlab.app.schema import rank_suffix, register_schemas
+from lrlab.core.launch import launched_rank, launched_world_size
 from lrlab.errors import LrlabError
 
 register_schemas()
@@ -46,29 +47,43 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     """Run the configured task inside a Hydra job; returns `RunResult.summary()` (final metrics,
     seconds, per-stage LRs), which the sweeper turns into the trial's objective values."""
     from lrlab.app.run import run_experiment
+    from lrlab.core import distributed
 
     global _work_started
     _work_started = True
     hydra_cfg = HydraConfig.get()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        _quiet_other_ranks()
         result = run_experiment(
             cfg,
             output_dir=hydra_cfg.runtime.output_dir,
             launch_dir=hydra_cfg.runtime.cwd,
             overrides=list(hydra_cfg.overrides.task),
         )
+        distributed.barrier()  # rank 0 may still be logging to MLflow: leave together
     except LrlabError as exc:
         trace_log.exception("lrlab stopped on bad input")
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
-        log_file = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
+        log_file = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}{rank_suffix()}.log"
         print(f"lrlab: error: {exc}\n(full trace in {log_file})", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         trace_log.exception("lrlab interrupted")
         raise
+    finally:
+        distributed.teardown()
     return result.summary()
+
+
+def _quiet_other_ranks() -> None:
+    """Under torchrun only rank 0 prints: the other ranks' consoles show warnings and errors, their
+    log files (`lrlab-rank<R>.log`) everything."""
+    if launched_rank() > 0:
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.setLevel(logging.WARNING)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -96,12 +111,20 @@ def deselect_null_groups(args: list[str]) -> list[str]:
 def main() -> None:
     """Console-script entry point (`lrlab`, `python -m lrlab`)."""
     sys.argv[1:] = deselect_null_groups(sys.argv[1:])
+    if launched_world_size() > 1 and {"-m", "--multirun"} & set(sys.argv[1:]):
+        print(
+            "lrlab: error: lrlab -m (a sweep) cannot run under torchrun: every process would run its "
+            "own sweep. Sweep without torchrun, or launch one torchrun per configuration.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
         _hydra_main()
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         name = signal.Signals(signum).name
-        print(f"lrlab: interrupted by {name}; the run was ended KILLED (trace in lrlab.log)", file=sys.stderr)
+        trace = f"lrlab{rank_suffix()}.log"
+        print(f"lrlab: interrupted by {name}; the run was ended KILLED (trace in {trace})", file=sys.stderr)
         sys.exit(128 + signum)
     except SystemExit as exc:
         if exc.code == 1 and not _work_started:

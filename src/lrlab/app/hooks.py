@@ -10,6 +10,7 @@ from typing import Any
 from lrlab.app.build import Setup
 from lrlab.app.checkpoint import CheckpointCallback
 from lrlab.app.console import ConsoleTable, finder_file_stem
+from lrlab.core.distributed import is_main
 from lrlab.core.monitor import EarlyStopping, Monitor
 from lrlab.core.types import Callback
 from lrlab.integrations.optuna import TrialReporter, load_trial
@@ -48,17 +49,21 @@ class RunCallbacks:
 
     @classmethod
     def create(cls, setup: Setup, output_dir: Path) -> RunCallbacks:
+        """The callbacks `setup.cfg` asks for; under torchrun only rank 0 writes files (plots,
+        checkpoints) and reports to Optuna, while every rank stops early on the same (all-reduced)
+        metrics."""
         cfg = setup.cfg
+        main = is_main()
         monitor = Monitor(cfg.train.monitor, cfg.train.mode, cfg.train.min_delta)
-        hooks = cls(ConsoleTable(output_dir), StageLog(output_dir))
-        if cfg.train.checkpoints and cfg.task == "train":
+        hooks = cls(ConsoleTable(output_dir if main else None), StageLog(output_dir))
+        if cfg.train.checkpoints and cfg.task == "train" and main:
             description = setup.model_description()
             hooks.checkpoints = CheckpointCallback(
                 output_dir / "checkpoints", description, monitor, cfg.train.save_top_k
             )
         if cfg.train.patience:
             hooks.stopping = EarlyStopping(monitor, cfg.train.patience)
-        if cfg.trial.study is not None:
+        if cfg.trial.study is not None and main:
             trial = load_trial(cfg.trial.storage, cfg.trial.study, cfg.trial.number)
             hooks.trial = TrialReporter(trial, cfg.trial.metric)
         return hooks

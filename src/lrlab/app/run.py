@@ -18,11 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from lrlab.app.build import Setup, _engine, build
 from lrlab.app.checkpoint import CheckpointCallback, load_resume
 from lrlab.app.console import format_time
-from lrlab.app.evaluate import evaluate_checkpoint, evaluate_split
+from lrlab.app.evaluate import TestReport, evaluate_checkpoint, evaluate_split
 from lrlab.app.hooks import RunCallbacks
 from lrlab.app.run_record import log_run_start
 from lrlab.app.schema import validate
 from lrlab.app.shared_curves import shared_curves
+from lrlab.core.distributed import is_main
 from lrlab.core.engine import Engine
 from lrlab.core.stages import run_stages
 from lrlab.core.types import EpochResult
@@ -112,7 +113,7 @@ def run_experiment(
     resume = load_resume(cfg, launch_dir) if cfg.resume else None
     hooks = RunCallbacks.create(setup, output_dir)
     run_id = resume["meta"].get("mlflow_run_id") if resume else None
-    tracker = _tracker(cfg, uri, parent_run_id or cfg.tracking.parent_run_id, run_id)
+    tracker = _tracker(cfg, uri, parent_run_id or cfg.tracking.parent_run_id, run_id) if is_main() else None
     engine = _engine(setup, hooks.all(tracker))
     if tracker and hooks.checkpoints:
         hooks.checkpoints.meta["mlflow_run_id"] = tracker.run_id
@@ -214,14 +215,16 @@ def _train_task(
         shared=shared,
     )
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
-    report = evaluate_split(
-        engine,
-        setup.test_loader,
-        setup.class_names,
-        setup.class_groups,
-        setup.preprocess,
-        output_dir / "evaluation",
-    )
+    report = TestReport()  # under torchrun rank 0 alone reports the test split, whole
+    if is_main():
+        report = evaluate_split(
+            engine,
+            setup.test_loader,
+            setup.class_names,
+            setup.class_groups,
+            setup.preprocess,
+            output_dir / "evaluation",
+        )
     test = report.metrics
     if tracker:
         _log_run_end(tracker, setup.cfg, results, final, checkpoints, test)
@@ -253,6 +256,8 @@ def _lr_find_task(setup: Setup, engine: Engine, tracker: MlflowTracker | None, o
         progress=engine.progress,
     )
     results = found if isinstance(found, dict) else {"all": found}
+    if not is_main():  # every rank has the same curves; rank 0 writes them
+        return RunResult([], {}, extra={"lr_finder": results})
     output_dir.mkdir(parents=True, exist_ok=True)
     final: dict[str, float] = {}
     for name, res in results.items():

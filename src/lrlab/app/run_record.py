@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lrlab.app.build import Setup
+from lrlab.core.distributed import world_size
 from lrlab.core.reproducibility import machine_fingerprint
 from lrlab.integrations.mlflow import MlflowTracker, provenance_tags
 from lrlab.integrations.mlflow_run import context_tags, log_dataset_inputs
@@ -54,6 +55,7 @@ def log_run_start(
             "output_dir": str(output_dir),
             "python": platform.python_version(),
             "task": cfg.task,
+            "distributed.world_size": world_size(),
         }
     )
     tracker.log_params({f"split.{name}": size for name, size in setup.split_sizes.items()})

@@ -72,6 +72,7 @@ class TrainConfig:
     patience: int | None = None  # end a stage after this many epochs without improvement; None: off
     min_delta: float = 0.0  # the smallest change of `monitor` that counts as an improvement
     save_top_k: int = 1  # >1: also keep the k best epochs as checkpoints/top/epoch<N>-<metric><value>.pt
+    sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only)
 
 
 @dataclass
@@ -154,11 +155,21 @@ def claim_directory(base: str) -> str:
     raise ConfigError(f"could not find a free run directory next to {base}")
 
 
+def rank_suffix() -> str:
+    """`-rank<R>` for the processes torchrun starts besides rank 0, else empty: their Hydra run
+    directory, `.hydra` folder and log file get it, so no two processes write the same file."""
+    from lrlab.core.launch import launched_rank
+
+    rank = launched_rank()
+    return f"-rank{rank}" if rank > 0 else ""
+
+
 def register_schemas() -> None:
     """Store the schemas in Hydra's ConfigStore at its root, where they are not listed as options
     of a group: `lrlab_schema` (config.yaml extends it), `lr_finder_schema` (conf/lr_finder/*.yaml)
     and one `data_<source>_schema` per registered data source (conf/data/<source>.yaml)."""
     OmegaConf.register_new_resolver("lrlab_unique_dir", claim_directory, replace=True)
+    OmegaConf.register_new_resolver("lrlab_rank_suffix", rank_suffix, replace=True)
     store = ConfigStore.instance()
     store.store(name="lrlab_schema", node=LrlabConfig, provider="lrlab")
     store.store(name="lr_finder_schema", node=FinderConfig, provider="lrlab")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from lrlab.core.distributed import is_distributed
 from lrlab.finder.curve_cache import DirectoryCurveStore, SharedCurves
 
 # What shapes a range test's losses beyond the model and optimizer state (which are hashed):
@@ -17,9 +18,9 @@ CONTEXT_KEYS = ("data", "model", "optimizer", "train", "precision", "device", "s
 
 def shared_curves(cfg: DictConfig, launch_dir: Path) -> SharedCurves | None:
     """The run's curve store and context, or None when `share_curves` is off (or auto outside a
-    sweep)."""
+    sweep, or across processes: a rank reusing a curve would skip the others' collectives)."""
     mode = str(cfg.lr_finder.share_curves)
-    if mode == "off" or (mode == "auto" and cfg.trial.study is None):
+    if mode == "off" or (mode == "auto" and cfg.trial.study is None) or is_distributed():
         return None
     resolved = OmegaConf.to_container(cfg, resolve=True)
     parts = {key: resolved.get(key) for key in CONTEXT_KEYS}

@@ -47,15 +47,23 @@ def _affine_params(n: int, augment: Mapping[str, Any], generator: torch.Generato
     return theta
 
 
-def jitter(x: torch.Tensor, augment: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor:
+def jitter(
+    x: torch.Tensor,
+    augment: Mapping[str, Any],
+    generator: torch.Generator,
+    draws: int | None = None,
+    rows: slice = slice(None),
+) -> torch.Tensor:
     """Per-image contrast (around the image's mean) and brightness factors drawn from
-    [1 - c, 1 + c] and [1 - b, 1 + b], on 0..255 pixel values; `x` unchanged when both are 0."""
+    [1 - c, 1 + c] and [1 - b, 1 + b], on 0..255 pixel values; `x` unchanged when both are 0.
+    A data-parallel shard of a batch draws for the whole batch (`draws` images) and keeps `rows`,
+    so the generator advances as in one process."""
     brightness, contrast = float(augment.get("brightness", 0.0)), float(augment.get("contrast", 0.0))
     if brightness == 0 and contrast == 0:
         return x
     n = x.shape[0]
-    c = 1 + (torch.rand(n, generator=generator) * 2 - 1) * contrast
-    b = 1 + (torch.rand(n, generator=generator) * 2 - 1) * brightness
+    c = (1 + (torch.rand(draws or n, generator=generator) * 2 - 1) * contrast)[rows]
+    b = (1 + (torch.rand(draws or n, generator=generator) * 2 - 1) * brightness)[rows]
     c, b = c.view(n, 1, 1, 1).to(x.device), b.view(n, 1, 1, 1).to(x.device)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * c + mean).mul_(b).clamp_(0, 255)

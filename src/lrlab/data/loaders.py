@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from lrlab.data.augment import _affine_params, jitter
 from lrlab.data.types import ImageSource, Normalization, TensorSplit
+from lrlab.errors import LrlabError
 
 
 class TensorLoader:
@@ -21,6 +22,16 @@ class TensorLoader:
 
     Yields (float images normalised with the model's mean/std, 3 channels, labels) on `device`.
     The data order and augmentation depend only on `seed` and the number of epochs drawn so far.
+
+    `shard=(rank, world)` gives one of `world` processes its part (data-parallel training):
+    - `split_batches=True` (training): every rank draws the same seeded global order and the same
+      augmentation as one process would, cuts the same global batches of `batch_size` and keeps
+      rows `rank::world` of each, `batch_size // world` rows; a last partial batch is padded from
+      the start of the order to a multiple of `world`. Every rank yields `len(self)` batches, and
+      together the ranks' batches are exactly one process's batches;
+    - `split_batches=False` (evaluation): rank r takes rows r, r + world, ... of the (unshuffled)
+      split in batches of `ceil(batch_size / world)`: disjoint, together the whole split, counts
+      differing by at most one batch, for metrics whose sums are all-reduced.
     """
 
     def __init__(
@@ -33,7 +44,17 @@ class TensorLoader:
         drop_last: bool = False,
         augment: Mapping[str, Any] | None = None,
         seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
+        split_batches: bool = True,
     ):
+        self.rank, self.world = shard
+        if split_batches and batch_size % self.world:
+            fit = self.world * max(1, batch_size // self.world)
+            raise LrlabError(
+                f"data.batch_size={batch_size} is the global batch of all {self.world} processes together "
+                f"and must be a multiple of {self.world}, e.g. data.batch_size={fit}."
+            )
+        self.split_batches = split_batches
         self.device = torch.device(device)
         self.images = split.images.to(self.device)
         self.labels = split.labels.to(self.device)
@@ -45,28 +66,46 @@ class TensorLoader:
         self.std = torch.tensor(norm.std, device=self.device).view(1, channels, 1, 1) * 255
         self.channels = channels
 
-    def __len__(self) -> int:
+    def _rows_per_batch(self) -> tuple[int, int]:
+        """(rows this process reads, batch size it reads them in): the whole split, or its shard."""
         n = len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.world == 1 or self.split_batches:
+            return n, self.batch_size
+        return len(range(self.rank, n, self.world)), math.ceil(self.batch_size / self.world)
+
+    def __len__(self) -> int:
+        n, batch_size = self._rows_per_batch()
+        return n // batch_size if self.drop_last else math.ceil(n / batch_size)
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of rows `index`; when splitting batches, this rank's rows of it, augmented by
+        the draws one process would make for the whole batch."""
+        n = len(index)
+        mine = slice(self.rank, None, self.world) if self.world > 1 and self.split_batches else slice(None)
+        index = index[mine]
         x = self.images[index].float()
         if x.shape[1] != self.channels:
             x = x.expand(-1, self.channels, -1, -1)
         if self.augment:
-            theta = _affine_params(len(index), self.augment, self.generator)
+            theta = _affine_params(n, self.augment, self.generator)
             if theta is not None:
-                grid = F.affine_grid(theta.to(self.device), list(x.shape), align_corners=False)
+                grid = F.affine_grid(theta[mine].to(self.device), list(x.shape), align_corners=False)
                 x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-            x = jitter(x, self.augment, self.generator)
+            x = jitter(x, self.augment, self.generator, n, mine)
         return (x - self.mean) / self.std, self.labels[index]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.device)
+        if self.world > 1 and not self.split_batches:
+            order = order[self.rank :: self.world]
+        batch_size = self._rows_per_batch()[1]
         for i in range(len(self)):
-            yield self._batch(order[i * self.batch_size : (i + 1) * self.batch_size])
+            index = order[i * batch_size : (i + 1) * batch_size]
+            if self.world > 1 and self.split_batches and len(index) % self.world:
+                index = torch.cat([index, order[: self.world - len(index) % self.world]])
+            yield self._batch(index)
 
 
 def _timm_transform(norm: Normalization, image_size: int, training: bool, augment: Mapping[str, Any]) -> Any:
@@ -103,12 +142,15 @@ def make_loaders(
     norm: Normalization,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Loaders:
     """Train, valid and test loaders for a source (`train, valid, test = make_loaders(...)`):
     TensorLoaders in memory, else DataLoaders with timm's transforms. `cfg` is a data config as a
-    mapping (batch_size, augment, image_size, num_workers)."""
+    mapping (batch_size, augment, image_size, num_workers). `shard=(rank, world)`: this process's
+    part for data-parallel training (in memory only): `batch_size` is the global batch, each
+    process trains on its rows of every global batch and validates on its rows of valid; test is
+    whole (one process reports it)."""
     batch_size, augment = int(cfg["batch_size"]), dict(cfg.get("augment") or {})
-    held_out = [source.valid] + ([source.test] if source.test is not None else [])
     if isinstance(source.train, TensorSplit):
         train = TensorLoader(
             source.train,
@@ -119,8 +161,25 @@ def make_loaders(
             drop_last=len(source.train) > batch_size,
             augment=augment,
             seed=seed,
+            shard=shard,
         )
-        return Loaders(train, *(TensorLoader(split, batch_size * 2, norm, device) for split in held_out))
+        valid = TensorLoader(source.valid, batch_size * 2, norm, device, shard=shard, split_batches=False)
+        test = TensorLoader(source.test, batch_size * 2, norm, device) if source.test is not None else None
+        return Loaders(train, valid, test)
+    if shard[1] > 1:
+        raise LrlabError(
+            f"data={cfg['name']}: training across processes needs the data in memory (data.in_memory=true); "
+            "file datasets are not sharded yet."
+        )
+    return _file_loaders(source, cfg, norm, device, seed)
+
+
+def _file_loaders(
+    source: ImageSource, cfg: Mapping[str, Any], norm: Normalization, device: torch.device | str, seed: int
+) -> Loaders:
+    """DataLoaders over file datasets with timm's transforms (one process)."""
+    batch_size, augment = int(cfg["batch_size"]), dict(cfg.get("augment") or {})
+    held_out = [source.valid] + ([source.test] if source.test is not None else [])
     workers = int(cfg.get("num_workers", 0))
     pin = torch.device(device).type == "cuda"
     source.train.transform = _timm_transform(norm, cfg["image_size"], True, augment)
