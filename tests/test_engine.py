@@ -202,3 +202,32 @@ def test_predict_returns_labels_targets_and_the_evaluate_loss(digits) -> None:
         assert torch.allclose(with_probs.probabilities, model(x).softmax(1), atol=1e-6)
     empty = engine.predict([])
     assert len(empty.predictions) == 0 and empty.loss != empty.loss  # nan
+
+
+def test_compile_settings_map_to_torch_compile_modes(compose_cfg) -> None:
+    from lrlab.app.schema import validate
+    from lrlab.core.compiling import compile_mode
+    from lrlab.errors import ConfigError
+
+    assert [compile_mode(s) for s in (False, "false", True, "true")] == [None, None, "default", "default"]
+    assert compile_mode("reduce-overhead") == "reduce-overhead"
+    with pytest.raises(ConfigError, match=r"train\.compile='fast'.*reduce-overhead"):
+        validate(compose_cfg("experiment=smoke", "train.compile=fast"))
+    assert (
+        validate(compose_cfg("experiment=smoke", "train.compile=max-autotune")).train.compile
+        == "max-autotune"
+    )
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(digits) -> None:
+    """torch.compile (inductor on the CPU) changes speed, not the arithmetic beyond float rounding."""
+    weights = []
+    for setting in (False, "default"):
+        model = _mlp()
+        train, _ = _loaders(digits, 64)
+        engine = Engine(model, compile=setting)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        engine.train_epoch(train, opt)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)

@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lrlab.core.compiling import compile_mode
 from lrlab.core.monitor import Monitor
 from lrlab.core.types import Stage
 from lrlab.data.registry import DataConfig, get_source, registered_sources
@@ -58,7 +59,9 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float | None = None  # max gradient norm, None = off
     channels_last: bool = True
-    compile: bool = False  # torch.compile the model
+    # torch.compile the model: false | true (= default) | default | reduce-overhead (CUDA graphs) |
+    # max-autotune | max-autotune-no-cudagraphs; training, evaluation and the range test all use it
+    compile: bool | str = False
     log_every: int = 25  # optimizer steps between host read-backs of the loss
     progress: bool | str = "auto"  # batch progress bars: auto (when attached to a terminal) | true | false
     checkpoints: bool = True  # write last.pt and best.pt (by valid_loss) in the run directory
@@ -284,6 +287,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _positive(merged.train.grad_accum, "train.grad_accum")
     _positive(merged.train.log_every, "train.log_every")
     _choice(merged.train.tta, ("none", "hflip"), "train.tta")
+    compile_mode(merged.train.compile)
     _qualified(
         lambda: Monitor(merged.train.monitor, merged.train.mode, merged.train.min_delta),
         "train",

@@ -142,7 +142,7 @@ class DistributedEngine(Engine):
         self.forward_model = None  # drop the old wrapper (and its gradient hooks) before the new one
         ids = [self.device] if self.device.type == "cuda" else None
         ddp = DistributedDataParallel(self.model, device_ids=ids)  # buffers: rank 0's, each forward
-        self.forward_model = torch.compile(ddp) if self.compiled else ddp
+        self.forward_model = torch.compile(ddp, mode=self.compile_mode) if self.compiled else ddp
         self._wrapped_for = trainable
 
     def backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

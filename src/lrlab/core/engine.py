@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from lrlab.core.compiling import compile_mode
 from lrlab.core.device import resolve_precision
 from lrlab.core.optim import momentum_of
 from lrlab.core.types import Callback, EpochResult, StepRecord
@@ -76,7 +77,7 @@ class Engine:
         grad_accum: int = 1,
         grad_clip: float | None = None,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         log_every: int = 25,
         progress: bool = False,
         callbacks: Sequence[Callback] = (),
@@ -88,7 +89,8 @@ class Engine:
         if self.precision not in ("32", "bf16", "16"):
             raise LrlabError(f"precision={precision!r} is not valid; choose auto, 32, bf16 or 16.")
         self.model = model
-        self.forward_model = torch.compile(model) if compile else model
+        self.compile_mode = compile_mode(compile)
+        self.forward_model = torch.compile(model, mode=self.compile_mode) if self.compile_mode else model
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
         self.grad_accum, self.grad_clip = int(grad_accum), grad_clip
         self.channels_last, self.log_every, self.progress = channels_last, int(log_every), progress
