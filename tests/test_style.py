@@ -23,3 +23,18 @@ def _ruff(*args: str) -> subprocess.CompletedProcess:
 def test_ruff_is_clean(command: tuple[str, ...]) -> None:
     out = _ruff(*command)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_no_merge_conflict_markers_are_left_in_tracked_text() -> None:
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    marked = []
+    for name in files:
+        path = ROOT / name
+        if path.suffix not in {".py", ".md", ".yaml", ".toml", ".sh", ".txt", ".cfg"} or not path.is_file():
+            continue
+        lines = path.read_text(errors="replace").splitlines()
+        if any(line.startswith(("<<<<<<< ", ">>>>>>> ")) for line in lines):
+            marked.append(name)
+    assert not marked, f"merge conflict markers in {marked}"
