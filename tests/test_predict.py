@@ -91,10 +91,15 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
         "evaluation/top_losses.png",
         "evaluation/per_class.csv",
     } <= logged
-    evaluated = run_cli("task=evaluate", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}", "tracking=none")
+    evaluated = run_cli("task=evaluate", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     accuracy = run.data.metrics["test/accuracy"]
     assert f"accuracy {accuracy:.4f}" in evaluated.stdout + evaluated.stderr
+    # task=evaluate is its own MLflow run beside the training run, pointing back at it
+    runs = client.search_runs([run.info.experiment_id], filter_string="tags.task = 'evaluate'")
+    assert len(runs) == 1 and runs[0].data.tags["source_run_id"] == run.info.run_id
+    assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["test/accuracy"] == accuracy
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")} == logged
     assert len(list((tmp_path / "outputs").rglob("confusion_matrix.png"))) == 2
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)

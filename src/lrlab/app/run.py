@@ -20,7 +20,7 @@ from lrlab.app.checkpoint import CheckpointCallback, load_resume
 from lrlab.app.console import format_time
 from lrlab.app.evaluate import TestReport, evaluate_checkpoint, evaluate_split
 from lrlab.app.hooks import RunCallbacks
-from lrlab.app.run_record import log_run_start
+from lrlab.app.run_record import log_evaluation, log_run_start
 from lrlab.app.schema import validate
 from lrlab.app.shared_curves import shared_curves
 from lrlab.core.distributed import is_main
@@ -106,7 +106,7 @@ def run_experiment(
     """Run the task `cfg.task` names (train or lr_find), logging to MLflow unless `tracking=none`."""
     output_dir, launch_dir = Path(output_dir), Path(launch_dir or Path.cwd())
     if cfg.task in ("predict", "evaluate", "export"):
-        return _from_checkpoint_task(validate(cfg), output_dir, overrides or [])
+        return _from_checkpoint_task(validate(cfg), output_dir, overrides or [], launch_dir)
     uri = _tracking_uri(cfg, launch_dir)
     setup = build(cfg)
     cfg = setup.cfg
@@ -165,7 +165,9 @@ def _checkpoint_tta(cfg: DictConfig, overrides: list[str]) -> str:
     return str((saved.get("train") or {}).get("tta", "none"))
 
 
-def _from_checkpoint_task(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> RunResult:
+def _from_checkpoint_task(
+    cfg: DictConfig, output_dir: Path, overrides: list[str], launch_dir: Path
+) -> RunResult:
     """task=predict (image files -> predictions.csv), evaluate (the checkpoint's test split) or
     export (ONNX / TorchScript file + model.json, checked against PyTorch)."""
     from lrlab.core.device import resolve_device
@@ -173,8 +175,10 @@ def _from_checkpoint_task(cfg: DictConfig, output_dir: Path, overrides: list[str
     device = resolve_device(cfg.device)
     tta = _checkpoint_tta(cfg, overrides) if cfg.task != "export" else "none"  # export: no TTA
     if cfg.task == "evaluate":
+        uri = _tracking_uri(cfg, launch_dir)
         report = evaluate_checkpoint(cfg.checkpoint, output_dir, tta, device)
-        return RunResult([], {}, output_dir=output_dir, test=report.metrics)
+        run_id = log_evaluation(uri, cfg, report, overrides, tta) if uri else None
+        return RunResult([], {}, output_dir=output_dir, test=report.metrics, run_id=run_id)
     if cfg.task == "export":
         from lrlab.models.checkpoint import load_model
         from lrlab.models.export import export_model

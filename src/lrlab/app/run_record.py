@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lrlab.app.build import Setup
+from lrlab.app.evaluate import TestReport
 from lrlab.core.distributed import world_size
 from lrlab.core.reproducibility import machine_fingerprint
 from lrlab.integrations.mlflow import MlflowTracker, provenance_tags
@@ -74,3 +75,26 @@ def log_run_start(
         )
     tracker.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
     tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), "config/overrides.yaml")
+
+
+def log_evaluation(uri: str, cfg: DictConfig, report: TestReport, overrides: list[str], tta: str) -> str:
+    """`task=evaluate` as its own MLflow run, in the experiment of the run that trained the
+    checkpoint and tagged with that run's id: the test metrics and the evaluation files."""
+    from lrlab.models.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(cfg.checkpoint)["meta"]
+    trained = OmegaConf.create(meta.get("config") or "{}")
+    experiment = OmegaConf.select(trained, "tracking.experiment", default=None) or cfg.tracking.experiment
+    name = cfg.tracking.run_name or f"{OmegaConf.select(trained, 'name', default='lrlab')}-evaluate"
+    tracker = MlflowTracker(uri, str(experiment), run_name=name)
+    tags = {**context_tags(), "task": "evaluate", "checkpoint": str(cfg.checkpoint), "tta": tta}
+    tags["overrides"] = " ".join(overrides)
+    if meta.get("mlflow_run_id"):
+        tags["source_run_id"] = meta["mlflow_run_id"]
+    tracker.set_tags(tags)
+    for key, value in report.metrics.items():
+        tracker.log_metric(f"test/{key}", value)
+    for path in report.files:
+        tracker.log_artifact(path, "evaluation")
+    tracker.finish("FINISHED")
+    return tracker.run_id
