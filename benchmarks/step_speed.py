@@ -10,7 +10,9 @@ same precision and memory format:
 - `lr_find`: lrlab's `find_lr` over as many steps (snapshot, ramp, restore);
 and prints images/s, each against `plain`, and the first-pass overhead (first pass minus a warm
 pass of a fresh model: torch.compile, cuDNN autotuning, allocator warm-up). Images are random
-uint8 (speed does not depend on content, and no dataset has to travel with the script).
+uint8 (speed does not depend on content, and no dataset has to travel with the script). With
+`--compile`, torch reuses a compiled graph for a fresh model of the same architecture, so the
+compile time lands on the first method timed (plain) and the others' overhead looks small.
 
 Run by hand, not by CI:
 

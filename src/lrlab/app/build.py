@@ -129,7 +129,7 @@ def build(cfg: DictConfig) -> Setup:
         class_names=list(source.class_names),
         class_groups=source.class_groups,
         split_sizes=sizes,
-        split_digests=source.digests() if cfg.tracking.backend == "mlflow" else {},
+        split_digests=source.digests() if cfg.tracking.backend == "mlflow" and distributed.is_main() else {},
         preprocess=Preprocess(
             source.eval_resize, cfg.data.image_size, source.channels, norm.mean, norm.std, norm.interpolation
         ),

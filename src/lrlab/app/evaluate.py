@@ -16,6 +16,7 @@ from lrlab.core.engine import Engine
 from lrlab.core.interpret import Interpretation, ThumbnailTap
 from lrlab.core.metrics import classification_report
 from lrlab.data.preprocess import Preprocess
+from lrlab.models.checkpoint import LoadedModel
 
 log = logging.getLogger("lrlab")
 TOP_LOSSES = 16
@@ -58,17 +59,16 @@ def evaluate_split(
 
 
 def evaluate_checkpoint(
-    checkpoint: str, output_dir: Path, tta: str = "none", device: Any = "cpu"
+    checkpoint: str, loaded: LoadedModel, output_dir: Path, tta: str = "none", device: Any = "cpu"
 ) -> TestReport:
-    """`task=evaluate`: the checkpoint's model on its own data's test split (rebuilt from the
-    config saved in the checkpoint, so the split is the one it was never trained or chosen on)."""
+    """`task=evaluate`: the model of `checkpoint` (as `lrlab.load_model` gives it) on its own
+    data's test split (rebuilt from the config saved in the checkpoint, so the split is the one it
+    was never trained or chosen on)."""
     from lrlab.data.loaders import make_loaders
     from lrlab.data.sources import load_source
     from lrlab.data.types import Normalization
     from lrlab.errors import ConfigError
-    from lrlab.models.checkpoint import load_model
 
-    loaded = load_model(checkpoint, device=device)
     data_cfg = OmegaConf.to_container(OmegaConf.create(loaded.meta["config"]).data, resolve=True)
     source = load_source(data_cfg)
     if source.test is None:

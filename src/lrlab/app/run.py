@@ -176,8 +176,11 @@ def _from_checkpoint_task(
     tta = _checkpoint_tta(cfg, overrides) if cfg.task != "export" else "none"  # export: no TTA
     if cfg.task == "evaluate":
         uri = _tracking_uri(cfg, launch_dir)
-        report = evaluate_checkpoint(cfg.checkpoint, output_dir, tta, device)
-        run_id = log_evaluation(uri, cfg, report, overrides, tta) if uri else None
+        from lrlab.models.checkpoint import load_model
+
+        loaded = load_model(cfg.checkpoint, device=device)
+        report = evaluate_checkpoint(cfg.checkpoint, loaded, output_dir, tta, device)
+        run_id = log_evaluation(uri, cfg, loaded.meta, report, overrides, tta) if uri else None
         return RunResult([], {}, output_dir=output_dir, test=report.metrics, run_id=run_id)
     if cfg.task == "export":
         from lrlab.models.checkpoint import load_model

@@ -77,12 +77,12 @@ def log_run_start(
     tracker.log_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))), "config/overrides.yaml")
 
 
-def log_evaluation(uri: str, cfg: DictConfig, report: TestReport, overrides: list[str], tta: str) -> str:
+def log_evaluation(
+    uri: str, cfg: DictConfig, meta: dict[str, Any], report: TestReport, overrides: list[str], tta: str
+) -> str:
     """`task=evaluate` as its own MLflow run, in the experiment of the run that trained the
-    checkpoint and tagged with that run's id: the test metrics and the evaluation files."""
-    from lrlab.models.checkpoint import load_checkpoint
-
-    meta = load_checkpoint(cfg.checkpoint)["meta"]
+    checkpoint (`meta`: the checkpoint's metadata) and tagged with that run's id: the test metrics
+    and the evaluation files."""
     trained = OmegaConf.create(meta.get("config") or "{}")
     experiment = OmegaConf.select(trained, "tracking.experiment", default=None) or cfg.tracking.experiment
     name = cfg.tracking.run_name or f"{OmegaConf.select(trained, 'name', default='lrlab')}-evaluate"
