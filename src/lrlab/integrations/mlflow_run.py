@@ -11,8 +11,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 SYSTEM_METRICS_INTERVAL_S = 10.0
 
 
