@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lrlab.core.engine import Engine
-from lrlab.data.augment import _affine_params, jitter
+from lrlab.data.augment import _affine_params, jitter, warp
 
 
 def _corners(theta: torch.Tensor) -> torch.Tensor:
@@ -87,3 +87,21 @@ def test_label_smoothing_and_tta_reach_the_engine(compose_cfg) -> None:
     setup = build(cfg)
     engine = _engine(setup, [])
     assert engine.loss_fn.label_smoothing == pytest.approx(0.1) and engine.tta == "hflip"
+
+
+def test_pure_flips_are_indexed_and_match_resampling() -> None:
+    """hflip/vflip alone take the indexing path of `warp`; it gives the pixels grid_sample gives."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(16, 3, 9, 7, generator=gen) * 255
+    theta = _affine_params(16, {"hflip": 0.5, "vflip": 0.5}, gen)
+    assert (theta[:, 0, 0] < 0).any() and (theta[:, 1, 1] < 0).any() and (theta[:, 0, 0] > 0).any()
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    resampled = torch.nn.functional.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+    flipped = warp(x, theta)
+    torch.testing.assert_close(flipped, resampled, atol=1e-3, rtol=0)
+    mirrored = theta[:, 0, 0] < 0
+    assert torch.equal(flipped[mirrored & (theta[:, 1, 1] > 0)], x[mirrored & (theta[:, 1, 1] > 0)].flip(-1))
+    scaled = _affine_params(16, {"hflip": 0.5, "scale": [0.5, 0.9]}, gen)
+    grid = torch.nn.functional.affine_grid(scaled, list(x.shape), align_corners=False)
+    expected = torch.nn.functional.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+    assert torch.equal(warp(x, scaled), expected)

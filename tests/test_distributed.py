@@ -17,8 +17,8 @@ import torch.distributed as dist
 from mlflow.tracking import MlflowClient
 
 from lrlab.app.checkpoint import load_checkpoint
-from lrlab.data.loaders import TensorLoader
-from lrlab.data.types import Normalization, TensorSplit
+from lrlab.data.loaders import Loaders, TensorLoader, make_loaders
+from lrlab.data.types import ImageSource, Normalization, TensorSplit
 from lrlab.errors import LrlabError
 
 AUGMENT = {"hflip": 0.5, "scale": [0.8, 1.0], "brightness": 0.2, "contrast": 0.2}
@@ -85,6 +85,49 @@ def test_evaluation_shards_are_disjoint_and_cover_the_split() -> None:
 def test_the_global_batch_must_split_evenly() -> None:
     with pytest.raises(LrlabError, match=r"data.batch_size=10 is the global batch .* multiple of 3"):
         _loader(50, 10, (0, 3))
+
+
+class _IndexImages:
+    """A map-style dataset whose image is its own index (what a file dataset gives DataLoader)."""
+
+    def __init__(self, n: int):
+        self.n, self.transform = n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.tensor([float(i)]), i
+
+
+def _file_loaders(n: int, shard: tuple[int, int]) -> Loaders:
+    source = ImageSource(_IndexImages(n), _IndexImages(n // 2), ["a"], _IndexImages(7))
+    cfg = {"name": "files", "batch_size": 12, "image_size": 8, "augment": {}}
+    return make_loaders(source, cfg, Normalization((0.5,) * 3, (0.5,) * 3), shard=shard)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_file_dataset_shards_are_one_process_batches_split_by_rank(world: int) -> None:
+    """File datasets (DataLoader): each rank's training batches interleaved are one process's
+    batches, two epochs running; valid shards are disjoint and cover valid; test stays whole."""
+    single = _file_loaders(48, (0, 1))
+    ranks = [_file_loaders(48, (r, world)) for r in range(world)]
+    for _epoch in range(2):
+        whole = [y for _, y in single.train]
+        parts = [[y for _, y in loaders.train] for loaders in ranks]
+        assert {len(p) for p in parts} == {len(whole)} == {4}
+        for step, y in enumerate(whole):
+            got = torch.empty_like(y)
+            for r, part in enumerate(parts):
+                got[r::world] = part[step]
+            assert torch.equal(got, y)
+    epochs = [tuple(torch.cat([y for _, y in single.train]).tolist()) for _ in range(2)]
+    assert epochs[0] != epochs[1]
+    valid = [torch.cat([y for _, y in loaders.valid]).tolist() for loaders in ranks]
+    assert sorted(row for part in valid for row in part) == list(range(24))
+    assert [torch.cat([y for _, y in loaders.test]).tolist() for loaders in ranks] == [list(range(7))] * world
+    with pytest.raises(LrlabError, match=r"data.batch_size=12 is the global batch .* multiple of 5"):
+        _file_loaders(48, (0, 5))
 
 
 # The tiny CNN with GroupNorm (per-image statistics): with the same global batches the two runs

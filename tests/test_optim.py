@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import torch
 
-from lrlab.core.optim import build_optimizer, group_lrs, no_weight_decay_names, param_groups
+from lrlab.core.optim import build_optimizer, fused_default, group_lrs, no_weight_decay_names, param_groups
 from lrlab.core.schedules import cosine, one_cycle
 from lrlab.models.factory import create_model
 from lrlab.models.groups import layer_groups
@@ -100,3 +100,31 @@ def test_cosine_warmup_then_decay(model_and_groups) -> None:
         sched.step()
     assert lrs[0] == pytest.approx(0.01) and lrs[4] == pytest.approx(0.1)
     assert lrs[-1] == pytest.approx(1e-4) and all(a >= b for a, b in itertools.pairwise(lrs[4:]))
+
+
+def test_fused_kernels_on_cuda_unless_the_config_says_otherwise(model_and_groups, monkeypatch) -> None:
+    model, _ = model_and_groups
+    assert fused_default(partial(torch.optim.AdamW, betas=(0.9, 0.99)), model) == {}  # CPU model
+    cuda_param = torch.nn.Parameter(torch.zeros(1))
+    monkeypatch.setattr(type(cuda_param), "device", property(lambda self: torch.device("cuda", 0)))
+    on_cuda = torch.nn.Linear(1, 1)
+    monkeypatch.setattr(on_cuda, "parameters", lambda recurse=True: iter([cuda_param]))
+    assert fused_default(partial(torch.optim.AdamW, betas=(0.9, 0.99)), on_cuda) == {"fused": True}
+    assert fused_default(partial(torch.optim.SGD, momentum=0.9, fused=None), on_cuda) == {"fused": True}
+    assert fused_default(partial(torch.optim.AdamW, fused=False), on_cuda) == {}
+    assert fused_default(lambda params, lr: torch.optim.AdamW(params, lr), on_cuda) == {}
+
+
+@pytest.mark.gpu
+def test_adamw_on_cuda_is_fused_and_steps(compose_cfg) -> None:
+    from hydra.utils import instantiate
+
+    model = create_model("resnet18", num_classes=5).cuda()
+    opt = build_optimizer(
+        instantiate(compose_cfg("data=digits").optimizer), model, layer_groups(model, 2), 1e-3
+    )
+    assert opt.defaults["fused"] is True
+    before = model.fc.weight.detach().clone()
+    model(torch.randn(2, 3, 32, 32, device="cuda")).sum().backward()
+    opt.step()
+    assert not torch.equal(before, model.fc.weight)

@@ -9,12 +9,20 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lrlab.data.augment import _affine_params, jitter
+from lrlab.data.augment import _affine_params, jitter, warp
 from lrlab.data.types import ImageSource, Normalization, TensorSplit
 from lrlab.errors import LrlabError
+
+
+def check_global_batch(batch_size: int, world: int) -> None:
+    """Fail early when the global batch does not split evenly across `world` processes."""
+    if batch_size % world:
+        raise LrlabError(
+            f"data.batch_size={batch_size} is the global batch of all {world} processes together "
+            f"and must be a multiple of {world}, e.g. data.batch_size={world * max(1, batch_size // world)}."
+        )
 
 
 class TensorLoader:
@@ -48,12 +56,8 @@ class TensorLoader:
         split_batches: bool = True,
     ):
         self.rank, self.world = shard
-        if split_batches and batch_size % self.world:
-            fit = self.world * max(1, batch_size // self.world)
-            raise LrlabError(
-                f"data.batch_size={batch_size} is the global batch of all {self.world} processes together "
-                f"and must be a multiple of {self.world}, e.g. data.batch_size={fit}."
-            )
+        if split_batches:
+            check_global_batch(batch_size, self.world)
         self.split_batches = split_batches
         self.device = torch.device(device)
         self.images = split.images.to(self.device)
@@ -89,8 +93,7 @@ class TensorLoader:
         if self.augment:
             theta = _affine_params(n, self.augment, self.generator)
             if theta is not None:
-                grid = F.affine_grid(theta[mine].to(self.device), list(x.shape), align_corners=False)
-                x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+                x = warp(x, theta[mine])
             x = jitter(x, self.augment, self.generator, n, mine)
         return (x - self.mean) / self.std, self.labels[index]
 
@@ -147,7 +150,7 @@ def make_loaders(
     """Train, valid and test loaders for a source (`train, valid, test = make_loaders(...)`):
     TensorLoaders in memory, else DataLoaders with timm's transforms. `cfg` is a data config as a
     mapping (batch_size, augment, image_size, num_workers). `shard=(rank, world)`: this process's
-    part for data-parallel training (in memory only): `batch_size` is the global batch, each
+    part for data-parallel training: `batch_size` is the global batch, each
     process trains on its rows of every global batch and validates on its rows of valid; test is
     whole (one process reports it)."""
     batch_size, augment = int(cfg["batch_size"]), dict(cfg.get("augment") or {})
@@ -166,44 +169,68 @@ def make_loaders(
         valid = TensorLoader(source.valid, batch_size * 2, norm, device, shard=shard, split_batches=False)
         test = TensorLoader(source.test, batch_size * 2, norm, device) if source.test is not None else None
         return Loaders(train, valid, test)
-    if shard[1] > 1:
-        raise LrlabError(
-            f"data={cfg['name']}: training across processes needs the data in memory (data.in_memory=true); "
-            "file datasets are not sharded yet."
-        )
-    return _file_loaders(source, cfg, norm, device, seed)
+    return _file_loaders(source, cfg, norm, device, seed, shard)
+
+
+class ShardedShuffle(torch.utils.data.Sampler):
+    """Training order of a file dataset (one draw per epoch) for rank `rank` of `world`: every
+    rank draws the same permutation from the shared `generator` (seeded alike, advanced alike),
+    pads it from its start to a multiple of `world` and keeps positions `rank::world`; batches of
+    `batch_size // world` from it are then each rank's rows of one process's global batches. The
+    generator is the DataLoader's, so resuming restores the order. Written here because torch's
+    DistributedSampler reseeds from an epoch counter the engine would have to set, and does not
+    interleave batches."""
+
+    def __init__(self, size: int, generator: torch.Generator, rank: int, world: int):
+        self.size, self.generator, self.rank, self.world = size, generator, rank, world
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world)
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.size, generator=self.generator)
+        if self.size % self.world:
+            order = torch.cat([order, order[: self.world - self.size % self.world]])
+        yield from order[self.rank :: self.world].tolist()
 
 
 def _file_loaders(
-    source: ImageSource, cfg: Mapping[str, Any], norm: Normalization, device: torch.device | str, seed: int
+    source: ImageSource,
+    cfg: Mapping[str, Any],
+    norm: Normalization,
+    device: torch.device | str,
+    seed: int,
+    shard: tuple[int, int] = (0, 1),
 ) -> Loaders:
-    """DataLoaders over file datasets with timm's transforms (one process)."""
-    batch_size, augment = int(cfg["batch_size"]), dict(cfg.get("augment") or {})
-    held_out = [source.valid] + ([source.test] if source.test is not None else [])
-    workers = int(cfg.get("num_workers", 0))
-    pin = torch.device(device).type == "cuda"
+    """DataLoaders over file datasets with timm's transforms; with `shard=(rank, world)` each
+    process reads its rows of every global training batch (`ShardedShuffle`) and rows
+    `rank::world` of valid; test stays whole (one process reports it)."""
+    (rank, world), batch_size = shard, int(cfg["batch_size"])
+    check_global_batch(batch_size, world)
+    augment, workers = dict(cfg.get("augment") or {}), int(cfg.get("num_workers", 0))
+    common = dict(num_workers=workers, pin_memory=torch.device(device).type == "cuda")
     source.train.transform = _timm_transform(norm, cfg["image_size"], True, augment)
+    generator = torch.Generator().manual_seed(seed)
     train = DataLoader(
         source.train,
-        batch_size=batch_size,
-        shuffle=True,
+        batch_size=batch_size // world,
+        sampler=ShardedShuffle(len(source.train), generator, rank, world),
         drop_last=len(source.train) > batch_size,
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=workers,
-        pin_memory=pin,
+        generator=generator,
         persistent_workers=workers > 0,
+        **common,
     )
-    evals = []
-    for i, split in enumerate(held_out):
-        split.transform = _timm_transform(norm, cfg["image_size"], False, augment)
-        # valid is read every epoch: its workers persist; test is read once
-        loader = DataLoader(
-            split,
-            batch_size * 2,
-            shuffle=False,
-            num_workers=workers,
-            pin_memory=pin,
-            persistent_workers=workers > 0 and i == 0,
-        )
-        evals.append(loader)
-    return Loaders(train, *evals)
+    source.valid.transform = _timm_transform(norm, cfg["image_size"], False, augment)
+    valid_rows = range(rank, len(source.valid), world)
+    valid = DataLoader(  # read every epoch: its workers persist
+        source.valid,
+        math.ceil(batch_size * 2 / world),
+        sampler=list(valid_rows) if world > 1 else None,
+        persistent_workers=workers > 0,
+        **common,
+    )
+    test = None
+    if source.test is not None:
+        source.test.transform = _timm_transform(norm, cfg["image_size"], False, augment)
+        test = DataLoader(source.test, batch_size * 2, **common)
+    return Loaders(train, valid, test)
