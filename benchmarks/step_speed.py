@@ -123,20 +123,26 @@ def timed(fn: Callable, device: torch.device) -> float:
 
 
 def measure(args: argparse.Namespace, device: torch.device, batch: int) -> dict[str, dict[str, float]]:
-    """Per method: first-pass seconds, best warm-pass seconds over `repeats`, images/s."""
+    """Per method: first-pass seconds, best warm-pass seconds over `repeats` rounds (each round
+    times every method once), images/s."""
     split = _images(args, batch)
     makers = {
         "plain": lambda: plain_loop(args, device, split, batch),
         "train": lambda: lrlab_pass(args, device, split, batch, "train"),
         "lr_find": lambda: lrlab_pass(args, device, split, batch, "lr_find"),
     }
-    out = {}
+    runs, first = {}, {}
     for name, make in makers.items():
-        fn = make()
-        first = timed(fn, device)
-        warm = min(timed(fn, device) for _ in range(args.repeats))
-        out[name] = {"first_s": first, "warm_s": warm, "img_s": batch * args.steps / warm}
-    return out
+        runs[name] = make()
+        first[name] = timed(runs[name], device)
+    warm: dict[str, list[float]] = {name: [] for name in makers}
+    for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits every method alike
+        for name, fn in runs.items():
+            warm[name].append(timed(fn, device))
+    return {
+        name: {"first_s": first[name], "warm_s": min(w), "img_s": batch * args.steps / min(w)}
+        for name, w in warm.items()
+    }
 
 
 def main() -> None:
@@ -146,8 +152,8 @@ def main() -> None:
     parser.add_argument("--model", default="tf_efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 256])
-    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per timed pass")
-    parser.add_argument("--repeats", type=int, default=2, help="warm passes (the fastest counts)")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed pass")
+    parser.add_argument("--repeats", type=int, default=4, help="warm rounds (the fastest pass counts)")
     parser.add_argument("--compile", default=None, help="a torch.compile mode for all three (default: eager)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
