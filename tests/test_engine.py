@@ -219,6 +219,27 @@ def test_compile_settings_map_to_torch_compile_modes(compose_cfg) -> None:
     )
 
 
+def test_compiled_evaluation_pads_a_partial_last_batch_to_one_shape(digits) -> None:
+    """With compile on, the model sees every evaluation batch at the first batch's size (no second
+    graph for the last, partial batch), and the metrics and predictions are those of eager mode."""
+    model = _mlp()
+    eager, compiled = Engine(model), Engine(model, compile="default")
+    shapes = []
+
+    def recording_forward(x: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(x.shape))
+        return model(x)
+
+    compiled.forward_model = recording_forward  # stands in for the compiled module: records shapes
+    valid = TensorLoader(digits.valid, 64, NORM)
+    assert len(digits.valid) % 64 and len(valid) > 1
+    assert compiled.evaluate(valid) == pytest.approx(eager.evaluate(valid))
+    assert set(shapes) == {(64, *digits.valid.images.shape[1:])}
+    got, want = compiled.predict(valid, probabilities=True), eager.predict(valid, probabilities=True)
+    assert torch.equal(got.predictions, want.predictions) and len(got.targets) == len(digits.valid)
+    torch.testing.assert_close(got.probabilities, want.probabilities)
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager(digits) -> None:
     """torch.compile (inductor on the CPU) changes speed, not the arithmetic beyond float rounding."""

@@ -1,5 +1,6 @@
 """`train.compile` settings: which `torch.compile` mode a setting means (read without importing
-torch, so the config schema can check it while composing)."""
+torch, so the config schema can check it while composing), and the padding that keeps a compiled
+model's input shapes static."""
 
 from __future__ import annotations
 
@@ -24,3 +25,18 @@ def compile_mode(setting: Any) -> str | None:
         + ", ".join(COMPILE_MODES)
         + "."
     )
+
+
+def pad_rows(x: Any, rows: int) -> Any:
+    """`x` with zero rows appended up to `rows` (on its device, in its memory format), so a compiled
+    model sees one batch shape: a last partial evaluation batch would otherwise compile (or record
+    a CUDA graph for) a second one. In eval mode no row's output depends on another row."""
+    import torch  # here, not at the top: the config schema imports this module without torch
+
+    if len(x) >= rows:
+        return x
+    padded = x.new_zeros((rows, *x.shape[1:]))
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        padded = padded.contiguous(memory_format=torch.channels_last)
+    padded[: len(x)] = x
+    return padded

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from lrlab.core.compiling import compile_mode
+from lrlab.core.compiling import compile_mode, pad_rows
 from lrlab.core.device import resolve_precision
 from lrlab.core.optim import momentum_of
 from lrlab.core.types import Callback, EpochResult, StepRecord
@@ -30,8 +30,7 @@ class TrainingDiverged(LrlabError):
 
 
 class Predictions(NamedTuple):
-    """What `Engine.predict` returns: predicted labels, targets (CPU int64), the mean loss and,
-    when asked for, the class probabilities (N, classes)."""
+    """What `Engine.predict` returns: labels, targets (CPU int64), mean loss, optional probabilities."""
 
     predictions: torch.Tensor
     targets: torch.Tensor
@@ -254,9 +253,11 @@ class Engine:
             total = len(loader) if hasattr(loader, "__len__") else None
             loader = tqdm(loader, total=total, leave=False, desc="evaluate", unit="batch")
         try:
+            rows = 0  # with compile, a partial last batch is padded to the first's rows (one shape)
             for x, y in loader:
                 x, y = self._to_device(x, y)
-                scores = self._eval_scores(x)
+                rows = max(rows, len(x))
+                scores = self._eval_scores(pad_rows(x, rows) if self.compile_mode else x)[: len(x)]
                 total_loss += self._eval_loss(scores, y).double()
                 predictions.append(scores.softmax(1) if probabilities else scores.argmax(1))
                 targets.append(y)
@@ -266,8 +267,7 @@ class Engine:
         return total_loss, predictions, targets
 
     def _eval_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits, or with `tta="hflip"` the log of the probabilities averaged over the image and
-        its mirror image (test-time augmentation)."""
+        """Logits, or with `tta="hflip"` the log of the image's and its mirror's mean probabilities."""
         with self.autocast():
             logits = self.forward_model(x).float()
             if self.tta == "none":
