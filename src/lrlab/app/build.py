@@ -18,6 +18,7 @@ from lrlab.app.schema import validate
 from lrlab.core import distributed
 from lrlab.core.device import resolve_device, resolve_precision
 from lrlab.core.engine import Engine
+from lrlab.core.losses import training_loss
 from lrlab.core.optim import build_optimizer
 from lrlab.core.reproducibility import seed_everything
 from lrlab.core.stages import trainable_group_indices
@@ -166,6 +167,6 @@ def _engine(setup: Setup, callbacks: list[Any]) -> Engine:
         progress=_progress_enabled(t.progress) and distributed.is_main(),
         callbacks=callbacks,
         cudnn_benchmark=t.cudnn_benchmark,
-        loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        loss_fn=training_loss(len(setup.class_names), t.label_smoothing, t.ordinal_smoothing),
         tta=t.tta,
     )

@@ -69,6 +69,9 @@ class TrainConfig:
     # instead of 15 s, no faster afterwards for EfficientNet-Lite0)
     cudnn_benchmark: bool = False
     label_smoothing: float = 0.0  # training loss only (valid/test losses are plain cross-entropy)
+    # > 0: classes are ordered levels; train against a Gaussian of this width (class steps) around
+    # the true class instead of one-hot targets (SORD). 0: off
+    ordinal_smoothing: float = 0.0
     tta: str = "none"  # none | hflip: evaluate each image and its mirror, averaging probabilities
     monitor: str = "valid_loss"  # the valid-split metric best.pt, save_top_k and patience follow
     mode: str = "auto"  # auto (max for accuracy, else min) | min | max
@@ -299,6 +302,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"train.save_top_k={merged.train.save_top_k} must be at least 1.")
     if not 0 <= merged.train.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing={merged.train.label_smoothing} must be in [0, 1).")
+    if merged.train.ordinal_smoothing < 0:
+        raise ConfigError(f"train.ordinal_smoothing={merged.train.ordinal_smoothing} must be >= 0 (0: off).")
     OmegaConf.to_object(merged.data).check()
     finder = OmegaConf.to_container(merged.lr_finder, resolve=True)
     _qualified(lambda: FinderConfig(**finder).check(), "lr_finder", finder)

@@ -1,0 +1,41 @@
+"""Training losses: cross-entropy, optionally against soft targets for ordered classes.
+
+Written here because torch's cross-entropy takes soft targets but does not build them from a class
+order; SORD (Diaz & Marathe, CVPR 2019) is the method, with a Gaussian over class steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def ordinal_targets(num_classes: int, sigma: float) -> torch.Tensor:
+    """(classes, classes) soft targets: row y is a Gaussian of width `sigma` (in class steps) around
+    class y over the class order, normalised to sum to 1."""
+    steps = torch.arange(num_classes, dtype=torch.float32)
+    weights = torch.exp(-((steps[None, :] - steps[:, None]) ** 2) / (2 * sigma**2))
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+class OrdinalCrossEntropy(nn.Module):
+    """Cross-entropy against `ordinal_targets`: confusing a class with its neighbour costs less than
+    with a far class, for labels that are ordered levels (ELPV's defect probabilities 0, 1/3, 2/3, 1).
+    `label_smoothing` mixes in the uniform distribution as torch's cross-entropy does."""
+
+    def __init__(self, num_classes: int, sigma: float, label_smoothing: float = 0.0):
+        super().__init__()
+        self.register_buffer("targets", ordinal_targets(num_classes, sigma))
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        soft = self.targets.to(logits.device)[labels]
+        return nn.functional.cross_entropy(logits, soft, label_smoothing=self.label_smoothing)
+
+
+def training_loss(num_classes: int, label_smoothing: float = 0.0, ordinal_sigma: float = 0.0) -> nn.Module:
+    """The training loss a config asks for: plain cross-entropy (with label smoothing), or with
+    `ordinal_sigma > 0` the ordinal soft-target cross-entropy."""
+    if ordinal_sigma > 0:
+        return OrdinalCrossEntropy(num_classes, ordinal_sigma, label_smoothing)
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
