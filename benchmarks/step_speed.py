@@ -124,7 +124,7 @@ def timed(fn: Callable, device: torch.device) -> float:
 
 def measure(args: argparse.Namespace, device: torch.device, batch: int) -> dict[str, dict[str, float]]:
     """Per method: first-pass seconds, best warm-pass seconds over `repeats` rounds (each round
-    times every method once), images/s."""
+    times every method once, starting one method later than the round before), images/s."""
     split = _images(args, batch)
     makers = {
         "plain": lambda: plain_loop(args, device, split, batch),
@@ -136,9 +136,10 @@ def measure(args: argparse.Namespace, device: torch.device, batch: int) -> dict[
         runs[name] = make()
         first[name] = timed(runs[name], device)
     warm: dict[str, list[float]] = {name: [] for name in makers}
-    for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits every method alike
-        for name, fn in runs.items():
-            warm[name].append(timed(fn, device))
+    names = list(runs)
+    for r in range(args.repeats):  # interleaved, in rotating order: drift and position hit every method alike
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            warm[name].append(timed(runs[name], device))
     return {
         name: {"first_s": first[name], "warm_s": min(w), "img_s": batch * args.steps / min(w)}
         for name, w in warm.items()
