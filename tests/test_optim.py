@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -105,10 +106,10 @@ def test_cosine_warmup_then_decay(model_and_groups) -> None:
 def test_fused_kernels_on_cuda_unless_the_config_says_otherwise(model_and_groups, monkeypatch) -> None:
     model, _ = model_and_groups
     assert fused_default(partial(torch.optim.AdamW, betas=(0.9, 0.99)), model) == {}  # CPU model
-    cuda_param = torch.nn.Parameter(torch.zeros(1))
-    monkeypatch.setattr(type(cuda_param), "device", property(lambda self: torch.device("cuda", 0)))
-    on_cuda = torch.nn.Linear(1, 1)
-    monkeypatch.setattr(on_cuda, "parameters", lambda recurse=True: iter([cuda_param]))
+    on_cuda = torch.nn.Linear(1, 1)  # only its first parameter's device is read: stand in a CUDA one
+    monkeypatch.setattr(
+        on_cuda, "parameters", lambda recurse=True: iter([SimpleNamespace(device=torch.device("cuda"))])
+    )
     assert fused_default(partial(torch.optim.AdamW, betas=(0.9, 0.99)), on_cuda) == {"fused": True}
     assert fused_default(partial(torch.optim.SGD, momentum=0.9, fused=None), on_cuda) == {"fused": True}
     assert fused_default(partial(torch.optim.AdamW, fused=False), on_cuda) == {}

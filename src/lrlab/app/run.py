@@ -171,19 +171,17 @@ def _from_checkpoint_task(
     """task=predict (image files -> predictions.csv), evaluate (the checkpoint's test split) or
     export (ONNX / TorchScript file + model.json, checked against PyTorch)."""
     from lrlab.core.device import resolve_device
+    from lrlab.models.checkpoint import load_model
 
     device = resolve_device(cfg.device)
     tta = _checkpoint_tta(cfg, overrides) if cfg.task != "export" else "none"  # export: no TTA
     if cfg.task == "evaluate":
         uri = _tracking_uri(cfg, launch_dir)
-        from lrlab.models.checkpoint import load_model
-
         loaded = load_model(cfg.checkpoint, device=device)
         report = evaluate_checkpoint(cfg.checkpoint, loaded, output_dir, tta, device)
         run_id = log_evaluation(uri, cfg, loaded.meta, report, overrides, tta) if uri else None
         return RunResult([], {}, output_dir=output_dir, test=report.metrics, run_id=run_id)
     if cfg.task == "export":
-        from lrlab.models.checkpoint import load_model
         from lrlab.models.export import export_model
 
         done = export_model(load_model(cfg.checkpoint), output_dir / "export", cfg.format)

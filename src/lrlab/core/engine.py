@@ -90,7 +90,7 @@ class Engine:
         self.model = model
         self.compile_mode = compile_mode(compile)
         self.forward_model = torch.compile(model, mode=self.compile_mode) if self.compile_mode else model
-        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.loss_fn = (loss_fn or nn.CrossEntropyLoss()).to(self.device)  # buffers (soft targets) too
         self.grad_accum, self.grad_clip = int(grad_accum), grad_clip
         self.channels_last, self.log_every, self.progress = channels_last, int(log_every), progress
         self.callbacks = list(callbacks)

@@ -29,8 +29,7 @@ class OrdinalCrossEntropy(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        soft = self.targets.to(logits.device)[labels]
-        return nn.functional.cross_entropy(logits, soft, label_smoothing=self.label_smoothing)
+        return nn.functional.cross_entropy(logits, self.targets[labels], label_smoothing=self.label_smoothing)
 
 
 def training_loss(num_classes: int, label_smoothing: float = 0.0, ordinal_sigma: float = 0.0) -> nn.Module:

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
 
 def _affine_params(n: int, augment: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor | None:
     """Random (n, 2, 3) affine matrices for crop-scale, flips, 90-degree turns and rotations of
@@ -52,13 +54,9 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Apply one (2, 3) affine matrix per image of `x` (bilinear, mirrored at the borders). When
     every matrix is a pure flip (the default hflip-only augmentation) the images are flipped by
     indexing instead: the same pixels, without resampling the batch."""
-    diagonal = theta[:, [0, 1], [0, 1]]
-    pure_flips = (
-        theta[:, 0, 1].eq(0).all() and theta[:, 1, 0].eq(0).all() and theta[:, :, 2].eq(0).all()
-    ) and diagonal.abs().eq(1).all()
-    if pure_flips:
-        mirror_x = diagonal[:, 0].lt(0).to(x.device).view(-1, 1, 1, 1)
-        mirror_y = diagonal[:, 1].lt(0).to(x.device).view(-1, 1, 1, 1)
+    if theta.abs().eq(IDENTITY).all():  # every matrix is the identity up to the signs of its diagonal
+        mirror_x = theta[:, 0, 0].lt(0).to(x.device).view(-1, 1, 1, 1)
+        mirror_y = theta[:, 1, 1].lt(0).to(x.device).view(-1, 1, 1, 1)
         x = torch.where(mirror_x, x.flip(-1), x)
         return torch.where(mirror_y, x.flip(-2), x)
     grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)

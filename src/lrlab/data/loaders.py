@@ -221,11 +221,10 @@ def _file_loaders(
         **common,
     )
     source.valid.transform = _timm_transform(norm, cfg["image_size"], False, augment)
-    valid_rows = range(rank, len(source.valid), world)
     valid = DataLoader(  # read every epoch: its workers persist
         source.valid,
         math.ceil(batch_size * 2 / world),
-        sampler=list(valid_rows) if world > 1 else None,
+        sampler=list(range(rank, len(source.valid), world)) if world > 1 else None,
         persistent_workers=workers > 0,
         **common,
     )
