@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lrlab.core.engine import Engine
+from lrlab.core.losses import OrdinalCrossEntropy
 from lrlab.data.augment import _affine_params, jitter, warp
 
 
@@ -87,6 +88,10 @@ def test_label_smoothing_and_tta_reach_the_engine(compose_cfg) -> None:
     setup = build(cfg)
     engine = _engine(setup, [])
     assert engine.loss_fn.label_smoothing == pytest.approx(0.1) and engine.tta == "hflip"
+    setup.cfg.train.ordinal_smoothing = 0.5
+    ordinal = _engine(setup, []).loss_fn
+    assert isinstance(ordinal, OrdinalCrossEntropy) and ordinal.targets.shape == (10, 10)
+    assert ordinal.label_smoothing == pytest.approx(0.1)
 
 
 def test_pure_flips_are_indexed_and_match_resampling() -> None:
