@@ -11,7 +11,7 @@ from torch import nn
 
 from lrlab.core.engine import Engine
 from lrlab.core.losses import OrdinalCrossEntropy
-from lrlab.data.augment import _affine_params, jitter, warp
+from lrlab.data.augment import affine_params, jitter, warp
 
 
 def _corners(theta: torch.Tensor) -> torch.Tensor:
@@ -24,7 +24,7 @@ def test_crops_stay_inside_the_image_after_quarter_turns() -> None:
     """A narrow crop turned by 90 degrees has its long side along the other axis: the translation
     bound must swap with it, or the crop reads outside the image (filled by mirroring)."""
     gen = torch.Generator().manual_seed(0)
-    theta = _affine_params(4000, {"rot90": True, "scale": [0.3, 0.6]}, gen)
+    theta = affine_params(4000, {"rot90": True, "scale": [0.3, 0.6]}, gen)
     inside = _corners(theta).abs().amax(dim=(1, 2)) <= 1 + 1e-6
     assert inside.all(), f"{(~inside).sum()} of 4000 crops read outside the image"
 
@@ -32,14 +32,14 @@ def test_crops_stay_inside_the_image_after_quarter_turns() -> None:
 def test_without_turns_the_warp_and_its_random_stream_are_unchanged() -> None:
     """Adding turns and rotations did not change what flips + crops draw (reproducible results)."""
     aug = {"hflip": 0.5, "vflip": 0.5, "scale": [0.8, 1.0]}
-    a = _affine_params(64, aug, torch.Generator().manual_seed(1))
-    b = _affine_params(64, {**aug, "rot90": False, "rotate": 0.0}, torch.Generator().manual_seed(1))
+    a = affine_params(64, aug, torch.Generator().manual_seed(1))
+    b = affine_params(64, {**aug, "rot90": False, "rotate": 0.0}, torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     assert torch.allclose(a[:, 0, 1], torch.zeros(64)) and torch.allclose(a[:, 1, 0], torch.zeros(64))
 
 
 def test_small_rotations_stay_within_the_bound() -> None:
-    theta = _affine_params(2000, {"rotate": 3.0}, torch.Generator().manual_seed(2))
+    theta = affine_params(2000, {"rotate": 3.0}, torch.Generator().manual_seed(2))
     angles = torch.atan2(theta[:, 1, 0], theta[:, 0, 0])
     assert angles.abs().max() <= math.radians(3.0) + 1e-6
     assert angles.abs().max() > math.radians(2.5) and angles.std() > math.radians(1.0)
@@ -82,14 +82,14 @@ def test_flip_tta_averages_probabilities_of_the_image_and_its_mirror() -> None:
 
 
 def test_label_smoothing_and_tta_reach_the_engine(compose_cfg) -> None:
-    from lrlab.app.build import _engine, build
+    from lrlab.app.build import build, make_engine
 
     cfg = compose_cfg("experiment=smoke", "train.label_smoothing=0.1", "train.tta=hflip", "tracking=none")
     setup = build(cfg)
-    engine = _engine(setup, [])
+    engine = make_engine(setup, [])
     assert engine.loss_fn.label_smoothing == pytest.approx(0.1) and engine.tta == "hflip"
     setup.cfg.train.ordinal_smoothing = 0.5
-    ordinal = _engine(setup, []).loss_fn
+    ordinal = make_engine(setup, []).loss_fn
     assert isinstance(ordinal, OrdinalCrossEntropy) and ordinal.targets.shape == (10, 10)
     assert ordinal.label_smoothing == pytest.approx(0.1)
 
@@ -98,7 +98,7 @@ def test_pure_flips_are_indexed_and_match_resampling() -> None:
     """hflip/vflip alone take the indexing path of `warp`; it gives the pixels grid_sample gives."""
     gen = torch.Generator().manual_seed(4)
     x = torch.rand(16, 3, 9, 7, generator=gen) * 255
-    theta = _affine_params(16, {"hflip": 0.5, "vflip": 0.5}, gen)
+    theta = affine_params(16, {"hflip": 0.5, "vflip": 0.5}, gen)
     assert (theta[:, 0, 0] < 0).any() and (theta[:, 1, 1] < 0).any() and (theta[:, 0, 0] > 0).any()
     grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
     resampled = torch.nn.functional.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
@@ -106,7 +106,7 @@ def test_pure_flips_are_indexed_and_match_resampling() -> None:
     torch.testing.assert_close(flipped, resampled, atol=1e-3, rtol=0)
     mirrored = theta[:, 0, 0] < 0
     assert torch.equal(flipped[mirrored & (theta[:, 1, 1] > 0)], x[mirrored & (theta[:, 1, 1] > 0)].flip(-1))
-    scaled = _affine_params(16, {"hflip": 0.5, "scale": [0.5, 0.9]}, gen)
+    scaled = affine_params(16, {"hflip": 0.5, "scale": [0.5, 0.9]}, gen)
     grid = torch.nn.functional.affine_grid(scaled, list(x.shape), align_corners=False)
     expected = torch.nn.functional.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
     assert torch.equal(warp(x, scaled), expected)

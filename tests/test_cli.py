@@ -14,8 +14,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import spawn_lrlab
-from lrlab.app.checkpoint import load_checkpoint
 from lrlab.app.cli import CONFIG_DIR
+from lrlab.train.checkpoints import load_checkpoint
 
 SMOKE = ("experiment=smoke", "train.checkpoints=true")
 

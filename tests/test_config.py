@@ -15,11 +15,11 @@ from omegaconf import OmegaConf
 
 from lrlab.app.cli import CONFIG_DIR, deselect_null_groups
 from lrlab.app.schema import ModelConfig, TrackingConfig, validate
-from lrlab.core.types import Stage
 from lrlab.data.registry import get_source, registered_sources
 from lrlab.errors import ConfigError
 from lrlab.finder.config import FinderConfig
 from lrlab.finder.rules import RULES
+from lrlab.train.stage import Stage
 
 CONF = Path(CONFIG_DIR)
 OPTIONS = sorted(

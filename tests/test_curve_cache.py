@@ -12,7 +12,7 @@ import torch
 from lrlab.core.optim import build_optimizer
 from lrlab.data.loaders import TensorLoader
 from lrlab.data.sources import load_digits
-from lrlab.finder.curve_cache import DirectoryCurveStore
+from lrlab.finder.curve_cache import DirectoryCurveStore, SharedCurves
 from lrlab.finder.range_test import find_lr
 from lrlab.finder.rules import suggest
 from lrlab.models.factory import create_model, normalization
@@ -42,8 +42,8 @@ class CountingStore(DirectoryCurveStore):
 
 def test_an_identical_start_reuses_the_curve_and_any_change_misses(tmp_path: Path) -> None:
     store = CountingStore(tmp_path / "curves")
-    run = partial(find_lr, num_iter=30, end_lr=10.0, curve_store=store, context="digits 8px")
-    first = find_lr(*_setup(), num_iter=30, end_lr=10.0, curve_store=store, context="digits 8px")
+    run = partial(find_lr, num_iter=30, end_lr=10.0, shared=SharedCurves(store, "digits 8px"))
+    first = run(*_setup())
     assert not first.cached and first.seconds > 0 and store.puts == 1
 
     model, loader, optimizer = _setup()  # a new process would build exactly this
@@ -68,7 +68,7 @@ def test_an_identical_start_reuses_the_curve_and_any_change_misses(tmp_path: Pat
         p.requires_grad_(False)
     assert not run(model, loader, optimizer).cached and store.puts == 4  # another trainable set
     model, loader, optimizer = _setup()
-    assert not run(model, loader, optimizer, context="digits 16px").cached  # other data or loss
+    assert not run(model, loader, optimizer, shared=SharedCurves(store, "digits 16px")).cached  # other data
     model, loader, optimizer = _setup(seed=1)
     assert not run(model, loader, optimizer).cached  # another seed: other weights and data order
     assert not run(*_setup(), num_iter=40).cached  # another ramp

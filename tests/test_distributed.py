@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 from mlflow.tracking import MlflowClient
 
-from lrlab.app.checkpoint import load_checkpoint
 from lrlab.data.loaders import Loaders, TensorLoader, make_loaders
 from lrlab.data.types import ImageSource, Normalization, TensorSplit
 from lrlab.errors import LrlabError
+from lrlab.train.checkpoints import load_checkpoint
 
 AUGMENT = {"hflip": 0.5, "scale": [0.8, 1.0], "brightness": 0.2, "contrast": 0.2}
 

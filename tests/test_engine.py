@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from lrlab.app.checkpoint import CheckpointCallback, CheckpointError, load_checkpoint, save_atomic
 from lrlab.core.engine import Engine, TrainingDiverged
 from lrlab.core.schedules import constant
 from lrlab.core.types import Callback
 from lrlab.data.loaders import TensorLoader
 from lrlab.data.sources import load_digits
 from lrlab.data.types import Normalization
+from lrlab.train.checkpoints import CheckpointCallback, CheckpointError, load_checkpoint, save_atomic
 
 NORM = Normalization((0.5,), (0.5,))
 

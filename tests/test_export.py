@@ -13,10 +13,10 @@ from PIL import Image
 
 from lrlab import load_model
 from lrlab.app.build import build
-from lrlab.app.checkpoint import CheckpointCallback
 from lrlab.core.types import EpochResult
 from lrlab.errors import LrlabError
 from lrlab.models.export import TOLERANCE, export_model
+from lrlab.train.checkpoints import CheckpointCallback
 
 
 class _Engine:

@@ -16,10 +16,10 @@ from PIL import Image
 
 from lrlab import load_model
 from lrlab.app.build import build
-from lrlab.app.checkpoint import CheckpointCallback
 from lrlab.core.types import EpochResult
 from lrlab.integrations.mlflow import MlflowTracker
 from lrlab.integrations.mlflow_model import log_pytorch_model
+from lrlab.train.checkpoints import CheckpointCallback
 
 
 class _Engine:

@@ -92,7 +92,7 @@ def test_a_weights_file_that_would_run_code_is_refused_on_every_loading_path(
     monkeypatch.setattr(torch, "load", checked_load)
     with pytest.raises(LrlabError, match=r"evil\.pt cannot be read as plain tensors.*weights_only=True"):
         create_model("test_resnet", num_classes=3, pretrained=str(evil))
-    from lrlab.app.checkpoint import load_checkpoint
+    from lrlab.train.checkpoints import load_checkpoint
 
     with pytest.raises(LrlabError, match=r"not a checkpoint|not an lrlab checkpoint"):
         load_checkpoint(evil)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lrlab.app.checkpoint import CheckpointCallback, load_checkpoint
 from lrlab.core.monitor import EarlyStopping, Monitor
 from lrlab.core.types import EpochResult
+from lrlab.train.checkpoints import CheckpointCallback, load_checkpoint
 
 
 class _Engine:

@@ -13,13 +13,13 @@ from PIL import Image
 
 from lrlab import load_model
 from lrlab.app.build import build
-from lrlab.app.checkpoint import CheckpointCallback
 from lrlab.core.types import EpochResult
 from lrlab.data.loaders import TensorLoader
 from lrlab.data.preprocess import Preprocess
-from lrlab.data.sources import _uint8_stack
+from lrlab.data.sources import uint8_stack
 from lrlab.data.types import Normalization, TensorSplit
 from lrlab.models.checkpoint import CheckpointError, save_atomic
+from lrlab.train.checkpoints import CheckpointCallback
 
 
 class _Engine:
@@ -47,7 +47,7 @@ def test_a_checkpoint_rebuilds_the_model_and_its_preprocessing(compose_cfg, tmp_
     raw = np.rint(load_digits().images[:12] * (255.0 / 16.0)).astype(np.uint8)  # 8x8 grey, as the source
     files = [Image.fromarray(image, mode="L") for image in raw]
     norm = Normalization(loaded.preprocess.mean, loaded.preprocess.std)
-    split = TensorSplit(_uint8_stack(raw, loaded.preprocess.image_size), torch.zeros(12, dtype=torch.int64))
+    split = TensorSplit(uint8_stack(raw, loaded.preprocess.image_size), torch.zeros(12, dtype=torch.int64))
     x, _ = next(iter(TensorLoader(split, 12, norm)))
     assert torch.allclose(torch.stack([loaded.preprocess(f) for f in files]), x, atol=1e-6)
     with torch.no_grad():

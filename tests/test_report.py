@@ -11,7 +11,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from lrlab.sweep.report import analyse, markdown, write_report
+from lrlab.sweep.analysis import analyse
+from lrlab.sweep.report import markdown, write_report
 
 LR = FloatDistribution(1e-5, 1e-1, log=True)
 T0 = dt.datetime(2026, 1, 1)

@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import spawn_lrlab
-from lrlab.app.checkpoint import load_checkpoint
+from lrlab.train.checkpoints import load_checkpoint
 
 RUN = ("experiment=smoke", "epochs=4", "train.checkpoints=true", "hydra.run.dir=outputs/${now:%H-%M-%S-%f}")
 

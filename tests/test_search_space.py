@@ -14,10 +14,11 @@ from optuna.distributions import (
 
 from lrlab.errors import ConfigError
 from lrlab.sweep.baselines import widen
-from lrlab.sweep.samplers import SAMPLERS, make_sampler, suggest
+from lrlab.sweep.samplers import SAMPLERS, suggest
 from lrlab.sweep.search_space import format_value, parse_search_space
 from lrlab.sweep.session import objective_values
 from lrlab.sweep.settings import SweepSettings
+from lrlab.sweep.study import make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lrlab.integrations.stores import StoreError, open_sqlite, signals_held, sqlite_path
+from lrlab.integrations.locks import sqlite_path
+from lrlab.integrations.stores import StoreError, open_sqlite, signals_held
 
 WORKERS = 4
 
@@ -28,7 +29,7 @@ tracker.finish()
 
 OPTUNA_WORKER = """
 import sys, optuna
-from lrlab.sweep.storage import open_storage
+from lrlab.integrations.optuna_storage import open_storage
 study = optuna.create_study(study_name="s", storage=open_storage(sys.argv[1]), load_if_exists=True)
 study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=float(sys.argv[2])))
 """
@@ -122,7 +123,7 @@ def test_an_empty_store_file_is_replaced(tmp_path: Path) -> None:
     path.write_bytes(b"")
     import optuna
 
-    from lrlab.sweep.storage import open_storage
+    from lrlab.integrations.optuna_storage import open_storage
 
     optuna.create_study(study_name="x", storage=open_storage(f"sqlite:///{path}"))
     assert path.stat().st_size > 0
@@ -197,9 +198,9 @@ def test_runs_left_running_by_a_dead_process_are_ended_killed_by_the_next_run(tm
 
 
 def test_a_database_url_without_its_driver_names_the_key_and_the_extra() -> None:
-    from lrlab.integrations.mlflow import check_tracking_uri
+    from lrlab.integrations.mlflow_store import check_tracking_uri
+    from lrlab.integrations.optuna_storage import open_storage
     from lrlab.integrations.stores import require_driver
-    from lrlab.sweep.storage import open_storage
 
     with pytest.raises(StoreError, match=r"hydra\.sweeper\.storage='postgresql\+nosuchdriver://\*\*\*@db/x'"):
         open_storage("postgresql+nosuchdriver://user:secret@db/x")

@@ -21,7 +21,7 @@ from hydra_plugins.lrlab_optuna_sweeper.lrlab_optuna_sweeper import LrlabOptunaS
 from lrlab.app.cli import CONFIG_DIR
 from lrlab.errors import LrlabError
 from lrlab.finder.rules import RULES
-from lrlab.sweep.storage import open_storage
+from lrlab.integrations.optuna_storage import open_storage
 from lrlab.sweep.sweeper import job_outcome
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

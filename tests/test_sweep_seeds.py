@@ -15,6 +15,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from conftest import run_lrlab_report
+from lrlab.integrations.optuna_storage import open_storage
 from lrlab.sweep.seeds import (
     Stat,
     aggregate,
@@ -26,7 +27,6 @@ from lrlab.sweep.seeds import (
     trial_metrics,
     write_csv,
 )
-from lrlab.sweep.storage import open_storage
 
 SEEDS = CategoricalDistribution([0, 1, 2])
 LRS = CategoricalDistribution([1e-3, 1e-2])

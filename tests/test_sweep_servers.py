@@ -21,11 +21,12 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import spawn_lrlab
+from lrlab.integrations.optuna_storage import open_storage
+from lrlab.integrations.tracking import get_backend
 from lrlab.sweep.parent import open_parent_run
 from lrlab.sweep.search_space import SearchSpace, parse_search_space
 from lrlab.sweep.session import SweepSession
 from lrlab.sweep.settings import SweepSettings
-from lrlab.sweep.storage import open_storage
 from lrlab.sweep.study import SOURCE
 from servers import Postgres, ServerUnavailable, mlflow_server, postgres_server, unavailable
 
@@ -136,7 +137,10 @@ def test_workers_opening_a_study_together_start_one_mlflow_parent_run(
         log_params(self, params)
 
     monkeypatch.setattr(MlflowTracker, "log_params", slow_log_params)
-    parents = _together(lambda: open_parent_run(next(studies), settings, space, uri, "sweeps", store))
+    backend = get_backend("mlflow")
+    parents = _together(
+        lambda: open_parent_run(backend, next(studies), settings, space, uri, "sweeps", store)
+    )
     for parent in parents:
         parent.finish()
     assert len({p.run_id for p in parents}) == 1

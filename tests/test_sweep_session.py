@@ -19,14 +19,13 @@ from optuna.trial import TrialState
 
 from lrlab.errors import ConfigError
 from lrlab.finder.rules import RULES
+from lrlab.integrations.optuna_storage import open_storage
 from lrlab.sweep.baselines import FinderBaselines
 from lrlab.sweep.results import write_results
-from lrlab.sweep.samplers import effective_settings
 from lrlab.sweep.search_space import SearchSpace, parse_search_space
 from lrlab.sweep.session import Outcome, SweepFailed, SweepSession
 from lrlab.sweep.settings import SweepSettings
-from lrlab.sweep.storage import open_storage
-from lrlab.sweep.study import SOURCE, WORKER_ATTR
+from lrlab.sweep.study import SOURCE, WORKER_ATTR, effective_settings
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 pytestmark = [

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 from lrlab.app.cli import CONFIG_DIR
 from lrlab.errors import ConfigError
 from lrlab.finder.rules import RULES
+from lrlab.integrations.optuna_storage import PRUNERS, make_pruner
 from lrlab.sweep.samplers import SAMPLERS
 from lrlab.sweep.settings import SweepSettings
-from lrlab.sweep.storage import PRUNERS, make_pruner
 
 SWEEP_SOURCES = sorted((Path(__file__).resolve().parent.parent / "src" / "lrlab" / "sweep").glob("*.py"))
 

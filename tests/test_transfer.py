@@ -13,20 +13,16 @@ import torch
 from lrlab.core.engine import Engine
 from lrlab.core.optim import build_optimizer
 from lrlab.core.schedules import one_cycle
-from lrlab.core.stages import (
-    NORM_TYPES,
-    Stage,
-    run_stages,
-    spread_lrs,
-    trainable_group_indices,
-)
 from lrlab.core.types import Callback
 from lrlab.data.loaders import TensorLoader
 from lrlab.data.sources import load_digits
 from lrlab.data.types import ImageSource, TensorSplit
+from lrlab.errors import ConfigError
 from lrlab.finder.config import FinderConfig
 from lrlab.models.factory import create_model, normalization
 from lrlab.models.groups import layer_groups
+from lrlab.train.stage import Stage
+from lrlab.train.stages import NORM_TYPES, Training, run_stages, spread_lrs, trainable_group_indices
 
 ADAMW = partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
 
@@ -81,15 +77,8 @@ def _norm_param_names(model) -> set[str]:
 def test_head_stage_leaves_frozen_groups_bit_identical(digits, train_bn: bool) -> None:
     model, groups, train, valid, optimizer, engine, _ = _setup(digits)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    run_stages(
-        engine,
-        groups,
-        train,
-        valid,
-        [Stage("head", 1, lr=1e-2, trainable="head", train_bn=train_bn)],
-        optimizer,
-        one_cycle,
-    )
+    stages = [Stage("head", 1, lr=1e-2, trainable="head", train_bn=train_bn)]
+    run_stages(engine, Training(groups, train, valid, optimizer, one_cycle), stages)
     after = model.state_dict()
     norms = _norm_param_names(model)
     head = set(groups[-1].param_names)
@@ -108,7 +97,7 @@ def test_discriminative_lrs_are_geometric_and_one_cycle_ends_at_div_final(digits
     assert spread_lrs(1e-3, 4, 1000) == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3])
     _, groups, train, valid, optimizer, engine, spy = _setup(digits)
     stage = Stage("all", 1, lr=1e-3, trainable="all", lr_spread=100, pct_start=0.3, div=5, div_final=1e5)
-    run_stages(engine, groups, train, valid, [stage], optimizer, one_cycle)
+    run_stages(engine, Training(groups, train, valid, optimizer, one_cycle), [stage])
     layer = [g["layer_group"] for g in optimizer.param_groups]
     rows = np.array(spy.lrs)
     peaks = rows.max(axis=0)
@@ -127,7 +116,7 @@ def test_unfreezing_clears_optimizer_state_and_gradual_unfreezes_in_order(digits
         Stage("again", 1, lr=1e-3, trainable="from:1"),
         Stage("all", 1, lr=1e-3, trainable="all", lr_spread=10),
     ]
-    run_stages(engine, groups, train, valid, stages, optimizer, one_cycle)
+    run_stages(engine, Training(groups, train, valid, optimizer, one_cycle), stages)
     assert [s.trainable_groups for s in spy.starts] == [
         ["head"],
         ["body1", "head"],
@@ -144,23 +133,15 @@ def test_unfreezing_clears_optimizer_state_and_gradual_unfreezes_in_order(digits
     counts = [s.trainable_params for s in spy.starts]
     assert counts[0] < counts[1] == counts[2] < counts[3] == sum(p.numel() for p in model.parameters())
     assert trainable_group_indices("from:0", 3) == [0, 1, 2] and trainable_group_indices("from:-1", 3) == [2]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="from:K with -3 <= K < 3"):
         trainable_group_indices("from:5", 3)
 
 
 def test_find_stage_uses_the_suggestion_times_lr_scale(digits) -> None:
     _, groups, train, valid, optimizer, engine, spy = _setup(digits)
     stage = Stage("head", 1, lr="find", trainable="head", lr_rule="minimum", lr_scale=0.5, lr_spread=10)
-    run_stages(
-        engine,
-        groups,
-        train,
-        valid,
-        [stage],
-        optimizer,
-        one_cycle,
-        finder=FinderConfig(num_iter=30, end_lr=1.0),
-    )
+    finder = FinderConfig(num_iter=30, end_lr=1.0)
+    run_stages(engine, Training(groups, train, valid, optimizer, one_cycle, finder), [stage])
     start = spy.starts[0]
     assert start.rule == "minimum" and start.finder is not None
     assert start.lr == pytest.approx(start.finder.suggestions["minimum"] * 0.5, rel=1e-12)

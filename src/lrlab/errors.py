@@ -7,3 +7,17 @@ class LrlabError(Exception):
 
 class ConfigError(LrlabError):
     """The composed configuration has a bad key, type or value."""
+
+
+def check_choice(value: object, allowed: tuple[str, ...], key: str) -> str:
+    """`value` as text when it is one of `allowed`; else ConfigError naming `key` and the choices
+    (the one message for a bad choice, whichever layer checks it)."""
+    text = str(value)
+    if text not in allowed:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)}.")
+    return text
+
+
+class RunPruned(Exception):
+    """A sweep's pruner stopped this run early (raised by the trial reporter; the run ends KILLED
+    and its trial PRUNED). Not an LrlabError: nothing was wrong with the input."""

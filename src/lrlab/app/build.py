@@ -21,12 +21,14 @@ from lrlab.core.engine import Engine
 from lrlab.core.losses import training_loss
 from lrlab.core.optim import build_optimizer
 from lrlab.core.reproducibility import seed_everything
-from lrlab.core.stages import trainable_group_indices
-from lrlab.core.types import Stage
+from lrlab.core.settings import StepOptions
 from lrlab.data.loaders import make_loaders
 from lrlab.data.preprocess import Preprocess
 from lrlab.data.sources import load_source
 from lrlab.errors import ConfigError
+from lrlab.finder.config import FinderConfig
+from lrlab.finder.curve_cache import SharedCurves
+from lrlab.integrations.tracking import get_backend
 from lrlab.models.factory import (
     count_parameters,
     create_model,
@@ -34,6 +36,8 @@ from lrlab.models.factory import (
     to_device,
 )
 from lrlab.models.groups import layer_groups, model_summary
+from lrlab.train.stage import Stage
+from lrlab.train.stages import Training, trainable_group_indices
 
 log = logging.getLogger("lrlab")
 
@@ -64,6 +68,20 @@ class Setup:
     split_sizes: dict[str, int] = field(default_factory=dict)  # images in train, valid and test
     split_digests: dict[str, str] = field(default_factory=dict)  # content digests (only when tracked)
     preprocess: Preprocess | None = None  # how an image file becomes an input, as for the eval splits
+    finder: FinderConfig = field(default_factory=FinderConfig)  # the range test's settings (lr_finder)
+
+    def training(self, shared: SharedCurves | None = None) -> Training:
+        """What the staged trainer works on (range-test curves reused from `shared`, if given)."""
+        return Training(
+            self.groups,
+            self.train_loader,
+            self.valid_loader,
+            self.optimizer,
+            self.schedule,
+            self.finder,
+            self.cfg.seed,
+            shared,
+        )
 
     def model_description(self) -> dict[str, Any]:
         """What `lrlab.load_model` needs besides the weights, stored in every checkpoint."""
@@ -130,11 +148,17 @@ def build(cfg: DictConfig) -> Setup:
         class_names=list(source.class_names),
         class_groups=source.class_groups,
         split_sizes=sizes,
-        split_digests=source.digests() if cfg.tracking.backend == "mlflow" and distributed.is_main() else {},
+        split_digests=source.digests() if _records_datasets(cfg) else {},
         preprocess=Preprocess(
             source.eval_resize, cfg.data.image_size, source.channels, norm.mean, norm.std, norm.interpolation
         ),
+        finder=FinderConfig(**OmegaConf.to_container(cfg.lr_finder, resolve=True)),
     )
+
+
+def _records_datasets(cfg: DictConfig) -> bool:
+    """Whether this process records the data's content digests (they read every image once)."""
+    return get_backend(cfg.tracking.backend).records_datasets and distributed.is_main()
 
 
 def check_stages_fit(stages: list[Stage], groups: list) -> None:
@@ -142,7 +166,7 @@ def check_stages_fit(stages: list[Stage], groups: list) -> None:
     for i, stage in enumerate(stages):
         try:
             trainable_group_indices(stage.trainable, len(groups))
-        except ValueError as exc:
+        except ConfigError as exc:
             names = ", ".join(g.name for g in groups)
             raise ConfigError(f"stages.{i}.{exc} (this model's layer groups: {names})") from None
 
@@ -152,21 +176,16 @@ def _processes() -> str:
     return f" x {world} processes (DDP, global batch split across them)" if world > 1 else ""
 
 
-def _engine(setup: Setup, callbacks: list[Any]) -> Engine:
+def make_engine(setup: Setup, callbacks: list[Any]) -> Engine:
     """The run's engine: a DistributedEngine under torchrun (progress bars on rank 0 only)."""
     t = setup.cfg.train
+    options = StepOptions.of(t)
+    options.progress = _progress_enabled(t.progress) and distributed.is_main()
     return distributed.engine_class()(
         setup.model,
         setup.device,
         setup.precision,
-        grad_accum=t.grad_accum,
-        grad_clip=t.grad_clip,
-        channels_last=t.channels_last,
-        compile=t.compile,
-        log_every=t.log_every,
-        progress=_progress_enabled(t.progress) and distributed.is_main(),
-        callbacks=callbacks,
-        cudnn_benchmark=t.cudnn_benchmark,
         loss_fn=training_loss(len(setup.class_names), t.label_smoothing, t.ordinal_smoothing),
-        tta=t.tta,
+        callbacks=callbacks,
+        options=options,
     )

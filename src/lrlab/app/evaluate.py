@@ -12,8 +12,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from lrlab.app.console import format_test_report
+from lrlab.app.interpret import Interpretation, ThumbnailTap
 from lrlab.core.engine import Engine
-from lrlab.core.interpret import Interpretation, ThumbnailTap
 from lrlab.core.metrics import classification_report
 from lrlab.data.preprocess import Preprocess
 from lrlab.models.checkpoint import LoadedModel

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from lrlab.app.build import Setup
-from lrlab.app.checkpoint import CheckpointCallback
 from lrlab.app.console import ConsoleTable, finder_file_stem
 from lrlab.core.distributed import is_main
 from lrlab.core.monitor import EarlyStopping, Monitor
 from lrlab.core.types import Callback
 from lrlab.integrations.optuna import TrialReporter, load_trial
+from lrlab.train.checkpoints import CheckpointCallback
 
 
 class StageLog(Callback):

@@ -1,10 +1,12 @@
-"""What a training or range-test run records in MLflow when it starts: the params that apply to
-it (keys of other tasks, of sweeps when it is not a trial, of the range test when no stage runs
-one are left out rather than logged with values that mislead), tags, dataset inputs and config."""
+"""A run's record in its tracker (whichever backend `tracking.backend` names): the run opened and
+named, and what it records when it starts: the params that apply to it (keys of other tasks, of
+sweeps when it is not a trial, of the range test when no stage runs one are left out rather than
+logged with values that mislead), tags, dataset inputs and config; and `task=evaluate`'s own run."""
 
 from __future__ import annotations
 
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,27 @@ from lrlab.app.build import Setup
 from lrlab.app.evaluate import TestReport
 from lrlab.core.distributed import world_size
 from lrlab.core.reproducibility import machine_fingerprint
-from lrlab.integrations.mlflow import MlflowTracker, provenance_tags
-from lrlab.integrations.mlflow_run import context_tags, log_dataset_inputs
+from lrlab.integrations.provenance import provenance_tags
+from lrlab.integrations.tracking import Tracker, get_backend
 
 CHECKPOINT_TASK_KEYS = ("checkpoint", "format", "input")  # predict / evaluate / export only
+
+
+def run_name(cfg: DictConfig) -> str:
+    """`tracking.run_name`, else `<name>-<task>-<time>`, or for a sweep's trial `trial-<n>-<source>`."""
+    if cfg.tracking.run_name:
+        return str(cfg.tracking.run_name)
+    if cfg.trial.study is not None:
+        return f"trial-{cfg.trial.number}-{str(cfg.trial.source or 'search').replace(':', '-')}"
+    return f"{cfg.name}-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def open_tracker(cfg: DictConfig, uri: str | None, parent_run_id: str | None, run_id: str | None) -> Tracker:
+    """The run's tracker: a new run, or (`run_id`, a resumed training) the same run again."""
+    backend = get_backend(cfg.tracking.backend)
+    if run_id is not None:
+        return backend.open_run(uri, cfg.tracking.experiment, run_id=run_id)
+    return backend.open_run(uri, cfg.tracking.experiment, run_name(cfg), parent_run_id)
 
 
 def run_params(cfg: DictConfig) -> dict[str, Any]:
@@ -36,7 +55,7 @@ def run_params(cfg: DictConfig) -> dict[str, Any]:
 
 
 def log_run_start(
-    tracker: MlflowTracker, setup: Setup, overrides: list[str], launch_dir: Path, output_dir: Path
+    tracker: Tracker, setup: Setup, overrides: list[str], launch_dir: Path, output_dir: Path
 ) -> None:
     """Params, tags (provenance, machine, user and source, trial), dataset inputs and the config
     files of a run that starts (or resumes) logging."""
@@ -46,7 +65,6 @@ def log_run_start(
         tracker.set_tags({"resumed_from": str(cfg.resume)})
     tracker.set_tags(
         {
-            **context_tags(),
             **provenance_tags(launch_dir),
             **machine_fingerprint(),
             "device": str(setup.device),
@@ -61,9 +79,8 @@ def log_run_start(
     )
     tracker.log_params({f"split.{name}": size for name, size in setup.split_sizes.items()})
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    log_dataset_inputs(
-        tracker.client, tracker.run_id, str(cfg.data.name), setup.split_digests, setup.split_sizes, data
-    )
+    if setup.split_digests:
+        tracker.log_datasets(str(cfg.data.name), setup.split_digests, setup.split_sizes, data)
     if cfg.trial.study is not None:
         tracker.set_tags(
             {
@@ -78,16 +95,16 @@ def log_run_start(
 
 
 def log_evaluation(
-    uri: str, cfg: DictConfig, meta: dict[str, Any], report: TestReport, overrides: list[str], tta: str
-) -> str:
+    uri: str | None, cfg: DictConfig, meta: dict[str, Any], report: TestReport, overrides: list[str], tta: str
+) -> str | None:
     """`task=evaluate` as its own MLflow run, in the experiment of the run that trained the
     checkpoint (`meta`: the checkpoint's metadata) and tagged with that run's id: the test metrics
     and the evaluation files."""
     trained = OmegaConf.create(meta.get("config") or "{}")
     experiment = OmegaConf.select(trained, "tracking.experiment", default=None) or cfg.tracking.experiment
     name = cfg.tracking.run_name or f"{OmegaConf.select(trained, 'name', default='lrlab')}-evaluate"
-    tracker = MlflowTracker(uri, str(experiment), run_name=name)
-    tags = {**context_tags(), "task": "evaluate", "checkpoint": str(cfg.checkpoint), "tta": tta}
+    tracker = get_backend(cfg.tracking.backend).open_run(uri, str(experiment), run_name=name)
+    tags = {"task": "evaluate", "checkpoint": str(cfg.checkpoint), "tta": tta}
     tags["overrides"] = " ".join(overrides)
     if meta.get("mlflow_run_id"):
         tags["source_run_id"] = meta["mlflow_run_id"]

@@ -26,19 +26,17 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lrlab.app.tasks import CHECKPOINT_TASKS, TASKS
 from lrlab.core.compiling import compile_mode
 from lrlab.core.monitor import Monitor
-from lrlab.core.types import Stage
+from lrlab.core.settings import DEVICES, PRECISIONS, TTA_MODES
 from lrlab.data.registry import DataConfig, get_source, registered_sources
-from lrlab.errors import ConfigError
+from lrlab.errors import ConfigError, check_choice
 from lrlab.finder.config import FinderConfig
+from lrlab.integrations.tracking import backend_names
+from lrlab.train.stage import SPREAD_MODES, Stage, parse_trainable
 
-TASKS = ("train", "lr_find", "predict", "evaluate", "export")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "32", "bf16", "16")
-TRACKING_BACKENDS = ("mlflow", "none")
 TRIAL_METRICS = ("error_rate", "valid_loss", "accuracy", "train_loss")
-SPREAD_MODES = ("geometric", "slice_hi")
 
 
 @dataclass
@@ -85,7 +83,7 @@ class TrainConfig:
 class TrackingConfig:
     """Where the run is logged (`tracking=none` turns it off)."""
 
-    backend: str = "mlflow"  # mlflow | none
+    backend: str = "mlflow"  # mlflow | none | any backend registered in lrlab.integrations.tracking
     uri: str | None = None  # None: sqlite:///<launch dir>/mlflow.db (absolute, shared by multirun jobs)
     experiment: str = "${name}"  # MLflow experiment name
     run_name: str | None = None  # None: <name>-<task>-<timestamp>
@@ -183,13 +181,6 @@ def register_schemas() -> None:
         store.store(name=f"data_{source.name}_schema", node=source.config, provider="lrlab")
 
 
-def _choice(value: Any, allowed: Iterable[str], key: str) -> str:
-    text, allowed = str(value), tuple(allowed)
-    if text not in allowed:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)}.")
-    return text
-
-
 def _positive(value: float, key: str) -> None:
     if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{key}={value!r} must be a positive finite number.")
@@ -235,21 +226,18 @@ def _check_stage(stage: DictConfig, key: str) -> None:
         _positive(stage.lr, f"{key}.lr")
     if stage.epochs < 0:
         raise ConfigError(f"{key}.epochs={stage.epochs} must be >= 0.")
-    trainable = str(stage.trainable)
-    if trainable not in ("head", "all") and not (
-        trainable.startswith("from:") and trainable[5:].lstrip("-").isdigit()
-    ):
-        raise ConfigError(
-            f"{key}.trainable={trainable!r} is not valid: use head, all, or from:K (K a layer-group index)."
-        )
+    try:
+        parse_trainable(stage.trainable)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}.{exc}") from None
     if stage.lr_rule is not None:
-        _choice(stage.lr_rule, RULES, f"{key}.lr_rule")
+        check_choice(stage.lr_rule, tuple(RULES), f"{key}.lr_rule")
     _positive(stage.lr_scale, f"{key}.lr_scale")
     if not stage.lr_spread >= 1:
         raise ConfigError(
             f"{key}.lr_spread={stage.lr_spread} must be >= 1 (the first group gets lr / lr_spread)."
         )
-    _choice(stage.lr_spread_mode, SPREAD_MODES, f"{key}.lr_spread_mode")
+    check_choice(stage.lr_spread_mode, SPREAD_MODES, f"{key}.lr_spread_mode")
     if stage.pct_start is not None and not 0 < stage.pct_start < 1:
         raise ConfigError(f"{key}.pct_start={stage.pct_start} must be between 0 and 1.")
 
@@ -283,13 +271,13 @@ def _merged(cfg: DictConfig) -> DictConfig:
 def validate(cfg: DictConfig) -> DictConfig:
     """Merge `cfg` into the schemas and check values; raises ConfigError naming the bad key."""
     merged = _merged(cfg)
-    merged.task = _choice(merged.task, TASKS, "task")
-    merged.device = _choice(merged.device, DEVICES, "device")
-    merged.precision = _choice(merged.precision, PRECISIONS, "precision")
-    _choice(merged.tracking.backend, TRACKING_BACKENDS, "tracking.backend")
+    merged.task = check_choice(merged.task, tuple(TASKS), "task")
+    merged.device = check_choice(merged.device, DEVICES, "device")
+    merged.precision = check_choice(merged.precision, PRECISIONS, "precision")
+    check_choice(merged.tracking.backend, backend_names(), "tracking.backend")
     _positive(merged.train.grad_accum, "train.grad_accum")
     _positive(merged.train.log_every, "train.log_every")
-    _choice(merged.train.tta, ("none", "hflip"), "train.tta")
+    check_choice(merged.train.tta, TTA_MODES, "train.tta")
     compile_mode(merged.train.compile)
     _qualified(
         lambda: Monitor(merged.train.monitor, merged.train.mode, merged.train.min_delta),
@@ -308,14 +296,14 @@ def validate(cfg: DictConfig) -> DictConfig:
     finder = OmegaConf.to_container(merged.lr_finder, resolve=True)
     _qualified(lambda: FinderConfig(**finder).check(), "lr_finder", finder)
     if merged.trial.study is not None:
-        _choice(merged.trial.metric, TRIAL_METRICS, "trial.metric")
+        check_choice(merged.trial.metric, TRIAL_METRICS, "trial.metric")
         if merged.trial.storage is None or merged.trial.number is None:
             raise ConfigError(
                 "trial.study is set but trial.storage or trial.number is missing "
                 "(the sweeper sets all three)."
             )
-    _choice(merged.format, ("onnx", "torchscript"), "format")
-    if merged.task in ("predict", "evaluate", "export"):
+    check_choice(merged.format, ("onnx", "torchscript"), "format")
+    if merged.task in CHECKPOINT_TASKS:
         for key in ("checkpoint", "input") if merged.task == "predict" else ("checkpoint",):
             if merged[key] is None or not Path(str(merged[key])).expanduser().exists():
                 raise ConfigError(

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import torch
@@ -19,8 +20,9 @@ from torch import nn
 from lrlab.core.compiling import compile_mode, pad_rows
 from lrlab.core.device import resolve_precision
 from lrlab.core.optim import momentum_of
+from lrlab.core.settings import PRECISIONS, TTA_MODES, StepOptions
 from lrlab.core.types import Callback, EpochResult, StepRecord
-from lrlab.errors import LrlabError
+from lrlab.errors import LrlabError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,8 @@ class LossBuffer:
 
 
 class Engine:
-    """Trains and evaluates one model on one device; stages call `fit` once each. `tta="hflip"`
-    evaluates each image and its mirror image and averages their probabilities."""
+    """Trains and evaluates one model on one device; stages call `fit` once each. `options` (or
+    keyword overrides of single fields: `Engine(model, grad_accum=4)`) say how steps run."""
 
     def __init__(
         self,
@@ -73,42 +75,38 @@ class Engine:
         device: torch.device | str = "cpu",
         precision: str = "32",
         loss_fn: nn.Module | None = None,
-        grad_accum: int = 1,
-        grad_clip: float | None = None,
-        channels_last: bool = False,
-        compile: bool | str = False,
-        log_every: int = 25,
-        progress: bool = False,
         callbacks: Sequence[Callback] = (),
-        cudnn_benchmark: bool = False,
-        tta: str = "none",
+        options: StepOptions | None = None,
+        **overrides: Any,
     ):
+        options = replace(options or StepOptions(), **overrides)
         self.device = torch.device(device)
-        self.precision = resolve_precision(precision, self.device)
-        if self.precision not in ("32", "bf16", "16"):
-            raise LrlabError(f"precision={precision!r} is not valid; choose auto, 32, bf16 or 16.")
+        self.precision = resolve_precision(check_choice(precision, PRECISIONS, "precision"), self.device)
         self.model = model
-        self.compile_mode = compile_mode(compile)
+        self.compile_mode = compile_mode(options.compile)
         self.forward_model = torch.compile(model, mode=self.compile_mode) if self.compile_mode else model
         self.loss_fn = (loss_fn or nn.CrossEntropyLoss()).to(self.device)  # buffers (soft targets) too
-        self.grad_accum, self.grad_clip = int(grad_accum), grad_clip
-        self.channels_last, self.log_every, self.progress = channels_last, int(log_every), progress
+        self.grad_accum, self.grad_clip = int(options.grad_accum), options.grad_clip
+        self.channels_last, self.log_every = options.channels_last, int(options.log_every)
+        self.progress = options.progress
         self.callbacks = list(callbacks)
-        if tta not in ("none", "hflip"):
-            raise LrlabError(f"tta={tta!r} is not valid; choose none or hflip.")
-        self.tta = tta
+        self.tta = check_choice(options.tta, TTA_MODES, "tta")
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "16" else None
         self.global_step = 0
         self.global_epoch = 0
         self.images_seen = 0
         self.history: list[EpochResult] = []  # every epoch trained by this engine (restored on resume)
         self.fit_context: tuple[Any, Any, Any] | None = None  # the running fit's optimizer, scheduler, loader
-        self.stage_progress: Any = None  # set by run_stages: the stage reached and its LR decisions
-        self.eval_modules: list[nn.Module] = []
+        self.eval_modules: list[nn.Module] = []  # kept in eval mode while training (see hold_in_eval)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = (
-                cudnn_benchmark and not torch.are_deterministic_algorithms_enabled()
+                options.cudnn_benchmark and not torch.are_deterministic_algorithms_enabled()
             )
+
+    def hold_in_eval(self, modules: Sequence[nn.Module]) -> None:
+        """Keep `modules` in eval mode whenever the model trains (the norm layers of frozen layer
+        groups when their statistics should not adapt); an empty list ends that."""
+        self.eval_modules = list(modules)
 
     def train_mode(self) -> None:
         """model.train(), except `eval_modules` (norm layers of frozen groups) stay in eval mode."""

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrlab.models.groups import LayerGroup
+from lrlab.core.types import LayerGroup
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 

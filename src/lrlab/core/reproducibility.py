@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,29 @@ def loader_generator(loader: Any) -> torch.Generator | None:
     """The torch.Generator that orders a loader's batches (TensorLoader, DataLoader), if it has one."""
     gen = getattr(loader, "generator", None)
     return gen if isinstance(gen, torch.Generator) else None
+
+
+@dataclass
+class LoopState:
+    """The saved position of a training loop: weights, optimizer and GradScaler state, every RNG and
+    the loader's generator. `restore` puts them back (the range test's snapshot and a resumed
+    training both do, each adding its own counters)."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any] | None
+    rng: dict[str, Any]
+    loader: torch.Tensor | None
+
+    def restore(self, model: Any, optimizer: Any, scaler: Any, loader: Any) -> None:
+        model.load_state_dict(self.model)
+        optimizer.load_state_dict(self.optimizer)
+        if scaler and self.scaler is not None:
+            scaler.load_state_dict(self.scaler)
+        restore_rng_state(self.rng)
+        gen = loader_generator(loader)
+        if gen is not None and self.loader is not None:
+            gen.set_state(self.loader)
 
 
 def machine_fingerprint() -> dict[str, str]:

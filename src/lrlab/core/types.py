@@ -1,14 +1,13 @@
-"""Types shared by the engine, the staged runner, callbacks and the config schema: a training
-`Stage`, per-step and per-epoch records and the `Callback` hooks (integrations subclass it; the
-core never imports them). No torch import, so the CLI can register `Stage` as a schema cheaply."""
+"""Types shared by the engine, optimizer groups, the staged trainer and callbacks: per-step and
+per-epoch records, layer groups and the `Callback` hooks (integrations subclass it; the core never
+imports them). No torch import, so light modules (the tracking registry, the CLI) can use them."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from lrlab.core.engine import Engine
+Engine = Any  # the engine calling a hook (typed loosely: the engine module imports this one)
 
 
 @dataclass
@@ -43,8 +42,17 @@ class EpochResult:
         }
 
 
+@dataclass
+class LayerGroup:
+    """An ordered slice of the network (body chunk or head) that shares a learning rate and freezing."""
+
+    name: str
+    param_names: list[str] = field(default_factory=list)
+
+
 class Callback:
-    """Hooks the engine calls; subclass and override what you need."""
+    """Hooks the engine calls (and the staged trainer, `on_stage_start`, with a
+    `lrlab.train.stages.StageStart`); subclass and override what you need."""
 
     def on_stage_start(self, engine: Engine, start: Any) -> None: ...
 
@@ -55,34 +63,3 @@ class Callback:
     def on_epoch_end(self, engine: Engine, result: EpochResult) -> None: ...
 
     def on_fit_end(self, engine: Engine, stage: str, results: list[EpochResult]) -> None: ...
-
-
-@dataclass
-class Stage:
-    """One training stage.
-
-    trainable: 'head', 'all', or 'from:K' (layer groups K.. onwards; negative K counts from the end).
-    lr: a number, or 'find' to take the range test's `lr_rule` suggestion times `lr_scale`.
-    lr_spread: the first layer group gets lr / lr_spread, the head lr, geometric in between
-    (lr_spread_mode 'slice_hi' instead gives every body group lr / lr_spread, as fastai's slice(lr)).
-    """
-
-    name: str
-    epochs: int
-    lr: Any = "find"  # a number or "find" (Any: OmegaConf 2.3 rejects an int such as lr=1 for float | str)
-    trainable: str = "all"
-    train_bn: bool = True
-    lr_rule: str | None = None
-    lr_scale: float = 1.0
-    lr_spread: float = 1.0
-    lr_spread_mode: str = "geometric"
-    pct_start: float | None = None
-    div: float | None = None
-    div_final: float | None = None
-
-    def schedule_overrides(self) -> dict[str, float]:
-        return {
-            k: v
-            for k, v in (("pct_start", self.pct_start), ("div", self.div), ("div_final", self.div_final))
-            if v is not None
-        }

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 
-def _affine_params(n: int, augment: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor | None:
+def affine_params(n: int, augment: Mapping[str, Any], generator: torch.Generator) -> torch.Tensor | None:
     """Random (n, 2, 3) affine matrices for crop-scale, flips, 90-degree turns and rotations of
     up to `rotate` degrees; None if all are off. After an odd number of quarter turns the output's
     x-extent is the crop's y-scale, so the translation bounds swap with it (the crop stays inside

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader
 
-from lrlab.data.augment import _affine_params, jitter, warp
+from lrlab.data.augment import affine_params, jitter, warp
 from lrlab.data.types import ImageSource, Normalization, TensorSplit
 from lrlab.errors import LrlabError
 
@@ -91,7 +91,7 @@ class TensorLoader:
         if x.shape[1] != self.channels:
             x = x.expand(-1, self.channels, -1, -1)
         if self.augment:
-            theta = _affine_params(n, self.augment, self.generator)
+            theta = affine_params(n, self.augment, self.generator)
             if theta is not None:
                 x = warp(x, theta[mine])
             x = jitter(x, self.augment, self.generator, n, mine)

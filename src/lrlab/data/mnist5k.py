@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lrlab.data.registry import AugmentConfig, DataConfig, register_source
-from lrlab.data.sources import _split_tensors, _uint8_stack, config_with
+from lrlab.data.sources import config_with, split_tensors, uint8_stack
 from lrlab.data.types import ImageSource
 from lrlab.errors import LrlabError
 
@@ -71,6 +71,6 @@ def load_mnist5k(cfg: Mnist5kConfig | None = None, **fields: Any) -> ImageSource
     """The 5,000 bundled MNIST digits, resized to image_size, split 60/20/20 stratified by class."""
     cfg = config_with(Mnist5kConfig, cfg, fields)
     images, labels = mnist5k_arrays()
-    stack = _uint8_stack(images, cfg.image_size)
-    train, valid, test = _split_tensors(stack, labels, labels, cfg)
+    stack = uint8_stack(images, cfg.image_size)
+    train, valid, test = split_tensors(stack, labels, labels, cfg)
     return ImageSource(train, valid, [str(c) for c in range(10)], test)

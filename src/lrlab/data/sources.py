@@ -42,8 +42,8 @@ def config_with(cls: type[Config], cfg: Config | None, fields: Mapping[str, Any]
     return replace(cfg, **fields) if cfg is not None else cls(**fields)
 
 
-def _uint8_stack(images: np.ndarray, size: int) -> torch.Tensor:
-    """A uint8 (N, 1, size, size) tensor from (N, H, W) uint8 images."""
+def uint8_stack(images: np.ndarray, size: int) -> torch.Tensor:
+    """A uint8 (N, 1, size, size) tensor from (N, H, W) uint8 images (every in-memory source)."""
     import torch
 
     return _resize_uint8(torch.from_numpy(images.copy()).unsqueeze(1), size)
@@ -65,7 +65,7 @@ def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _split_tensors(
+def split_tensors(
     images: torch.Tensor, labels: np.ndarray, strata: np.ndarray, cfg: DataConfig
 ) -> tuple[TensorSplit, TensorSplit, TensorSplit | None]:
     """Stratified train, valid and test splits (test None when test_pct is 0) of a tensor stack."""
@@ -159,8 +159,8 @@ def load_elpv(cfg: ElpvConfig | None = None, **fields: Any) -> ImageSource:
     cfg = config_with(ElpvConfig, cfg, fields)
     images, probs, types = _elpv_arrays(cfg.root)
     labels, names, strata = elpv_labels(probs, types, cfg.classes)
-    stack = _uint8_stack(images, cfg.image_size)
-    train, valid, test = _split_tensors(stack, labels, strata, cfg)
+    stack = uint8_stack(images, cfg.image_size)
+    train, valid, test = split_tensors(stack, labels, strata, cfg)
     groups = {k: list(v) for k, v in ELPV_GROUPS.items()} if cfg.classes == 4 else None
     return ImageSource(train, valid, names, test, class_groups=groups)
 
@@ -187,8 +187,8 @@ def load_digits(cfg: DigitsConfig | None = None, **fields: Any) -> ImageSource:
 
     cfg = config_with(DigitsConfig, cfg, fields)
     digits = sk_digits()
-    stack = _uint8_stack(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8), cfg.image_size)
-    train, valid, test = _split_tensors(stack, digits.target, digits.target, cfg)
+    stack = uint8_stack(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8), cfg.image_size)
+    train, valid, test = split_tensors(stack, digits.target, digits.target, cfg)
     return ImageSource(train, valid, [str(c) for c in digits.target_names], test)
 
 

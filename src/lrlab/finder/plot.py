@@ -1,20 +1,54 @@
 """The range-test plot: loss against LR on a log axis with each rule's suggestion marked; rule
-styles come from the rule registry so a newly registered rule is drawn too."""
+styles come from the rule registry so a newly registered rule is drawn too.
+
+Imports run one way: `result.py` calls into this module for `LRFinderResult.plot` and `.save`,
+and this module never imports `result.py`. It draws anything shaped like a result
+(`RangeTestCurve`, which `LRFinderResult` satisfies) and owns the band helper it needs."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from lrlab.finder.rules import RULES
 
-if TYPE_CHECKING:
-    from lrlab.finder.result import LRFinderResult
-
 MARKERS = ("o", "^", "v", "s", "D", "P", "X", "*")
 COLORS = ("tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black")
+
+
+class RangeTestCurve(Protocol):
+    """What the plot reads of a range-test result: the fields of `LRFinderResult` it draws."""
+
+    @property
+    def lrs(self) -> np.ndarray: ...
+    @property
+    def losses(self) -> np.ndarray: ...
+    @property
+    def smoothed(self) -> np.ndarray: ...
+    @property
+    def val_losses(self) -> np.ndarray | None: ...
+    @property
+    def suggestions(self) -> Mapping[str, float]: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def smoothing(self) -> str: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def stop_reason(self) -> str: ...
+    @property
+    def repeats(self) -> Sequence[RangeTestCurve]: ...
+    @property
+    def spread(self) -> Mapping[str, Mapping[str, float]]: ...
+    @property
+    def flags(self) -> Mapping[str, str | None]: ...
 
 
 def rule_style(rule: str) -> tuple[str, str]:
@@ -23,8 +57,18 @@ def rule_style(rule: str) -> tuple[str, str]:
     return MARKERS[index % len(MARKERS)], COLORS[index % len(COLORS)]
 
 
+def curve_band(curves: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Point-wise (min, max) over `curves` for the first `n` steps; NaN past every curve's end."""
+    stack = np.full((len(curves), n), np.nan)
+    for i, c in enumerate(curves):
+        stack[i, : min(n, len(c))] = c[:n]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # columns where every curve has stopped
+        return np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
+
+
 def plot_result(
-    result: LRFinderResult, path: str | Path | None = None, ax: Any = None, title: str | None = None
+    result: RangeTestCurve, path: str | Path | None = None, ax: Any = None, title: str | None = None
 ) -> Any:
     """Draw `result` on `ax` (a new figure when None); save a PNG when `path` is given."""
     import matplotlib
@@ -53,9 +97,16 @@ def plot_result(
     return fig
 
 
-def _curves(result: LRFinderResult, ax: Any) -> None:
-    from lrlab.finder.result import curve_band
+def save_plot(result: RangeTestCurve, path: str | Path, title: str | None = None) -> Path:
+    """Draw `result` into a new figure, write it to the PNG `path` and close the figure."""
+    figure = plot_result(result, path, title=title)
+    import matplotlib.pyplot as plt
 
+    plt.close(figure)
+    return Path(path)
+
+
+def _curves(result: RangeTestCurve, ax: Any) -> None:
     if result.repeats:
         for rep in result.repeats:
             ax.plot(rep.lrs, rep.smoothed, color="tab:blue", alpha=0.25, lw=0.8)
@@ -69,7 +120,7 @@ def _curves(result: LRFinderResult, ax: Any) -> None:
         ax.plot(result.lrs, result.val_losses, color="tab:green", lw=1.2, label="held-out loss")
 
 
-def _suggestions(result: LRFinderResult, ax: Any) -> None:
+def _suggestions(result: RangeTestCurve, ax: Any) -> None:
     finite = np.isfinite(result.smoothed)
     for rule, lr in result.suggestions.items():
         if not (np.isfinite(lr) and finite.any()):
@@ -85,7 +136,7 @@ def _suggestions(result: LRFinderResult, ax: Any) -> None:
         ax.plot([lr], [y], marker=marker, color=color, mfc=face, ms=9, ls="none", label=label)
 
 
-def _limits(result: LRFinderResult, ax: Any) -> None:
+def _limits(result: RangeTestCurve, ax: Any) -> None:
     """Clip the y axis to the informative part: from the minimum to a little above the start."""
     shown = (
         np.concatenate([result.smoothed[:-5], result.losses[:-5]])

@@ -30,7 +30,7 @@ from torch import nn
 from lrlab.core.engine import Engine, LossBuffer
 from lrlab.core.reproducibility import loader_generator
 from lrlab.finder.config import MODES, FinderConfig
-from lrlab.finder.curve_cache import CurveStore, curve_key
+from lrlab.finder.curve_cache import CurveStore, SharedCurves, curve_key
 from lrlab.finder.result import LRFinderResult, summarize_repeats
 from lrlab.finder.rules import RULES, edge_flag, rule_curves, suggest_on_curves
 from lrlab.finder.smoothing import ema_smooth, zero_lag_smooth
@@ -226,34 +226,25 @@ def find_lr(
     model: nn.Module,
     train_loader: Any,
     optimizer: torch.optim.Optimizer | Callable[..., torch.optim.Optimizer],
-    loss_fn: nn.Module | None = None,
     *,
     config: FinderConfig | None = None,
-    seed: int = 0,
     val_loader: Any = None,
     engine: Engine | None = None,
-    device: torch.device | str | None = None,
-    precision: str = "32",
-    grad_accum: int = 1,
-    progress: bool = False,
-    curve_store: CurveStore | None = None,
-    context: str = "",
+    seed: int = 0,
+    shared: SharedCurves | None = None,
     **overrides: Any,
 ) -> LRFinderResult | dict[str, LRFinderResult]:
     """Run the LR range test and restore every piece of state it touched.
 
-    `config` holds the test's settings (`FinderConfig`; its defaults when omitted); keyword
-    `overrides` replace single fields, e.g. `find_lr(model, loader, opt, num_iter=50, repeats=3)`.
-    `optimizer` is a built optimizer or a factory called as `factory(model.parameters())`.
-    Pass an `engine` to reuse its device, precision, GradScaler and accumulation settings.
-    With a `curve_store`, a ramp that starts from a state seen before (same snapshot digest and
-    `context`, which should name the data, model and loss) reuses the stored raw curve.
-    Returns one LRFinderResult, or with `per_group=True` one per layer group (keyed by name).
-    """
+    `config`: the test's settings (`FinderConfig`); keyword `overrides` replace single fields,
+    e.g. `find_lr(model, loader, opt, num_iter=50)`. `optimizer`: built, or a factory called with
+    `model.parameters()`. Steps run on `engine` (device, precision, loss, accumulation, progress;
+    default: fp32 on the model's device); `seed` orders repeats' data; with `shared`, a ramp from a
+    state seen before (same digest and context) reuses its stored curve. Returns one
+    LRFinderResult, or with `per_group=True` one per layer group (keyed by name)."""
     config = _resolve_config(config, overrides)
     if engine is None:
-        dev = torch.device(device) if device is not None else next(model.parameters()).device
-        engine = Engine(model, dev, precision, loss_fn=loss_fn, grad_accum=grad_accum)
+        engine = Engine(model, next(model.parameters()).device)
     if not isinstance(optimizer, torch.optim.Optimizer):
         optimizer = optimizer(model.parameters())
     sweeps = _sweeps(optimizer, config)
@@ -261,6 +252,7 @@ def find_lr(
     if val_loader is not None and config.val_batches > 0:
         held_out = [b for _, b in zip(range(config.val_batches), val_loader)]
     snapshot = Snapshot(model, optimizer, engine, train_loader)
+    curve_store, context = (shared.store, shared.context) if shared is not None else (None, "")
     start = snapshot.digest() if curve_store is not None else ""
     out: dict[str, LRFinderResult] = {}
     try:
@@ -272,7 +264,16 @@ def find_lr(
                     _reseed(train_loader, seed + r)
                 label = f"lr_find {name}" + (f" {r + 1}/{config.repeats}" if config.repeats > 1 else "")
                 key = curve_key(start, config, context, name, group_ratios, r) if curve_store else ""
-                run = (engine, optimizer, train_loader, sweep, group_ratios, config, held_out, progress)
+                run = (
+                    engine,
+                    optimizer,
+                    train_loader,
+                    sweep,
+                    group_ratios,
+                    config,
+                    held_out,
+                    engine.progress,
+                )
                 curve, cached = _recorded_curve(curve_store, key, (*run, label))
                 runs.append(_result_from(curve, config, name))
                 if cached:  # this run spent no time on it: a sweep's compute counts the curve once

@@ -1,5 +1,8 @@
 """The result of a range test: the recorded curve, its smoothing, every rule's suggestion, the
-spread over repeats, and its CSV, table and plot."""
+spread over repeats, and its CSV, table and plot.
+
+The drawing lives in `plot.py`, which this module imports (never the reverse): `plot` and
+`save` are thin methods over `plot.plot_result` and `plot.save_plot`."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lrlab.finder.plot import plot_result, save_plot
 from lrlab.finder.rules import edge_flag
 
 
@@ -83,28 +87,13 @@ class LRFinderResult:
         """Write `<stem>.png` and `<stem>.csv` into `directory`; returns both paths."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        png = directory / f"{stem}.png"
-        figure = self.plot(png, title=title)
-        import matplotlib.pyplot as plt
-
-        plt.close(figure)
+        png = save_plot(self, directory / f"{stem}.png", title=title)
         return png, self.to_csv(directory / f"{stem}.csv")
 
     def plot(self, path: str | Path | None = None, ax: Any = None, title: str | None = None) -> Any:
         """Loss against LR on a log axis: raw and smoothed curves, every suggestion, the band of
         repeated curves. Saves a PNG when `path` is given; returns the matplotlib Figure."""
-        from lrlab.finder.plot import plot_result
-
         return plot_result(self, path, ax, title)
-
-
-def curve_band(curves: Sequence[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    stack = np.full((len(curves), n), np.nan)
-    for i, c in enumerate(curves):
-        stack[i, : min(n, len(c))] = c[:n]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # columns where every curve has stopped
-        return np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
 
 
 def summarize_repeats(results: Sequence[LRFinderResult]) -> LRFinderResult:

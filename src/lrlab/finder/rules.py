@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from lrlab.finder.smoothing import _as_1d, finite_prefix
+from lrlab.finder.smoothing import as_1d, finite_prefix
 
 # Calibrated in the finder-vs-grid benchmark, leave-one-dataset-out (experiments/finder_benchmark/).
 DESCENT_FRACTION = 0.98
@@ -33,8 +33,8 @@ SUGGESTION_SCALE = 2.5  # the `lrlab` rule: minimum_or_valley x this
 
 def _curve(lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(lrs, losses)`` as equal-length 1-D float64 arrays."""
-    lr_arr = _as_1d(lrs, "lrs")
-    loss_arr = _as_1d(losses, "losses")
+    lr_arr = as_1d(lrs, "lrs")
+    loss_arr = as_1d(losses, "losses")
     if lr_arr.shape != loss_arr.shape:
         raise ValueError(f"lrs and losses must have the same length, got {lr_arr.size} and {loss_arr.size}")
     return lr_arr, loss_arr

@@ -7,8 +7,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 
-def _as_1d(values: ArrayLike, name: str) -> np.ndarray:
-    """Return ``values`` as a 1-D float64 array, or raise ``ValueError``."""
+def as_1d(values: ArrayLike, name: str) -> np.ndarray:
+    """Return ``values`` as a 1-D float64 array, or raise ``ValueError`` naming ``name``; the input
+    check of the smoothers here and of the suggestion rules."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
@@ -23,7 +24,7 @@ def _check_beta(beta: float) -> None:
 
 def finite_prefix(losses: ArrayLike) -> int:
     """Return the number of leading finite losses, i.e. the index of the first NaN or inf."""
-    arr = _as_1d(losses, "losses")
+    arr = as_1d(losses, "losses")
     bad = np.flatnonzero(~np.isfinite(arr))
     return int(bad[0]) if bad.size else int(arr.size)
 
@@ -46,7 +47,7 @@ def ema_smooth(losses: ArrayLike, beta: float = 0.98) -> np.ndarray:
     From the first non-finite loss onwards the output is NaN; the first output equals the first loss.
     """
     _check_beta(beta)
-    arr = _as_1d(losses, "losses")
+    arr = as_1d(losses, "losses")
     out = np.full_like(arr, np.nan)
     k = finite_prefix(arr)
     out[:k] = _ema_pass(arr[:k], beta)
@@ -70,7 +71,7 @@ def zero_lag_smooth(losses: ArrayLike, beta: float = 0.8) -> np.ndarray:
     entries, and everything after the first one, are NaN.
     """
     _check_beta(beta)
-    arr = _as_1d(losses, "losses")
+    arr = as_1d(losses, "losses")
     out = np.full_like(arr, np.nan)
     k = finite_prefix(arr)
     head = arr[:k]

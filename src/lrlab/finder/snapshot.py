@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lrlab.core.engine import Engine
-from lrlab.core.reproducibility import loader_generator, restore_rng_state, rng_state
+from lrlab.core.reproducibility import LoopState, loader_generator, rng_state
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -51,15 +51,11 @@ class Snapshot:
     def restore(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, engine: Engine, loader: Any
     ) -> None:
-        model.load_state_dict(self.model_state)
-        optimizer.load_state_dict(self.optimizer_state)
+        saved = LoopState(
+            self.model_state, self.optimizer_state, self.scaler_state, self.rng, self.loader_state
+        )
+        saved.restore(model, optimizer, engine.scaler, loader)
         optimizer.zero_grad(set_to_none=True)
-        if engine.scaler and self.scaler_state is not None:
-            engine.scaler.load_state_dict(self.scaler_state)
-        restore_rng_state(self.rng)
-        gen = loader_generator(loader)
-        if gen is not None and self.loader_state is not None:
-            gen.set_state(self.loader_state)
         model.train(self.training)
         if self.training:
             engine.train_mode()

@@ -1,6 +1,7 @@
 """The job side of a sweep: a Hydra job finds its Optuna trial from `trial.*` in its config and
 reports each epoch to it (Optuna's own integration callbacks need the Trial object in-process,
-which a launcher in another process or machine cannot hand over)."""
+which a launcher in another process or machine cannot hand over). The storage and the pruner
+come from `lrlab.integrations.optuna_storage`, so a job never imports the sweep itself."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 import optuna
 
 from lrlab.core.types import Callback, EpochResult
-from lrlab.sweep.storage import PRUNER_ATTR, make_pruner, open_storage
+from lrlab.errors import RunPruned
+from lrlab.integrations.optuna_storage import PRUNER_ATTR, make_pruner, open_storage
 
 
 def load_trial(storage_url: str, study_name: str, number: int) -> optuna.Trial:
@@ -22,10 +24,15 @@ def load_trial(storage_url: str, study_name: str, number: int) -> optuna.Trial:
     return optuna.trial.Trial(study, trial_id)
 
 
+class TrialPruned(RunPruned, optuna.TrialPruned):
+    """The study's pruner stopped this trial: Optuna's own signal for the sweeper, and lrlab's
+    `RunPruned` for the run's lifecycle (which ends the run KILLED without importing Optuna)."""
+
+
 class TrialReporter(Callback):
     """Reports `metric` after every epoch to the job's trial (step = epoch across stages) and raises
-    `optuna.TrialPruned` when the study's pruner says stop. Multi-objective studies cannot prune,
-    so nothing is reported there."""
+    `TrialPruned` (an `optuna.TrialPruned`) when the study's pruner says stop. Multi-objective
+    studies cannot prune, so nothing is reported there."""
 
     def __init__(self, trial: optuna.Trial, metric: str = "error_rate"):
         self.trial = trial
@@ -37,7 +44,7 @@ class TrialReporter(Callback):
             return
         self.trial.report(float(getattr(result, self.metric)), result.epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(
+            raise TrialPruned(
                 f"trial {self.trial.number} pruned after epoch {result.epoch} "
                 f"({self.metric} {getattr(result, self.metric):.4f})"
             )

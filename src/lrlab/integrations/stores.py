@@ -3,7 +3,8 @@ URLs, and crash-safe, concurrency-safe creation of SQLite files: one process at 
 file's schema, under a file lock, with SIGINT and SIGTERM held until the schema is complete; a file
 left half-built by an older crash is moved aside (when it holds no runs or trials) or explained.
 MLflow and Optuna migrate a new SQLite file without a lock of their own, so two first runs in a
-fresh folder can break it; hence this module."""
+fresh folder can break it; hence this module. The file lock, its timeout and `sqlite_path` are
+those of `lrlab.integrations.locks`, which the sweep's study lock uses too."""
 
 from __future__ import annotations
 
@@ -16,13 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from filelock import FileLock
-
 from lrlab.errors import LrlabError
+from lrlab.integrations.locks import file_lock, sqlite_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-LOCK_TIMEOUT_S = 120
 RECORD_TABLES = ("runs", "trials")  # what a store holds that must never be thrown away
 
 
@@ -53,14 +52,6 @@ def require_driver(url: str, key: str) -> None:
             f"{key}={shown!r} needs the database driver {module!r}, which is not installed: "
             f"{HINTS[dialect]}, or name an installed driver: {dialect}+<driver>://."
         )
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a `sqlite:///...` URL, None for any other URL (or an in-memory database)."""
-    if not url.startswith("sqlite:///") or url.rstrip("/") == "sqlite:":
-        return None
-    path = url[len("sqlite:///") :].split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
 
 
 @contextlib.contextmanager
@@ -110,7 +101,7 @@ def open_sqlite(
         require_driver(url, key)
         return opener()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock", timeout=LOCK_TIMEOUT_S), signals_held():
+    with file_lock(f"{path}.lock"), signals_held():
         if path.exists() and path.stat().st_size == 0:
             path.unlink()
         existed = path.exists()

@@ -4,21 +4,12 @@ this gives fastai's split: [stem, layer1, layer2], [layer3, layer4], [head])."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import timm
 from torch import nn
 
+from lrlab.core.types import LayerGroup
 from lrlab.errors import LrlabError
-
-
-@dataclass
-class LayerGroup:
-    """An ordered slice of the network (body chunk or head) that shares a learning rate and freezing."""
-
-    name: str
-    param_names: list[str] = field(default_factory=list)
 
 
 def _head_param_names(model: nn.Module) -> list[str]:

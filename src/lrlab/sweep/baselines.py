@@ -34,7 +34,7 @@ def enqueue_baselines(study: optuna.Study, entries: Sequence[Any], rules: Sequen
     """Enqueue `entries` once per study (a re-run does not add them again; a failed one is re-run):
     `lr_finder` gives one trial per rule in `rules`, a mapping one trial with those params.
     Returns the sources enqueued now. It reads, then writes: concurrent workers call it under the
-    study's lock (`lrlab.sweep.lock.study_lock`), as `SweepSession.open` does."""
+    study's lock (`lrlab.integrations.locks.study_lock`), as `SweepSession.open` does."""
     present = {t.user_attrs.get(SOURCE) for t in study.get_trials(deepcopy=False, states=_QUEUED_OR_DONE)}
     added = []
     for entry in entries:

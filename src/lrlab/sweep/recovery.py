@@ -14,8 +14,8 @@ from types import TracebackType
 import optuna
 from optuna.trial import TrialState
 
+from lrlab.integrations.optuna_storage import HEARTBEAT_INTERVAL_S
 from lrlab.integrations.process import owner_gone
-from lrlab.sweep.storage import HEARTBEAT_INTERVAL_S
 from lrlab.sweep.study import WORKER_ATTR, trial_id
 
 log = logging.getLogger("lrlab.sweep")

@@ -6,7 +6,8 @@ mean ± std per recipe of the valid error and the test metrics) and `seeds.csv`;
 without finder trials gets that section and its trials instead of the finder tables.
 
 Written by the sweeper when a sweep ends, and regenerated from a sweep directory or the MLflow
-parent run id with `lrlab-report`.
+parent run id with `lrlab-report`. The numbers come from `lrlab.sweep.analysis`, the plot from
+`lrlab.sweep.report_plot`; this module imports both and neither imports it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import math
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,91 +23,17 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
+from lrlab.integrations.optuna_storage import open_storage
+from lrlab.sweep.analysis import FinderRow, analyse, lr_keys, source_of, stage_names, trial_seconds
 from lrlab.sweep.baselines import finder_rule
+from lrlab.sweep.report_plot import plot
 from lrlab.sweep.results import RESULTS_FILE
 from lrlab.sweep.seeds import SEEDS_FILE, recipes_of, seed_values, trials_table, write_csv
 from lrlab.sweep.seeds import section as seeds_section
-from lrlab.sweep.storage import open_storage
-from lrlab.sweep.study import (
-    FIXED_ATTR,
-    METRIC_ATTR,
-    MLFLOW_URI_ATTR,
-    PARENT_ATTR,
-    SEARCH_SOURCE,
-    SOURCE,
-    SPACE_ATTR,
-)
+from lrlab.sweep.study import FIXED_ATTR, MLFLOW_URI_ATTR, PARENT_ATTR, SEARCH_SOURCE, SPACE_ATTR
 
 REPORT_FILE = "finder_vs_search.md"
 PLOT_FILE = "finder_vs_search.png"
-
-
-@dataclass
-class FinderRow:
-    """One range-test rule's trial, measured against the searched trials."""
-
-    rule: str
-    trial: FrozenTrial
-    value: float
-    rank: int
-    regret: float
-    beaten_after: int | None
-    seconds: float
-
-
-def source_of(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get(SOURCE, SEARCH_SOURCE))
-
-
-def _seconds(trial: FrozenTrial) -> float:
-    """Wall seconds a trial took (setup, range tests and training)."""
-    if trial.datetime_start and trial.datetime_complete:
-        return (trial.datetime_complete - trial.datetime_start).total_seconds()
-    return 0.0
-
-
-def lr_keys(study: optuna.Study) -> list[str]:
-    keys = {k for t in study.trials for k in t.params if k.startswith("stages.") and k.endswith(".lr")}
-    return sorted(keys, key=lambda k: int(k.split(".")[1]))
-
-
-def stage_names(study: optuna.Study) -> dict[str, str]:
-    """`stages.<i>.lr` -> the stage's name, from what trials recorded."""
-    names: dict[str, str] = {}
-    for trial in study.trials:
-        for stage in trial.user_attrs.get("stages") or []:
-            names.setdefault(f"stages.{stage['index']}.lr", stage["name"])
-    return names
-
-
-def analyse(study: optuna.Study) -> tuple[list[FinderRow], list[FrozenTrial], str]:
-    """Finder rows and the searched trials (complete, in trial order), for the first objective."""
-    minimize = study.directions[0] == optuna.study.StudyDirection.MINIMIZE
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    searched = [t for t in complete if source_of(t) == SEARCH_SOURCE]
-    metric = (study.user_attrs.get(METRIC_ATTR) or ["value"])[0]
-    sign = 1.0 if minimize else -1.0
-    best = min((sign * t.values[0] for t in searched), default=math.nan) * sign
-    rows = []
-    for trial in complete:
-        rule = finder_rule(source_of(trial))
-        if rule is None:
-            continue
-        value = trial.values[0]
-        better = [t for t in searched if sign * t.values[0] < sign * value]
-        beaten = next((i + 1 for i, t in enumerate(searched) if sign * t.values[0] < sign * value), None)
-        rows.append(
-            FinderRow(
-                rule,
-                trial,
-                value,
-                len(better) + 1,
-                sign * (value - best) if searched else math.nan,
-                beaten,
-                _seconds(trial),
-            )
-        )
-    return rows, searched, metric
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
@@ -223,7 +149,7 @@ def _best_table(
 
 def _compute(rows: list[FinderRow], all_searched: list[FrozenTrial]) -> list[str]:
     """One finder trial's wall clock (and its range tests) against the whole search."""
-    search_seconds = sum(_seconds(t) for t in all_searched)
+    search_seconds = sum(trial_seconds(t) for t in all_searched)
     search = f"- The search: {search_seconds:.0f} s over {len(all_searched)} trials"
     if not rows:
         return ["## Compute", "", f"{search}.", ""]
@@ -247,8 +173,6 @@ def write_report(study: optuna.Study, directory: str | Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     report = directory / REPORT_FILE
     report.write_text(markdown(study))
-    from lrlab.sweep.report_plot import plot
-
     png = plot(study, directory / PLOT_FILE)
     paths = [report] + ([png] if png else [])
     recipes = recipes_of(study.get_trials(deepcopy=False))
@@ -297,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         run_id = study.user_attrs.get(PARENT_ATTR)
         uri = args.tracking_uri or study.user_attrs.get(MLFLOW_URI_ATTR)
     elif re.fullmatch(r"[0-9a-f]{32}", args.target):
-        from lrlab.integrations.mlflow import default_tracking_uri
+        from lrlab.integrations.mlflow_store import default_tracking_uri
 
         run_id, uri = args.target, args.tracking_uri or default_tracking_uri(Path.cwd())
         study, out = _study_from_run(run_id, uri)

@@ -1,7 +1,8 @@
 """The report's plot: final metric against each searched stage LR on a log axis, with searched
 trials as points (pruned ones hollow, at their last report), each finder rule's suggestion as a
 vertical line and a star, over the range-test curve of the first finder trial. matplotlib is
-imported only when a plot is drawn."""
+imported only when a plot is drawn. Its numbers come from `lrlab.sweep.analysis`, like the report's
+tables; `lrlab.sweep.report` imports this module, never the other way."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lrlab.sweep.report import FinderRow, analyse, lr_keys, source_of, stage_names
+from lrlab.sweep.analysis import FinderRow, analyse, lr_keys, source_of, stage_names
 from lrlab.sweep.study import SEARCH_SOURCE
 
 

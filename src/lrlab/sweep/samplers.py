@@ -1,22 +1,18 @@
 """Optuna samplers by name (one table, name -> factory), the grid sampler that works with ask/tell,
-the effective settings of a plain grid sweep, and suggesting a trial's value for a distribution."""
+and suggesting a trial's value for a distribution. The sampler a study asks with is built from the
+settings by `lrlab.sweep.study.make_sampler`; this module does not import the settings, whose
+validation reads the table here (so imports go one way)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from lrlab.errors import ConfigError
 from lrlab.sweep.search_space import SearchSpace
-from lrlab.sweep.settings import SweepSettings
-
-log = logging.getLogger("lrlab.sweep")
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
@@ -48,30 +44,6 @@ SAMPLERS: dict[str, SamplerFactory] = {
 
 STORAGE_INDEXED = frozenset({"qmc", "grid"})
 """Samplers whose sequence position comes from the storage: they keep one seed on resume."""
-
-
-def make_sampler(settings: SweepSettings, space: SearchSpace, offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The configured sampler, seeded with `seed + offset` (the sweeper passes the trial's number, so a
-    resumed sweep does not replay the first sweep's draws). `settings` are validated."""
-    seed = settings.seed
-    if seed is not None and settings.sampler not in STORAGE_INDEXED:
-        seed += offset
-    try:
-        return SAMPLERS[settings.sampler](space, seed, dict(settings.sampler_kwargs))
-    except TypeError as exc:
-        raise ConfigError(f"hydra.sweeper.sampler_kwargs for sampler {settings.sampler!r}: {exc}") from None
-
-
-def effective_settings(settings: SweepSettings, space: SearchSpace, preset: bool) -> SweepSettings:
-    """The settings a sweep runs with: a plain `lrlab -m a=1,2 b=x,y` (no search preset, a discrete
-    space, the default sampler) runs every combination once as a grid, as Hydra's basic sweeper
-    would; a grid never asks for more trials than it has points."""
-    if not preset and settings.sampler == "tpe" and space.is_discrete():
-        return replace(settings, sampler="grid", n_trials=space.grid_size())
-    if settings.sampler == "grid" and settings.n_trials > space.grid_size():
-        log.info(f"sampler=grid: n_trials capped at the grid's {space.grid_size()} points")
-        return replace(settings, n_trials=space.grid_size())
-    return settings
 
 
 def suggest(trial: optuna.Trial, key: str, dist: BaseDistribution) -> Any:

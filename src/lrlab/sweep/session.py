@@ -16,15 +16,24 @@ import optuna
 from optuna.trial import TrialState
 
 from lrlab.errors import ConfigError, LrlabError
+from lrlab.integrations.locks import study_lock
+from lrlab.integrations.optuna_storage import open_storage
 from lrlab.integrations.process import worker_id
 from lrlab.sweep.baselines import FinderBaselines, enqueue_baselines, finder_rule
-from lrlab.sweep.lock import study_lock
 from lrlab.sweep.recovery import Heartbeat, fail_abandoned_trials
-from lrlab.sweep.samplers import make_sampler, suggest
+from lrlab.sweep.samplers import suggest
 from lrlab.sweep.search_space import SearchSpace, format_value
 from lrlab.sweep.settings import FINDER_ENTRY, SweepSettings
-from lrlab.sweep.storage import open_storage
-from lrlab.sweep.study import DONE, SEARCH_SOURCE, SOURCE, WORKER_ATTR, count, open_study, trial_id
+from lrlab.sweep.study import (
+    DONE,
+    SEARCH_SOURCE,
+    SOURCE,
+    WORKER_ATTR,
+    count,
+    make_sampler,
+    open_study,
+    trial_id,
+)
 
 log = logging.getLogger("lrlab.sweep")
 

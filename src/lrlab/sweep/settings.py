@@ -5,7 +5,9 @@ plugin for every app, and the sweeper process must not pay for Optuna, torch or 
 
 Annotations are real types OmegaConf 2.3 reads (no `from __future__ import annotations`: Hydra
 executes the plugin module, a subclass of this one, outside `sys.modules`). OmegaConf does not
-run `__post_init__`, so the sweeper calls `validate()` instead.
+run `__post_init__`, so the sweeper calls `validate()` instead. `validate` imports the tables it
+checks names against (`lrlab.sweep.samplers.SAMPLERS`, `lrlab.integrations.optuna_storage.PRUNERS`,
+`lrlab.finder.rules.RULES`) when it runs; none of them imports this module, so imports go one way.
 """
 
 from collections.abc import Mapping
@@ -30,7 +32,7 @@ class SweepSettings:
     sampler: str = "tpe"  # a name in lrlab.sweep.samplers.SAMPLERS
     seed: int | None = 0
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
-    pruner: str = "none"  # a name in lrlab.sweep.storage.PRUNERS
+    pruner: str = "none"  # a name in lrlab.integrations.optuna_storage.PRUNERS
     pruner_kwargs: dict[str, Any] = field(default_factory=dict)
     enqueue: list[Any] = field(default_factory=list)  # lr_finder and/or mappings of params, run first
     finder_rules: list[str] | None = None  # null or empty: every rule in lrlab.finder.rules.RULES
@@ -71,8 +73,8 @@ class SweepSettings:
     def validate(self) -> "SweepSettings":
         """Raise ConfigError naming the bad value and the valid choices; returns self."""
         from lrlab.finder.rules import RULES
+        from lrlab.integrations.optuna_storage import PRUNERS
         from lrlab.sweep.samplers import SAMPLERS
-        from lrlab.sweep.storage import PRUNERS
 
         _check_choice("sampler", self.sampler, SAMPLERS)
         _check_choice("pruner", self.pruner, PRUNERS)

@@ -1,19 +1,25 @@
 """The sweep's Optuna study: creating or resuming it (refusing a resume with other overrides), the
-user attributes lrlab keeps in it, and lookups through Optuna's public storage API."""
+sampler it asks with (from the settings and the `lrlab.sweep.samplers` table), the effective
+settings of a plain grid sweep, the user attributes lrlab keeps in it, and lookups through Optuna's
+public storage API."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from lrlab.errors import ConfigError
-from lrlab.sweep.samplers import make_sampler
+from lrlab.integrations.optuna_storage import PRUNER_ATTR, make_pruner
+from lrlab.sweep.samplers import SAMPLERS, STORAGE_INDEXED
 from lrlab.sweep.search_space import SearchSpace
 from lrlab.sweep.settings import SweepSettings
-from lrlab.sweep.storage import PRUNER_ATTR, make_pruner
+
+log = logging.getLogger("lrlab.sweep")
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 """Finished trials that count towards `n_trials` (failed ones are replaced)."""
@@ -30,6 +36,30 @@ STORAGE_ATTR = "lrlab.storage"
 SWEEP_DIR_ATTR = "lrlab.sweep_dir"
 PARENT_ATTR = "lrlab.mlflow_parent_run"
 MLFLOW_URI_ATTR = "lrlab.mlflow_uri"
+
+
+def make_sampler(settings: SweepSettings, space: SearchSpace, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded with `seed + offset` (the sweeper passes the trial's number, so a
+    resumed sweep does not replay the first sweep's draws). `settings` are validated."""
+    seed = settings.seed
+    if seed is not None and settings.sampler not in STORAGE_INDEXED:
+        seed += offset
+    try:
+        return SAMPLERS[settings.sampler](space, seed, dict(settings.sampler_kwargs))
+    except TypeError as exc:
+        raise ConfigError(f"hydra.sweeper.sampler_kwargs for sampler {settings.sampler!r}: {exc}") from None
+
+
+def effective_settings(settings: SweepSettings, space: SearchSpace, preset: bool) -> SweepSettings:
+    """The settings a sweep runs with: a plain `lrlab -m a=1,2 b=x,y` (no search preset, a discrete
+    space, the default sampler) runs every combination once as a grid, as Hydra's basic sweeper
+    would; a grid never asks for more trials than it has points."""
+    if not preset and settings.sampler == "tpe" and space.is_discrete():
+        return replace(settings, sampler="grid", n_trials=space.grid_size())
+    if settings.sampler == "grid" and settings.n_trials > space.grid_size():
+        log.info(f"sampler=grid: n_trials capped at the grid's {space.grid_size()} points")
+        return replace(settings, n_trials=space.grid_size())
+    return settings
 
 
 def open_study(

@@ -5,14 +5,15 @@ PyPI Hydra Optuna plugin pins optuna<3, cannot prune, cannot enqueue baselines a
 
 The parts: `settings` (the `hydra.sweeper` keys), `search_space`, `samplers`, `study`,
 `recovery`, `baselines`, `session` (the ask/tell loop, which hands each batch of trials to this
-sweeper's launcher), `parent` (the MLflow parent run), `results` and `report`.
+sweeper's launcher), `parent` (the parent run in the `tracking.backend`, reached through
+`lrlab.integrations.tracking`, so no backend is named here), `results` and `report`.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
@@ -21,17 +22,15 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from lrlab.errors import ConfigError
+from lrlab.integrations.tracking import Tracker, get_backend
 from lrlab.sweep.baselines import FinderBaselines
 from lrlab.sweep.parent import kill_orphaned_children, log_outcome, open_parent_run
 from lrlab.sweep.report import write_report
 from lrlab.sweep.results import write_results
-from lrlab.sweep.samplers import effective_settings
 from lrlab.sweep.search_space import parse_search_space
 from lrlab.sweep.session import Outcome, SweepFailed, SweepSession
 from lrlab.sweep.settings import SweepSettings
-
-if TYPE_CHECKING:
-    from lrlab.integrations.mlflow import MlflowTracker
+from lrlab.sweep.study import effective_settings
 
 __all__ = ["OptunaSweep", "SweepFailed", "job_outcome"]
 
@@ -87,7 +86,7 @@ class OptunaSweep(Sweeper):
         parent = self._parent_run(session, sweep_dir)
         defaults = {k: OmegaConf.select(config, k, throw_on_resolution_failure=False) for k in space.params}
         finder = FinderBaselines.for_space(space, stages, defaults)
-        extra = [f"tracking.parent_run_id={parent.run_id}"] if parent is not None else []
+        extra = [f"tracking.parent_run_id={parent.run_id}"] if parent.run_id is not None else []
         status = "FAILED"
         try:
             session.run(self._run_batch, finder, extra)
@@ -113,33 +112,29 @@ class OptunaSweep(Sweeper):
         self.returns.append(returns)
         return [job_outcome(ret) for ret in returns]
 
-    def _parent_run(self, session: SweepSession, sweep_dir: Path) -> MlflowTracker | None:
-        """The MLflow parent run (None with tracking=none); ends orphaned children KILLED."""
+    def _parent_run(self, session: SweepSession, sweep_dir: Path) -> Tracker:
+        """The parent run in `tracking.backend` (the no-op Tracker, whose `run_id` is None, with
+        tracking=none); ends orphaned children KILLED."""
         tracking = self.config.tracking
-        if tracking.backend != "mlflow":
-            return None
-        from lrlab.integrations.mlflow import default_tracking_uri
-
-        uri = tracking.uri or default_tracking_uri(Path.cwd())
+        backend = get_backend(tracking.backend)
+        uri = backend.resolve_uri(tracking.uri, Path.cwd())
         parent = open_parent_run(
-            session.study, session.settings, session.space, uri, tracking.experiment, sweep_dir
+            backend, session.study, session.settings, session.space, uri, tracking.experiment, sweep_dir
         )
         if session.recovered:
             kill_orphaned_children(parent, session.recovered)
         return parent
 
-    def _finish(
-        self, session: SweepSession, sweep_dir: Path, parent: MlflowTracker | None, status: str
-    ) -> None:
+    def _finish(self, session: SweepSession, sweep_dir: Path, parent: Tracker, status: str) -> None:
         """Write the results file and the report, attach them to the parent run and end it."""
         try:
             paths = [write_results(session.study, sweep_dir)]
             if session.settings.report:
                 paths += write_report(session.study, sweep_dir)
-            if parent is not None:
+            if parent.run_id is not None:
                 log_outcome(parent, session.study, session.settings, paths)
             log.info(f"results: {paths[0]}" + (f"; report: {paths[1]}" if len(paths) > 1 else ""))
         finally:
-            if parent is not None:
-                parent.finish(status)
-                log.info(f"MLflow parent run {parent.run_id} ({status}) in {parent.uri}")
+            parent.finish(status)
+            if parent.run_id is not None:
+                log.info(f"parent run ({status}): {parent.describe()}")

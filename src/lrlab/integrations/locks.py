@@ -1,9 +1,11 @@
-"""A lock shared by every worker of one study, wherever it runs, for the few read-then-write steps
-that concurrent workers must not interleave: enqueueing the baseline trials (each exactly once),
-starting the sweep's MLflow parent run (one per study) and creating Optuna's tables in a fresh
-database server.
+"""The locks lrlab's processes share, with one timeout for all of them: the file lock beside an
+SQLite file (under which `lrlab.integrations.stores` creates a store's schema), and the study lock
+taken by every worker of one study, wherever it runs, for the few read-then-write steps that
+concurrent workers must not interleave: enqueueing the baseline trials (each exactly once),
+starting the sweep's parent run (one per study) and creating Optuna's tables in a fresh database
+server.
 
-Why a lock: Optuna's storage API offers no compare-and-set for "enqueue unless already there"
+Why a study lock: Optuna's storage API offers no compare-and-set for "enqueue unless already there"
 (`enqueue_trial(skip_if_exists=True)` reads, then writes), and a unique token written to a study
 attribute and read back does not help either (both writers can read their own token back). Two
 workers started in the same second both see an empty study and both enqueue. So each storage gets
@@ -27,7 +29,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from filelock import FileLock
+
 LOCK_TIMEOUT_S = 120
+"""How long any lrlab lock is waited for before giving up."""
 SERVER_DIALECTS = ("postgresql", "mysql")
 _LOCAL: dict[str, threading.Lock] = {}
 _LOCAL_GUARD = threading.Lock()
@@ -36,6 +41,23 @@ _LOCAL_GUARD = threading.Lock()
 def is_server_url(url: str) -> bool:
     """Whether `url` names a database server whose own advisory locks `study_lock` uses."""
     return url.split(":", 1)[0].split("+", 1)[0] in SERVER_DIALECTS
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///...` URL, None for any other URL (or an in-memory database)."""
+    if not url.startswith("sqlite:///") or url.rstrip("/") == "sqlite:":
+        return None
+    path = url[len("sqlite:///") :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def file_lock(path: str | Path) -> FileLock:
+    """An OS file lock at `path` (a lock file beside the file it guards), waited for `LOCK_TIMEOUT_S`."""
+    return FileLock(str(path), timeout=LOCK_TIMEOUT_S)
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _advisory_key(key: str) -> int:
@@ -56,7 +78,7 @@ def _server_lock(url: str, key: str) -> Iterator[None]:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _advisory_key(key)})
                 yield
             return
-        name = hashlib.sha256(key.encode()).hexdigest()[:60]  # MySQL lock names: at most 64 characters
+        name = _digest(key)[:60]  # MySQL lock names: at most 64 characters
         with engine.connect() as conn:
             got = conn.execute(sqlalchemy.text("SELECT GET_LOCK(:n, :t)"), {"n": name, "t": LOCK_TIMEOUT_S})
             if got.scalar() != 1:
@@ -83,8 +105,7 @@ def _journal_lock(path: Path, key: str) -> Iterator[None]:
     """Optuna's symlink lock, beside the journal file at `path` (the journal's own kind of lock)."""
     from optuna.storages.journal import JournalFileSymlinkLock
 
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    lock = JournalFileSymlinkLock(f"{path}.lrlab-{digest}")
+    lock = JournalFileSymlinkLock(f"{path}.lrlab-{_digest(key)[:16]}")
     lock.acquire()
     try:
         yield
@@ -96,17 +117,12 @@ def _journal_lock(path: Path, key: str) -> Iterator[None]:
 def study_lock(url: str, name: str) -> Iterator[None]:
     """Hold the lock named `name` of storage `url` (a study name, or any name for storage-wide
     steps) while the block runs; every worker of the study, on any machine, takes the same one."""
-    from filelock import FileLock
-
-    from lrlab.integrations.stores import sqlite_path
-
     key = f"lrlab:{name}"
     if url.startswith("journal://"):
         with _journal_lock(Path(url[len("journal://") :]), key):
             yield
     elif (path := sqlite_path(url)) is not None:
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        with FileLock(f"{path}.lrlab-{digest}.lock", timeout=LOCK_TIMEOUT_S):
+        with file_lock(f"{path}.lrlab-{_digest(key)[:16]}.lock"):
             yield
     elif is_server_url(url):
         with _server_lock(url, key):

@@ -1,6 +1,8 @@
-"""Optuna storages and pruners, shared by the sweeper, its jobs (`lrlab.integrations.optuna`) and
-the report: a storage from a URL, and the study's pruner from the spec the sweeper records in it
-(one table, name -> class)."""
+"""Optuna storages and pruners, shared by the sweeper (`lrlab.sweep`), its jobs
+(`lrlab.integrations.optuna`) and the report: a storage from a URL, and the study's pruner from
+the spec the sweeper records in it (one table, name -> class). They live in the integrations layer
+so that a job reaches its trial without importing the sweep. Importing this module loads Optuna
+but not torch (the sweeper process never imports torch)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Any
 import optuna
 
 from lrlab.errors import ConfigError
-from lrlab.sweep.lock import is_server_url, study_lock
+from lrlab.integrations.locks import is_server_url, study_lock
+from lrlab.integrations.stores import open_sqlite
 
 # lrlab records trial heartbeats itself (not through Study.optimize), which Optuna flags as experimental.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -40,8 +43,6 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         path = Path(url[len("journal://") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    from lrlab.integrations.stores import open_sqlite
-
     return open_sqlite(url, "Optuna storage", lambda: _open_rdb(url), key="hydra.sweeper.storage")
 
 

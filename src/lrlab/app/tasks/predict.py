@@ -10,6 +10,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lrlab.app.job import Job, RunResult
+from lrlab.app.schema import validate
+from lrlab.app.tasks.checkpoint_tta import checkpoint_tta
+from lrlab.core.device import resolve_device
 from lrlab.errors import ConfigError
 from lrlab.models.checkpoint import LoadedModel, load_model
 
@@ -98,3 +102,10 @@ def run_predict(
     if skipped:
         log.info(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(str(p) for p, _ in skipped[:10]))
     return out
+
+
+def run(job: Job) -> RunResult:
+    cfg = validate(job.cfg)
+    tta = checkpoint_tta(cfg, job.overrides)
+    path = run_predict(cfg.checkpoint, cfg.input, job.output_dir, tta, resolve_device(cfg.device))
+    return RunResult([], {}, output_dir=job.output_dir, extra={"predictions": str(path)})

@@ -1,6 +1,7 @@
-"""The checkpoint callback: `last.pt` every epoch and `best.pt` by valid_loss, each written
-atomically in lrlab's checkpoint format (`lrlab.models.checkpoint`) with the model's description,
-so `lrlab.load_model(path)` rebuilds it."""
+"""Checkpoints of a training: the callback that writes `last.pt` every epoch (with the
+`ResumeState` to continue from) and `best.pt` by valid_loss, each written atomically in lrlab's
+checkpoint file format (`lrlab.models.checkpoint`) with the model's description, so
+`lrlab.load_model(path)` rebuilds it; and `load_resume`, which finds the checkpoint `resume=` names."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import torch
 from torch import nn
 
 from lrlab.core.monitor import Monitor
-from lrlab.core.resume import capture
 from lrlab.core.types import Callback, EpochResult
+from lrlab.errors import ConfigError
 from lrlab.models.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from lrlab.train.resume import Decisions, ResumeState
 
 __all__ = ["CheckpointCallback", "CheckpointError", "load_checkpoint", "model_state", "save_atomic"]
 
@@ -45,6 +47,11 @@ class CheckpointCallback(Callback):
         self.best_value = self.monitor.worst()
         self.best_path: Path | None = None
         self.top: list[tuple[float, Path]] = []
+        self.stage_index: int | None = None  # the running stage, as the staged trainer announced it
+        self.decisions: Decisions = {}
+
+    def on_stage_start(self, engine: Any, start: Any) -> None:
+        self.stage_index, self.decisions = start.index, dict(start.decisions)
 
     def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
         payload = {
@@ -54,8 +61,10 @@ class CheckpointCallback(Callback):
             "metrics": result.metrics(),
             "meta": self.meta,
         }
-        progress = getattr(engine, "stage_progress", None)
-        resume = capture(engine, progress, result.stage_epoch + 1) if progress is not None else None
+        resume = None  # only a staged training (which announces its stages) can be resumed
+        if self.stage_index is not None:
+            state = ResumeState.capture(engine, self.stage_index, self.decisions, result.stage_epoch + 1)
+            resume = state.to_payload()
         save_atomic({**payload, "resume": resume}, self.directory / "last.pt")
         value = self.monitor.value(result)
         if self.monitor.better(value, self.best_value):
@@ -80,35 +89,34 @@ class CheckpointCallback(Callback):
         del self.top[self.save_top_k :]
 
 
-def load_resume(cfg: Any, launch_dir: Path) -> dict[str, Any]:
-    """The checkpoint `resume=` names (a `last.pt`, or `auto`: the newest `outputs/**/last.pt` under
-    `launch_dir` whose run had this same config), with its path; LrlabError when there is none or
-    it holds no training state."""
-    from omegaconf import OmegaConf
+def load_resume(resume: str, config_yaml: str, launch_dir: Path) -> ResumeState:
+    """The training state of the checkpoint `resume` names (a `last.pt`, or `auto`: the newest
+    `outputs/**/last.pt` under `launch_dir` whose run had this same config: `config_yaml`, the
+    resolved config as checkpoints store it, compared without its `resume` key); ConfigError when
+    there is none or it holds no training state."""
+    import yaml
 
-    from lrlab.errors import ConfigError
-
-    def plain(config: Any) -> dict[str, Any]:
-        found = OmegaConf.to_container(OmegaConf.create(config), resolve=True)
+    def plain(saved: str) -> dict[str, Any]:
+        found = yaml.safe_load(saved) or {}
         found.pop("resume", None)
         return found
 
-    if str(cfg.resume) != "auto":
-        candidates = [Path(str(cfg.resume)).expanduser()]
+    if resume != "auto":
+        candidates = [Path(resume).expanduser()]
     else:
         found = (launch_dir / "outputs").rglob("checkpoints/last.pt")
         candidates = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
-    wanted = plain(OmegaConf.to_container(cfg, resolve=True))
+    wanted = plain(config_yaml)
     for path in candidates:
         checkpoint = load_checkpoint(path)
         meta = checkpoint.get("meta") or {}
-        if str(cfg.resume) == "auto" and plain(meta.get("config", "{}")) != wanted:
+        if resume == "auto" and plain(meta.get("config") or "{}") != wanted:
             continue
         if not checkpoint.get("resume"):
             raise ConfigError(
                 f"resume: {path} holds no training state to continue from (written by an older lrlab)"
             )
-        return {**checkpoint, "path": str(path)}
+        return ResumeState.from_checkpoint(checkpoint, str(path))
     raise ConfigError(
         f"resume=auto: no checkpoints/last.pt under {launch_dir / 'outputs'} comes from a run with this "
         "config (same overrides, train.checkpoints=true); pass resume=PATH/TO/last.pt"

@@ -1,0 +1,81 @@
+"""The life of a tracked run (task=train and task=lr_find): everything that can fail on bad input
+(config values, model name, weights, data, the tracking store) is built first; then the tracker's
+run is opened, the task's body runs, and the run always ends FINISHED, FAILED or KILLED (a sweep's
+trial also records its state: COMPLETE, FAIL or PRUNED)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
+
+from lrlab.app.build import Setup, build, make_engine
+from lrlab.app.hooks import RunCallbacks
+from lrlab.app.job import Job, RunResult
+from lrlab.app.run_record import log_run_start, open_tracker
+from lrlab.core.distributed import is_main
+from lrlab.core.engine import Engine
+from lrlab.errors import RunPruned
+from lrlab.integrations.tracking import Tracker, get_backend
+from lrlab.train.checkpoints import load_resume
+from lrlab.train.resume import ResumeState
+
+log = logging.getLogger("lrlab")
+
+
+@dataclass
+class TrackedRun:
+    """What a task's body works with: the job, the built components, the engine (with every
+    callback attached), the run's tracker and callbacks, and the state to resume from."""
+
+    job: Job
+    setup: Setup
+    engine: Engine
+    tracker: Tracker
+    hooks: RunCallbacks
+    resume: ResumeState | None = None
+
+
+def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
+    """Build, open the run's tracker (under torchrun on rank 0 only), run `body` and end the run."""
+    uri = get_backend(job.cfg.tracking.backend).resolve_uri(job.cfg.tracking.uri, job.launch_dir)
+    setup = build(job.cfg)
+    cfg = job.cfg = setup.cfg
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    resume = load_resume(str(cfg.resume), config_yaml, job.launch_dir) if cfg.resume else None
+    hooks = RunCallbacks.create(setup, job.output_dir)
+    resumed_run = resume.meta.get("mlflow_run_id") if resume else None
+    parent = job.parent_run_id or cfg.tracking.parent_run_id
+    tracker = open_tracker(cfg, uri, parent, resumed_run) if is_main() else Tracker()
+    engine = make_engine(setup, hooks.all(tracker))
+    if tracker.run_id and hooks.checkpoints:
+        hooks.checkpoints.meta["mlflow_run_id"] = tracker.run_id
+    status, trial_state = "FAILED", "FAIL"
+    monitor = None
+    if cfg.tracking.system_metrics:
+        monitor = tracker.start_system_metrics(cfg.tracking.system_metrics_interval, resumed_run is not None)
+    try:
+        log_run_start(tracker, setup, job.overrides, job.launch_dir, job.output_dir)
+        result = body(TrackedRun(job, setup, engine, tracker, hooks, resume))
+        status, trial_state = "FINISHED", "COMPLETE"
+        if hooks.stopping and hooks.stopping.stops:
+            tracker.set_tags({"early_stopping": " | ".join(hooks.stopping.stops.values())})
+    except RunPruned:
+        status, trial_state = "KILLED", "PRUNED"
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if monitor is not None:
+            monitor.stop()
+        if cfg.trial.study is not None:
+            tracker.set_tags({"trial.state": trial_state})
+        tracker.finish(status)
+    result.output_dir, result.stages, result.run_id = job.output_dir, hooks.stage_log.stages, tracker.run_id
+    where = tracker.describe()
+    if where:
+        log.info(where)
+    return result

@@ -1,0 +1,18 @@
+"""Which test-time augmentation a task that reads a checkpoint applies: `train.tta` when given on
+the command line, else the TTA the checkpoint's own run used (the composed default would bring
+the default problem's recipe, whatever the checkpoint's data)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from lrlab.models.checkpoint import load_checkpoint
+
+
+def checkpoint_tta(cfg: DictConfig, overrides: list[str]) -> str:
+    import yaml
+
+    if any(o.lstrip("+~").split("=", 1)[0] == "train.tta" for o in overrides):
+        return cfg.train.tta
+    saved = yaml.safe_load(load_checkpoint(cfg.checkpoint).get("meta", {}).get("config") or "{}") or {}
+    return str((saved.get("train") or {}).get("tta", "none"))

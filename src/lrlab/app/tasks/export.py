@@ -1,0 +1,22 @@
+"""`task=export checkpoint=PATH format=onnx|torchscript`: the checkpoint's model as a portable file
+plus `model.json` (inputs and classes), checked against PyTorch. No TTA: a client applies its own."""
+
+from __future__ import annotations
+
+import logging
+
+from lrlab.app.job import Job, RunResult
+from lrlab.app.schema import validate
+from lrlab.models.checkpoint import load_model
+from lrlab.models.export import export_model
+
+log = logging.getLogger("lrlab")
+
+
+def run(job: Job) -> RunResult:
+    cfg = validate(job.cfg)
+    done = export_model(load_model(cfg.checkpoint), job.output_dir / "export", cfg.format)
+    diff = done.max_abs_diff
+    check = "not checked" if diff is None else f"max |diff| vs PyTorch {diff:.1e}"
+    log.info(f"exported {cfg.format}: {done.path} ({check}); inputs and classes: {done.sidecar}")
+    return RunResult([], {}, output_dir=job.output_dir, extra={"export": str(done.path)})

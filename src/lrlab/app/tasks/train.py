@@ -1,0 +1,78 @@
+"""`task=train` (the default): staged training (`lrlab.train.stages`), then the final model on the
+test split once, and the run's end record: final and test metrics, the epoch table, the model."""
+
+from __future__ import annotations
+
+import logging
+
+from lrlab.app.console import format_time
+from lrlab.app.evaluate import TestReport, evaluate_split
+from lrlab.app.job import Job, RunResult
+from lrlab.app.lifecycle import TrackedRun, tracked_run
+from lrlab.app.shared_curves import shared_curves
+from lrlab.core.distributed import is_main
+from lrlab.core.types import EpochResult
+from lrlab.integrations.tracking import Tracker
+from lrlab.train.checkpoints import CheckpointCallback
+from lrlab.train.stages import run_stages
+
+log = logging.getLogger("lrlab")
+
+
+def run(job: Job) -> RunResult:
+    return tracked_run(job, train)
+
+
+def train(run: TrackedRun) -> RunResult:
+    """Run the stages (continuing `run.resume` when given), evaluate on test, record the end."""
+    setup, engine = run.setup, run.engine
+    if run.resume is not None:
+        log.info(f"resuming after epoch {run.resume.global_epoch} from {run.resume.path}")
+    training = setup.training(shared_curves(setup.cfg, run.job.launch_dir))
+    results = run_stages(engine, training, setup.stages, run.resume)
+    final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
+    report = TestReport()  # under torchrun rank 0 alone reports the test split, whole
+    if is_main():
+        report = evaluate_split(
+            engine,
+            setup.test_loader,
+            setup.class_names,
+            setup.class_groups,
+            setup.preprocess,
+            run.job.output_dir / "evaluation",
+        )
+    log_run_end(run.tracker, results, final, report.metrics)
+    if run.hooks.checkpoints and setup.cfg.tracking.log_model:
+        _log_model(run.tracker, run.hooks.checkpoints, setup.cfg.tracking.register_model)
+    for path in report.files:
+        run.tracker.log_artifact(path, "evaluation")
+    total = sum(r.seconds for r in results)
+    speed = sum(r.train_images_per_s for r in results) / max(1, len(results))
+    per_epoch = total / max(1, len(results))
+    metrics = ", ".join(f"{k} {final[k]:.4f}" for k in ("valid_loss", "error_rate", "accuracy"))
+    log.info(f"done in {format_time(total)} ({per_epoch:.1f} s/epoch, {speed:.0f} train images/s): {metrics}")
+    return RunResult(results, final, test=report.metrics)
+
+
+def log_run_end(
+    tracker: Tracker, results: list[EpochResult], final: dict[str, float], test: dict[str, float]
+) -> None:
+    """Final (valid) and test metrics, the best valid loss, seconds per epoch and the epoch table."""
+    step = results[-1].epoch if results else 0
+    for key, value in final.items():
+        tracker.log_metric(f"final_{key}", value, step)
+    for key, value in test.items():
+        tracker.log_metric(f"test/{key}", value, step)
+    if results:
+        tracker.log_metric("best_valid_loss", min(r.valid_loss for r in results))
+        tracker.log_metric("seconds_per_epoch", sum(r.seconds for r in results) / len(results))
+    tracker.log_epoch_table(results)
+
+
+def _log_model(tracker: Tracker, checkpoints: CheckpointCallback, registered_name: str | None) -> None:
+    """best.pt and the model in the tracker's model format (registered when a name is given)."""
+    if checkpoints.best_path is None:
+        return
+    where = tracker.log_model(checkpoints.best_path, registered_name)
+    if where:
+        log.info(where)

@@ -1,0 +1,34 @@
+"""The engine's settings (`StepOptions`) and their choice lists, in a module without torch, so
+that the config check (which the CLI imports at start) and the engine test a value against the
+same list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "32", "bf16", "16")
+TTA_MODES = ("none", "hflip")  # hflip: evaluate each image and its mirror, averaging probabilities
+
+
+@dataclass
+class StepOptions:
+    """How the engine runs each step, beside the model, device and precision: micro-batches per
+    optimizer step, gradient clipping (max norm), channels_last inputs, torch.compile (False, True
+    or a mode), steps between loss read-backs, progress bars, cuDNN autotuning and evaluation-time
+    augmentation (`tta="hflip"`: each image and its mirror, probabilities averaged)."""
+
+    grad_accum: int = 1
+    grad_clip: float | None = None
+    channels_last: bool = False
+    compile: bool | str = False
+    log_every: int = 25
+    progress: bool = False
+    cudnn_benchmark: bool = False
+    tta: str = "none"
+
+    @classmethod
+    def of(cls, settings: Any) -> StepOptions:
+        """The options among `settings`' attributes (e.g. the `train` config section)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)})
