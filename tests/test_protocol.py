@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import lrlab.app.run as run_module
+import lrlab.app.lifecycle as lifecycle_module
 from lrlab.app.run import run_experiment
 
 QUICK = ("experiment=smoke", "epochs=1", "train.checkpoints=false", "data.image_size=16")
@@ -34,7 +34,7 @@ class Counting:
 def events(monkeypatch) -> list[str]:
     """Every pass over the valid and test loaders of the runs in this test, in order."""
     seen: list[str] = []
-    real_build = run_module.build
+    real_build = lifecycle_module.build
 
     def build(cfg):
         setup = real_build(cfg)
@@ -43,7 +43,7 @@ def events(monkeypatch) -> list[str]:
             setup.test_loader = Counting(setup.test_loader, "test", seen)
         return setup
 
-    monkeypatch.setattr(run_module, "build", build)
+    monkeypatch.setattr(lifecycle_module, "build", build)
     return seen
 
 

@@ -22,6 +22,7 @@ from lrlab.app.cli import CONFIG_DIR
 from lrlab.errors import LrlabError
 from lrlab.finder.rules import RULES
 from lrlab.integrations.optuna_storage import open_storage
+from lrlab.sweep.study import PARENT_ATTR
 from lrlab.sweep.sweeper import job_outcome
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -96,6 +97,9 @@ def test_a_finder_vs_search_sweep_writes_results_and_the_report(hydra_sweeper, t
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * (len(RULES) + 2)
     sources = [t.user_attrs["source"] for t in study.trials]
     assert sources == [f"lr_finder:{rule}" for rule in RULES] + ["search", "search"]
+    # tracking=none: the parent is the no-op Tracker, so no job is told of a parent run and none is recorded
+    assert not any("tracking.parent_run_id" in o for batch in launcher.batches for o in batch)
+    assert PARENT_ATTR not in study.user_attrs and not (tmp_path / "mlflow.db").exists()
     assert study.trials[0].params == {"stages.0.lr": 1e-2}
     valley = launcher.batches[0][0]
     assert {"experiment=smoke", "stages.0.lr=find", "++stages.0.lr_rule=valley", "trial.number=0"} <= set(

@@ -39,7 +39,8 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
     from urllib.parse import urlparse
 
     from lrlab.errors import LrlabError
-    from lrlab.integrations.stores import require_driver, sqlite_path
+    from lrlab.integrations.locks import sqlite_path
+    from lrlab.integrations.stores import require_driver
 
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+", 1)[0]
