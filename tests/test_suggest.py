@@ -23,7 +23,13 @@ from lrlab.finder.rules import (
     suggest_valley,
     trim,
 )
-from lrlab.finder.smoothing import ema_smooth, finite_prefix, zero_lag_smooth
+from lrlab.finder.smoothing import (
+    ema_smooth,
+    finite_prefix,
+    lightning_smooth,
+    torch_lr_finder_smooth,
+    zero_lag_smooth,
+)
 
 # 30 raw points: n // 10 = 3, so trim keeps raw indices 3..24 (22 points).
 N_RAW = 30
@@ -49,7 +55,8 @@ def test_registered_rule_reaches_suggest_all():
     finally:
         del RULES["first_point"]
     fastai, own = ["valley", "steep", "minimum", "slide"], ["descent", "bottom", "minimum_or_valley", "lrlab"]
-    assert list(RULES) == fastai + own
+    others = ["lightning", "torch_lr_finder"]  # those tools' steepest-gradient suggestions
+    assert list(RULES) == fastai + own + others
     with pytest.raises(ValueError, match="all"):
         register_rule("all", lambda lr, loss: 1.0)
 
@@ -374,7 +381,10 @@ def test_all_nan_when_nothing_remains():
     raw = _valley_curve()
     raw[3] = np.inf
     out = suggest(LRS30, raw, "all")
-    assert tuple(out) == tuple(RULES) and all(math.isnan(v) for v in out.values())
+    cut = [rule for rule, entry in RULES.items() if entry.skip is None]  # fastai's trim stops at the inf
+    assert tuple(out) == tuple(RULES) and all(math.isnan(out[rule]) for rule in cut)
+    # Lightning and torch-lr-finder skip 10 points and drop non-finite ones: the rest still counts
+    assert all(math.isfinite(out[rule]) for rule in RULES if rule not in cut)
     with pytest.raises(ValueError, match="valley"):
         suggest(LRS30, raw)
 
@@ -387,7 +397,8 @@ def test_negative_and_zero_losses_give_same_suggestions():
 
 
 def test_unknown_method_lists_valid_ones():
-    names = "'valley', 'steep', 'minimum', 'slide', 'descent', 'bottom', 'minimum_or_valley', 'lrlab', 'all'"
+    names = "'valley', 'steep', 'minimum', 'slide', 'descent', 'bottom', 'minimum_or_valley', 'lrlab', "
+    names += "'lightning', 'torch_lr_finder', 'all'"
     with pytest.raises(ValueError, match=names):
         suggest(LRS30, _valley_curve(), "fastest")
 
@@ -407,6 +418,8 @@ def test_fastai_rules_are_calibrated_on_the_ema_curve_and_descent_on_zero_lag() 
         "bottom": "zero_lag",
         "minimum_or_valley": "ema",
         "lrlab": "ema",
+        "lightning": "lightning",
+        "torch_lr_finder": "torch_lr_finder",
     }
     assert set(rule_curves("zero_lag").values()) == {"zero_lag"}
     with pytest.raises(ValueError, match="calibrated"):
@@ -418,13 +431,15 @@ def test_suggest_on_curves_uses_each_rules_own_curve() -> None:
     lrs = np.geomspace(1e-6, 1.0, 60)
     falling_late = np.concatenate([np.full(40, 2.0), np.linspace(2.0, 0.5, 20)])
     falling_early = np.concatenate([np.linspace(2.0, 0.5, 30), np.full(30, 0.5)])
-    out = suggest_on_curves(lrs, {"ema": falling_late, "zero_lag": falling_early})
+    curves = {"ema": falling_late, "zero_lag": falling_early, "lightning": falling_early}
+    out = suggest_on_curves(lrs, {**curves, "torch_lr_finder": falling_late})
     for rule in ("valley", "steep", "minimum", "slide"):
         assert out[rule] == suggest(lrs, falling_late, rule) or (
             math.isnan(out[rule]) and math.isnan(suggest(lrs, falling_late, "all")[rule])
         )
-    for rule in ("descent", "bottom"):
+    for rule in ("descent", "bottom", "lightning"):
         assert out[rule] == suggest(lrs, falling_early, rule)
+    assert out["torch_lr_finder"] == suggest(lrs, falling_late, "torch_lr_finder")
 
 
 def test_descent_is_the_first_point_past_the_fraction_of_the_drop() -> None:
@@ -485,3 +500,48 @@ def test_lrlab_scales_minimum_or_valley_also_on_a_curve_that_never_fell() -> Non
     assert suggest(lrs, flat_then_rising, "lrlab") == pytest.approx(SUGGESTION_SCALE * valley)
     with pytest.raises(ValueError, match="positive"):
         suggest_lrlab(kept_lrs, kept, scale=0.0)
+
+
+def _lightning_by_hand(losses: np.ndarray, beta: float = 0.98) -> list[float]:
+    """Lightning's `_LRCallback.on_train_batch_end`, step by step: global_step is already i + 1."""
+    avg, out = 0.0, []
+    for i, loss in enumerate(losses):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta ** (i + 1 + 1)))
+    return out
+
+
+def test_lightning_and_torch_lr_finder_smoothers_follow_their_loops() -> None:
+    raw = np.random.default_rng(0).uniform(0.5, 2.0, 40)
+    np.testing.assert_allclose(lightning_smooth(raw), _lightning_by_hand(raw), rtol=1e-12)
+    assert lightning_smooth(raw)[0] == pytest.approx(raw[0] * 0.02 / (1 - 0.98**2))  # 0.505x
+    expected = [raw[0]]
+    for loss in raw[1:]:
+        expected.append(0.05 * loss + 0.95 * expected[-1])
+    np.testing.assert_allclose(torch_lr_finder_smooth(raw), expected, rtol=1e-12)
+    with_nan = np.concatenate([raw[:5], [np.nan], raw[5:]])
+    assert (
+        np.isnan(lightning_smooth(with_nan)[5:]).all()
+        and np.isnan(torch_lr_finder_smooth(with_nan)[5:]).all()
+    )
+
+
+def test_steepest_rules_skip_and_differentiate_as_their_tools_do() -> None:
+    """Lightning: skip 10 and 1, slope per unit LR; torch-lr-finder: skip 10 and 5, slope per step.
+    On an exponential ramp with a steep drop late and a shallower one early, per-step slopes find
+    the late drop and per-LR slopes the early one (dividing by the LR favours small LRs)."""
+    lrs = np.geomspace(1e-6, 1.0, 100)
+    losses = np.full(100, 2.0)
+    losses[20:30] -= np.linspace(0.0, 0.3, 10)  # 0.03 per step at small LRs
+    losses[30:] = losses[29]
+    losses[60:70] -= np.linspace(0.0, 1.0, 10)  # 0.1 per step at larger LRs
+    losses[70:] = losses[69]
+    per_lr = lrs[10:-1][np.argmin(np.gradient(losses[10:-1], lrs[10:-1]))]
+    per_step = lrs[10:-5][np.argmin(np.gradient(losses[10:-5]))]
+    assert suggest(lrs, losses, "lightning") == per_lr and 20 <= list(lrs).index(per_lr) < 30
+    assert suggest(lrs, losses, "torch_lr_finder") == per_step and 60 <= list(lrs).index(per_step) < 70
+    linear = np.linspace(1e-4, 1e-2, 100)  # per LR and per step agree: only the skips differ
+    drop_in_tail = losses.copy()
+    drop_in_tail[96:] = [1.0, -5.0, -9.0, -20.0]  # seen by Lightning (skip_end 1), not torch-lr-finder
+    assert list(linear).index(suggest(linear, drop_in_tail, "lightning")) >= 96
+    assert 60 <= list(linear).index(suggest(linear, drop_in_tail, "torch_lr_finder")) < 70

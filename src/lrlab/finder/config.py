@@ -25,20 +25,20 @@ class FinderConfig:
 
     The ramp goes from `start_lr` to `end_lr` over `num_iter` optimizer steps (`mode` exp or
     linear). `smoothing` is the curve shown: `ema` (fastai's causal debiased EMA with `beta`, which
-    also drives the divergence test) or `zero_lag` (forward-backward EMA, per-pass
-    `zero_lag_beta`). Each rule is computed on the curve it was designed on (`rule_curve:
-    calibrated`: fastai's rules on the EMA, lrlab's on zero-lag), or on one curve for all (`ema`,
-    `zero_lag`). `group_lrs: ratio` ramps the parameter groups together keeping their LR ratios;
-    `equal` ramps every group at the same LR, as fastai's `lr_find` does. The test stops when the
-    smoothed loss exceeds `div_factor` x its best or any loss is NaN/inf (`stop_div`). `suggest`
-    names the rule used (any name in `lrlab.finder.rules.RULES`, or `all`: print every rule, use
-    the default). The defaults, `lrlab` shown on the `ema` curve, are the pair with the lowest mean
-    test regret (leave-one-dataset-out) in the finder-vs-grid benchmark
-    (experiments/finder_benchmark/). `repeats` > 1 reruns with other data orders and reports each
-    rule's median and spread; `val_batches` > 0 also records a held-out loss; `per_group` sweeps
-    each layer group on its own; `read_every` is the number of steps between host read-backs.
-    `share_curves` reuses a curve recorded from the identical starting state (see
-    lrlab.finder.curve_cache).
+    also drives the divergence test) or `zero_lag` (forward-backward EMA, per-pass `zero_lag_beta`),
+    or `lightning` / `torch_lr_finder` (those tools' own smoothers). Each rule is computed on the
+    curve it was designed on (`rule_curve: calibrated`: fastai's rules on the EMA, lrlab's on
+    zero-lag, Lightning's and torch-lr-finder's on theirs), or on one curve for all. `group_lrs:
+    ratio` ramps the parameter groups together keeping their LR ratios; `equal` ramps every group at
+    the same LR, as fastai's `lr_find` does. The test stops when the smoothed loss exceeds
+    `div_factor` x its best or any loss is NaN/inf (`stop_div`). `suggest` names the rule used (any
+    name in `lrlab.finder.rules.RULES`, or `all`: print every rule, use the default). The defaults,
+    `lrlab` shown on the `ema` curve, are the pair with the lowest mean test regret
+    (leave-one-dataset-out) in the finder-vs-grid benchmark (experiments/finder_benchmark/).
+    `repeats` > 1 reruns with other data orders and reports each rule's median and spread;
+    `val_batches` > 0 also records a held-out loss; `per_group` sweeps each layer group on its own;
+    `read_every` is the number of steps between host read-backs. `share_curves` reuses a curve
+    recorded from the identical starting state (see lrlab.finder.curve_cache).
     """
 
     start_lr: float = 1e-7

@@ -16,8 +16,21 @@ import numpy as np
 
 from lrlab.finder.rules import RULES
 
-MARKERS = ("o", "^", "v", "s", "D", "P", "X", "*")
-COLORS = ("tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black")
+MARKERS = ("o", "^", "v", "s", "D", "P", "X", "*", "<", ">", "h", "p")
+COLORS = (
+    "tab:red",
+    "tab:orange",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "black",
+    "tab:gray",
+    "teal",
+    "gold",
+    "navy",
+)
 
 
 class RangeTestCurve(Protocol):

@@ -33,7 +33,7 @@ from lrlab.finder.config import MODES, FinderConfig
 from lrlab.finder.curve_cache import CurveStore, SharedCurves, curve_key
 from lrlab.finder.result import LRFinderResult, summarize_repeats
 from lrlab.finder.rules import RULES, edge_flag, rule_curves, suggest_on_curves
-from lrlab.finder.smoothing import ema_smooth, zero_lag_smooth
+from lrlab.finder.smoothing import ema_smooth, lightning_smooth, torch_lr_finder_smooth, zero_lag_smooth
 from lrlab.finder.snapshot import Snapshot
 
 
@@ -213,13 +213,19 @@ def _result_from(curve: _Curve, config: FinderConfig, group: str) -> LRFinderRes
 
 
 def smoothed_curves(losses: np.ndarray, diverged_last: bool, config: FinderConfig) -> dict[str, np.ndarray]:
-    """The raw losses smoothed by fastai's causal EMA and by the zero-lag EMA. The two-sided
-    smoother leaves out a last point that tripped the divergence test (it would spread backwards)."""
+    """The raw losses smoothed by fastai's causal EMA, the zero-lag EMA and the smoothers of
+    Lightning's tuner and torch-lr-finder (their rules read their own). The two-sided smoother
+    leaves out a last point that tripped the divergence test (it would spread backwards)."""
     ema = ema_smooth(losses, config.beta)
     zero = np.full_like(losses, np.nan)
     n = len(losses) - (1 if diverged_last else 0)
     zero[:n] = zero_lag_smooth(losses[:n], config.zero_lag_beta)
-    return {"ema": ema, "zero_lag": zero}
+    return {
+        "ema": ema,
+        "zero_lag": zero,
+        "lightning": lightning_smooth(losses),
+        "torch_lr_finder": torch_lr_finder_smooth(losses),
+    }
 
 
 def find_lr(

@@ -53,7 +53,9 @@ class LRFinderResult:
         """A short text table of every rule's suggestion, the curve it was computed on, a flag for
         suggestions at the ramp's edges, the spread when repeated; `*` marks the rule in use."""
         spread_head = "   spread (log10 IQR, min..max)" if self.spread else ""
-        lines = [f"  {'rule':<8} {'lr':>10}  {'curve':<8}  {'flag':<13}{spread_head}"]
+        width = max([8, *(len(rule) for rule in self.suggestions)])
+        curve_width = max([8, *(len(c) for c in self.rule_curves.values())])
+        lines = [f"  {'rule':<{width}} {'lr':>10}  {'curve':<{curve_width}}  {'flag':<13}{spread_head}"]
         for rule, lr in self.suggestions.items():
             mark = "*" if rule == self.method else " "
             extra = ""
@@ -62,7 +64,8 @@ class LRFinderResult:
                 extra = f"   {s['log10_iqr']:.2f} dec, {s['min']:.2e}..{s['max']:.2e}"
             curve = self.rule_curves.get(rule, self.smoothing)
             flag = self.flags.get(rule) or ""
-            lines.append(f"{mark} {rule:<8} {lr:>10.2e}  {curve:<8}  {flag:<13}{extra}".rstrip())
+            row = f"{mark} {rule:<{width}} {lr:>10.2e}  {curve:<{curve_width}}  {flag:<13}{extra}"
+            lines.append(row.rstrip())
         return "\n".join(lines)
 
     def to_csv(self, path: str | Path) -> Path:

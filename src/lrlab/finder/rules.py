@@ -170,6 +170,24 @@ def suggest_bottom(lrs: ArrayLike, losses: ArrayLike, factor: float = BOTTOM_FAC
     return float(lr_arr[int(np.argmin(loss_arr))]) / factor
 
 
+def suggest_steepest_lr(lrs: ArrayLike, losses: ArrayLike) -> float:
+    """Lightning's `Tuner.lr_find` suggestion: the LR at the most negative slope of the loss per
+    unit *LR* (``np.gradient(losses, lrs)``, central differences on the LR axis, not on log LR).
+    On an exponential ramp this divides each step's change by its LR, so it leans towards small
+    LRs. Needs at least two points and distinct learning rates."""
+    lr_arr, loss_arr = _trimmed_curve(lrs, losses, "lightning", 2)
+    if np.any(np.diff(lr_arr) == 0):
+        raise ValueError("lightning: consecutive learning rates must differ")
+    return float(lr_arr[int(np.argmin(np.gradient(loss_arr, lr_arr)))])
+
+
+def suggest_steepest_step(lrs: ArrayLike, losses: ArrayLike) -> float:
+    """torch-lr-finder's suggestion: the LR at the most negative slope of the loss per *step*
+    (``np.gradient(losses)``; per log LR on an exponential ramp). Needs at least two points."""
+    lr_arr, loss_arr = _trimmed_curve(lrs, losses, "torch_lr_finder", 2)
+    return float(lr_arr[int(np.argmin(np.gradient(loss_arr)))])
+
+
 def suggest_minimum_or_valley(lrs: ArrayLike, losses: ArrayLike) -> float:
     """lrlab ``minimum_or_valley``: the larger of fastai's ``minimum`` and ``valley``. Where the
     curve has a clear bottom, minimum (its LR / 10) is the better choice and usually the larger;
@@ -194,18 +212,21 @@ def suggest_lrlab(lrs: ArrayLike, losses: ArrayLike, scale: float = SUGGESTION_S
 
 
 RuleFunction = Callable[[np.ndarray, np.ndarray], float]
-CURVES = ("ema", "zero_lag")
+CURVES = ("ema", "zero_lag", "lightning", "torch_lr_finder")
 
 
 @dataclass(frozen=True)
 class Rule:
     """A suggestion rule: ``function(lrs, smoothed_losses) -> lr`` on the trimmed curve, the
-    smoothing it was designed on (``ema``: fastai's causal EMA; ``zero_lag``) and one line on what
-    it picks."""
+    smoothing it was designed on (``ema``: fastai's causal EMA; ``zero_lag``; ``lightning`` and
+    ``torch_lr_finder``: those tools' own smoothers), one line on what it picks, and how the curve
+    is trimmed first: ``skip=None`` is fastai's :func:`trim`, ``(begin, end)`` drops that many
+    points at each end and then every non-finite one, as Lightning and torch-lr-finder do."""
 
     function: RuleFunction
     curve: str
     summary: str
+    skip: tuple[int, int] | None = None
 
 
 RULES: dict[str, Rule] = {
@@ -226,22 +247,47 @@ RULES: dict[str, Rule] = {
     "lrlab": Rule(
         suggest_lrlab, "ema", f"lrlab's default: {SUGGESTION_SCALE:g} x the larger of minimum and valley"
     ),
+    "lightning": Rule(
+        suggest_steepest_lr, "lightning", "Lightning's tuner: the steepest slope per unit LR", skip=(10, 1)
+    ),
+    "torch_lr_finder": Rule(
+        suggest_steepest_step, "torch_lr_finder", "torch-lr-finder: the steepest slope per step", skip=(10, 5)
+    ),
 }
 """Every suggestion rule by name: the one registry the CLI, `suggest="all"`, sweeps' finder
 baselines, plots and reports read. Add a rule with :func:`register_rule`."""
 
 
 def register_rule(
-    name: str, function: RuleFunction, curve: str = "zero_lag", summary: str = ""
+    name: str,
+    function: RuleFunction,
+    curve: str = "zero_lag",
+    summary: str = "",
+    skip: tuple[int, int] | None = None,
 ) -> RuleFunction:
-    """Make `function(lrs, smoothed_losses) -> lr` (on an already trimmed curve, smoothed with
-    `curve`) available everywhere as rule `name`."""
+    """Make `function(lrs, smoothed_losses) -> lr` (on a curve smoothed with `curve` and trimmed
+    as `skip` says, see `Rule`) available everywhere as rule `name`."""
     if name == "all" or not name.isidentifier():
         raise ValueError(f"rule name {name!r} is not valid: use an identifier other than 'all'")
     if curve not in CURVES:
         raise ValueError(f"curve={curve!r} is not valid; choose one of: {', '.join(CURVES)}")
-    RULES[name] = Rule(function, curve, summary or name)
+    RULES[name] = Rule(function, curve, summary or name, skip)
     return function
+
+
+def trim_for(rule: str, lrs: ArrayLike, losses: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The part of a smoothed curve `rule` reads: fastai's :func:`trim`, or the rule's own `skip`."""
+    skip = RULES[rule].skip
+    if skip is None:
+        return trim(lrs, losses)
+    lr_arr, loss_arr = _curve(lrs, losses)
+    begin, end = skip
+    lr_arr, loss_arr = (
+        lr_arr[begin : max(begin, lr_arr.size - end)],
+        loss_arr[begin : max(begin, loss_arr.size - end)],
+    )
+    finite = np.isfinite(loss_arr)
+    return lr_arr[finite].copy(), loss_arr[finite].copy()
 
 
 def rule_curves(rule_curve: str = "calibrated") -> dict[str, str]:
@@ -252,7 +298,8 @@ def rule_curves(rule_curve: str = "calibrated") -> dict[str, str]:
 
 
 def suggest(lrs: ArrayLike, losses: ArrayLike, method: str = "valley") -> float | dict[str, float]:
-    """Trim a smoothed range-test curve with :func:`trim` and apply one rule, or all of them.
+    """Trim a smoothed range-test curve as each rule does (:func:`trim_for`) and apply one rule,
+    or all of them.
 
     ``method`` is one of :data:`RULES` or ``"all"``; ``"all"`` returns ``{rule: lr}`` with
     NaN for any rule the curve is too short for, while a single rule raises ``ValueError``.
@@ -260,10 +307,9 @@ def suggest(lrs: ArrayLike, losses: ArrayLike, method: str = "valley") -> float 
     if method != "all" and method not in RULES:
         valid = ", ".join(repr(m) for m in (*RULES, "all"))
         raise ValueError(f"unknown method {method!r}; valid methods are {valid}")
-    lr_arr, loss_arr = trim(lrs, losses)
     if method != "all":
-        return RULES[method].function(lr_arr, loss_arr)
-    return {rule: _safe(rule, lr_arr, loss_arr) for rule in RULES}
+        return RULES[method].function(*trim_for(method, lrs, losses))
+    return {rule: _safe(rule, *trim_for(rule, lrs, losses)) for rule in RULES}
 
 
 def suggest_on_curves(
@@ -273,8 +319,7 @@ def suggest_on_curves(
     (`curves` maps ema / zero_lag to smoothed losses); NaN where a rule cannot apply."""
     out = {}
     for rule, curve in rule_curves(rule_curve).items():
-        lr_arr, loss_arr = trim(lrs, curves[curve])
-        out[rule] = _safe(rule, lr_arr, loss_arr)
+        out[rule] = _safe(rule, *trim_for(rule, lrs, curves[curve]))
     return out
 
 

@@ -1,5 +1,7 @@
-"""Loss smoothing for range-test curves: fastai's causal debiased EMA and lrlab's zero-lag
-(forward-backward) EMA. Written by hand: fastai keeps its smoother inside its Recorder callback."""
+"""Loss smoothing for range-test curves: fastai's causal debiased EMA, lrlab's zero-lag
+(forward-backward) EMA, and the smoothers of Lightning's tuner and torch-lr-finder, so that each
+tool's rule reads the curve it reads there. Written by hand: each tool keeps its smoother inside
+its own callback or loop."""
 
 from __future__ import annotations
 
@@ -78,4 +80,36 @@ def zero_lag_smooth(losses: ArrayLike, beta: float = 0.8) -> np.ndarray:
     forward_backward = _ema_pass(_ema_pass(head, beta)[::-1], beta)[::-1]
     backward_forward = _ema_pass(_ema_pass(head[::-1], beta)[::-1], beta)
     out[:k] = 0.5 * (forward_backward + backward_forward)
+    return out
+
+
+LIGHTNING_BETA = 0.98  # Lightning's `_LRCallback(beta=0.98)`
+TORCH_LR_FINDER_SMOOTH_F = 0.05  # torch-lr-finder's `range_test(smooth_f=0.05)`
+
+
+def lightning_smooth(losses: ArrayLike, beta: float = LIGHTNING_BETA) -> np.ndarray:
+    """Lightning's `Tuner.lr_find` curve: the EMA ``avg = beta*avg + (1-beta)*loss`` divided by
+    ``1 - beta**(step + 1)`` where step is the trainer's global step *after* the optimizer step, so
+    point i is debiased with ``beta**(i + 2)``: the first point is ``(1-beta)/(1-beta**2)`` = 0.505x
+    its loss at beta 0.98. NaN from the first non-finite loss on."""
+    _check_beta(beta)
+    arr = as_1d(losses, "losses")
+    out = np.full_like(arr, np.nan)
+    avg = 0.0
+    for i in range(finite_prefix(arr)):
+        avg = beta * avg + (1 - beta) * arr[i]
+        out[i] = avg / (1 - beta ** (i + 2))
+    return out
+
+
+def torch_lr_finder_smooth(losses: ArrayLike, smooth_f: float = TORCH_LR_FINDER_SMOOTH_F) -> np.ndarray:
+    """torch-lr-finder's `range_test` curve: the first loss as it is, then
+    ``smooth_f * loss + (1 - smooth_f) * previous`` (no debiasing). NaN from the first non-finite
+    loss on."""
+    if not 0.0 < smooth_f <= 1.0:
+        raise ValueError(f"smooth_f must satisfy 0 < smooth_f <= 1, got {smooth_f}")
+    arr = as_1d(losses, "losses")
+    out = np.full_like(arr, np.nan)
+    for i in range(finite_prefix(arr)):
+        out[i] = arr[i] if i == 0 else smooth_f * arr[i] + (1 - smooth_f) * out[i - 1]
     return out
