@@ -27,13 +27,24 @@ def _final(directory: Path) -> tuple[dict[str, torch.Tensor], list[float], list]
     return checkpoint["model"], history, runs
 
 
+OPTIMIZERS = {
+    "adamw": (),
+    "prodigy": ("optimizer=prodigy", "lr=1"),  # its estimate of the step size is optimizer state
+    "schedulefree": ("optimizer=schedulefree_adamw", "schedule=constant", "lr=0.0025"),  # train/eval weights
+}
+
+
 @pytest.mark.slow
-def test_an_interrupted_training_resumes_bit_identically_into_the_same_run(run_cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_an_interrupted_training_resumes_bit_identically_into_the_same_run(
+    run_cli, tmp_path: Path, optimizer: str
+) -> None:
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     straight.mkdir()
     interrupted.mkdir()
-    assert run_cli(*RUN, cwd=straight).returncode == 0
-    proc = spawn_lrlab(*RUN, cwd=interrupted)
+    run = (*RUN, *OPTIMIZERS[optimizer])
+    assert run_cli(*run, cwd=straight).returncode == 0
+    proc = spawn_lrlab(*run, cwd=interrupted)
     try:
         for line in proc.stdout:
             if line.startswith("1 "):  # the second epoch's row: epochs 0 and 1 are saved
@@ -45,7 +56,7 @@ def test_an_interrupted_training_resumes_bit_identically_into_the_same_run(run_c
     assert proc.returncode == 143
     (killed,) = _final(interrupted)[2]
     assert killed.info.status == "KILLED"
-    resumed = run_cli(*RUN, "resume=auto", cwd=interrupted)
+    resumed = run_cli(*run, "resume=auto", cwd=interrupted)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after epoch" in resumed.stdout + resumed.stderr
 

@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lrlab.app.lr_free import check_lr_free
 from lrlab.app.tasks import CHECKPOINT_TASKS, TASKS
 from lrlab.core.compiling import compile_mode
 from lrlab.core.monitor import Monitor
@@ -319,6 +320,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError("stages is empty: give at least one stage (name, epochs, lr).")
     for i, stage in enumerate(merged.stages):
         _check_stage(stage, f"stages.{i}")
+    check_lr_free(merged)
     check_model_name(merged.model.name)
     check_pretrained(merged.model.pretrained)
     return merged

@@ -7,7 +7,6 @@ It knows nothing about Hydra or MLflow: it reports through `Callback` objects.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,12 +18,11 @@ from torch import nn
 
 from lrlab.core.compiling import compile_mode, pad_rows
 from lrlab.core.device import resolve_precision
+from lrlab.core.lr_free import refresh_norm_statistics, set_optimizer_mode
 from lrlab.core.optim import momentum_of
 from lrlab.core.settings import PRECISIONS, TTA_MODES, StepOptions
 from lrlab.core.types import Callback, EpochResult, StepRecord
 from lrlab.errors import LrlabError, check_choice
-
-log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(LrlabError):
@@ -207,6 +205,7 @@ class Engine:
         partial accumulation still steps, with its losses scaled by its own size)."""
         self.images_seen = 0
         self.train_mode()
+        set_optimizer_mode(optimizer, train=True)  # Schedule-Free: step on its training weights
         optimizer.zero_grad(set_to_none=True)
         pending = LossBuffer()
         infos: list[tuple[int, dict[str, float], float | None]] = []
@@ -325,6 +324,8 @@ class Engine:
             start = time.perf_counter()
             train_loss = self.train_epoch(train_loader, optimizer, scheduler)
             train_seconds = time.perf_counter() - start
+            if set_optimizer_mode(optimizer, train=False):  # evaluate and save the averaged weights
+                refresh_norm_statistics(self, train_loader)
             metrics = self.evaluate(valid_loader)
             seconds = time.perf_counter() - start
             result = EpochResult(

@@ -69,7 +69,15 @@ def cosine(
     )
 
 
-def constant(optimizer: torch.optim.Optimizer, max_lr: Sequence[float], total_steps: int) -> LRScheduler:
-    """Every group stays at its `max_lr`."""
+def constant(
+    optimizer: torch.optim.Optimizer,
+    max_lr: Sequence[float],
+    total_steps: int,
+    pct_start: float | None = None,
+    div: float | None = None,
+    div_final: float | None = None,
+) -> LRScheduler:
+    """Every group stays at its `max_lr`. A stage's `pct_start`, `div` and `div_final` are
+    accepted and have nothing to shape (no warm-up, no annealing), so every stage preset runs."""
     set_lrs(optimizer, max_lr)
     return LambdaLR(optimizer, lambda step: 1.0)

@@ -1,0 +1,37 @@
+"""The config check for learning-rate-free optimizers (Prodigy, Schedule-Free AdamW): they set
+their own step size, so a range test has nothing to find, and Schedule-Free replaces the LR
+schedule. The engine drives them (see `lrlab.core.lr_free`); this refuses what makes no sense."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from lrlab.errors import ConfigError
+
+# Optimizers that set their own step size: how lrlab refers to each and the fixed lr it takes.
+LR_FREE = {
+    "prodigyopt.Prodigy": ("optimizer=prodigy", "lr=1 (its documented lr: it estimates the step size)"),
+    "schedulefree.AdamWScheduleFree": (
+        "optimizer=schedulefree_adamw",
+        "a fixed lr, e.g. lr=0.0025 (its default)",
+    ),
+}
+
+
+def check_lr_free(cfg: DictConfig) -> None:
+    """A learning-rate-free optimizer takes a fixed lr (a range test has nothing to find) and
+    Schedule-Free AdamW no LR schedule: ConfigError naming the setting otherwise."""
+    target = str(OmegaConf.select(cfg, "optimizer._target_", default=""))
+    if target not in LR_FREE:
+        return
+    name, fixed = LR_FREE[target]
+    finds = [i for i, stage in enumerate(cfg.stages) if stage.lr == "find"]
+    if cfg.task == "lr_find" or finds:
+        where = "task=lr_find" if cfg.task == "lr_find" else f"stages.{finds[0]}.lr=find"
+        raise ConfigError(f"{where} does not apply to {name}, which sets its own step size; pass {fixed}.")
+    schedule = str(OmegaConf.select(cfg, "schedule._target_", default=""))
+    if target.startswith("schedulefree.") and not schedule.endswith(".constant"):
+        raise ConfigError(
+            f"{name} replaces the LR schedule, so schedule={schedule.rsplit('.', 1)[-1]} does not apply: "
+            "use schedule=constant (warm-up: optimizer.warmup_steps)."
+        )
