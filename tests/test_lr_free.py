@@ -82,6 +82,10 @@ def test_prodigy_estimates_its_step_and_lowers_the_loss() -> None:
         (("optimizer=prodigy",), r"stages\.0\.lr=find does not apply to optimizer=prodigy.*lr=1"),
         (("optimizer=prodigy", "lr=1", "task=lr_find"), r"task=lr_find does not apply to optimizer=prodigy"),
         (("optimizer=schedulefree_adamw", "lr=0.0025"), r"replaces the LR schedule.*schedule=constant"),
+        (
+            ("optimizer=prodigy", "lr=1", "stages=fine_tune"),
+            r"stages\.1\.lr_spread=100 does not apply.*lr_spread=1",
+        ),
         (("optimizer=schedulefree_adamw", "schedule=constant"), r"lr=find does not apply.*lr=0\.0025"),
     ],
 )
@@ -95,4 +99,4 @@ def test_lr_free_optimizers_compose_with_what_they_need(compose_cfg) -> None:
     validate(
         compose_cfg("experiment=smoke", "optimizer=schedulefree_adamw", "schedule=constant", "lr=0.0025")
     )
-    validate(compose_cfg("optimizer=prodigy", "lr=1"))  # the default ELPV problem's staged recipe
+    validate(compose_cfg("optimizer=prodigy", "lr=1", "lr_spread=1"))  # the default ELPV problem, staged

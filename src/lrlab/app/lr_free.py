@@ -19,8 +19,9 @@ LR_FREE = {
 
 
 def check_lr_free(cfg: DictConfig) -> None:
-    """A learning-rate-free optimizer takes a fixed lr (a range test has nothing to find) and
-    Schedule-Free AdamW no LR schedule: ConfigError naming the setting otherwise."""
+    """A learning-rate-free optimizer takes a fixed lr (a range test has nothing to find), Prodigy
+    one lr for all parameter groups and Schedule-Free AdamW no LR schedule: ConfigError naming the
+    setting otherwise."""
     target = str(OmegaConf.select(cfg, "optimizer._target_", default=""))
     if target not in LR_FREE:
         return
@@ -29,6 +30,12 @@ def check_lr_free(cfg: DictConfig) -> None:
     if cfg.task == "lr_find" or finds:
         where = "task=lr_find" if cfg.task == "lr_find" else f"stages.{finds[0]}.lr=find"
         raise ConfigError(f"{where} does not apply to {name}, which sets its own step size; pass {fixed}.")
+    spread = [i for i, stage in enumerate(cfg.stages) if stage.lr_spread != 1 and stage.epochs > 0]
+    if target.startswith("prodigyopt.") and spread:
+        raise ConfigError(
+            f"stages.{spread[0]}.lr_spread={cfg.stages[spread[0]].lr_spread:g} does not apply to {name}: "
+            "Prodigy takes one lr for every parameter group (no discriminative LRs); pass lr_spread=1."
+        )
     schedule = str(OmegaConf.select(cfg, "schedule._target_", default=""))
     if target.startswith("schedulefree.") and not schedule.endswith(".constant"):
         raise ConfigError(

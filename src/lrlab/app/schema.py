@@ -2,7 +2,7 @@
 schema its YAML extends, so a misspelt key fails when the config is composed, naming the key:
 
 - the top-level keys, `model`, `train`, `tracking` and `trial`: the dataclasses below;
-- each entry of `stages`: `lrlab.core.types.Stage`;
+- each entry of `stages`: `lrlab.train.stage.Stage`;
 - `lr_finder`: `lrlab.finder.config.FinderConfig` (`conf/lr_finder/*.yaml` extend
   `/lr_finder_schema`);
 - `data`: each source's own dataclass from the data-source registry (`conf/data/<source>.yaml`
