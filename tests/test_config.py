@@ -29,7 +29,12 @@ OPTIONS = sorted(
     for option in group.glob("*.yaml")
 )
 # Keys an option needs before it validates offline (no download, no hub weights needed to validate).
-NEEDS = {("data", "imagefolder"): ["data.root={tmp}"], ("data", "torchvision"): ["data.dataset=CIFAR10"]}
+NEEDS = {
+    ("data", "imagefolder"): ["data.root={tmp}"],
+    ("data", "torchvision"): ["data.dataset=CIFAR10"],
+    ("optimizer", "prodigy"): ["lr=1", "lr_spread=1"],  # it sets its own step size, one lr for all groups
+    ("optimizer", "schedulefree_adamw"): ["lr=0.0025", "schedule=constant"],  # and it replaces the schedule
+}
 
 
 def _resolved(cfg) -> dict:

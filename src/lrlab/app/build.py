@@ -121,7 +121,9 @@ def build(cfg: DictConfig) -> Setup:
     data_device = device if cfg.data.in_memory else "cpu"
     shard = (distributed.rank(), distributed.world_size())
     loaders = make_loaders(source, data_cfg, norm, data_device, cfg.seed, shard)
-    optimizer = build_optimizer(instantiate(cfg.optimizer), model, groups, lr=cfg.lr_finder.start_lr)
+    # plain lists, not ListConfig: the optimizer's state (betas) goes into weights_only checkpoints
+    factory = instantiate(cfg.optimizer, _convert_="all")
+    optimizer = build_optimizer(factory, model, groups, lr=cfg.lr_finder.start_lr)
     stages: list[Stage] = OmegaConf.to_object(cfg.stages)  # Stage is the schema of each entry
     check_stages_fit(stages, groups)
     sizes = source.sizes()
