@@ -4,15 +4,16 @@ the default problem's recipe, whatever the checkpoint's data)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig
 
-from lrlab.models.checkpoint import load_checkpoint
 
-
-def checkpoint_tta(cfg: DictConfig, overrides: list[str]) -> str:
+def checkpoint_tta(cfg: DictConfig, overrides: list[str], meta: dict[str, Any]) -> str:
+    """`meta`: the checkpoint's metadata (`LoadedModel.meta`), whose `config` is its run's config."""
     import yaml
 
     if any(o.lstrip("+~").split("=", 1)[0] == "train.tta" for o in overrides):
         return cfg.train.tta
-    saved = yaml.safe_load(load_checkpoint(cfg.checkpoint).get("meta", {}).get("config") or "{}") or {}
+    saved = yaml.safe_load(meta.get("config") or "{}") or {}
     return str((saved.get("train") or {}).get("tta", "none"))

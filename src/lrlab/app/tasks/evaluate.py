@@ -16,9 +16,9 @@ from lrlab.models.checkpoint import load_model
 def run(job: Job) -> RunResult:
     cfg = validate(job.cfg)
     device = resolve_device(cfg.device)
-    tta = checkpoint_tta(cfg, job.overrides)
     uri = get_backend(cfg.tracking.backend).resolve_uri(cfg.tracking.uri, job.launch_dir)
-    loaded = load_model(cfg.checkpoint, device=device)
+    loaded = load_model(cfg.checkpoint, device=device)  # the one read of the checkpoint
+    tta = checkpoint_tta(cfg, job.overrides, loaded.meta)
     report = evaluate_checkpoint(cfg.checkpoint, loaded, job.output_dir, tta, device)
     run_id = log_evaluation(uri, cfg, loaded.meta, report, job.overrides, tta)
     return RunResult([], {}, output_dir=job.output_dir, test=report.metrics, run_id=run_id)

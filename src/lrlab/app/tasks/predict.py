@@ -88,12 +88,9 @@ def write_predictions(rows: Sequence[dict[str, Any]], path: Path, class_names: S
     return path
 
 
-def run_predict(
-    checkpoint: str, inputs: str, output_dir: Path, tta: str = "none", device: str = "cpu"
-) -> Path:
-    """Predict every image under `inputs` with the model in `checkpoint`; writes and returns
+def run_predict(loaded: LoadedModel, inputs: str, output_dir: Path, tta: str = "none") -> Path:
+    """Predict every image under `inputs` with `loaded` (`lrlab.load_model`); writes and returns
     `<output_dir>/predictions.csv`."""
-    loaded = load_model(checkpoint, device=device)
     paths = image_files(inputs)
     rows, skipped = predict_files(loaded, paths, tta=tta)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +103,6 @@ def run_predict(
 
 def run(job: Job) -> RunResult:
     cfg = validate(job.cfg)
-    tta = checkpoint_tta(cfg, job.overrides)
-    path = run_predict(cfg.checkpoint, cfg.input, job.output_dir, tta, resolve_device(cfg.device))
+    loaded = load_model(cfg.checkpoint, device=resolve_device(cfg.device))  # the one read of it
+    path = run_predict(loaded, cfg.input, job.output_dir, checkpoint_tta(cfg, job.overrides, loaded.meta))
     return RunResult([], {}, output_dir=job.output_dir, extra={"predictions": str(path)})
