@@ -1,8 +1,9 @@
-"""Tests for the bundled offline EfficientNet-Lite0 weights."""
+"""Tests for the bundled offline EfficientNet-Lite0/1/2 weights."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -13,6 +14,7 @@ from sklearn.datasets import load_sample_image
 from timm.data import ImageNetInfo, infer_imagenet_subset
 
 from lrlab.models.weights import (
+    BUNDLED,
     BUNDLED_MODEL_NAME,
     WeightsError,
     bundled_state_dict,
@@ -75,6 +77,25 @@ def test_flower_photo_is_a_daisy(model: torch.nn.Module) -> None:
 def test_china_photo_is_architecture(model: torch.nn.Module) -> None:
     predictions = top5(model, "china.jpg")
     assert predictions[0][0] in ARCHITECTURE, predictions
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_bigger_lites_load_strictly_and_see_a_palace(name: str) -> None:
+    """Lite1 and Lite2 put china.jpg on palace too (p 0.55 and 0.38); both read flower.jpg's
+    close-up daisy heart as honeycomb, so that photo is no check for them."""
+    net = timm.create_model(name, pretrained=False)
+    load_bundled_weights(net, name)
+    predictions = top5(net.eval(), "china.jpg")
+    assert predictions[0][0] == 698 and predictions[0][2] > 0.3, predictions
+
+
+def test_every_bundled_model_has_a_config() -> None:
+    from omegaconf import OmegaConf
+
+    from lrlab.app.cli import CONFIG_DIR
+
+    names = {OmegaConf.load(p).name for p in (Path(CONFIG_DIR) / "model").glob("efficientnet_lite*.yaml")}
+    assert names == set(BUNDLED)
 
 
 def test_wrong_model_name_is_rejected() -> None:

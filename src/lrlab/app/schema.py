@@ -209,7 +209,7 @@ def check_pretrained(value: Any) -> None:
         return
     raise ConfigError(
         f"model.pretrained={value!r} is not valid: use false (random init), true (timm hub, needs "
-        "internet), bundled (offline ImageNet EfficientNet-Lite0), or the path of an existing "
+        "internet), bundled (offline ImageNet EfficientNet-Lite0/1/2), or the path of an existing "
         ".pth/.safetensors weights file."
     )
 

