@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from lrlab.errors import ConfigError
+from lrlab.errors import ConfigError, TrainingDiverged
 from lrlab.finder.rules import RULES
 from lrlab.integrations.optuna_storage import open_storage
 from lrlab.sweep.baselines import FinderBaselines
@@ -43,8 +43,8 @@ class FakeJobs:
     """A job function for `SweepSession.run`: error_rate = |log10(lr) + 3| / 10 from the job's
     overrides; chosen trial numbers fail or are pruned; a finder trial uses `FINDER_LRS`."""
 
-    def __init__(self, fail: Collection[int] = (), prune: Collection[int] = ()):
-        self.fail, self.prune = set(fail), set(prune)
+    def __init__(self, fail: Collection[int] = (), prune: Collection[int] = (), diverge: Collection[int] = ()):
+        self.fail, self.prune, self.diverge = set(fail), set(prune), set(diverge)
         self.batches: list[list[list[str]]] = []
 
     def __call__(self, batch: list[list[str]]) -> list[Outcome]:
@@ -58,6 +58,8 @@ class FakeJobs:
             return Outcome(error=RuntimeError(f"loss is nan in trial {number}"))
         if number in self.prune:
             return Outcome(error=optuna.TrialPruned("pruned after epoch 1"))
+        if number in self.diverge:
+            return Outcome(error=TrainingDiverged(f"The training loss became nan in trial {number}"))
         rule = values.get("stages.0.lr_rule")
         lr = FINDER_LRS.get(rule, 1e-3) if values["stages.0.lr"] == "find" else float(values["stages.0.lr"])
         return Outcome(
@@ -145,6 +147,13 @@ def test_failed_trials_are_replaced_and_pruned_ones_count(store: Path) -> None:
     trials = session.study.get_trials(deepcopy=False)
     assert trials[0].user_attrs["error"] == "RuntimeError: loss is nan in trial 0"
     assert trials[2].user_attrs["pruned"] == "pruned after epoch 1"
+
+
+def test_a_diverged_run_counts_as_pruned_and_is_not_retried(store: Path) -> None:
+    session = _open(store, n_trials=3, max_failure_rate=0.0)
+    assert session.run(FakeJobs(diverge={1})) == 3
+    assert _states(session) == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    assert "loss became nan" in session.study.get_trials(deepcopy=False)[1].user_attrs["diverged"]
 
 
 def test_more_failures_than_the_rate_allows_stop_the_sweep(store: Path) -> None:

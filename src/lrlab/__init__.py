@@ -18,7 +18,7 @@ _EXPORTS = {
     "EpochResult": "lrlab.core.types",
     "StepRecord": "lrlab.core.types",
     "Engine": "lrlab.core.engine",
-    "TrainingDiverged": "lrlab.core.engine",
+    "TrainingDiverged": "lrlab.errors",
     "build_optimizer": "lrlab.core.optim",
     "constant": "lrlab.core.schedules",
     "cosine": "lrlab.core.schedules",

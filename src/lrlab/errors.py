@@ -18,6 +18,11 @@ def check_choice(value: object, allowed: tuple[str, ...], key: str) -> str:
     return text
 
 
+class TrainingDiverged(LrlabError):
+    """The training loss became NaN or infinite: a result of the settings (usually too high an LR),
+    which a sweep records as a pruned trial rather than a failure to retry."""
+
+
 class RunPruned(Exception):
     """A sweep's pruner stopped this run early (raised by the trial reporter; the run ends KILLED
     and its trial PRUNED). Not an LrlabError: nothing was wrong with the input."""

@@ -22,11 +22,7 @@ from lrlab.core.lr_free import refresh_norm_statistics, set_optimizer_mode
 from lrlab.core.optim import momentum_of
 from lrlab.core.settings import PRECISIONS, TTA_MODES, StepOptions
 from lrlab.core.types import Callback, EpochResult, StepRecord
-from lrlab.errors import LrlabError, check_choice
-
-
-class TrainingDiverged(LrlabError):
-    """The training loss became NaN or infinite."""
+from lrlab.errors import TrainingDiverged, check_choice
 
 
 class Predictions(NamedTuple):

@@ -1,7 +1,8 @@
 """The ask/tell loop of a sweep, independent of Hydra: ask trials until the study holds `n_trials`
 finished (complete or pruned) ones, hand each batch to a `run_batch` callable (the Hydra sweeper
 adapts its launcher to it; tests pass a plain function), tell Optuna each outcome, replace failed
-trials, and stop once more than `max_failure_rate` of `n_trials` failed."""
+trials, and stop once more than `max_failure_rate` of `n_trials` failed. A run whose loss diverged
+is recorded as pruned (attr `diverged`): it counts and is not retried."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from lrlab.errors import ConfigError, LrlabError
+from lrlab.errors import ConfigError, LrlabError, TrainingDiverged
 from lrlab.integrations.locks import study_lock
 from lrlab.integrations.optuna_storage import open_storage
 from lrlab.integrations.process import worker_id
@@ -235,6 +236,12 @@ class SweepSession:
                 trial.set_user_attr(key, summary.get(key))
             self.study.tell(trial, values)
             return TrialState.COMPLETE
+        if isinstance(outcome.error, TrainingDiverged):
+            # Divergence is the settings' result, not a crash: a retry would diverge again (and a
+            # grid would re-ask the same point forever), so the trial counts, as pruned.
+            trial.set_user_attr("diverged", str(outcome.error)[:2000])
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED
         if isinstance(outcome.error, optuna.TrialPruned):
             trial.set_user_attr("pruned", str(outcome.error))
             self.study.tell(trial, state=TrialState.PRUNED)
