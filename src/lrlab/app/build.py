@@ -36,7 +36,7 @@ from lrlab.models.factory import (
     to_device,
 )
 from lrlab.models.groups import layer_groups, model_summary
-from lrlab.train.stage import Stage
+from lrlab.train.stage import AutoLrConfig, Stage
 from lrlab.train.stages import Training, trainable_group_indices
 
 log = logging.getLogger("lrlab")
@@ -69,6 +69,7 @@ class Setup:
     split_digests: dict[str, str] = field(default_factory=dict)  # content digests (only when tracked)
     preprocess: Preprocess | None = None  # how an image file becomes an input, as for the eval splits
     finder: FinderConfig = field(default_factory=FinderConfig)  # the range test's settings (lr_finder)
+    auto: AutoLrConfig = field(default_factory=AutoLrConfig)  # lr=auto's race (lr_auto)
 
     def training(self, shared: SharedCurves | None = None) -> Training:
         """What the staged trainer works on (range-test curves reused from `shared`, if given)."""
@@ -81,6 +82,7 @@ class Setup:
             self.finder,
             self.cfg.seed,
             shared,
+            self.auto,
         )
 
     def model_description(self) -> dict[str, Any]:
@@ -155,6 +157,7 @@ def build(cfg: DictConfig) -> Setup:
             source.eval_resize, cfg.data.image_size, source.channels, norm.mean, norm.std, norm.interpolation
         ),
         finder=FinderConfig(**OmegaConf.to_container(cfg.lr_finder, resolve=True)),
+        auto=AutoLrConfig(**OmegaConf.to_container(cfg.lr_auto, resolve=True)),
     )
 
 

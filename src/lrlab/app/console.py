@@ -48,7 +48,15 @@ def describe_stage(start: Any) -> list[str]:
         rules = ", ".join(f"{r} {v:.2e}{'*' if r == start.rule else ''}" for r, v in f.suggestions.items())
         spent = "reused (same starting state as an earlier run)" if f.cached else f"{f.seconds:.1f}s"
         lines.append(f"  range test: {len(f.lrs)} steps, {f.stop_reason}, {spent}: {rules}")
-        lines.append(f"  lr {start.lr:.3g} = {start.rule} suggestion x {stage.lr_scale:g}")
+        if start.race is not None:
+            race = start.race
+            lines.append(
+                f"  lr {start.lr:.3g} = lr=auto race winner ({race.epochs_trained} raced epochs, "
+                f"{race.seconds:.1f}s) around the {start.rule} suggestion {race.suggestion:.3g}: "
+                + ", ".join(f"{c.lr:.3g} {c.outcome} {c.value:.4g}" for c in race.candidates)
+            )
+        else:
+            lines.append(f"  lr {start.lr:.3g} = {start.rule} suggestion x {stage.lr_scale:g}")
     else:
         lines.append(f"  lr {start.lr:.3g} (fixed)")
     lines.append(

@@ -3,7 +3,7 @@ stage's decisions, checkpoints, early stopping and the Optuna trial reporter."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,17 @@ class StageLog(Callback):
             entry["finder_seconds"] = float(start.finder.seconds)
             entry["suggestions"] = {r: float(v) for r, v in start.finder.suggestions.items()}
             entry["curve"] = str(self.directory / f"{finder_file_stem(start.stage.name)}.csv")
+        if start.race is not None:
+            race = start.race
+            entry["race"] = {
+                "suggestion": race.suggestion,
+                "winner": race.winner,
+                "metric": race.metric,
+                "race_epochs": race.race_epochs,
+                "epochs_trained": race.epochs_trained,
+                "seconds": race.seconds,
+                "candidates": [asdict(c) for c in race.candidates],
+            }
         self.stages.append(entry)
 
 

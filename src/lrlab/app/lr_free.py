@@ -7,6 +7,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from lrlab.errors import ConfigError
+from lrlab.train.stage import uses_range_test
 
 # Optimizers that set their own step size: how lrlab refers to each and the fixed lr it takes.
 LR_FREE = {
@@ -26,9 +27,9 @@ def check_lr_free(cfg: DictConfig) -> None:
     if target not in LR_FREE:
         return
     name, fixed = LR_FREE[target]
-    finds = [i for i, stage in enumerate(cfg.stages) if stage.lr == "find"]
+    finds = [i for i, stage in enumerate(cfg.stages) if uses_range_test(stage.lr)]
     if cfg.task == "lr_find" or finds:
-        where = "task=lr_find" if cfg.task == "lr_find" else f"stages.{finds[0]}.lr=find"
+        where = "task=lr_find" if cfg.task == "lr_find" else f"stages.{finds[0]}.lr={cfg.stages[finds[0]].lr}"
         raise ConfigError(f"{where} does not apply to {name}, which sets its own step size; pass {fixed}.")
     spread = [i for i, stage in enumerate(cfg.stages) if stage.lr_spread != 1 and stage.epochs > 0]
     if target.startswith("prodigyopt.") and spread:

@@ -18,6 +18,7 @@ from lrlab.core.distributed import world_size
 from lrlab.core.reproducibility import machine_fingerprint
 from lrlab.integrations.provenance import provenance_tags
 from lrlab.integrations.tracking import Tracker, get_backend
+from lrlab.train.stage import uses_range_test
 
 CHECKPOINT_TASK_KEYS = ("checkpoint", "format", "input")  # predict / evaluate / export only
 
@@ -48,9 +49,13 @@ def run_params(cfg: DictConfig) -> dict[str, Any]:
     if cfg.trial.study is None:
         params.pop("trial", None)
     stages = params.get("stages", [])
-    uses_finder = cfg.task == "lr_find" or any(s.get("lr") == "find" or s.get("lr_rule") for s in stages)
+    uses_finder = cfg.task == "lr_find" or any(
+        uses_range_test(s.get("lr")) or s.get("lr_rule") for s in stages
+    )
     if not uses_finder:
         params.pop("lr_finder", None)
+    if not any(str(s.get("lr")) == "auto" for s in stages):
+        params.pop("lr_auto", None)
     return params
 
 

@@ -35,7 +35,7 @@ from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError, check_choice
 from lrlab.finder.config import FinderConfig
 from lrlab.integrations.tracking import backend_names
-from lrlab.train.stage import SPREAD_MODES, Stage, parse_trainable
+from lrlab.train.stage import SPREAD_MODES, AutoLrConfig, Stage, parse_trainable, uses_range_test
 
 TRIAL_METRICS = ("error_rate", "valid_loss", "accuracy", "train_loss")
 
@@ -118,6 +118,7 @@ class LrlabConfig:
     stages: list[Stage] = field(default_factory=list)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     lr_finder: FinderConfig = field(default_factory=FinderConfig)
+    lr_auto: AutoLrConfig = field(default_factory=AutoLrConfig)  # lr=auto's race
     task: str = (
         "train"  # train | lr_find (range test) | predict (checkpoint, input) | evaluate | export (checkpoint)
     )
@@ -134,7 +135,9 @@ class LrlabConfig:
     epochs: int = 5  # epochs of the main (unfrozen) stage; stage presets refer to it
     freeze_epochs: int = 1  # epochs of each frozen stage (fine_tune's head stage)
     lr_spread: float = 100.0  # fine_tune's unfrozen stage: the first layer group trains at lr / lr_spread
-    lr: Any = "find"  # find: each stage runs the range test and takes its suggestion; or a number
+    # find: each stage runs the range test and takes its suggestion; auto: races LRs around it
+    # (lr_auto) and continues the winner; or a number
+    lr: Any = "find"
     train: TrainConfig = field(default_factory=TrainConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
 
@@ -217,12 +220,13 @@ def check_pretrained(value: Any) -> None:
 def _check_stage(stage: DictConfig, key: str) -> None:
     from lrlab.finder.rules import RULES
 
-    if stage.lr != "find":
+    if not uses_range_test(stage.lr):
         try:
             stage.lr = float(stage.lr)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"{key}.lr={stage.lr!r} is not valid: use find (range test) or a positive number."
+                f"{key}.lr={stage.lr!r} is not valid: use find (range test), auto (range test, then "
+                "a race of LRs around its suggestion) or a positive number."
             ) from None
         _positive(stage.lr, f"{key}.lr")
     if stage.epochs < 0:
@@ -296,6 +300,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     OmegaConf.to_object(merged.data).check()
     finder = OmegaConf.to_container(merged.lr_finder, resolve=True)
     _qualified(lambda: FinderConfig(**finder).check(), "lr_finder", finder)
+    OmegaConf.to_object(merged.lr_auto).check()
     if merged.trial.study is not None:
         check_choice(merged.trial.metric, TRIAL_METRICS, "trial.metric")
         if merged.trial.storage is None or merged.trial.number is None:

@@ -306,15 +306,19 @@ class Engine:
         epochs: int,
         stage: str = "train",
         start_epoch: int = 0,
+        replay: Sequence[EpochResult] = (),
     ) -> list[EpochResult]:
         """Train epochs `start_epoch`..`epochs - 1` (a resumed stage starts later), evaluating after
-        each; callbacks see every step and epoch, and one that sets `engine.stop_reason` ends the
-        stage after the current epoch."""
+        each; callbacks see every step and epoch (first `replay`'s: epochs trained elsewhere, as an
+        `lr=auto` race's winner), and one that sets `engine.stop_reason` ends the stage after the
+        current epoch."""
         steps = self.steps_per_epoch(train_loader)
         self.stop_reason: str | None = None
         self.fit_context = (optimizer, scheduler, train_loader)
         for cb in self.callbacks:
             cb.on_fit_start(self, stage, epochs, steps)
+        for cb, done in ((cb, result) for result in replay for cb in self.callbacks):
+            cb.on_epoch_end(self, done)
         results: list[EpochResult] = []
         for stage_epoch in range(start_epoch, epochs):
             start = time.perf_counter()

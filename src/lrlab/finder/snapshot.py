@@ -14,13 +14,13 @@ from lrlab.core.engine import Engine
 from lrlab.core.reproducibility import LoopState, loader_generator, rng_state
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
+        return type(obj)(to_cpu(v) for v in obj)
     return obj
 
 
@@ -28,9 +28,9 @@ class Snapshot:
     """A CPU copy of the training state; `restore` puts it back."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, engine: Engine, loader: Any):
-        self.model_state = _to_cpu(model.state_dict())
-        self.optimizer_state = _to_cpu(optimizer.state_dict())
-        self.scaler_state = _to_cpu(engine.scaler.state_dict()) if engine.scaler else None
+        self.model_state = to_cpu(model.state_dict())
+        self.optimizer_state = to_cpu(optimizer.state_dict())
+        self.scaler_state = to_cpu(engine.scaler.state_dict()) if engine.scaler else None
         self.rng = rng_state()
         gen = loader_generator(loader)
         self.loader_state = gen.get_state() if gen is not None else None

@@ -142,6 +142,14 @@ class MlflowTracker(Tracker):
                 for path in start.finder.save(tmp, f"lr_find_{name}", title=f"stage {name}"):
                     self.log_artifact(path, f"lr_finder/{name}")
             self.log_metric(f"{name}/lr_find_seconds", start.finder.seconds, engine.global_epoch)
+        if start.race is not None:
+            race = start.race
+            params[f"stage.{name}.auto_suggestion"] = f"{race.suggestion:.6g}"
+            params[f"stage.{name}.auto_candidates"] = ",".join(
+                f"{c.lr:.3g}:{c.outcome}:{c.epochs}" for c in race.candidates
+            )
+            self.log_metric(f"{name}/race_seconds", race.seconds, engine.global_epoch)
+            self.log_metric(f"{name}/race_epochs", race.epochs_trained, engine.global_epoch)
         self.log_params(params)
         self.log_metric(f"{name}/lr", start.lr, engine.global_epoch)
         self.log_metric(f"{name}/trainable_params", start.trainable_params, engine.global_epoch)

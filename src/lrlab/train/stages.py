@@ -26,8 +26,9 @@ from lrlab.finder.config import FinderConfig
 from lrlab.finder.curve_cache import SharedCurves
 from lrlab.finder.range_test import find_lr
 from lrlab.finder.result import LRFinderResult
+from lrlab.train.race import race
 from lrlab.train.resume import Decisions, ResumeState
-from lrlab.train.stage import SPREAD_MODES, Stage, parse_trainable
+from lrlab.train.stage import SPREAD_MODES, AutoLrConfig, Stage, parse_trainable, uses_range_test
 
 log = logging.getLogger("lrlab")
 
@@ -48,6 +49,7 @@ class StageStart:
     finder: LRFinderResult | None = None
     cleared_optimizer_state: bool = False
     decisions: Decisions = field(default_factory=dict)  # (lr, rule) of every stage started so far
+    race: RaceResult | None = None  # lr=auto: the race that chose `lr`
 
 
 def trainable_group_indices(trainable: str, n_groups: int) -> list[int]:
@@ -111,7 +113,7 @@ class Training:
     """What staged training works on: the model's layer groups, the train and valid loaders, one
     optimizer over every parameter, the schedule factory each stage builds its scheduler with, and
     the range test's settings (`finder`; `seed` for repeats' data orders; `shared`: curves reused
-    from runs that start from the identical state)."""
+    from runs that start from the identical state) and `lr=auto`'s race settings (`auto`)."""
 
     groups: Sequence[LayerGroup]
     train_loader: Any
@@ -121,14 +123,15 @@ class Training:
     finder: FinderConfig = field(default_factory=FinderConfig)
     seed: int = 0
     shared: SharedCurves | None = None
+    auto: AutoLrConfig = field(default_factory=AutoLrConfig)
 
 
 def _stage_lr(
     engine: Engine, training: Training, stage: Stage, index: int, ratios: Sequence[float]
 ) -> tuple[float, str | None, LRFinderResult | None]:
-    """The stage's head LR: its fixed `lr`, or (lr 'find') the range test's suggestion for the
-    stage's rule, run with the stage's LR ratios across groups; times `lr_scale`."""
-    if stage.lr != "find":
+    """The stage's head LR: its fixed `lr`, or (lr 'find' or 'auto') the range test's suggestion for
+    the stage's rule, run with the stage's LR ratios across groups; times `lr_scale`."""
+    if not uses_range_test(stage.lr):
         return float(stage.lr) * stage.lr_scale, None, None
     rule = stage.lr_rule or training.finder.rule
     set_lrs(training.optimizer, group_lrs(training.optimizer, ratios))
@@ -151,6 +154,20 @@ def _stage_lr(
     return lr, rule, found
 
 
+def _scheduler_factory(
+    training: Training, stage: Stage, ratios: Sequence[float], total_steps: int
+) -> Callable[[float], Any]:
+    """head LR -> the stage's scheduler over `total_steps` with the stage's LR ratios across groups."""
+
+    def make(head_lr: float) -> Any:
+        max_lr = group_lrs(training.optimizer, [head_lr * r for r in ratios])
+        return training.schedule(
+            training.optimizer, max_lr=max_lr, total_steps=total_steps, **stage.schedule_overrides()
+        )
+
+    return make
+
+
 def _announce(engine: Engine, groups: Sequence[LayerGroup], start: dict[str, Any]) -> None:
     """Tell the callbacks what a stage decided: a StageStart of `start` plus the names of its
     trainable groups (`start["trainable_groups"]` holds their indices), its per-group LRs
@@ -168,7 +185,8 @@ def run_stages(
     engine: Engine, training: Training, stages: Sequence[Stage], resume: ResumeState | None = None
 ) -> list[EpochResult]:
     """Run each stage in order and return every epoch's result. Stages whose lr is 'find' run the
-    range test with `training.finder` (held-out loss on the valid loader). `resume` skips finished
+    range test with `training.finder` (held-out loss on the valid loader); 'auto' then races LRs
+    around its suggestion (`training.auto`) and continues the winner. `resume` skips finished
     stages, reuses their LR decisions and continues after its last epoch."""
     steps, model, groups = engine.steps_per_epoch(training.train_loader), engine.model, training.groups
     optimizer = training.optimizer
@@ -190,6 +208,12 @@ def run_stages(
         lr, rule, found = (
             (*decisions[index], None) if resuming else _stage_lr(engine, training, stage, index, ratios)
         )
+        make_scheduler = _scheduler_factory(training, stage, ratios, steps * stage.epochs)
+        raced, winner, replay = None, None, []
+        if stage.lr == "auto" and not resuming:
+            before = len(engine.history)
+            raced, winner = race(engine, training, stage, index, lr, make_scheduler, training.auto, decisions)
+            lr, replay = raced.winner, winner.history[before:]
         decisions[index] = (lr, rule)
         layer_lrs = [lr * r for r in ratios]
         start = {
@@ -201,15 +225,14 @@ def run_stages(
             "layer_lrs": layer_lrs,
         }
         start.update(trainable_groups=trainable, cleared_optimizer_state=cleared, decisions=dict(decisions))
-        _announce(engine, groups, start)
-        total = steps * stage.epochs
-        scheduler = training.schedule(
-            optimizer, max_lr=group_lrs(optimizer, layer_lrs), total_steps=total, **stage.schedule_overrides()
-        )
-        first = 0
+        _announce(engine, groups, {**start, "race": raced})
+        scheduler, first = make_scheduler(lr), 0
         if resuming:
             resume.restore(engine, optimizer, scheduler, training.train_loader)
             first, first_result = resume.stage_epochs_done, 0
+        elif winner is not None:
+            winner.restore(engine, optimizer, scheduler, training.train_loader)
+            first = winner.stage_epochs_done
         engine.fit(
             training.train_loader,
             training.valid_loader,
@@ -218,6 +241,7 @@ def run_stages(
             stage.epochs,
             stage.name,
             first,
+            replay,
         )
     engine.hold_in_eval([])
     return engine.history[first_result:]

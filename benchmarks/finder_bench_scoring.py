@@ -1,0 +1,85 @@
+"""Reading the finder benchmark v2's studies back (`finder_vs_grid.py`) and scoring each
+contender against the grid.
+
+Definitions (printed with every report):
+- grid point: one LR of the grid or its refinement, its seeds' valid and test errors;
+- grid best: the grid LR with the lowest mean *valid* error (the lower LR on a tie); its seed-SE is
+  the standard error over seeds of the test error there;
+- a contender's regret in a (configuration, seed) case: its test error minus the same seed's test
+  error at the grid best; the case is good when the regret is at most max(0.5 pt, 1 seed-SE);
+- a diverged run (loss NaN) scores the error of guessing, 1 - 1/classes;
+- compute: wall-clock seconds of training and range tests (and races), summed per case,
+  relative to the 9 half-decade grid runs of the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+CLASSES = {"digits": 10, "mnist5k": 10, "elpv4": 4, "elpv2": 2}
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One finished trial: the graded stage's LR, the seed, final valid and test error rates, and
+    its compute (wall-clock seconds of the trial: training, range tests, races, evaluation)."""
+
+    lr: float
+    seed: int
+    valid_error: float
+    test_error: float
+    seconds: float
+    diverged: bool = False
+    suggestions: dict[str, float] | None = None  # the graded stage's range-test suggestions
+
+
+def _stage(trial: Any, index: int) -> dict[str, Any]:
+    return next((s for s in trial.user_attrs.get("stages") or [] if s.get("index") == index), {})
+
+
+def load_runs(storage: str, study: str, stage: int, classes: int = 10) -> list[BenchRun]:
+    """The COMPLETE and PRUNED (diverged) trials of a study, sorted by LR then seed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    found = optuna.load_study(study_name=study, storage=storage)
+    runs = []
+    for t in found.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        entry, key = _stage(t, stage), f"stages.{stage}.lr"
+        lr = float(entry.get("lr") or t.params.get(key, math.nan))
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds()
+        if t.state == TrialState.PRUNED:
+            chance = 1 - 1 / classes
+            runs.append(BenchRun(lr, int(t.params["seed"]), chance, chance, seconds, diverged=True))
+            continue
+        runs.append(
+            BenchRun(
+                lr=lr,
+                seed=int(t.params["seed"]),
+                valid_error=float(t.user_attrs["metrics"]["error_rate"]),
+                test_error=float(t.user_attrs["test"]["error_rate"]),
+                seconds=seconds,
+                suggestions={k: float(v) for k, v in (entry.get("suggestions") or {}).items()},
+            )
+        )
+    return sorted(runs, key=lambda r: (r.lr, r.seed))
+
+
+def trial_seconds(storage: str, study: str) -> list[float]:
+    """Wall-clock seconds of each COMPLETE trial of a study ([] when there is none yet)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from finder_grid_runs import settled_trials
+
+    if not settled_trials(storage, study):
+        return []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    found = optuna.load_study(study_name=study, storage=storage)
+    return [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ]

@@ -1,0 +1,174 @@
+"""`lr=auto`: race a few LRs around the range test's suggestion for part of a stage and keep the
+winner's training, so the winner continues from its state instead of starting over.
+
+Optuna's `SuccessiveHalvingPruner` decides which candidate stops early, in an in-memory study
+(one trial per candidate, one report per epoch); this module only trains the candidates in turn,
+each on the stage's full-length schedule, and holds a CPU copy of the best one still standing.
+The candidates' epochs are silent (callbacks see only the winner's, replayed), so trackers,
+checkpoints and an outer sweep's pruner see one training.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lrlab.core.engine import Engine
+from lrlab.core.types import EpochResult
+from lrlab.errors import TrainingDiverged
+from lrlab.finder.snapshot import Snapshot, to_cpu
+from lrlab.train.resume import Decisions, ResumeState
+from lrlab.train.stage import AutoLrConfig
+
+log = logging.getLogger("lrlab")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """How one raced LR did: its metric after its last raced epoch, and why it stopped."""
+
+    lr: float
+    factor: float
+    epochs: int
+    value: float
+    outcome: str  # finished | pruned | diverged
+    seconds: float
+
+
+@dataclass
+class RaceResult:
+    """A finished race: the suggestion it started from, every candidate, the winner's LR."""
+
+    suggestion: float
+    metric: str
+    race_epochs: int
+    candidates: list[Candidate] = field(default_factory=list)
+    winner: float = math.nan
+
+    @property
+    def seconds(self) -> float:
+        return sum(c.seconds for c in self.candidates)
+
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs the race trained, all candidates together (its compute, in stage epochs)."""
+        return sum(c.epochs for c in self.candidates)
+
+    def describe(self) -> str:
+        parts = [
+            f"{c.lr:.3g} ({c.factor:g}x): {self.metric} {c.value:.4g} after {c.epochs} epoch(s), {c.outcome}"
+            for c in self.candidates
+        ]
+        return f"winner {self.winner:.3g}; " + "; ".join(parts)
+
+
+MakeScheduler = Callable[[float], Any]
+
+
+def race(
+    engine: Engine,
+    training: Any,
+    stage: Any,
+    index: int,
+    suggestion: float,
+    make_scheduler: MakeScheduler,
+    config: AutoLrConfig,
+    decisions: Decisions,
+) -> tuple[RaceResult, ResumeState]:
+    """Train `suggestion` x each factor for up to `config.race_epochs(stage.epochs)` epochs from the
+    same starting state, pruned by Optuna's successive halving; returns the race and the state of
+    the winner at the race's end (put it back with `ResumeState.restore`). Raises TrainingDiverged
+    when every candidate diverged."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    epochs = min(config.race_epochs(stage.epochs), stage.epochs)
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=config.reduction_factor)
+    study = optuna.create_study(direction="minimize", pruner=pruner)
+    start = Snapshot(engine.model, training.optimizer, engine, training.train_loader)
+    base_epoch, base_history = engine.global_epoch, list(engine.history)
+    result = RaceResult(suggestion, config.metric, epochs)
+    best: tuple[float, ResumeState] | None = None
+    log.info(
+        f"stage {stage.name} lr=auto: racing {len(config.factors)} LRs around the suggestion "
+        f"{suggestion:.3g} for up to {epochs} of {stage.epochs} epochs (Optuna successive halving, "
+        f"reduction factor {config.reduction_factor}, on {config.metric})"
+    )
+    callbacks, engine.callbacks = engine.callbacks, []
+    try:
+        for factor in config.factors:
+            start.restore(engine.model, training.optimizer, engine, training.train_loader)
+            engine.global_epoch, engine.history = base_epoch, list(base_history)
+            lr, began = suggestion * factor, time.perf_counter()
+            trial = study.ask()
+            trial.set_user_attr("lr", lr)
+            scheduler = make_scheduler(lr)
+            trained, value, outcome = 0, math.nan, "finished"
+            for epoch in range(epochs):
+                try:
+                    done = engine.fit(
+                        training.train_loader,
+                        training.valid_loader,
+                        training.optimizer,
+                        scheduler,
+                        epoch + 1,
+                        stage.name,
+                        epoch,
+                    )
+                except TrainingDiverged:
+                    outcome = "diverged"
+                    break
+                trained, value = epoch + 1, float(getattr(done[-1], config.metric))
+                trial.report(value, trained)
+                if not math.isfinite(value):
+                    outcome = "diverged"
+                    break
+                if trained < epochs and trial.should_prune():
+                    outcome = "pruned"
+                    break
+            if outcome == "finished":
+                study.tell(trial, value)
+                if best is None or value < best[0]:
+                    best = (value, _capture(engine, index, decisions, trained, scheduler))
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            entry = Candidate(lr, factor, trained, value, outcome, time.perf_counter() - began)
+            result.candidates.append(entry)
+            log.info(
+                f"  lr {lr:.3g} ({factor:.3g}x): {config.metric} {value:.4g}, {trained} epoch(s), {outcome}"
+            )
+    finally:
+        engine.callbacks = callbacks
+    if best is None:
+        raise TrainingDiverged(
+            f"stage {stage.name} lr=auto: every raced LR diverged "
+            f"({', '.join(f'{c.lr:.3g}' for c in result.candidates)}); "
+            "set the stage's lr to a number or lower lr_auto.factors"
+        )
+    result.winner = float(study.best_trial.user_attrs["lr"])
+    log.info(f"  winner {result.winner:.3g} continues from epoch {epochs + 1} of {stage.epochs}")
+    return result, best[1]
+
+
+def _capture(engine: Engine, index: int, decisions: Decisions, epochs: int, scheduler: Any) -> ResumeState:
+    """A CPU copy of the training state after a candidate's last raced epoch (`fit` has already
+    counted that epoch, hence the global epoch as it is)."""
+    optimizer = engine.fit_context[0]
+    state = ResumeState.capture(engine, index, decisions, epochs)
+    return replace(
+        state,
+        global_epoch=engine.global_epoch,
+        optimizer=to_cpu(optimizer.state_dict()),
+        scheduler=copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None,
+        model=to_cpu(engine.model.state_dict()),
+    )
+
+
+def winner_epochs(state: ResumeState, base: int) -> list[EpochResult]:
+    """The winner's raced epochs: its history after the `base` epochs that came before the race."""
+    return list(state.history[base:])
