@@ -140,6 +140,7 @@ RUN = (
     "freeze_epochs=1",
     "epochs=2",
     "lr=find",
+    "stages.1.lr=auto",  # the unfrozen stage races 3 LRs for 1 epoch: every rank must pick the same
     "lr_finder.num_iter=30",
     "data.batch_size=64",  # the global batch: 32 per process under torchrun
     "hydra.run.dir=out",
@@ -160,6 +161,12 @@ def _range_tests(log: Path) -> list[str]:
     return [re.sub(r", [0-9.]+s:", ",", line) for line in lines]
 
 
+def _race(log: Path) -> list[str]:
+    """The lr=auto race's candidate and winner lines of a run's log file."""
+    lines = [line.split(" - ", 1)[-1].strip() for line in log.read_text().splitlines()]
+    return [line for line in lines if "x):" in line or line.startswith("winner ")]
+
+
 def _only_run(directory: Path):
     client = MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -178,6 +185,13 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     rank0, rank1 = _range_tests(out / "lrlab.log"), _range_tests(out / "lrlab-rank1.log")
     assert len(rank0) == 2 and rank0 == rank1  # both stages: the same curve and suggestions
     assert rank0 == _range_tests(tmp_path / "one" / "out" / "lrlab.log")
+    races = [
+        _race(out / "lrlab.log"),
+        _race(out / "lrlab-rank1.log"),
+        _race(tmp_path / "one" / "out" / "lrlab.log"),
+    ]
+    assert len(races[0]) == 4 and races[0] == races[1]  # three candidates and the winner, alike on both ranks
+    assert [line.split(":")[0] for line in races[0]] == [line.split(":")[0] for line in races[2]]
 
     run, single = _only_run(tmp_path / "two"), _only_run(tmp_path / "one")  # one MLflow run
     assert run.data.tags["distributed.world_size"] == "2" and run.info.status == "FINISHED"

@@ -26,7 +26,7 @@ from lrlab.finder.config import FinderConfig
 from lrlab.finder.curve_cache import SharedCurves
 from lrlab.finder.range_test import find_lr
 from lrlab.finder.result import LRFinderResult
-from lrlab.train.race import race
+from lrlab.train.race import RaceResult, race
 from lrlab.train.resume import Decisions, ResumeState
 from lrlab.train.stage import SPREAD_MODES, AutoLrConfig, Stage, parse_trainable, uses_range_test
 

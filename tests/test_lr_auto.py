@@ -1,0 +1,153 @@
+"""lr=auto: the race around the range test's suggestion (Optuna's successive-halving pruner), the
+winner continued from its state (bit-identical to a run at the winner's LR), its config checks,
+and the CLI in single runs and sweeps."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrlab.core.engine import Engine
+from lrlab.core.optim import build_optimizer
+from lrlab.core.schedules import one_cycle
+from lrlab.core.types import Callback
+from lrlab.data.loaders import TensorLoader
+from lrlab.data.sources import load_digits
+from lrlab.data.types import ImageSource, TensorSplit
+from lrlab.errors import ConfigError, TrainingDiverged
+from lrlab.finder.config import FinderConfig
+from lrlab.models.factory import create_model, normalization
+from lrlab.models.groups import layer_groups
+from lrlab.train.stage import AutoLrConfig, Stage
+from lrlab.train.stages import Training, run_stages
+
+ADAMW = partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
+FINDER = FinderConfig(num_iter=20, end_lr=1.0)
+
+
+@pytest.fixture(scope="module")
+def digits() -> ImageSource:
+    full = load_digits(image_size=8)
+    return ImageSource(
+        TensorSplit(full.train.images[:256], full.train.labels[:256]),
+        TensorSplit(full.valid.images[:64], full.valid.labels[:64]),
+        full.class_names,
+    )
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.starts, self.epochs, self.fits = [], [], []
+
+    def on_stage_start(self, engine, start) -> None:
+        self.starts.append(start)
+
+    def on_fit_start(self, engine, stage, epochs, steps) -> None:
+        self.fits.append((stage, epochs))
+
+    def on_epoch_end(self, engine, result) -> None:
+        self.epochs.append(result)
+
+
+def _train(digits: ImageSource, stage: Stage, auto: AutoLrConfig | None = None):
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", num_classes=10)
+    groups = layer_groups(model, 2)
+    norm = normalization(model)
+    train = TensorLoader(digits.train, 32, norm, shuffle=True, drop_last=True, seed=0)
+    valid = TensorLoader(digits.valid, 64, norm)
+    optimizer = build_optimizer(ADAMW, model, groups, lr=1e-3)
+    recorder = Recorder()
+    engine = Engine(model, callbacks=[recorder])
+    training = Training(groups, train, valid, optimizer, one_cycle, FINDER, auto=auto or AutoLrConfig())
+    history = run_stages(engine, training, [stage])
+    return model, history, recorder
+
+
+def test_the_winner_continues_bit_identically_to_a_run_at_its_lr(digits) -> None:
+    auto = AutoLrConfig(race=0.34)  # 1 of 3 epochs
+    model, history, recorder = _train(digits, Stage("full", 3, lr="auto"), auto)
+    (start,) = recorder.starts
+    race = start.race
+    assert [c.factor for c in race.candidates] == auto.factors
+    assert [c.lr for c in race.candidates] == pytest.approx([race.suggestion * f for f in auto.factors])
+    assert race.suggestion == pytest.approx(start.finder.suggestions["lrlab"])
+    finished = [c for c in race.candidates if c.outcome == "finished"]
+    assert race.winner == min(finished, key=lambda c: c.value).lr == start.lr
+    # Callbacks saw one training: a single fit, and the winner's raced epoch replayed first.
+    assert recorder.fits == [("full", 3)] and [r.stage_epoch for r in recorder.epochs] == [0, 1, 2]
+    assert [r.stage_epoch for r in history] == [0, 1, 2]
+
+    fixed_model, fixed_history, _ = _train(digits, Stage("full", 3, lr=race.winner))
+    assert [r.valid_loss for r in history] == [r.valid_loss for r in fixed_history]
+    for (name, mine), theirs in zip(model.state_dict().items(), fixed_model.state_dict().values()):
+        assert torch.equal(mine, theirs), name
+
+
+def test_the_pruner_stops_a_candidate_that_trails_after_the_first_rung(digits) -> None:
+    auto = AutoLrConfig(factors=[1.0, 300.0, 1 / 300], race=0.5)  # up to 2 of 4 epochs
+    _, _, recorder = _train(digits, Stage("full", 4, lr="auto"), auto)
+    race = recorder.starts[0].race
+    first, *others = race.candidates
+    assert first.outcome == "finished" and first.epochs == 2  # the first at a rung is always promoted
+    assert any(c.outcome in ("pruned", "diverged") and c.epochs <= 1 for c in others), race.describe()
+    assert race.epochs_trained == sum(c.epochs for c in race.candidates) < 6
+
+
+def test_a_race_where_every_candidate_diverges_says_so(digits) -> None:
+    with pytest.raises(TrainingDiverged, match="every raced LR diverged"):
+        _train(digits, Stage("full", 2, lr="auto"), AutoLrConfig(factors=[1e7], race=0.5))
+
+
+def test_lr_auto_settings_are_checked_and_lr_free_optimizers_refuse_it(compose_cfg) -> None:
+    from lrlab.app.schema import validate
+
+    validate(compose_cfg("experiment=smoke", "lr=auto"))
+    for override, message in (
+        ("lr_auto.race=1.5", r"lr_auto.race=1.5 must be a fraction"),
+        ("lr_auto.factors=[]", r"lr_auto.factors=\[\] must be one or more"),
+        ("lr_auto.metric=accuracy", r"lr_auto.metric='accuracy' is not valid"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            validate(compose_cfg("experiment=smoke", "lr=auto", override))
+    with pytest.raises(ConfigError, match=r"stages.0.lr=auto does not apply to optimizer=prodigy"):
+        validate(compose_cfg("experiment=smoke", "lr=auto", "optimizer=prodigy"))
+
+
+def test_lr_auto_from_the_cli_logs_the_race_and_one_training(run_cli, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    proc = run_cli("experiment=smoke", "lr=auto", "epochs=3", "lr_finder.num_iter=30")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lr=auto: racing 3 LRs around the suggestion" in proc.stderr + proc.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"
+    candidates = run.data.params["stage.full.auto_candidates"].split(",")
+    assert len(candidates) == 3 and all(c.split(":")[1] in ("finished", "pruned") for c in candidates)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")] == [0, 1, 2]
+    assert run.data.params["lr_auto.race"] == "0.2" and run.data.params["lr_auto.factors.0"] == "1.0"
+
+
+def test_lr_auto_in_a_sweep(run_cli, tmp_path: Path) -> None:
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = run_cli(
+        "-m",
+        "experiment=smoke",
+        "lr=auto",
+        "lr_finder.num_iter=30",
+        "seed=0,1",
+        "hydra.sweeper.study_name=auto",
+        f"hydra.sweeper.storage={storage}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = optuna.load_study(study_name="auto", storage=storage).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for trial in trials:
+        (stage,) = trial.user_attrs["stages"]
+        assert stage["lr"] == stage["race"]["winner"] and len(stage["race"]["candidates"]) == 3
