@@ -19,6 +19,7 @@ from lrlab.data.sources import load_digits
 from lrlab.data.types import ImageSource, TensorSplit
 from lrlab.errors import ConfigError, TrainingDiverged
 from lrlab.finder.config import FinderConfig
+from lrlab.integrations.optuna import SuccessiveHalvingJudge
 from lrlab.models.factory import create_model, normalization
 from lrlab.models.groups import layer_groups
 from lrlab.train.stage import AutoLrConfig, Stage
@@ -62,7 +63,10 @@ def _train(digits: ImageSource, stage: Stage, auto: AutoLrConfig | None = None):
     optimizer = build_optimizer(ADAMW, model, groups, lr=1e-3)
     recorder = Recorder()
     engine = Engine(model, callbacks=[recorder])
-    training = Training(groups, train, valid, optimizer, one_cycle, FINDER, auto=auto or AutoLrConfig())
+    auto = auto or AutoLrConfig()
+    training = Training(
+        groups, train, valid, optimizer, one_cycle, FINDER, auto=auto, judge=SuccessiveHalvingJudge
+    )
     history = run_stages(engine, training, [stage])
     return model, history, recorder
 
@@ -100,6 +104,16 @@ def test_the_pruner_stops_a_candidate_that_trails_after_the_first_rung(digits) -
 def test_a_race_where_every_candidate_diverges_says_so(digits) -> None:
     with pytest.raises(TrainingDiverged, match="every raced LR diverged"):
         _train(digits, Stage("full", 2, lr="auto"), AutoLrConfig(factors=[1e7], race=0.5))
+
+
+def test_a_race_without_a_judge_names_the_one_to_pass(digits) -> None:
+    model = create_model("test_efficientnet", num_classes=10)
+    groups = layer_groups(model, 2)
+    train = TensorLoader(digits.train, 32, normalization(model), shuffle=True, drop_last=True, seed=0)
+    optimizer = build_optimizer(ADAMW, model, groups, lr=1e-3)
+    training = Training(groups, train, train, optimizer, one_cycle, FINDER)
+    with pytest.raises(ConfigError, match="SuccessiveHalvingJudge"):
+        run_stages(Engine(model), training, [Stage("full", 1, lr="auto")])
 
 
 def test_lr_auto_settings_are_checked_and_lr_free_optimizers_refuse_it(compose_cfg) -> None:

@@ -83,6 +83,7 @@ class Setup:
             self.cfg.seed,
             shared,
             self.auto,
+            _race_judge,
         )
 
     def model_description(self) -> dict[str, Any]:
@@ -159,6 +160,13 @@ def build(cfg: DictConfig) -> Setup:
         finder=FinderConfig(**OmegaConf.to_container(cfg.lr_finder, resolve=True)),
         auto=AutoLrConfig(**OmegaConf.to_container(cfg.lr_auto, resolve=True)),
     )
+
+
+def _race_judge(reduction_factor: int) -> Any:
+    """lr=auto's judge, Optuna's successive halving (imported only when a race runs)."""
+    from lrlab.integrations.optuna import SuccessiveHalvingJudge
+
+    return SuccessiveHalvingJudge(reduction_factor)
 
 
 def _records_datasets(cfg: DictConfig) -> bool:

@@ -65,3 +65,28 @@ class StudyCurveStore:
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         self.storage.set_study_user_attr(self.study_id, self.PREFIX + key, value)
+
+
+class SuccessiveHalvingJudge:
+    """The judge of an `lr=auto` race (`lrlab.train.race.RaceJudge`): each candidate LR is a trial
+    of an in-memory study under Optuna's `SuccessiveHalvingPruner` (one rung per epoch from the
+    first, `reduction_factor` apart), which says when a candidate trails and should stop."""
+
+    def __init__(self, reduction_factor: int = 3):
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=reduction_factor)
+        self.study = optuna.create_study(direction="minimize", pruner=pruner)
+
+    def enter(self, lr: float) -> optuna.Trial:
+        trial = self.study.ask()
+        trial.set_user_attr("lr", lr)
+        return trial
+
+    def report(self, trial: optuna.Trial, epoch: int, value: float) -> bool:
+        trial.report(value, epoch)
+        return trial.should_prune()
+
+    def finish(self, trial: optuna.Trial, value: float | None) -> None:
+        if value is None:
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            self.study.tell(trial, value)

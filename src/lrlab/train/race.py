@@ -1,9 +1,11 @@
 """`lr=auto`: race a few LRs around the range test's suggestion for part of a stage and keep the
 winner's training, so the winner continues from its state instead of starting over.
 
-Optuna's `SuccessiveHalvingPruner` decides which candidate stops early, in an in-memory study
-(one trial per candidate, one report per epoch); this module only trains the candidates in turn,
-each on the stage's full-length schedule, and holds a CPU copy of the best one still standing.
+A judge decides which candidate stops early: `lrlab.integrations.optuna.SuccessiveHalvingJudge`,
+Optuna's `SuccessiveHalvingPruner` over an in-memory study (one trial per candidate, one report
+per epoch), passed in so that this layer imports no Optuna. This module only trains the
+candidates in turn, each on the stage's full-length schedule, and holds a CPU copy of the best
+one that finished the race.
 The candidates' epochs are silent (callbacks see only the winner's, replayed), so trackers,
 checkpoints and an outer sweep's pruner see one training.
 """
@@ -16,10 +18,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from lrlab.core.engine import Engine
-from lrlab.core.types import EpochResult
 from lrlab.errors import TrainingDiverged
 from lrlab.finder.snapshot import Snapshot, to_cpu
 from lrlab.train.resume import Decisions, ResumeState
@@ -70,6 +71,20 @@ class RaceResult:
 MakeScheduler = Callable[[float], Any]
 
 
+class RaceJudge(Protocol):
+    """Says when a raced candidate should stop (a pruner): `enter` a candidate, `report` its metric
+    after each epoch (True: stop it), `finish` it with its final metric or None if it stopped."""
+
+    def enter(self, lr: float) -> Any: ...
+
+    def report(self, entry: Any, epoch: int, value: float) -> bool: ...
+
+    def finish(self, entry: Any, value: float | None) -> None: ...
+
+
+JudgeFactory = Callable[[int], RaceJudge]  # reduction factor -> a fresh judge
+
+
 def race(
     engine: Engine,
     training: Any,
@@ -79,21 +94,17 @@ def race(
     make_scheduler: MakeScheduler,
     config: AutoLrConfig,
     decisions: Decisions,
+    judge: RaceJudge,
 ) -> tuple[RaceResult, ResumeState]:
     """Train `suggestion` x each factor for up to `config.race_epochs(stage.epochs)` epochs from the
-    same starting state, pruned by Optuna's successive halving; returns the race and the state of
-    the winner at the race's end (put it back with `ResumeState.restore`). Raises TrainingDiverged
+    same starting state, stopped when `judge` says; returns the race and the state of the best
+    candidate that finished it (put it back with `ResumeState.restore`). Raises TrainingDiverged
     when every candidate diverged."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     epochs = min(config.race_epochs(stage.epochs), stage.epochs)
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=config.reduction_factor)
-    study = optuna.create_study(direction="minimize", pruner=pruner)
     start = Snapshot(engine.model, training.optimizer, engine, training.train_loader)
     base_epoch, base_history = engine.global_epoch, list(engine.history)
     result = RaceResult(suggestion, config.metric, epochs)
-    best: tuple[float, ResumeState] | None = None
+    best: tuple[float, float, ResumeState] | None = None
     log.info(
         f"stage {stage.name} lr=auto: racing {len(config.factors)} LRs around the suggestion "
         f"{suggestion:.3g} for up to {epochs} of {stage.epochs} epochs (Optuna successive halving, "
@@ -105,40 +116,17 @@ def race(
             start.restore(engine.model, training.optimizer, engine, training.train_loader)
             engine.global_epoch, engine.history = base_epoch, list(base_history)
             lr, began = suggestion * factor, time.perf_counter()
-            trial = study.ask()
-            trial.set_user_attr("lr", lr)
+            entry = judge.enter(lr)
             scheduler = make_scheduler(lr)
-            trained, value, outcome = 0, math.nan, "finished"
-            for epoch in range(epochs):
-                try:
-                    done = engine.fit(
-                        training.train_loader,
-                        training.valid_loader,
-                        training.optimizer,
-                        scheduler,
-                        epoch + 1,
-                        stage.name,
-                        epoch,
-                    )
-                except TrainingDiverged:
-                    outcome = "diverged"
-                    break
-                trained, value = epoch + 1, float(getattr(done[-1], config.metric))
-                trial.report(value, trained)
-                if not math.isfinite(value):
-                    outcome = "diverged"
-                    break
-                if trained < epochs and trial.should_prune():
-                    outcome = "pruned"
-                    break
-            if outcome == "finished":
-                study.tell(trial, value)
-                if best is None or value < best[0]:
-                    best = (value, _capture(engine, index, decisions, trained, scheduler))
-            else:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            entry = Candidate(lr, factor, trained, value, outcome, time.perf_counter() - began)
-            result.candidates.append(entry)
+            trained, value, outcome = _run_candidate(
+                engine, training, stage, scheduler, epochs, judge, entry, config.metric
+            )
+            judge.finish(entry, value if outcome == "finished" else None)
+            if outcome == "finished" and (best is None or value < best[0]):
+                best = (value, lr, _capture(engine, index, decisions, trained, scheduler))
+            result.candidates.append(
+                Candidate(lr, factor, trained, value, outcome, time.perf_counter() - began)
+            )
             log.info(
                 f"  lr {lr:.3g} ({factor:.3g}x): {config.metric} {value:.4g}, {trained} epoch(s), {outcome}"
             )
@@ -150,9 +138,43 @@ def race(
             f"({', '.join(f'{c.lr:.3g}' for c in result.candidates)}); "
             "set the stage's lr to a number or lower lr_auto.factors"
         )
-    result.winner = float(study.best_trial.user_attrs["lr"])
+    result.winner = best[1]
     log.info(f"  winner {result.winner:.3g} continues from epoch {epochs + 1} of {stage.epochs}")
-    return result, best[1]
+    return result, best[2]
+
+
+def _run_candidate(
+    engine: Engine,
+    training: Any,
+    stage: Any,
+    scheduler: Any,
+    epochs: int,
+    judge: RaceJudge,
+    entry: Any,
+    metric: str,
+) -> tuple[int, float, str]:
+    """Train one candidate epoch by epoch until the race's end, its divergence or the judge's
+    word: (epochs trained, last metric, finished | diverged | pruned)."""
+    trained, value = 0, math.nan
+    for epoch in range(epochs):
+        try:
+            done = engine.fit(
+                training.train_loader,
+                training.valid_loader,
+                training.optimizer,
+                scheduler,
+                epoch + 1,
+                stage.name,
+                epoch,
+            )
+        except TrainingDiverged:
+            return trained, value, "diverged"
+        trained, value = epoch + 1, float(getattr(done[-1], metric))
+        if not math.isfinite(value):
+            return trained, value, "diverged"
+        if judge.report(entry, trained, value) and trained < epochs:
+            return trained, value, "pruned"
+    return trained, value, "finished"
 
 
 def _capture(engine: Engine, index: int, decisions: Decisions, epochs: int, scheduler: Any) -> ResumeState:
@@ -167,8 +189,3 @@ def _capture(engine: Engine, index: int, decisions: Decisions, epochs: int, sche
         scheduler=copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None,
         model=to_cpu(engine.model.state_dict()),
     )
-
-
-def winner_epochs(state: ResumeState, base: int) -> list[EpochResult]:
-    """The winner's raced epochs: its history after the `base` epochs that came before the race."""
-    return list(state.history[base:])

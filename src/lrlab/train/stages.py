@@ -26,7 +26,7 @@ from lrlab.finder.config import FinderConfig
 from lrlab.finder.curve_cache import SharedCurves
 from lrlab.finder.range_test import find_lr
 from lrlab.finder.result import LRFinderResult
-from lrlab.train.race import RaceResult, race
+from lrlab.train.race import JudgeFactory, RaceResult, race
 from lrlab.train.resume import Decisions, ResumeState
 from lrlab.train.stage import SPREAD_MODES, AutoLrConfig, Stage, parse_trainable, uses_range_test
 
@@ -113,7 +113,9 @@ class Training:
     """What staged training works on: the model's layer groups, the train and valid loaders, one
     optimizer over every parameter, the schedule factory each stage builds its scheduler with, and
     the range test's settings (`finder`; `seed` for repeats' data orders; `shared`: curves reused
-    from runs that start from the identical state) and `lr=auto`'s race settings (`auto`)."""
+    from runs that start from the identical state), and `lr=auto`'s race settings (`auto`) and
+    judge (`judge`: reduction factor -> a `RaceJudge`, e.g.
+    `lrlab.integrations.optuna.SuccessiveHalvingJudge`)."""
 
     groups: Sequence[LayerGroup]
     train_loader: Any
@@ -124,6 +126,7 @@ class Training:
     seed: int = 0
     shared: SharedCurves | None = None
     auto: AutoLrConfig = field(default_factory=AutoLrConfig)
+    judge: JudgeFactory | None = None
 
 
 def _stage_lr(
@@ -166,6 +169,28 @@ def _scheduler_factory(
         )
 
     return make
+
+
+def _race(
+    engine: Engine,
+    training: Training,
+    stage: Stage,
+    index: int,
+    suggestion: float,
+    make_scheduler: Callable[[float], Any],
+    decisions: Decisions,
+) -> tuple[RaceResult, ResumeState, list[EpochResult]]:
+    """lr=auto: race around `suggestion`; the race, the winner's state and its raced epochs."""
+    if training.judge is None:
+        raise ConfigError(
+            f"stages.{index}.lr=auto needs a race judge: Training(judge=lrlab.integrations."
+            "optuna.SuccessiveHalvingJudge) (the CLI passes it)"
+        )
+    before, judge = len(engine.history), training.judge(training.auto.reduction_factor)
+    raced, winner = race(
+        engine, training, stage, index, suggestion, make_scheduler, training.auto, decisions, judge
+    )
+    return raced, winner, winner.history[before:]
 
 
 def _announce(engine: Engine, groups: Sequence[LayerGroup], start: dict[str, Any]) -> None:
@@ -211,21 +236,12 @@ def run_stages(
         make_scheduler = _scheduler_factory(training, stage, ratios, steps * stage.epochs)
         raced, winner, replay = None, None, []
         if stage.lr == "auto" and not resuming:
-            before = len(engine.history)
-            raced, winner = race(engine, training, stage, index, lr, make_scheduler, training.auto, decisions)
-            lr, replay = raced.winner, winner.history[before:]
+            raced, winner, replay = _race(engine, training, stage, index, lr, make_scheduler, decisions)
+            lr = raced.winner
         decisions[index] = (lr, rule)
-        layer_lrs = [lr * r for r in ratios]
-        start = {
-            "stage": stage,
-            "index": index,
-            "lr": lr,
-            "rule": rule,
-            "finder": found,
-            "layer_lrs": layer_lrs,
-        }
+        start = {"stage": stage, "index": index, "lr": lr, "rule": rule, "finder": found, "race": raced}
         start.update(trainable_groups=trainable, cleared_optimizer_state=cleared, decisions=dict(decisions))
-        _announce(engine, groups, {**start, "race": raced})
+        _announce(engine, groups, {**start, "layer_lrs": [lr * r for r in ratios]})
         scheduler, first = make_scheduler(lr), 0
         if resuming:
             resume.restore(engine, optimizer, scheduler, training.train_loader)
