@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from finder_bench_configs import CONTENDERS, BenchConfig
-from finder_bench_scoring import CLASSES, BenchRun, load_runs
-from finder_grid_analysis import bootstrap_ci
+from finder_bench_scoring import CLASSES, BenchRun, bootstrap_ci, load_runs
 from finder_grid_runs import settled_trials
 
 GOOD_PT = 0.5  # a case is good within max(0.5 pt, 1 seed-SE) of the grid best
@@ -146,6 +145,40 @@ def case_rows(result: ConfigResult, constant: float | None) -> list[dict[str, An
                 }
             )
     return rows
+
+
+def rule_rows(result: ConfigResult) -> list[dict[str, Any]]:
+    """Every rule's suggestion as the `lrlab` contender's range tests recorded it, per seed, in
+    decades from the grid best (a diagnostic: only the contenders' own choices were trained)."""
+    return [
+        {
+            "config": result.config.name,
+            "seed": run.seed,
+            "rule": rule,
+            "lr": lr,
+            "decades": math.log10(lr / result.best_lr) if lr > 0 and math.isfinite(lr) else math.nan,
+        }
+        for run in result.contenders.get("lrlab", [])
+        for rule, lr in (run.suggestions or {}).items()
+    ]
+
+
+def rules_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Per rule: median and mean |decades| of its suggestion from the grid best, and how often it
+    lands within a quarter decade (the refined grid's step)."""
+    lines = ["", "## Every rule's suggestion against the grid best (not trained)", ""]
+    lines += [
+        "| rule | cases | median decades | mean abs decades | within 0.25 decades |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for rule in sorted({r["rule"] for r in rows}):
+        d = np.array([r["decades"] for r in rows if r["rule"] == rule and math.isfinite(r["decades"])])
+        if len(d):
+            lines.append(
+                f"| {rule} | {len(d)} | {np.median(d):+.2f} | {np.abs(d).mean():.2f} | "
+                f"{100 * np.mean(np.abs(d) <= 0.25 + 1e-9):.0f}% |"
+            )
+    return lines
 
 
 def _by_config(rows: Sequence[dict[str, Any]], contender: str, key: str) -> list[list[float]]:
@@ -329,7 +362,8 @@ def write_report(opts: argparse.Namespace, configs: Sequence[BenchConfig]) -> li
         md.write_text(config_markdown(result, mine))
         plot_config(result, mine, png)
         paths += [md, png]
-    paths[0].write_text(summary_markdown(results, rows))
+    rules = [row for r in results if not r.config.confirmation for row in rule_rows(r)]
+    paths[0].write_text(summary_markdown(results, rows) + "\n".join(rules_markdown(rules)) + "\n")
     with paths[1].open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["config"])
         writer.writeheader()

@@ -15,8 +15,11 @@ Definitions (printed with every report):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 CLASSES = {"digits": 10, "mnist5k": 10, "elpv4": 4, "elpv2": 2}
 
@@ -83,3 +86,32 @@ def trial_seconds(storage: str, study: str) -> list[float]:
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in found.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     ]
+
+
+def bootstrap_ci(
+    groups: Sequence[Sequence[float]], n_boot: int = 4000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of the group means and its percentile bootstrap interval,
+    resampling groups (configurations) with replacement, then values (seeds) within each chosen
+    group. With one group this is the plain bootstrap over its values. NaNs are dropped; all NaN:
+    NaNs."""
+    clean = [np.asarray([v for v in g if math.isfinite(v)], dtype=np.float64) for g in groups]
+    clean = [g for g in clean if len(g)]
+    if not clean:
+        return math.nan, math.nan, math.nan
+    n_max = max(len(g) for g in clean)
+    values = np.full((len(clean), n_max), np.nan)
+    sizes = np.array([len(g) for g in clean])
+    for i, g in enumerate(clean):
+        values[i, : len(g)] = g
+    rng = np.random.default_rng(seed)
+    chosen = rng.integers(0, len(clean), size=(n_boot, len(clean)))
+    n = sizes[chosen]
+    picks = np.floor(rng.random((n_boot, len(clean), n_max)) * n[..., None]).astype(np.int64)
+    sample = values[chosen[..., None], picks]
+    mask = np.arange(n_max)[None, None, :] < n[..., None]
+    group_means = np.where(mask, sample, 0.0).sum(axis=2) / n
+    stats = group_means.mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return float(np.mean([g.mean() for g in clean])), float(low), float(high)

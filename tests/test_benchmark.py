@@ -1,9 +1,11 @@
-"""The finder-vs-grid benchmark (benchmarks/finder_vs_grid.py and its analysis and report modules):
-the analysis on fabricated grids and curves, the commands it plans, the bench_* presets, the
-mnist5k data source, and one tiny end-to-end run + analyse."""
+"""The finder benchmark v2 (benchmarks/finder_vs_grid.py and its configuration, scoring and report
+modules): the grid and its refinement, every configuration x contender command composing and
+validating, the scoring on fabricated runs, the bench_* presets, the mnist5k data source, and
+one tiny end-to-end run + analyse."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import math
@@ -16,185 +18,160 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-import finder_grid_analysis as fga  # noqa: E402
-import finder_grid_calibration as fgc  # noqa: E402
+import finder_bench_configs as fbc  # noqa: E402
+import finder_bench_report as fbr  # noqa: E402
 import finder_vs_grid as fvg  # noqa: E402
-from lrlab.finder.config import FinderConfig  # noqa: E402
-from lrlab.finder.range_test import smoothed_curves  # noqa: E402
-from lrlab.finder.rules import CURVES, RULES, suggest_on_curves  # noqa: E402
+from finder_bench_scoring import BenchRun, bootstrap_ci  # noqa: E402
 
 
-def grid(valid: dict[float, list[float]], test: dict[float, list[float]] | None = None) -> list[fga.GridRun]:
-    """Grid runs from per-LR lists of per-seed errors (seed = position); test defaults to valid."""
-    test = test or valid
-    return [
-        fga.GridRun(lr, seed, v, test[lr][seed], 1.0)
-        for lr, errors in valid.items()
-        for seed, v in enumerate(errors)
+def _opts(tmp_path: Path, **extra) -> argparse.Namespace:
+    opts = fvg.parser().parse_args(["plan", "--bench-dir", str(tmp_path)])
+    opts.bench_dir = tmp_path
+    for key, value in extra.items():
+        setattr(opts, key, value)
+    return opts
+
+
+def test_grids_are_half_decades_and_the_refinement_brackets_the_best_or_extends_an_end() -> None:
+    adamw, sgd = fbc.BY_NAME["digits-lite0-adamw"], fbc.BY_NAME["digits-lite0-sgd"]
+    assert fvg.grid_lrs(adamw) == [1e-5, 3.16e-5, 1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1]
+    assert fvg.grid_lrs(sgd)[0] == 1e-4 and fvg.grid_lrs(sgd)[-1] == 1.0 and len(fvg.grid_lrs(sgd)) == 9
+    valid = {1e-3: [0.3, 0.32], 3.16e-3: [0.2, 0.22], 1e-2: [0.25, 0.2]}  # best 3.16e-3 (mean 0.21)
+    assert fvg.refine_lrs(adamw, valid) == [1.78e-3, 5.62e-3]
+    assert fvg.refine_lrs(adamw, {1e-5: [0.1], 1e-4: [0.5]}) == [1.78e-6, 3.16e-6, 5.62e-6, 1.78e-5]
+    assert fvg.refine_lrs(sgd, {1.0: [0.1], 0.1: [0.5]}) == [0.562, 1.78, 3.16, 5.62]
+
+
+def test_a_later_override_of_the_same_key_replaces_the_earlier_in_place() -> None:
+    assert fvg.merged(["a=1", "optimizer=sgd", "b=2"], ["optimizer=prodigy", "c=3"]) == [
+        "a=1",
+        "optimizer=prodigy",
+        "b=2",
+        "c=3",
     ]
 
 
-VALID = {
-    1e-4: [0.50, 0.52, 0.48],
-    1e-3: [0.30, 0.34, 0.32],  # best: mean 0.32, SE 0.0115
-    1e-2: [0.33, 0.33, 0.33],  # within one SE of the best: in the band
-    1e-1: [0.90, 0.90, 0.90],
-}
+def test_the_confirmation_row_is_named_and_left_out_unless_asked(tmp_path: Path) -> None:
+    assert fbc.CONFIRMATION == "mnist5k-lite1-sgd-b32" and fbc.BY_NAME[fbc.CONFIRMATION].confirmation
+    assert fbc.CONFIRMATION not in [c.name for c in fvg.selected(_opts(tmp_path))]
+    assert fbc.CONFIRMATION in [c.name for c in fvg.selected(_opts(tmp_path, confirmation=True))]
+    dev = [c for c in fbc.CONFIGS if not c.confirmation]
+    assert len(dev) >= 8 and {c.problem for c in dev} >= {"digits", "mnist5k", "elpv4"}
+    assert {c.optimizer for c in dev} == {"adamw", "sgd"}
 
 
-def test_best_lr_on_valid_and_band_within_one_standard_error():
-    points = fga.grid_points(grid(VALID))
-    assert [p.lr for p in points] == sorted(VALID)
-    best, band = fga.best_and_band(points)
-    assert best.lr == 1e-3 and best.valid_mean == pytest.approx(0.32)
-    assert best.valid_se == pytest.approx(np.std([0.30, 0.34, 0.32], ddof=1) / math.sqrt(3))
-    assert band == (1e-3, 1e-2)
-    # test errors do not choose: a lower test error elsewhere leaves the best LR where valid put it
-    test = {**VALID, 1e-4: [0.0, 0.0, 0.0]}
-    assert fga.best_and_band(fga.grid_points(grid(VALID, test)))[0].lr == 1e-3
+@pytest.mark.parametrize("config", fbc.CONFIGS, ids=lambda c: c.name)
+def test_every_configuration_and_contender_composes_and_validates(
+    compose_cfg, tmp_path: Path, config
+) -> None:
+    """Each study's exact lrlab overrides (less the sweep's) pass lrlab's config check, so no
+    study fails hours into a run on a typo or a refused combination."""
+    from lrlab.app.schema import validate
+
+    opts = _opts(tmp_path)
+    for kind in fvg.KINDS:
+        job = fvg.make_job(opts, config, kind, [1e-3])
+        overrides = [a for a in job.args[1:] if not a.startswith(("hydra.", "seed="))]
+        overrides = [o.split("=")[0] + "=" + o.split("=")[1].split(",")[0] for o in overrides]
+        cfg = validate(compose_cfg(*overrides))
+        graded = cfg.stages[config.stage]
+        expected = {"lrlab": "find", "valley": "find", "steepest": "find", "auto": "auto"}.get(kind)
+        if expected:
+            assert graded.lr == expected, (kind, graded.lr)
+        if kind == "prodigy":
+            assert all(s.lr == 1 for s in cfg.stages) and "prodigy" in cfg.optimizer._target_.lower()
 
 
-def test_interpolation_is_linear_in_log_lr_and_clamped_outside_the_grid():
-    log_lrs, errors = np.log10([1e-3, 1e-2]), np.array([0.2, 0.4])
-    assert fga.interpolate(log_lrs, errors, 10**-2.5) == (pytest.approx(0.3), False)
-    assert fga.interpolate(log_lrs, errors, 1e-2) == (pytest.approx(0.4), False)
-    assert fga.interpolate(log_lrs, errors, 1e-5) == (pytest.approx(0.2), True)
-    assert fga.interpolate(log_lrs, errors, 1.0) == (pytest.approx(0.4), True)
-    assert math.isnan(fga.interpolate(log_lrs, errors, math.nan)[0])
-
-
-def test_regret_is_zero_at_the_best_lr_positive_worse_and_negative_when_test_disagrees():
-    test = {**VALID, 1e-2: [0.33, 0.33, 0.10]}  # seed 2 tests better at 1e-2 than at the best 1e-3
-    runs = grid(VALID, test)
-    best, band = fga.best_and_band(fga.grid_points(runs))
-    at_best = fga.score_suggestion(runs, 0, 1e-3, best, band)
-    assert at_best["regret"] == 0 and at_best["decades"] == 0 and at_best["in_band"]
-    worse = fga.score_suggestion(runs, 0, 10**-1.4, best, band)  # 60% of the way from 1e-2 to 1e-1
-    assert worse["regret"] == pytest.approx(0.33 + 0.6 * (0.90 - 0.33) - 0.30)
-    assert worse["decades"] == pytest.approx(1.6) and not worse["in_band"]
-    assert fga.score_suggestion(runs, 0, 10**-1.6, best, band)["in_band"]  # rounds to 1e-2
-    better = fga.score_suggestion(runs, 2, 1e-2, best, band)
-    assert better["regret"] == pytest.approx(0.10 - 0.32) and better["in_band"]
-    far = fga.score_suggestion(runs, 0, 1e-6, best, band)
-    assert far["clamped"] and not far["in_band"]
-    assert fga.in_band(10**-3.4, [1e-4, 1e-3], (1e-4, 1e-3)) and not fga.in_band(2e-3, [1e-3], (1e-3, 1e-3))
-
-
-def test_bootstrap_ci_over_seeds_and_over_problems_then_seeds():
-    mean, low, high = fga.bootstrap_ci([[0.1, 0.2, 0.3]])
-    assert mean == pytest.approx(0.2) and 0.1 <= low < mean < high <= 0.3
-    assert fga.bootstrap_ci([[0.05, 0.05, 0.05]]) == pytest.approx((0.05, 0.05, 0.05))
-    mean, low, high = fga.bootstrap_ci([[0.0, 0.1], [0.4], [math.nan, 0.2]])
-    assert mean == pytest.approx((0.05 + 0.4 + 0.2) / 3) and low < mean < high
-    assert fga.bootstrap_ci([[0.0, 0.1], [0.4]]) == fga.bootstrap_ci([[0.0, 0.1], [0.4]])  # seeded
-    assert all(math.isnan(v) for v in fga.bootstrap_ci([[math.nan]]))
-
-
-def synthetic_curve(tmp_path: Path, n: int = 90) -> Path:
-    """A range-test CSV: loss falls around 1e-3 and blows up past 1e-1 (the test stopped early)."""
-    rng = np.random.default_rng(0)
-    lrs = 1e-7 * (1e8) ** (np.arange(n) / 99)
-    x = np.log10(lrs)
-    losses = 2.3 - 1.5 / (1 + np.exp(-(x + 3) * 3)) + np.exp(np.clip(x + 1, 0, None) * 6) - 1
-    losses = losses + rng.normal(0, 0.03, n)
-    path = tmp_path / "lr_find_unfrozen.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["step", "lr", "loss", "smoothed_loss"])
-        writer.writerows(
-            [i, repr(float(lr)), repr(float(loss)), "nan"] for i, (lr, loss) in enumerate(zip(lrs, losses))
-        )
-    return path
-
-
-def test_every_rule_is_recomputed_on_both_curves_and_checked_against_the_runs_own(tmp_path: Path):
-    lrs, losses = fga.read_curve(synthetic_curve(tmp_path))
-    found = fga.curve_suggestions(lrs, losses)
-    assert set(found) == {(rule, curve) for rule in RULES for curve in CURVES} == set(fga.PAIRS)
-    curves = smoothed_curves(losses, True, FinderConfig())
-    for curve in CURVES:
-        for rule, lr in suggest_on_curves(lrs, curves, rule_curve=curve).items():
-            assert found[(rule, curve)][0] == pytest.approx(lr, nan_ok=True)
-    calibrated = {rule: found[(rule, RULES[rule].curve)][0] for rule in RULES}
-    runs = grid({1e-4: [0.5], 1e-3: [0.3], 1e-2: [0.4]})
-    finder = fga.FinderRun(
-        0, tmp_path / "lr_find_unfrozen.csv", calibrated, 1e-3, 0.3, 0.3, 1.0, 2.0, FinderConfig()
-    )
-    rows, mismatches = fga.pair_rows("p", "1+2", runs, [finder])
-    assert mismatches == 0 and len(rows) == len(fga.PAIRS)
-    wrong = fga.FinderRun(
-        0, finder.curve, {**calibrated, "valley": 1.0}, 1e-3, 0.3, 0.3, 1.0, 2.0, FinderConfig()
-    )
-    assert fga.pair_rows("p", "1+2", runs, [wrong])[1] == 1
-    summary = fga.summarise(rows + [{**r, "problem": "q"} for r in rows])
-    assert len(summary) == len(fga.PAIRS) and all(s["problems"] == 2 for s in summary)
-    regrets = [s["mean_regret"] for s in summary if not math.isnan(s["mean_regret"])]
-    assert regrets == sorted(regrets)
-
-
-def calibration_rows(prefers: dict[str, float]) -> list[dict]:
-    """Rows of a family whose valid and test regret, on each problem, are 0 at the preferred value
-    and grow with the squared log distance from it."""
-    return [
-        {
-            "problem": problem,
-            "budget": "1+2",
-            "seed": seed,
-            "value": value,
-            "valid_regret": math.log(value / best) ** 2 / 10,
-            "regret": math.log(value / best) ** 2 / 10 + 0.01 * seed,
-        }
-        for problem, best in prefers.items()
-        for seed in range(3)
-        for value in (1, 3, 10, 30)
-    ]
-
-
-def test_lag_free_rules_are_calibrated_leaving_the_scored_dataset_out():
-    family = fgc.FAMILIES[1]
-    assert family.rule == "bottom" and fgc.dataset("elpv2") == fgc.dataset("elpv4") == "elpv"
-    rows = calibration_rows({"elpv4": 3, "elpv2": 3, "digits": 30, "mnist5k": 30})
-    found = fgc.leave_one_out(family, rows, default=10)
-    # elpv (both problems) prefers 3, the digit sets 30: each left-out fold gets the others' choice
-    # (problems weigh equally: leaving out one digit set, elpv's two problems pull the choice to 10)
-    assert found["folds"] == {"elpv": 30, "digits": 10, "mnist5k": 10}
-    assert {(r["problem"], r["value"]) for r in found["rows"]} == {
-        ("elpv4", 30),
-        ("elpv2", 30),
-        ("digits", 10),
-        ("mnist5k", 10),
-    }
-    assert all(r["rule"] == "bottom_lopo" and r["curve"] == "zero_lag" for r in found["rows"])
-    assert len(found["rows"]) == 4 * 3
-    assert fgc.choose(rows, family.candidates, default=10) == 10
-    assert fgc.choose(calibration_rows({"a": 3}), family.candidates, default=10) == 3
-    tie = [{**r, "valid_regret": 0.0} for r in rows]
-    assert fgc.choose(tie, family.candidates, default=20) == 30  # a tie: the value nearest the default
-    table = fgc.calibration_table(family, rows, found)
-    assert "| 3 | +0.5302 / +0.5402 | +0.0000 / +0.0100 | +0.5302 / +0.5402 |" in table
-    assert "elpv left out: 30" in table and "on all: 10." in table
-
-
-def test_plan_prints_one_grid_and_one_finder_multirun_per_problem_and_budget(tmp_path: Path, capsys):
-    assert fvg.grid_lrs() == [1e-5, 3.16e-5, 1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1]
-    assert len(fvg.grid_lrs(quarter=True)) == 17
-    assert fvg.main(["plan", "--problems", "digits", "elpv2", "--bench-dir", str(tmp_path)]) == 0
+def test_plan_prints_every_study_and_the_refine_waits_for_the_grid(tmp_path: Path, capsys) -> None:
+    assert fvg.main(["plan", "--configs", "digits-lite0-sgd", "--bench-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    commands = [line for line in out.splitlines() if not line.startswith("#")]
-    assert len(commands) == 2 * 2 * 2
-    grid_line = next(c for c in commands if "digits-1p6-grid" in c)
-    assert f"cd {tmp_path} && lrlab -m experiment=bench_digits freeze_epochs=1 epochs=6" in grid_line
-    assert (
-        "stages.0.lr=find stages.1.lr=1e-05,3.16e-05,0.0001,0.000316,0.001,0.00316,0.01,0.0316,0.1"
-        in grid_line
+    commands = [line for line in out.splitlines() if line.startswith("cd ")]
+    assert len(commands) == 1 + len(fbc.CONTENDERS)
+    grid = commands[0]
+    assert "stages.0.lr=0.0001,0.000316,0.001,0.00316,0.01,0.0316,0.1,0.316,1 seed=0,1,2" in grid
+    assert "optimizer=sgd" in grid and "hydra.sweeper.study_name=digits-lite0-sgd-grid" in grid
+    prodigy = next(c for c in commands if "-prodigy" in c)
+    assert "optimizer=prodigy" in prodigy and "optimizer=sgd" not in prodigy
+    assert "# digits-lite0-sgd refine: waits for the complete grid" in out
+    assert "# estimated time left:" in out
+
+
+def test_bootstrap_ci_over_seeds_and_over_configurations_then_seeds() -> None:
+    mean, low, high = bootstrap_ci([[0.1, 0.2, 0.3]])
+    assert mean == pytest.approx(0.2) and 0.1 <= low < mean < high <= 0.3
+    assert bootstrap_ci([[0.05, 0.05, 0.05]]) == pytest.approx((0.05, 0.05, 0.05))
+    mean, low, high = bootstrap_ci([[0.0, 0.1], [0.4], [math.nan, 0.2]])
+    assert mean == pytest.approx((0.05 + 0.4 + 0.2) / 3) and low < mean < high
+    assert bootstrap_ci([[0.0, 0.1], [0.4]]) == bootstrap_ci([[0.0, 0.1], [0.4]])  # seeded
+    assert all(math.isnan(v) for v in bootstrap_ci([[math.nan]]))
+
+
+def _result(name: str, best: float, contenders: dict[str, list[float]] | None = None) -> fbr.ConfigResult:
+    """A fabricated configuration: valid and test error (0.1 + 0.05 * decades from `best`)^..., per
+    seed 0-2 (seed s adds 0.01 s), each grid run 10 s; contenders' test errors per seed at LR 1e-3."""
+    config = fbc.BY_NAME[name]
+    grid = [
+        BenchRun(lr, seed, e, e + 0.001 * seed, 10.0)
+        for lr in fvg.grid_lrs(config)
+        for seed in range(3)
+        for e in [0.1 + 0.05 * abs(math.log10(lr / best)) + 0.01 * seed]
+    ]
+    result = fbr.ConfigResult(config, grid)
+    for kind, errors in (contenders or {}).items():
+        result.contenders[kind] = [BenchRun(1e-3, s, e, e, 12.0) for s, e in enumerate(errors)]
+    return result
+
+
+def test_scoring_regret_good_cases_constant_paired_differences_and_compute() -> None:
+    a = _result("digits-lite0-adamw", 1e-2, {"lrlab": [0.1, 0.11, 0.2], "prodigy": [0.2, 0.2, 0.2]})
+    b = _result("digits-scratch-adamw", 1e-3)
+    c = _result("mnist5k-lite0-adamw-b16", 1e-3)
+    sgd = _result("digits-lite0-sgd", 0.1)
+    assert a.best_lr == 1e-2 and len(a.half_decade()) == 9 and a.seed_se > 0
+    constants = fbr.choose_constants([a, b, c, sgd])
+    # a's constant comes from b and c (both best at 1e-3), not from itself or the SGD configuration
+    assert constants["digits-lite0-adamw"] == 1e-3
+    assert 1e-3 <= constants["digits-scratch-adamw"] <= 1e-2  # a and c tie on everything between
+    assert "digits-lite0-sgd" not in constants  # no other SGD development configuration
+    rows = fbr.case_rows(a, constants["digits-lite0-adamw"])
+    lrlab = {r["seed"]: r for r in rows if r["contender"] == "lrlab"}
+    best_test = {s: 0.1 + 0.01 * s + 0.001 * s for s in range(3)}
+    assert lrlab[0]["regret_pt"] == pytest.approx(100 * (0.1 - best_test[0]))
+    assert lrlab[0]["good"] and lrlab[1]["good"] and not lrlab[2]["good"]
+    assert lrlab[0]["compute"] == pytest.approx(12.0 / 90.0)
+    constant = {r["seed"]: r for r in rows if r["contender"] == "constant"}
+    assert constant[0]["lr"] == 1e-3 and constant[0]["regret_pt"] == pytest.approx(5.0)
+    summary = {s["contender"]: s for s in fbr.summary_rows(rows)}
+    assert summary["lrlab"]["good"] == pytest.approx(2 / 3) and summary["prodigy"]["good"] == 0
+    paired = {p["versus"]: p for p in fbr.paired_rows(rows) if p["default"] == "lrlab"}
+    assert (paired["prodigy"]["wins"], paired["prodigy"]["ties"]) == (2, 1) and paired["prodigy"][
+        "mean_diff_pt"
+    ] < 0
+    assert paired["constant"]["cases"] == 3
+
+
+def test_the_report_writes_summary_tables_plots_and_csv(tmp_path: Path, monkeypatch) -> None:
+    results = {
+        "digits-lite0-adamw": _result("digits-lite0-adamw", 1e-2, {"lrlab": [0.1, 0.1, 0.1]}),
+        "digits-scratch-adamw": _result("digits-scratch-adamw", 1e-3, {"lrlab": [0.2, 0.2, 0.2]}),
+    }
+    results["digits-lite0-adamw"].contenders["lrlab"][0] = BenchRun(
+        1e-3, 0, 0.1, 0.1, 12.0, suggestions={"valley": 1e-2, "lrlab": 1e-3}
     )
-    assert f"hydra.sweeper.storage=sqlite:///{tmp_path}/studies/digits-1p6.db" in grid_line
-    assert "seed=0,1,2" in grid_line and "'hydra.sweep.subdir=trial_${trial.number}'" in grid_line
-    assert any("stages.1.lr=find seed=0,1,2" in c and "elpv2-1p2-finder" in c for c in commands)
-    assert "# estimated total:" in out
+    monkeypatch.setattr(fbr, "load_result", lambda opts, config: results.get(config.name))
+    paths = fbr.write_report(argparse.Namespace(out=tmp_path), fbc.CONFIGS)
+    summary = (tmp_path / "v2" / "summary.md").read_text()
+    assert paths[0] == tmp_path / "v2" / "summary.md"
+    assert "| digits-lite0-adamw | adamw | 0.01 |" in summary and "span 1.00 decades" in summary
+    assert "| lrlab | 2 | 6 |" in summary and "| lrlab | constant | 6 |" in summary
+    assert "| valley | 1 | +0.00 |" in summary
+    for name in ("rows.csv", "digits-lite0-adamw.md", "digits-lite0-adamw.png"):
+        assert (tmp_path / "v2" / name).is_file(), name
+    with (tmp_path / "v2" / "rows.csv").open() as handle:
+        assert {r["contender"] for r in csv.DictReader(handle)} == {"lrlab", "constant"}
 
 
-@pytest.mark.parametrize("problem", list(fvg.PROBLEMS))
+@pytest.mark.parametrize("problem", ["elpv4", "elpv2", "digits", "mnist5k"])
 def test_bench_presets_compose_and_validate(compose_cfg, problem: str):
     from lrlab.app.schema import validate
 
@@ -230,13 +207,16 @@ def test_mnist5k_is_5000_real_digits_split_60_20_20_by_class():
 
 
 @pytest.mark.slow
-def test_tiny_run_then_analyse_writes_tables_plot_and_csv_and_resumes(tmp_path: Path, capsys):
+def test_tiny_run_then_analyse_writes_the_report_and_resumes(tmp_path: Path, capsys):
     bench, out = tmp_path / "bench", tmp_path / "out"
     tiny = [
-        "--problems",
-        "digits",
-        "--budgets",
-        "1+1",
+        "--configs",
+        "digits-lite0-adamw",
+        "--kinds",
+        "grid",
+        "refine",
+        "lrlab",
+        "auto",
         "--seeds",
         "0",
         "1",
@@ -246,6 +226,7 @@ def test_tiny_run_then_analyse_writes_tables_plot_and_csv_and_resumes(tmp_path: 
         "--set",
         "model=tiny",
         "data.image_size=16",
+        "epochs=2",
         "lr_finder.num_iter=20",
         "--bench-dir",
         str(bench),
@@ -253,12 +234,10 @@ def test_tiny_run_then_analyse_writes_tables_plot_and_csv_and_resumes(tmp_path: 
     assert fvg.main(["run", *tiny]) == 0
     assert "$ cd " in capsys.readouterr().out
     assert fvg.main(["analyse", *tiny, "--out", str(out)]) == 0
-    assert "| valley | ema |" in capsys.readouterr().out
-    for name in ("summary.md", "rows.csv", "digits-1p1.md", "digits-1p1.png"):
-        assert (out / name).is_file(), name
-    with (out / "rows.csv").open() as handle:
+    printed = capsys.readouterr().out
+    assert "| digits-lite0-adamw | adamw |" in printed and "| auto |" in printed
+    with (out / "v2" / "rows.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 2 * len(fga.PAIRS) and {r["seed"] for r in rows} == {"0", "1"}
-    assert "interpolated" in (out / "digits-1p1.md").read_text()
-    assert fvg.main(["run", *tiny]) == 0  # both studies complete: nothing runs again
-    assert capsys.readouterr().out.count("# complete") == 2
+    assert {r["contender"] for r in rows} == {"lrlab", "auto"} and {r["seed"] for r in rows} == {"0", "1"}
+    assert fvg.main(["run", *tiny]) == 0  # every study complete: nothing runs again
+    assert capsys.readouterr().out.count("# complete") == 4
