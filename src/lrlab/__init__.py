@@ -25,6 +25,8 @@ _EXPORTS = {
     "one_cycle": "lrlab.core.schedules",
     "StepOptions": "lrlab.core.settings",
     "Stage": "lrlab.train.stage",
+    "AutoLrConfig": "lrlab.train.stage",
+    "RaceResult": "lrlab.train.race",
     "Training": "lrlab.train.stages",
     "run_stages": "lrlab.train.stages",
     "ResumeState": "lrlab.train.resume",
