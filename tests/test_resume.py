@@ -1,5 +1,6 @@
 """Resuming an interrupted training: 4 epochs straight and 2 epochs + SIGTERM + `resume=auto` for
-the rest give bit-identical weights and metrics on CPU, in the same MLflow run."""
+the rest give bit-identical weights and metrics on CPU, in the same MLflow run (with AdamW, the
+LR-free optimizers, and `lr=auto`, interrupted after its race)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ OPTIMIZERS = {
     "adamw": (),
     "prodigy": ("optimizer=prodigy", "lr=1"),  # its estimate of the step size is optimizer state
     "schedulefree": ("optimizer=schedulefree_adamw", "schedule=constant", "lr=0.0025"),  # train/eval weights
+    "lr_auto": ("lr=auto", "lr_finder.num_iter=30"),  # the race's winner, its first epoch replayed
 }
 
 
