@@ -30,6 +30,12 @@ class BenchConfig:
     grid: tuple[float, float] = (-5.0, -1.0)  # log10 of the grid's lowest and highest LR
     confirmation: bool = False
 
+    @property
+    def train_epochs(self) -> int:
+        """Epochs of all stages together (from the `epochs=` and `freeze_epochs=` overrides)."""
+        values = dict(o.split("=", 1) for o in self.overrides if "=" in o)
+        return int(values.get("epochs", 0)) + (int(values.get("freeze_epochs", 0)) if self.stages > 1 else 0)
+
 
 def _full(epochs: int) -> tuple[str, ...]:
     return ("stages=full", f"epochs={epochs}")

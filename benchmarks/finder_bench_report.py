@@ -32,9 +32,10 @@ tested better than valid's choice). A case is good when the regret is at most ma
 Every contender trained at its own choice (no interpolation). `constant`: the half-decade LR with
 the lowest mean valid regret on the *other* development configurations of the same optimizer
 (leave-one-configuration-out), read from this configuration's grid run at that LR. A diverged run
-scores the error of guessing. Compute: a case's wall-clock seconds (range test, race, training,
-evaluation) over the same seed's 9 half-decade grid runs. 95% CIs: percentile bootstrap over
-configurations, then seeds."""
+scores the error of guessing. Compute: a case's training in epochs (its stages' epochs, its range
+tests' steps as epochs, an lr=auto race's extra epochs) over the 9 half-decade grid runs' epochs;
+wall: its wall-clock seconds (with model build and evaluation) over the same seed's 9 grid runs.
+95% CIs: percentile bootstrap over configurations, then seeds."""
 
 
 @dataclass
@@ -124,8 +125,7 @@ def case_rows(result: ConfigResult, constant: float | None) -> list[dict[str, An
             if run.seed not in best:
                 continue
             regret = 100 * (run.test_error - best[run.seed].test_error)
-            grid_seconds = result.grid_seconds(run.seed)
-            # the constant needs no run of its own: its compute is that of one training
+            grid_seconds, epochs = result.grid_seconds(run.seed), result.config.train_epochs
             rows.append(
                 {
                     "config": result.config.name,
@@ -141,7 +141,8 @@ def case_rows(result: ConfigResult, constant: float | None) -> list[dict[str, An
                     "good": regret <= max(GOOD_PT, 100 * se),
                     "diverged": run.diverged,
                     "seconds": run.seconds,
-                    "compute": run.seconds / grid_seconds if grid_seconds else math.nan,
+                    "compute": (epochs + run.extra_epochs) / (9 * epochs) if epochs else math.nan,
+                    "wall_compute": run.seconds / grid_seconds if grid_seconds else math.nan,
                 }
             )
     return rows
@@ -206,6 +207,7 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "good": float(np.mean([r["good"] for r in mine])),
                 "diverged": sum(r["diverged"] for r in mine),
                 "compute": float(np.nanmean([r["compute"] for r in mine])),
+                "wall_compute": float(np.nanmean([r["wall_compute"] for r in mine])),
             }
         )
     return sorted(out, key=lambda s: s["mean_regret_pt"])
@@ -265,13 +267,14 @@ def config_markdown(result: ConfigResult, rows: Sequence[dict[str, Any]]) -> str
         lines.append(f"| {lr:.3g}{mark} | {len(result.at(lr))} | {valid:.4f} | {test:.4f} |")
     lines += [
         "",
-        "| contender | seed | LR | test error | regret (pt) | good | compute |",
-        "|---|---:|---:|---:|---:|:---:|---:|",
+        "| contender | seed | LR | test error | regret (pt) | good | compute | wall |",
+        "|---|---:|---:|---:|---:|:---:|---:|---:|",
     ]
     for row in sorted(rows, key=lambda r: (r["contender"], r["seed"])):
         lines.append(
             f"| {row['contender']} | {row['seed']} | {row['lr']:.3g} | {row['test_error']:.4f} | "
-            f"{_fmt(row['regret_pt'])} | {'yes' if row['good'] else 'no'} | {row['compute']:.3f} |"
+            f"{_fmt(row['regret_pt'])} | {'yes' if row['good'] else 'no'} | {row['compute']:.3f} | "
+            f"{row['wall_compute']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -323,14 +326,14 @@ def summary_markdown(results: Sequence[ConfigResult], rows: Sequence[dict[str, A
             "",
             f"## {title}",
             "",
-            "| contender | configs | cases | mean regret (pt) | 95% CI | good | diverged | compute |",
+            "| contender | configs | cases | mean regret (pt) | 95% CI | good | diverged | compute | wall |",
         ]
-        lines.append("|---|---:|---:|---:|---|---:|---:|---:|")
+        lines.append("|---|---:|---:|---:|---|---:|---:|---:|---:|")
         for s in summary_rows(subset):
             lines.append(
                 f"| {s['contender']} | {s['configs']} | {s['cases']} | {_fmt(s['mean_regret_pt'])} | "
                 f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}] | {100 * s['good']:.0f}% | {s['diverged']} | "
-                f"{s['compute']:.3f} |"
+                f"{s['compute']:.3f} | {s['wall_compute']:.3f} |"
             )
         lines += [
             "",

@@ -8,8 +8,9 @@ Definitions (printed with every report):
 - a contender's regret in a (configuration, seed) case: its test error minus the same seed's test
   error at the grid best; the case is good when the regret is at most max(0.5 pt, 1 seed-SE);
 - a diverged run (loss NaN) scores the error of guessing, 1 - 1/classes;
-- compute: wall-clock seconds of training and range tests (and races), summed per case,
-  relative to the 9 half-decade grid runs of the same seed.
+- compute: training-step equivalents (range-test steps, raced epochs and training epochs, in
+  epochs) relative to the 9 half-decade grid runs (9 x the stages' epochs); wall-clock seconds
+  relative to the same seed's 9 grid runs are reported beside it (they vary with the machine's load).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class BenchRun:
     seconds: float
     diverged: bool = False
     suggestions: dict[str, float] | None = None  # the graded stage's range-test suggestions
+    extra_epochs: float = 0.0  # range tests (steps / steps per epoch) and races' extra epochs
 
 
 def _stage(trial: Any, index: int) -> dict[str, Any]:
@@ -66,9 +68,19 @@ def load_runs(storage: str, study: str, stage: int, classes: int = 10) -> list[B
                 test_error=float(t.user_attrs["test"]["error_rate"]),
                 seconds=seconds,
                 suggestions={k: float(v) for k, v in (entry.get("suggestions") or {}).items()},
+                extra_epochs=sum(extra_epochs(s) for s in t.user_attrs.get("stages") or []),
             )
         )
     return sorted(runs, key=lambda r: (r.lr, r.seed))
+
+
+def extra_epochs(stage: dict[str, Any]) -> float:
+    """What a stage trained beyond its own epochs, in its epochs: the range test's steps and an
+    lr=auto race's epochs other than the winner's."""
+    steps = float(stage.get("steps_per_epoch") or 0)
+    finder = float(stage.get("finder_steps") or 0) / steps if steps else 0.0
+    race = stage.get("race") or {}
+    return finder + float(race.get("epochs_trained", 0)) - float(race.get("race_epochs", 0))
 
 
 def trial_seconds(storage: str, study: str) -> list[float]:

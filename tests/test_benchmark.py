@@ -122,6 +122,19 @@ def _result(name: str, best: float, contenders: dict[str, list[float]] | None = 
     return result
 
 
+def test_extra_epochs_count_the_range_test_steps_and_the_race_beyond_the_winner() -> None:
+    from finder_bench_scoring import extra_epochs
+
+    assert extra_epochs({"steps_per_epoch": 50, "finder_steps": 100}) == 2.0
+    race = {"race_epochs": 2, "epochs_trained": 4}  # the winner's 2 epochs count as training
+    assert extra_epochs({"steps_per_epoch": 50, "finder_steps": 25, "race": race}) == 2.5
+    assert extra_epochs({}) == 0.0
+    assert (
+        fbc.BY_NAME["elpv4-lite1-adamw-ft"].train_epochs == 7
+        and fbc.BY_NAME["digits-lite0-adamw"].train_epochs == 10
+    )
+
+
 def test_scoring_regret_good_cases_constant_paired_differences_and_compute() -> None:
     a = _result("digits-lite0-adamw", 1e-2, {"lrlab": [0.1, 0.11, 0.2], "prodigy": [0.2, 0.2, 0.2]})
     b = _result("digits-scratch-adamw", 1e-3)
@@ -138,7 +151,9 @@ def test_scoring_regret_good_cases_constant_paired_differences_and_compute() -> 
     best_test = {s: 0.1 + 0.01 * s + 0.001 * s for s in range(3)}
     assert lrlab[0]["regret_pt"] == pytest.approx(100 * (0.1 - best_test[0]))
     assert lrlab[0]["good"] and lrlab[1]["good"] and not lrlab[2]["good"]
-    assert lrlab[0]["compute"] == pytest.approx(12.0 / 90.0)
+    assert lrlab[0]["wall_compute"] == pytest.approx(12.0 / 90.0) and lrlab[0]["compute"] == pytest.approx(
+        1 / 9
+    )
     constant = {r["seed"]: r for r in rows if r["contender"] == "constant"}
     assert constant[0]["lr"] == 1e-3 and constant[0]["regret_pt"] == pytest.approx(5.0)
     summary = {s["contender"]: s for s in fbr.summary_rows(rows)}

@@ -17,7 +17,8 @@ from lrlab.train.checkpoints import CheckpointCallback
 
 
 class StageLog(Callback):
-    """Records each stage's decisions (LR, rule, range-test seconds and curve file) for `RunResult.stages`."""
+    """Records each stage's decisions (LR, rule, range-test seconds, steps and curve file, lr=auto's
+    race) and its steps per epoch, for `RunResult.stages`."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -32,6 +33,7 @@ class StageLog(Callback):
         }
         if start.finder is not None:
             entry["finder_seconds"] = float(start.finder.seconds)
+            entry["finder_steps"] = len(start.finder.lrs)
             entry["suggestions"] = {r: float(v) for r, v in start.finder.suggestions.items()}
             entry["curve"] = str(self.directory / f"{finder_file_stem(start.stage.name)}.csv")
         if start.race is not None:
@@ -46,6 +48,10 @@ class StageLog(Callback):
                 "candidates": [asdict(c) for c in race.candidates],
             }
         self.stages.append(entry)
+
+    def on_fit_start(self, engine: Any, stage: str, epochs: int, steps_per_epoch: int) -> None:
+        if self.stages:
+            self.stages[-1]["steps_per_epoch"] = steps_per_epoch
 
 
 @dataclass
