@@ -1,0 +1,143 @@
+"""How long must the range test be? On the finder benchmark v2's single-stage development
+configurations, run `task=lr_find` at several `lr_finder.num_iter` per seed and score each rule's
+suggestion, recomputed from the raw losses, in decades from the configuration's grid-best LR
+(from `finder_vs_grid.py run --kinds grid refine`). A range test of N steps costs N / (steps per
+epoch) epochs of training, so on small problems a shorter test is what keeps `lr=find` cheap.
+
+    python benchmarks/finder_range_length.py run       # resumable: a finished test is skipped
+    python benchmarks/finder_range_length.py analyse   # the table (also in range_length.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from finder_bench_configs import CONFIGS, SEEDS, BenchConfig
+from finder_grid_runs import run_lrlab
+
+LENGTHS = (100, 50, 25)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def configs() -> list[BenchConfig]:
+    """The development configurations whose graded stage is the first (a range test from the
+    built model is that stage's)."""
+    return [c for c in CONFIGS if not c.confirmation and c.stage == 0]
+
+
+def run_dir(bench: Path, config: BenchConfig, length: int, seed: int) -> Path:
+    return bench / "rangetests" / config.name / f"n{length}-s{seed}"
+
+
+def run(opts: argparse.Namespace) -> int:
+    failed = 0
+    for config in configs():
+        for length in opts.lengths:
+            for seed in opts.seeds:
+                out = run_dir(opts.bench_dir, config, length, seed)
+                if (out / "lr_find.csv").is_file():
+                    continue
+                args = [
+                    "task=lr_find",
+                    f"experiment=bench_{config.problem}",
+                    *config.overrides,
+                    f"lr_finder.num_iter={length}",
+                    f"seed={seed}",
+                    "tracking=none",
+                    f"hydra.run.dir={out.as_posix()}",
+                ]
+                print(f"$ lrlab {' '.join(args)}", flush=True)
+                failed += run_lrlab(args, opts.bench_dir, opts.bench_dir / "logs" / "range_length.log") != 0
+    return 1 if failed else 0
+
+
+def suggestions(path: Path, length: int) -> dict[str, float]:
+    """Every rule's suggestion on a range-test CSV's raw losses, smoothed as lrlab smooths them."""
+    from lrlab.finder.config import FinderConfig
+    from lrlab.finder.range_test import smoothed_curves
+    from lrlab.finder.rules import suggest_on_curves
+
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    lrs = np.array([float(r["lr"]) for r in rows])
+    losses = np.array([float(r["loss"]) for r in rows])
+    stopped = len(rows) < length
+    curves = smoothed_curves(losses, stopped, FinderConfig(num_iter=length))
+    return suggest_on_curves(lrs, curves)
+
+
+def analyse(opts: argparse.Namespace) -> int:
+    from finder_bench_report import load_result
+
+    bench_opts = argparse.Namespace(bench_dir=opts.bench_dir, seeds=list(opts.seeds), grid_lrs=None, set=[])
+    rows = []
+    for config in configs():
+        result = load_result(bench_opts, config)
+        if result is None:
+            continue
+        for length in opts.lengths:
+            for seed in opts.seeds:
+                path = run_dir(opts.bench_dir, config, length, seed) / "lr_find.csv"
+                if path.is_file():
+                    for rule, lr in suggestions(path, length).items():
+                        finite = math.isfinite(lr) and lr > 0
+                        decades = math.log10(lr / result.best_lr) if finite else math.nan
+                        rows.append(
+                            {
+                                "config": config.name,
+                                "length": length,
+                                "seed": seed,
+                                "rule": rule,
+                                "decades": decades,
+                            }
+                        )
+    if not rows:
+        print("nothing to analyse: run the grids and the range tests first", file=sys.stderr)
+        return 1
+    lines = [
+        "# Range-test length against the grid-best LR",
+        "",
+        f"Configurations: {', '.join(sorted({r['config'] for r in rows}))}; seeds {list(opts.seeds)}.",
+        "Decades: log10(suggestion / grid-best LR), the suggestion recomputed from the test's raw losses.",
+        "",
+        "| rule | num_iter | cases | median decades | mean abs decades | within 0.25 | within 0.5 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rule in sorted({r["rule"] for r in rows}):
+        for length in opts.lengths:
+            d = np.array([r["decades"] for r in rows if r["rule"] == rule and r["length"] == length])
+            d = d[np.isfinite(d)]
+            if len(d):
+                near = [100 * np.mean(np.abs(d) <= limit + 1e-9) for limit in (0.25, 0.5)]
+                lines.append(
+                    f"| {rule} | {length} | {len(d)} | {np.median(d):+.2f} | {np.abs(d).mean():.2f} | "
+                    f"{near[0]:.0f}% | {near[1]:.0f}% |"
+                )
+    text = "\n".join(lines) + "\n"
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "range_length.md").write_text(text)
+    print(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    top = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    top.add_argument("command", choices=("run", "analyse"))
+    top.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
+    top.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    top.add_argument("--bench-dir", type=Path, default=Path("outputs/finder_benchmark_v2"))
+    top.add_argument("--out", type=Path, default=ROOT / "experiments" / "finder_benchmark" / "v2")
+    opts = top.parse_args(argv)
+    opts.bench_dir = opts.bench_dir.resolve()
+    return {"run": run, "analyse": analyse}[opts.command](opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
