@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lrlab.app.lr_free import check_lr_free
 from lrlab.app.tasks import CHECKPOINT_TASKS, TASKS
 from lrlab.core.compiling import compile_mode
+from lrlab.core.limits import check_limits
 from lrlab.core.monitor import Monitor
 from lrlab.core.settings import DEVICES, PRECISIONS, TTA_MODES
 from lrlab.data.registry import DataConfig, get_source, registered_sources
@@ -229,19 +230,12 @@ def _check_stage(stage: DictConfig, key: str) -> None:
                 "a race of LRs around its suggestion) or a positive number."
             ) from None
         _positive(stage.lr, f"{key}.lr")
-    if stage.epochs < 0:
-        raise ConfigError(f"{key}.epochs={stage.epochs} must be >= 0.")
     try:
         parse_trainable(stage.trainable)
     except ConfigError as exc:
         raise ConfigError(f"{key}.{exc}") from None
     if stage.lr_rule is not None:
         check_choice(stage.lr_rule, tuple(RULES), f"{key}.lr_rule")
-    _positive(stage.lr_scale, f"{key}.lr_scale")
-    if not stage.lr_spread >= 1:
-        raise ConfigError(
-            f"{key}.lr_spread={stage.lr_spread} must be >= 1 (the first group gets lr / lr_spread)."
-        )
     check_choice(stage.lr_spread_mode, SPREAD_MODES, f"{key}.lr_spread_mode")
     if stage.pct_start is not None and not 0 < stage.pct_start < 1:
         raise ConfigError(f"{key}.pct_start={stage.pct_start} must be between 0 and 1.")
@@ -276,12 +270,11 @@ def _merged(cfg: DictConfig) -> DictConfig:
 def validate(cfg: DictConfig) -> DictConfig:
     """Merge `cfg` into the schemas and check values; raises ConfigError naming the bad key."""
     merged = _merged(cfg)
+    check_limits(merged)
     merged.task = check_choice(merged.task, tuple(TASKS), "task")
     merged.device = check_choice(merged.device, DEVICES, "device")
     merged.precision = check_choice(merged.precision, PRECISIONS, "precision")
     check_choice(merged.tracking.backend, backend_names(), "tracking.backend")
-    _positive(merged.train.grad_accum, "train.grad_accum")
-    _positive(merged.train.log_every, "train.log_every")
     check_choice(merged.train.tta, TTA_MODES, "train.tta")
     compile_mode(merged.train.compile)
     _qualified(
@@ -289,14 +282,6 @@ def validate(cfg: DictConfig) -> DictConfig:
         "train",
         ("monitor", "mode"),
     )
-    if merged.train.patience is not None and merged.train.patience < 1:
-        raise ConfigError(f"train.patience={merged.train.patience} must be at least 1 (or null: off).")
-    if merged.train.save_top_k < 1:
-        raise ConfigError(f"train.save_top_k={merged.train.save_top_k} must be at least 1.")
-    if not 0 <= merged.train.label_smoothing < 1:
-        raise ConfigError(f"train.label_smoothing={merged.train.label_smoothing} must be in [0, 1).")
-    if merged.train.ordinal_smoothing < 0:
-        raise ConfigError(f"train.ordinal_smoothing={merged.train.ordinal_smoothing} must be >= 0 (0: off).")
     OmegaConf.to_object(merged.data).check()
     finder = OmegaConf.to_container(merged.lr_finder, resolve=True)
     _qualified(lambda: FinderConfig(**finder).check(), "lr_finder", finder)

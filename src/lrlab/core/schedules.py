@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+from lrlab.core.limits import LIMITS
 from lrlab.core.optim import set_lrs
 
 
@@ -27,6 +28,8 @@ def one_cycle(
 ) -> LRScheduler:
     """fastai's one-cycle through torch's OneCycleLR: lr_max/div -> lr_max (at pct_start) ->
     lr_max/div_final, cosine in both phases, momentum cycled opposite to the LR."""
+    for key, value in (("pct_start", pct_start), ("div", div), ("div_final", div_final), ("moms", moms)):
+        LIMITS[f"schedule.{key}"].check(value, f"schedule.{key}")
     set_lrs(optimizer, max_lr)
     return OneCycleLR(
         optimizer,

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from lrlab.core.limits import LIMITS
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "bf16", "16")
 TTA_MODES = ("none", "hflip")  # hflip: evaluate each image and its mirror, averaging probabilities
@@ -27,6 +29,10 @@ class StepOptions:
     progress: bool = False
     cudnn_benchmark: bool = False
     tta: str = "none"
+
+    def __post_init__(self) -> None:
+        for key in ("grad_accum", "grad_clip", "log_every"):
+            LIMITS[f"train.{key}"].check(getattr(self, key), f"train.{key}")
 
     @classmethod
     def of(cls, settings: Any) -> StepOptions:
