@@ -140,3 +140,11 @@ def test_unknown_model_name_suggests_close_matches() -> None:
     with pytest.raises(ConfigError, match="resnet50"):
         check_model_name("resnet9999")
     check_model_name("resnet50.a1_in1k")
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"", b"\x80\x02garbage"])
+def test_a_file_that_is_no_weights_at_all_is_named_not_a_traceback(tmp_path: Path, content: bytes) -> None:
+    junk = tmp_path / "some.txt"
+    junk.write_bytes(content)
+    with pytest.raises(LrlabError, match=r"some\.txt cannot be read as plain tensors \(\w+"):
+        create_model("test_resnet", num_classes=3, pretrained=str(junk))

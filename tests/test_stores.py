@@ -212,3 +212,27 @@ def test_a_database_url_without_its_driver_names_the_key_and_the_extra() -> None
         with pytest.raises(StoreError, match=r"pip install 'lrlab\[postgres\]' \(psycopg 3\)"):
             require_driver("postgresql://db/x", "tracking.uri")
     require_driver("sqlite:///x.db", "tracking.uri")  # no driver needed
+
+
+def test_uris_mlflow_cannot_write_are_refused_with_the_fix(tmp_path: Path) -> None:
+    from lrlab.errors import LrlabError
+    from lrlab.integrations.mlflow_store import check_tracking_uri
+
+    with pytest.raises(LrlabError, match=r"file store is in maintenance mode.*tracking.uri=sqlite:///"):
+        check_tracking_uri(f"file://{tmp_path}")
+    with pytest.raises(LrlabError, match=r"maintenance mode"):
+        check_tracking_uri(str(tmp_path / "runs"))  # a bare path is MLflow's file store too
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(LrlabError, match=rf"{blocker} is a file, so the store cannot be created below it"):
+        check_tracking_uri(f"sqlite:///{blocker}/mlflow.db")
+    check_tracking_uri(f"sqlite:///{tmp_path}/new/mlflow.db")  # a folder still to create is fine
+
+
+@pytest.mark.parametrize("override", ["name=", "tracking.experiment=' '"])
+def test_an_empty_experiment_name_is_refused(compose_cfg, override: str) -> None:
+    from lrlab.app.schema import validate
+    from lrlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"is empty: the MLflow experiment and the run names need one"):
+        validate(compose_cfg("experiment=smoke", override))

@@ -271,6 +271,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     """Merge `cfg` into the schemas and check values; raises ConfigError naming the bad key."""
     merged = _merged(cfg)
     check_limits(merged)
+    for key in ("name", "tracking.experiment"):
+        if not str(OmegaConf.select(merged, key) or "").strip():
+            raise ConfigError(
+                f"{key} is empty: the MLflow experiment and the run names need one (e.g. {key}=elpv)."
+            )
     merged.task = check_choice(merged.task, tuple(TASKS), "task")
     merged.device = check_choice(merged.device, DEVICES, "device")
     merged.precision = check_choice(merged.precision, PRECISIONS, "precision")

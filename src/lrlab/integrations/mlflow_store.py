@@ -31,10 +31,17 @@ def _store_schemes() -> set[str]:
         return {"", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks"}
 
 
+def _mlflow_major() -> int:
+    from importlib.metadata import version
+
+    return int(version("mlflow").split(".")[0])
+
+
 def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
-    """Fail fast, before any work, on a tracking URI MLflow cannot use: an unknown scheme, an
-    SQLite file or folder that cannot be written, a server that does not answer within `timeout`
-    seconds (MLflow itself retries for minutes). Raises LrlabError naming the URI."""
+    """Fail fast, before any work, on a tracking URI MLflow cannot use: an unknown scheme, MLflow
+    3's file store, an SQLite file or folder that cannot be written or sits below a file, a server
+    that does not answer within `timeout` seconds (MLflow itself retries for minutes). Raises
+    LrlabError naming the URI."""
     import socket
     from urllib.parse import urlparse
 
@@ -50,10 +57,21 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
             "sqlite:///path/mlflow.db (the default, in the launch folder), http(s)://host:port of an "
             "MLflow server, or a database URL; tracking=none runs without MLflow."
         )
+    if scheme in ("", "file") and _mlflow_major() >= 3:
+        raise LrlabError(
+            f"tracking.uri={uri!r}: MLflow {_mlflow_major()}'s file store is in maintenance mode and "
+            "fails to record lrlab's runs. Use an SQLite store in that folder instead: tracking.uri="
+            f"sqlite:///{Path(parsed.path or uri).expanduser().resolve().as_posix()}/mlflow.db"
+        )
     require_driver(uri, "tracking.uri")
     path = sqlite_path(uri)
     if path is not None:
         target = path if path.exists() else next(p for p in (path, *path.parents) if p.exists())
+        if target != path and not target.is_dir():
+            raise LrlabError(
+                f"tracking.uri={uri!r}: {target} is a file, so the store cannot be created below it; "
+                "point tracking.uri at a file in a folder (sqlite:///<folder>/mlflow.db)."
+            )
         if not os.access(target, os.W_OK):
             raise LrlabError(
                 f"tracking.uri={uri!r}: {target} is not writable, so runs cannot be recorded there."

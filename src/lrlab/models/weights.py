@@ -8,7 +8,6 @@ Local files are read here rather than by timm because timm's loader unpickles wi
 from __future__ import annotations
 
 import importlib
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +112,8 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
             raise WeightsError(f"{path} is not a readable safetensors file ({exc})") from exc
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # torch's unpickler raises Key/Index/Value/RuntimeError on garbage
+        first = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
         raise WeightsError(
             f"{path} cannot be read as plain tensors ({first}). lrlab loads weights with "
             "weights_only=True so that a file cannot run code; save a state dict "
