@@ -152,6 +152,22 @@ def test_unknown_group_option_lists_the_choices(run_cli) -> None:
     assert "efficientnet_lite0" in proc.stderr and "resnet34" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["optimizer=adam"],
+            "optimizer=adam is not an option of the optimizer group; choose one of: adamw, ",
+        ),
+        (["-m", "optimizer=adamw,sgdd"], "(closest: sgd)"),
+    ],
+)
+def test_a_bad_group_option_is_one_paragraph_with_close_matches(run_cli, args: list, expected: str) -> None:
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and expected in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "search path" not in proc.stderr
+
+
 def test_cfg_job_prints_every_group(run_cli) -> None:
     proc = run_cli("--cfg", "job")
     assert proc.returncode == 0, proc.stderr

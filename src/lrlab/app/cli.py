@@ -12,6 +12,7 @@ multirun a job's error is re-raised so the sweeper can record the failed trial.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import signal
 import sys
@@ -108,9 +109,42 @@ def deselect_null_groups(args: list[str]) -> list[str]:
     return [nulls.get(arg, arg) for arg in args]
 
 
+_SWEEP_SYNTAX = ("choice(", "range(", "glob(", "interval(", "tag(", "sort(", "shuffle(")
+_MORE_CONFIGS = ("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath", "+hydra.searchpath")
+
+
+def unknown_group_option(args: list[str]) -> str | None:
+    """One paragraph for the first `group=option` naming an option the packaged tree lacks (Hydra's
+    own report spans two paragraphs and its search path), with the valid options and close matches;
+    None when every option exists, or when a config dir or search path may add options."""
+    if any(arg.lstrip("+").startswith(_MORE_CONFIGS) for arg in args):
+        return None
+    groups = set(config_groups())
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or key not in groups or value.startswith(_SWEEP_SYNTAX):
+            continue
+        options = sorted(p.stem for p in (Path(CONFIG_DIR) / key).glob("*.yaml"))
+        for option in (v.strip() for v in value.split(",")):
+            if option and option != "null" and option not in options:
+                close = difflib.get_close_matches(option, options, n=3, cutoff=0.5)
+                hint = f" (closest: {', '.join(close)})" if close else ""
+                return (
+                    f"{key}={option} is not an option of the {key} group; choose one of: "
+                    f"{', '.join(options)}{hint}. Add your own as DIR/{key}/<name>.yaml and pass "
+                    "--config-dir DIR."
+                )
+    return None
+
+
 def main() -> None:
     """Console-script entry point (`lrlab`, `python -m lrlab`)."""
     sys.argv[1:] = deselect_null_groups(sys.argv[1:])
+    unknown = unknown_group_option(sys.argv[1:])
+    if unknown:
+        print(f"lrlab: error: {unknown}", file=sys.stderr)
+        sys.exit(2)
     if launched_world_size() > 1 and {"-m", "--multirun"} & set(sys.argv[1:]):
         print(
             "lrlab: error: lrlab -m (a sweep) cannot run under torchrun: every process would run its "
