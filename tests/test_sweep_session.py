@@ -281,6 +281,23 @@ def test_a_plain_grid_sweep_runs_every_combination_once(store: Path) -> None:
     assert seen == {(a, b) for a in (1e-3, 1e-2) for b in ("adamw", "sgd")}
 
 
+def test_a_resumed_grid_reruns_the_failed_point_and_repeats_none(store: Path) -> None:
+    """Optuna's GridSampler counts a FAIL as visited: a grid whose trial crashed (or whose sweep
+    was killed) re-ran a random finished point on resume and never the failed one."""
+    space = _space("stages.0.lr=1e-3,1e-2", "optimizer=adamw,sgd", params={})
+    grid = effective_settings(SweepSettings(max_failure_rate=1.0).validate(), space, preset=False)
+    url = f"sqlite:///{store / 'g.db'}"
+    first = SweepSession.open(grid, space, url, "grid", store)
+    first.run(FakeJobs(fail={1}))
+    failed = next(t for t in first.study.trials if t.state == TrialState.FAIL)
+    second = SweepSession.open(grid, space, url, "grid", store)
+    second.run(FakeJobs())
+    complete = [t for t in second.study.trials if t.state == TrialState.COMPLETE]
+    points = [(t.params["stages.0.lr"], t.params["optimizer"]) for t in complete]
+    assert len(points) == len(set(points)) == 4
+    assert (failed.params["stages.0.lr"], failed.params["optimizer"]) in points
+
+
 def test_journal_storage_and_several_objectives(store: Path) -> None:
     url = f"journal://{store / 'shared' / 'study.log'}"
     session = _open(

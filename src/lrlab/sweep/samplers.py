@@ -17,7 +17,22 @@ from lrlab.sweep.search_space import SearchSpace
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
     """GridSampler whose exhausted grid does not call `study.stop()`, which only works inside
-    `Study.optimize`; the sweeper caps `n_trials` at the grid's size instead."""
+    `Study.optimize` (the sweeper caps `n_trials` at the grid's size instead), and which re-runs a
+    failed grid point: Optuna's counts FAIL as visited, so a resumed grid whose trial crashed or was
+    killed re-evaluated a random finished point instead and never ran the failed one."""
+
+    def _get_unvisited_grid_ids(self, study: optuna.Study) -> list[int]:
+        """Grid ids without a COMPLETE, PRUNED or RUNNING trial (a RUNNING one's, once none is left)."""
+        done, running = set(), set()
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+            if "grid_id" not in t.system_attrs or not self._same_search_space(t.system_attrs["search_space"]):
+                continue
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                done.add(t.system_attrs["grid_id"])
+            elif t.state == TrialState.RUNNING:
+                running.add(t.system_attrs["grid_id"])
+        todo = set(range(self._n_min_trials)) - done
+        return sorted(todo - running) or sorted(todo)
 
     def after_trial(
         self,
