@@ -23,7 +23,7 @@ from lrlab.integrations.optuna_storage import open_storage
 from lrlab.sweep.baselines import FinderBaselines
 from lrlab.sweep.results import write_results
 from lrlab.sweep.search_space import SearchSpace, parse_search_space
-from lrlab.sweep.session import Outcome, SweepFailed, SweepSession
+from lrlab.sweep.session import Outcome, SweepFailed, SweepSession, objective_values
 from lrlab.sweep.settings import SweepSettings
 from lrlab.sweep.study import SOURCE, WORKER_ATTR, effective_settings
 
@@ -178,11 +178,19 @@ def test_an_interrupted_batch_fails_its_trials(store: Path) -> None:
     assert _states(session) == [TrialState.FAIL, TrialState.FAIL]
 
 
-def test_a_metric_no_run_returns_fails_the_trial_with_a_clear_error(store: Path) -> None:
-    session = _open(store, n_trials=1, metric="f1")
-    with pytest.raises(ConfigError, match="metric='f1' is not something a run returns"):
-        session.run(FakeJobs())
-    assert _states(session) == [TrialState.FAIL]
+def test_a_metric_no_run_returns_is_refused_before_the_first_trial(store: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"hydra.sweeper.metric='f1' is not valid; choose one of: error_rate"
+    ):
+        _open(store, n_trials=1, metric="f1")
+    with pytest.raises(ConfigError, match=r"metric='f1' is not something a run returns"):
+        objective_values({"metrics": {"error_rate": 0.1}}, ["f1"])  # the job side says the same
+
+
+@pytest.mark.parametrize("url", ["garbage://x", "not a url"])
+def test_a_storage_url_optuna_cannot_open_is_one_line(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.storage=.* is not a storage Optuna can open"):
+        open_storage(url)
 
 
 def test_trials_left_running_by_a_dead_sweep_on_this_host_are_failed_and_rerun(store: Path) -> None:

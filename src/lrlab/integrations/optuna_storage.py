@@ -43,7 +43,21 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         path = Path(url[len("journal://") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    _check_dialect(url)
     return open_sqlite(url, "Optuna storage", lambda: _open_rdb(url), key="hydra.sweeper.storage")
+
+
+def _check_dialect(url: str) -> None:
+    """ConfigError naming the URL unless SQLAlchemy knows its scheme (otherwise a traceback)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect()
+    except Exception as exc:  # ArgumentError (not a URL), NoSuchModuleError (no such dialect)
+        raise ConfigError(
+            f"hydra.sweeper.storage={url!r} is not a storage Optuna can open ({type(exc).__name__}). Use "
+            "sqlite:///path/study.db, journal:///path/study.log, or a postgresql:// or mysql+pymysql:// URL."
+        ) from None
 
 
 def _open_rdb(url: str) -> optuna.storages.RDBStorage:

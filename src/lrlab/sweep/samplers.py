@@ -5,6 +5,7 @@ validation reads the table here (so imports go one way)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,17 +22,22 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
     failed grid point: Optuna's counts FAIL as visited, so a resumed grid whose trial crashed or was
     killed re-evaluated a random finished point instead and never ran the failed one."""
 
+    def __init__(self, search_space: dict[str, Sequence[Any]], **kwargs: Any):
+        super().__init__(search_space, **kwargs)
+        self.space = {name: list(values) for name, values in search_space.items()}
+        self.size = math.prod(len(v) for v in self.space.values())
+
     def _get_unvisited_grid_ids(self, study: optuna.Study) -> list[int]:
         """Grid ids without a COMPLETE, PRUNED or RUNNING trial (a RUNNING one's, once none is left)."""
         done, running = set(), set()
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
-            if "grid_id" not in t.system_attrs or not self._same_search_space(t.system_attrs["search_space"]):
+        for t in study.get_trials(deepcopy=False):
+            if "grid_id" not in t.system_attrs or t.system_attrs.get("search_space") != self.space:
                 continue
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
                 done.add(t.system_attrs["grid_id"])
             elif t.state == TrialState.RUNNING:
                 running.add(t.system_attrs["grid_id"])
-        todo = set(range(self._n_min_trials)) - done
+        todo = set(range(self.size)) - done
         return sorted(todo - running) or sorted(todo)
 
     def after_trial(

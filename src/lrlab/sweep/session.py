@@ -24,7 +24,7 @@ from lrlab.sweep.baselines import FinderBaselines, enqueue_baselines, finder_rul
 from lrlab.sweep.recovery import Heartbeat, fail_abandoned_trials
 from lrlab.sweep.samplers import suggest
 from lrlab.sweep.search_space import SearchSpace, format_value
-from lrlab.sweep.settings import FINDER_ENTRY, SweepSettings
+from lrlab.sweep.settings import FINDER_ENTRY, OBJECTIVES, SweepSettings
 from lrlab.sweep.study import (
     DONE,
     SEARCH_SOURCE,
@@ -72,8 +72,8 @@ def objective_values(summary: Mapping[str, Any], metrics: Sequence[str]) -> list
             values.append(float(summary[name]))
         else:
             raise ConfigError(
-                f"hydra.sweeper.metric={name!r} is not something a run returns; use error_rate, "
-                "valid_loss, accuracy, train_loss, train_seconds, finder_seconds or total_seconds."
+                f"hydra.sweeper.metric={name!r} is not something a run returns; use one of: "
+                f"{', '.join(OBJECTIVES)}."
             )
     return values
 

@@ -19,6 +19,18 @@ from lrlab.errors import ConfigError
 FINDER_ENTRY = "lr_finder"
 
 
+# What a job returns that a study can optimise: final valid metrics, and seconds.
+OBJECTIVES = (
+    "error_rate",
+    "valid_loss",
+    "accuracy",
+    "train_loss",
+    "train_seconds",
+    "finder_seconds",
+    "total_seconds",
+)
+
+
 @dataclass
 class SweepSettings:
     """`hydra.sweeper` keys; README "Sweeps" says what each does."""
@@ -86,6 +98,8 @@ class SweepSettings:
             )
         if not 0 <= self.max_failure_rate <= 1:
             raise ConfigError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be in [0, 1].")
+        for metric in self.metrics:
+            _check_choice("metric", metric, OBJECTIVES)
         if len(self.directions) != len(self.metrics):
             raise ConfigError(
                 f"hydra.sweeper.direction has {len(self.directions)} entries but metric has "
