@@ -360,17 +360,40 @@ def test_torchvisions_official_test_split_is_the_test_split(monkeypatch, tmp_pat
 
 
 def _with_bad_files(root: Path) -> list[Path]:
+    """Four damaged files among 20 good ones: garbage, empty, and two that pass PIL's `verify()`
+    but cannot be decoded (a JPEG cut short, a PNG whose zlib stream is damaged)."""
+    import io
+    import zlib
+
     _write_tree(root, per_class=10)
     corrupt, empty = root / "cat" / "corrupt.jpg", root / "dog" / "empty.png"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 20)
     empty.write_bytes(b"")
-    return [corrupt, empty]
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    jpeg = io.BytesIO()
+    noise.save(jpeg, "JPEG", quality=95)
+    truncated = root / "cat" / "truncated.jpg"
+    truncated.write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    png = io.BytesIO()
+    noise.save(png, "PNG")
+    data = bytearray(png.getvalue())
+    start = data.index(b"IDAT") + 4 + 40  # inside the compressed pixels; the chunk's CRC is fixed below
+    data[start : start + 30] = bytes(30)
+    length = int.from_bytes(data[start - 44 - 4 : start - 44], "big")
+    chunk = bytes(data[start - 44 : start - 40 + length])
+    data[start - 40 + length : start - 36 + length] = zlib.crc32(chunk).to_bytes(4, "big")
+    bad_zlib = root / "dog" / "bad_zlib.png"
+    bad_zlib.write_bytes(bytes(data))
+    for path in (truncated, bad_zlib):
+        with Image.open(path) as image:
+            image.verify()  # what the old check did: both pass it
+    return [corrupt, empty, truncated, bad_zlib]
 
 
 def test_unreadable_images_are_named_before_any_training(tmp_path: Path) -> None:
     bad = _with_bad_files(tmp_path)
     cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "num_workers": 0}
-    with pytest.raises(LrlabError, match=r"2 of 22 image files under .* cannot be read") as err:
+    with pytest.raises(LrlabError, match=r"4 of 24 image files under .* cannot be read") as err:
         load_source(cfg)
     assert all(str(p) in str(err.value) for p in bad) and "data.skip_bad_images=true" in str(err.value)
 
@@ -379,7 +402,7 @@ def test_unreadable_images_can_be_left_out_with_a_count(tmp_path: Path, caplog) 
     _with_bad_files(tmp_path)
     cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "num_workers": 0}
     source = load_source({**cfg, "skip_bad_images": True})
-    assert sum(source.sizes().values()) == 20 and "left out 2 unreadable image(s)" in caplog.text
+    assert sum(source.sizes().values()) == 20 and "left out 4 unreadable image(s)" in caplog.text
     train, _, _ = make_loaders(source, {**cfg, "batch_size": 4}, NORM)
     assert sum(len(y) for _, y in train) == source.sizes()["train"]  # every remaining file decodes
 

@@ -131,9 +131,10 @@ def load_imagefolder(cfg: ImageFolderConfig | None = None, **fields: Any) -> Ima
 
 
 def verify_images(dataset: Any, skip: bool) -> int:
-    """Open and verify every image file of an ImageFolder before training (PIL reads its header and
-    checks its structure without decoding pixels), so a corrupt or empty file fails now, named, not
-    in the middle of an epoch. With `skip`, unreadable files are left out (returns how many)."""
+    """Open, verify and fully decode every image file of an ImageFolder before training (PIL's
+    `verify` checks the structure but not the pixel data: a truncated JPEG or a PNG with a damaged
+    zlib stream passes it and fails in an epoch), so a damaged or empty file fails now, named. With
+    `skip`, unreadable files are left out (returns how many)."""
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -144,6 +145,8 @@ def verify_images(dataset: Any, skip: bool) -> int:
         try:
             with Image.open(path) as image:
                 image.verify()
+            with Image.open(path) as image:
+                image.load()
         except Exception as exc:  # PIL raises many types for damaged files
             bad.append((path, f"{type(exc).__name__}: {exc}"))
     if bad and not skip:
