@@ -122,3 +122,18 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
         assert row["predicted"] == str(int(np.argmax(probs)))
     missing = run_cli("task=predict", f"checkpoint={tmp_path / 'nope.pt'}", f"input={images}")
     assert missing.returncode == 2 and "task=predict needs checkpoint=PATH" in missing.stderr
+
+
+def test_a_checkpoint_whose_metadata_does_not_fit_its_weights_is_named(tmp_path: Path) -> None:
+    import timm
+
+    from lrlab.models.checkpoint import CheckpointError, load_model, save_atomic
+
+    model = timm.create_model("test_resnet", num_classes=3)
+    meta = {"model_name": "test_efficientnet", "class_names": ["a", "b", "c"], "preprocess": {}}
+    path = tmp_path / "mixed.pt"
+    save_atomic({"model": model.state_dict(), "meta": meta}, path)
+    with pytest.raises(
+        CheckpointError, match=r"metadata says test_efficientnet with 3 classes, but its weights"
+    ):
+        load_model(path)

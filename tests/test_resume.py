@@ -74,3 +74,35 @@ def test_an_interrupted_training_resumes_bit_identically_into_the_same_run(
 def test_resume_without_a_matching_checkpoint_is_bad_input(run_cli, tmp_path: Path) -> None:
     proc = run_cli("experiment=smoke", "resume=auto", "tracking=none")
     assert proc.returncode == 2 and "resume=auto: no checkpoints/last.pt under" in proc.stderr
+
+
+def test_resumes_users_try(run_cli, tmp_path: Path) -> None:
+    """More epochs continue the same run (the change a tag, not a rewritten param); another
+    optimizer setting is refused naming both sides; a checkpoint copied to another launch folder
+    resumes into a new run there and says so."""
+    first = ("experiment=smoke", "epochs=2", "train.checkpoints=true")
+    assert run_cli(*first, "hydra.run.dir=outputs/a").returncode == 0
+    last = tmp_path / "outputs" / "a" / "checkpoints" / "last.pt"
+
+    longer = run_cli("experiment=smoke", "epochs=3", "train.checkpoints=true", f"resume={last}")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and run.data.params["epochs"] == "2"
+    assert run.data.tags["resume.changed.epochs"] == "2 -> 3"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")] == [0, 1, 2]
+
+    other = run_cli(*first, "optimizer.weight_decay=0.5", f"resume={last}")
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "optimizer.weight_decay: 0.01 in the checkpoint, 0.5 now" in other.stderr
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "last.pt").write_bytes(last.read_bytes())
+    moved = run_cli(*first, "resume=last.pt", cwd=elsewhere)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert "is not in sqlite" in moved.stdout + moved.stderr
+    (new,) = MlflowClient(f"sqlite:///{elsewhere / 'mlflow.db'}").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{elsewhere / 'mlflow.db'}").search_experiments()]
+    )
+    assert new.info.status == "FINISHED" and new.data.tags["resumed_from"] == "last.pt"

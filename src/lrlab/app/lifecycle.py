@@ -9,11 +9,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import yaml
 from omegaconf import OmegaConf
 
 from lrlab.app.build import Setup, build, make_engine
 from lrlab.app.hooks import RunCallbacks
 from lrlab.app.job import Job, RunResult
+from lrlab.app.resume_changes import resume_changes
 from lrlab.app.run_record import log_run_start, open_tracker
 from lrlab.core.distributed import is_main
 from lrlab.core.engine import Engine
@@ -45,8 +47,22 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
     cfg = job.cfg = setup.cfg
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     resume = load_resume(str(cfg.resume), config_yaml, job.launch_dir) if cfg.resume else None
+    changes = (
+        resume_changes(
+            yaml.safe_load(resume.meta.get("config") or "{}"), yaml.safe_load(config_yaml), resume.path
+        )
+        if resume
+        else {}
+    )
     hooks = RunCallbacks.create(setup, job.output_dir)
     resumed_run = resume.meta.get("mlflow_run_id") if resume else None
+    backend = get_backend(cfg.tracking.backend)
+    if resumed_run and is_main() and not backend.has_run(uri, resumed_run):
+        log.warning(
+            f"resume: the checkpoint's run {resumed_run} is not in {uri} (copied from another launch "
+            "folder?); the resumed training is recorded in a new run, tagged resumed_from"
+        )
+        resumed_run = None
     parent = job.parent_run_id or cfg.tracking.parent_run_id
     tracker = open_tracker(cfg, uri, parent, resumed_run) if is_main() else Tracker()
     engine = make_engine(setup, hooks.all(tracker))
@@ -57,7 +73,7 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
     if cfg.tracking.system_metrics:
         monitor = tracker.start_system_metrics(cfg.tracking.system_metrics_interval, resumed_run is not None)
     try:
-        log_run_start(tracker, setup, job.overrides, job.launch_dir, job.output_dir)
+        log_run_start(tracker, setup, job.overrides, job.launch_dir, job.output_dir, changes)
         result = body(TrackedRun(job, setup, engine, tracker, hooks, resume))
         status, trial_state = "FINISHED", "COMPLETE"
         if hooks.stopping and hooks.stopping.stops:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from lrlab.app.build import Setup
 from lrlab.app.evaluate import TestReport
 from lrlab.core.distributed import world_size
+from lrlab.core.flat import flatten
 from lrlab.core.reproducibility import machine_fingerprint
 from lrlab.integrations.provenance import provenance_tags
 from lrlab.integrations.tracking import Tracker, get_backend
@@ -60,14 +62,22 @@ def run_params(cfg: DictConfig) -> dict[str, Any]:
 
 
 def log_run_start(
-    tracker: Tracker, setup: Setup, overrides: list[str], launch_dir: Path, output_dir: Path
+    tracker: Tracker,
+    setup: Setup,
+    overrides: list[str],
+    launch_dir: Path,
+    output_dir: Path,
+    changes: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> None:
     """Params, tags (provenance, machine, user and source, trial), dataset inputs and the config
-    files of a run that starts (or resumes) logging."""
-    cfg = setup.cfg
-    tracker.log_params(run_params(cfg))
+    files of a run that starts (or resumes) logging. `changes`: keys a resumed training changed
+    (key -> (checkpoint's, now)), recorded as `resume.changed.<key>` tags instead of params."""
+    cfg, changes = setup.cfg, dict(changes or {})
+    params = flatten(run_params(cfg))
+    tracker.log_params({k: v for k, v in params.items() if k not in changes})
     if cfg.resume:
         tracker.set_tags({"resumed_from": str(cfg.resume)})
+        tracker.set_tags({f"resume.changed.{k}": f"{old} -> {new}" for k, (old, new) in changes.items()})
     tracker.set_tags(
         {
             **provenance_tags(launch_dir),

@@ -9,10 +9,11 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lrlab.core.flat import flatten as flatten_config
 from lrlab.core.types import EpochResult, StepRecord
 from lrlab.integrations.mlflow_run import SystemMetrics, context_tags, log_dataset_inputs
 from lrlab.integrations.mlflow_store import (
@@ -35,22 +36,9 @@ MAX_PARAM_VALUE = 6000
 BATCH_LIMIT = 1000
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+def flatten(tree: Any) -> dict[str, str]:
     """Dotted keys (`stages.0.lr`) to string values, cut to MLflow's key and value length limits."""
-    items: dict[str, str] = {}
-    if isinstance(tree, Mapping):
-        pairs: Iterable[tuple[Any, Any]] = tree.items()
-    elif isinstance(tree, (list, tuple)):
-        pairs = enumerate(tree)
-    else:
-        return {prefix[:MAX_PARAM_KEY]: str(tree)[:MAX_PARAM_VALUE]}
-    for key, value in pairs:
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, (Mapping, list, tuple)) and len(value) > 0:
-            items.update(flatten(value, name))
-        else:
-            items[name[:MAX_PARAM_KEY]] = str(value)[:MAX_PARAM_VALUE]
-    return items
+    return {k[:MAX_PARAM_KEY]: str(v)[:MAX_PARAM_VALUE] for k, v in flatten_config(tree).items()}
 
 
 class MlflowTracker(Tracker):
@@ -270,3 +258,17 @@ class MlflowBackend(TrackingBackend):
         uri = uri or default_tracking_uri(launch_dir)
         check_tracking_uri(uri)
         return uri
+
+    def has_run(self, uri: str | None, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        from lrlab.integrations.locks import sqlite_path
+
+        path = sqlite_path(uri or "")
+        if path is not None and not path.is_file():
+            return False  # no store yet (not created here: the tracker creates it under its lock)
+        try:
+            opened_client(uri).get_run(run_id)
+        except MlflowException:
+            return False
+        return True

@@ -97,6 +97,11 @@ class TrackingBackend:
             return Tracker()
         return self.tracker(uri, experiment, run_name, parent_run_id, run_id)
 
+    def has_run(self, uri: str | None, run_id: str) -> bool:
+        """Whether the store holds run `run_id` (a checkpoint copied from another launch folder
+        names a run of another store)."""
+        return True
+
 
 class NoTracking(TrackingBackend):
     """`tracking=none`: runs are recorded nowhere (their trackers do nothing)."""

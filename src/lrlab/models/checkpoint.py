@@ -123,7 +123,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             "rebuild the model with its run's config and load checkpoint['model'] into it"
         )
     model = timm.create_model(meta["model_name"], pretrained=False, num_classes=len(meta["class_names"]))
-    model.load_state_dict(checkpoint["model"], strict=True)
+    try:
+        model.load_state_dict(checkpoint["model"], strict=True)
+    except RuntimeError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise CheckpointError(
+            f"checkpoint {path}: its metadata says {meta['model_name']} with {len(meta['class_names'])} "
+            f"classes, but its weights do not fit that model ({detail[:300]}); the file was edited or "
+            "assembled from two runs. Use the run's own best.pt or last.pt."
+        ) from None
     return LoadedModel(
         model.to(device).eval(), Preprocess.from_dict(meta["preprocess"]), list(meta["class_names"]), meta
     )

@@ -14,6 +14,7 @@ import torch
 from lrlab.core.reproducibility import LoopState, loader_generator, rng_state
 from lrlab.core.types import EpochResult
 
+SCHEDULE_LENGTH = ("total_steps", "_schedule_phases")  # scheduler state that follows the stage's epochs
 Decisions = dict[int, tuple[float, str | None]]  # stage index -> (lr, rule) of every started stage
 
 
@@ -102,6 +103,10 @@ class ResumeState:
         saved = LoopState(self.model, self.optimizer, self.scaler, self.rng, self.loader)
         saved.restore(engine.model, optimizer, engine.scaler, loader)
         if scheduler is not None and self.scheduler is not None:
-            scheduler.load_state_dict(self.scheduler)
+            # A stage resumed with more epochs keeps the new schedule's length (OneCycleLR stores it).
+            fresh = scheduler.state_dict()
+            scheduler.load_state_dict(
+                {**self.scheduler, **{k: fresh[k] for k in SCHEDULE_LENGTH if k in fresh}}
+            )
         engine.global_step, engine.global_epoch = self.global_step, self.global_epoch
         engine.history = list(self.history)
