@@ -118,6 +118,27 @@ def test_a_damaged_store_with_runs_is_left_alone_and_explained(tmp_path: Path) -
         assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 3
 
 
+@pytest.mark.parametrize("damage", ["header", "cut"])
+def test_an_unreadable_store_is_moved_aside_untouched_with_the_recovery_command(
+    tmp_path: Path, caplog, damage: str
+) -> None:
+    from lrlab.integrations.mlflow import MlflowTracker
+
+    path = tmp_path / "mlflow.db"
+    url = f"sqlite:///{path}"
+    made = subprocess.run([sys.executable, "-c", MLFLOW_WORKER, url, "0"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-2000:]  # another process: MLflow caches stores per URI
+    data = path.read_bytes()
+    damaged = b"this is not sqlite" + data[18:] if damage == "header" else data[: len(data) // 2]
+    path.write_bytes(damaged)
+    tracker = MlflowTracker(url, "fresh")
+    tracker.finish()
+    (aside,) = tmp_path.glob("mlflow.db.broken-*")
+    assert aside.read_bytes() == damaged  # kept as it was, for salvage
+    assert "holds no runs" not in caplog.text and "whether it held runs or trials is unknown" in caplog.text
+    assert f"sqlite3 {aside} .recover | sqlite3 " in caplog.text
+
+
 def test_an_empty_store_file_is_replaced(tmp_path: Path) -> None:
     path = tmp_path / "study.db"
     path.write_bytes(b"")

@@ -189,7 +189,7 @@ def test_a_metric_no_run_returns_is_refused_before_the_first_trial(store: Path) 
 
 @pytest.mark.parametrize("url", ["garbage://x", "not a url"])
 def test_a_storage_url_optuna_cannot_open_is_one_line(url: str) -> None:
-    with pytest.raises(ConfigError, match=r"hydra.sweeper.storage=.* is not a storage Optuna can open"):
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.storage: .* is not a storage Optuna can open"):
         open_storage(url)
 
 

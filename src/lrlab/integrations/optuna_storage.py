@@ -48,15 +48,18 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def _check_dialect(url: str) -> None:
-    """ConfigError naming the URL unless SQLAlchemy knows its scheme (otherwise a traceback)."""
-    from sqlalchemy.engine import make_url
+    """ConfigError unless the URL's scheme is a database SQLAlchemy knows (otherwise a traceback
+    from deep inside it); a missing driver (`+psycopg`) is `require_driver`'s to explain."""
+    from sqlalchemy.dialects import registry
 
+    scheme = url.split("://", 1)[0] if "://" in url else ""
     try:
-        make_url(url).get_dialect()
-    except Exception as exc:  # ArgumentError (not a URL), NoSuchModuleError (no such dialect)
+        registry.load(scheme.split("+", 1)[0])
+    except Exception:  # NoSuchModuleError
         raise ConfigError(
-            f"hydra.sweeper.storage={url!r} is not a storage Optuna can open ({type(exc).__name__}). Use "
-            "sqlite:///path/study.db, journal:///path/study.log, or a postgresql:// or mysql+pymysql:// URL."
+            f"hydra.sweeper.storage: {scheme + '://' if scheme else repr(url)} is not a storage Optuna "
+            "can open. Use sqlite:///path/study.db, journal:///path/study.log, or a postgresql:// or "
+            "mysql+pymysql:// URL."
         ) from None
 
 

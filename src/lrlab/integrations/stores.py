@@ -76,8 +76,9 @@ def signals_held() -> Iterator[None]:
             signal.raise_signal(signum)
 
 
-def _records(path: Path) -> int:
-    """Rows in the file's run/trial tables (0 when it has none or cannot be read)."""
+def _records(path: Path) -> int | None:
+    """Rows in the file's run/trial tables (0 when it has none); None when SQLite cannot read the
+    file at all (a damaged header, a file cut short): it may hold runs nobody can count."""
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -85,7 +86,12 @@ def _records(path: Path) -> int:
                 db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in RECORD_TABLES if t in tables
             )
     except sqlite3.Error:
-        return 0
+        return None
+
+
+def _recovery(path: Path) -> str:
+    """The one-line command that salvages what SQLite can still read of a damaged file."""
+    return f"sqlite3 {path} .recover | sqlite3 {path.with_name(path.stem + '.recovered.db')}"
 
 
 def open_sqlite(
@@ -116,18 +122,24 @@ def open_sqlite(
                     f"The {what} {path} cannot be opened ({type(exc).__name__}: {reason}) "
                     f"and holds {records} run/trial record(s), so lrlab neither moves nor deletes it. "
                     "Copy it away, then either point lrlab at a new file (tracking.uri / "
-                    f"hydra.sweeper.storage) or "
-                    f"repair it with the owning tool (`mlflow db upgrade {url}` for MLflow)."
+                    f"hydra.sweeper.storage) or repair it with the owning tool (`mlflow db upgrade {url}` "
+                    f"for MLflow), or salvage its rows: {_recovery(path)}"
                 ) from exc
             aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
             path.rename(aside)
             if reset is not None:
                 reset()
-            log.warning(
-                "The %s %s was left half-built by an interrupted first run and holds no runs or trials; "
-                "it was moved to %s and a new one created.",
-                what,
-                path,
-                aside,
-            )
+            if records is None:
+                log.warning(
+                    "The %s %s cannot be read at all (%s: %s; %d bytes), so whether it held runs or "
+                    "trials is unknown. It was moved to %s, untouched, and a new one created; to salvage "
+                    "its rows: %s, then point lrlab at the recovered file.",
+                    what, path, type(exc).__name__, reason, aside.stat().st_size, aside, _recovery(aside),
+                )  # fmt: skip
+            else:
+                log.warning(
+                    "The %s %s was left half-built by an interrupted first run and holds no runs or "
+                    "trials; it was moved to %s and a new one created.",
+                    what, path, aside,
+                )  # fmt: skip
             return opener()
