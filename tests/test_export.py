@@ -81,3 +81,10 @@ def test_export_cli_writes_the_file_and_refuses_an_unknown_format(
     assert json.loads((out / "model.json").read_text())["format"] == "torchscript"
     bad = run_cli("task=export", "format=tflite", f"checkpoint={checkpoint}")
     assert bad.returncode == 2 and "format" in bad.stderr
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "export").write_text("a file where the folder goes")
+    blocked = run_cli(
+        "task=export", "format=torchscript", f"checkpoint={checkpoint}", "hydra.run.dir=blocked"
+    )
+    assert blocked.returncode == 2 and "is a file, where task=export writes its folder" in blocked.stderr
+    assert "Traceback" not in blocked.stderr

@@ -7,6 +7,7 @@ import logging
 
 from lrlab.app.job import Job, RunResult
 from lrlab.app.schema import validate
+from lrlab.errors import LrlabError
 from lrlab.models.checkpoint import load_model
 from lrlab.models.export import export_model
 
@@ -15,7 +16,12 @@ log = logging.getLogger("lrlab")
 
 def run(job: Job) -> RunResult:
     cfg = validate(job.cfg)
-    done = export_model(load_model(cfg.checkpoint), job.output_dir / "export", cfg.format)
+    folder = job.output_dir / "export"
+    if folder.exists() and not folder.is_dir():
+        raise LrlabError(
+            f"{folder} is a file, where task=export writes its folder: move it, or set hydra.run.dir."
+        )
+    done = export_model(load_model(cfg.checkpoint), folder, cfg.format)
     diff = done.max_abs_diff
     check = "not checked" if diff is None else f"max |diff| vs PyTorch {diff:.1e}"
     log.info(f"exported {cfg.format}: {done.path} ({check}); inputs and classes: {done.sidecar}")
