@@ -89,20 +89,21 @@ def test_a_finder_vs_search_sweep_writes_results_and_the_report(hydra_sweeper, t
     journal = f"journal://{tmp_path / 'study.log'}"
     sweeper, arguments, launcher = hydra_sweeper(
         "experiment=smoke", "search=lr_vs_finder", "tracking=none",
-        f"hydra.sweeper.n_trials={len(RULES) + 2}", f"hydra.sweeper.storage={journal}",
+        f"hydra.sweeper.n_trials={2 * len(RULES)}", f"hydra.sweeper.storage={journal}",
     )  # fmt: skip
     returns = sweeper.sweep(arguments)
-    assert [len(batch) for batch in returns] == [1] * (len(RULES) + 2)
+    assert [len(batch) for batch in returns] == [1] * (2 * len(RULES))
     study = optuna.load_study(study_name="smoke-lr_vs_finder", storage=open_storage(journal))
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * (len(RULES) + 2)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * (2 * len(RULES))
     sources = [t.user_attrs["source"] for t in study.trials]
-    assert sources == [f"lr_finder:{rule}" for rule in RULES] + ["search", "search"]
+    ordered = ["lrlab", *(r for r in RULES if r != "lrlab")]  # the default rule's baseline first
+    assert sources == [f"lr_finder:{rule}" for rule in ordered] + ["search"] * len(RULES)
     # tracking=none: the parent is the no-op Tracker, so no job is told of a parent run and none is recorded
     assert not any("tracking.parent_run_id" in o for batch in launcher.batches for o in batch)
     assert PARENT_ATTR not in study.user_attrs and not (tmp_path / "mlflow.db").exists()
     assert study.trials[0].params == {"stages.0.lr": 1e-2}
-    valley = launcher.batches[0][0]
-    assert {"experiment=smoke", "stages.0.lr=find", "++stages.0.lr_rule=valley", "trial.number=0"} <= set(
+    valley = launcher.batches[ordered.index("valley")][0]
+    assert {"experiment=smoke", "stages.0.lr=find", "++stages.0.lr_rule=valley", "trial.number=1"} <= set(
         valley
     )
     sweep_dir = tmp_path / "sweeps" / "smoke-lr_vs_finder"
@@ -111,6 +112,26 @@ def test_a_finder_vs_search_sweep_writes_results_and_the_report(hydra_sweeper, t
     report = (sweep_dir / "finder_vs_search.md").read_text()
     assert all(f"| {rule} |" in report for rule in RULES)
     assert (sweep_dir / "finder_vs_search.png").is_file()
+
+
+def test_baselines_keep_half_the_trials_for_the_search_and_name_the_rest(
+    hydra_sweeper, tmp_path: Path, caplog
+) -> None:
+    journal = f"journal://{tmp_path / 'study.log'}"
+    sweeper, arguments, _ = hydra_sweeper(
+        "experiment=smoke", "search=lr_vs_finder", "tracking=none", "hydra.sweeper.n_trials=4",
+        f"hydra.sweeper.storage={journal}",
+    )  # fmt: skip
+    sweeper.sweep(arguments)
+    study = optuna.load_study(study_name="smoke-lr_vs_finder", storage=open_storage(journal))
+    sources = [t.user_attrs["source"] for t in study.trials]
+    assert sources == ["lr_finder:lrlab", "lr_finder:valley", "search", "search"]
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)  # nothing left WAITING
+    assert (
+        f"2 baseline(s) run and these do not: {', '.join(r for r in RULES if r not in ('lrlab', 'valley'))}"
+        in caplog.text
+    )
+    assert f"Raise n_trials to {2 * len(RULES)}" in caplog.text
 
 
 def test_a_plain_multirun_is_a_grid_and_the_settings_stay_as_configured(

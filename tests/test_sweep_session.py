@@ -242,10 +242,10 @@ def test_stale_heartbeats_fail_trials_of_other_hosts(store: Path) -> None:
 def test_finder_baselines_run_first_once_per_study_with_the_chosen_lrs_as_params(store: Path) -> None:
     space = _space(params={**LR_SPACE, "optimizer.weight_decay": "tag(log, interval(1e-4, 0.3))"})
     finder = FinderBaselines.for_space(space, STAGES, {"optimizer.weight_decay": 0.01})
-    rules = list(RULES)  # one baseline per registered rule
+    rules = ["lrlab", *(r for r in RULES if r != "lrlab")]  # one baseline per rule, the default's first
     steep, minimum = rules.index("steep"), rules.index("minimum")
     jobs = FakeJobs(fail={steep})
-    session = _open(store, space, n_trials=len(rules) + 2, enqueue=["lr_finder"])
+    session = _open(store, space, n_trials=2 * len(rules), enqueue=["lr_finder"])
     session.run(jobs, finder)
     trials = session.study.get_trials(deepcopy=False)
     assert [t.user_attrs[SOURCE] for t in trials[: len(rules)]] == [f"lr_finder:{r}" for r in rules]
@@ -257,20 +257,20 @@ def test_finder_baselines_run_first_once_per_study_with_the_chosen_lrs_as_params
     valley = next(o for b in jobs.batches for o in b if "trial.source='lr_finder:valley'" in o)
     assert {"stages.0.lr=find", "++stages.0.lr_rule=valley"} <= set(valley)
     # steep failed: it is enqueued again on resume; the others are not.
-    resumed = _open(store, space, n_trials=len(rules) + 4, enqueue=["lr_finder"])
+    resumed = _open(store, space, n_trials=2 * len(rules) + 2, enqueue=["lr_finder"])
     resumed.run(FakeJobs(), finder)
     sources = [t.user_attrs[SOURCE] for t in resumed.study.get_trials(deepcopy=False)]
     assert sorted(s for s in sources if s.startswith("lr_finder:")) == sorted(
         [*(f"lr_finder:{r}" for r in rules), "lr_finder:steep"]
     )
-    assert sources[len(rules) + 3] == "lr_finder:steep"
+    assert sources[2 * len(rules) + 1] == "lr_finder:steep"
 
 
 def test_finder_rules_pick_the_baselines_and_mappings_are_enqueued(store: Path) -> None:
-    session = _open(store, n_trials=3, enqueue=["lr_finder", {"stages.0.lr": 0.02}], finder_rules=["steep"])
+    session = _open(store, n_trials=4, enqueue=["lr_finder", {"stages.0.lr": 0.02}], finder_rules=["steep"])
     session.run(FakeJobs(), FinderBaselines(stages=(0,)))
     trials = session.study.get_trials(deepcopy=False)
-    assert [t.user_attrs[SOURCE] for t in trials] == ["lr_finder:steep", "enqueued", "search"]
+    assert [t.user_attrs[SOURCE] for t in trials] == ["lr_finder:steep", "enqueued", "search", "search"]
     assert trials[1].params["stages.0.lr"] == 0.02
 
 

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from lrlab.sweep.search_space import SearchSpace
 from lrlab.sweep.settings import FINDER_ENTRY
-from lrlab.sweep.study import SOURCE
+from lrlab.sweep.study import SEARCH_SOURCE, SOURCE
 
 log = logging.getLogger("lrlab.sweep")
 
@@ -30,24 +30,58 @@ def finder_rule(source: str) -> str | None:
     return source[len(FINDER_SOURCE) :] if source.startswith(FINDER_SOURCE) else None
 
 
-def enqueue_baselines(study: optuna.Study, entries: Sequence[Any], rules: Sequence[str]) -> list[str]:
-    """Enqueue `entries` once per study (a re-run does not add them again; a failed one is re-run):
-    `lr_finder` gives one trial per rule in `rules`, a mapping one trial with those params.
-    Returns the sources enqueued now. It reads, then writes: concurrent workers call it under the
-    study's lock (`lrlab.integrations.locks.study_lock`), as `SweepSession.open` does."""
-    present = {t.user_attrs.get(SOURCE) for t in study.get_trials(deepcopy=False, states=_QUEUED_OR_DONE)}
-    added = []
+def baseline_sources(entries: Sequence[Any], rules: Sequence[str]) -> list[str]:
+    """The source of every baseline `entries` ask for, in running order: the default rule's
+    first, then the other rules as given, then mappings (`enqueued`, one each)."""
+    from lrlab.finder.config import DEFAULT_RULE
+
+    out = []
     for entry in entries:
         if entry == FINDER_ENTRY:
-            for rule in rules:
-                source = f"{FINDER_SOURCE}{rule}"
-                if source not in present:
-                    study.enqueue_trial({}, user_attrs={SOURCE: source})
-                    added.append(source)
-                    log.info(f"enqueued the range test's {rule} suggestion as a baseline trial")
+            ordered = sorted(rules, key=lambda rule: rule != DEFAULT_RULE)
+            out += [f"{FINDER_SOURCE}{rule}" for rule in ordered]
         else:
-            study.enqueue_trial(dict(entry), user_attrs={SOURCE: ENQUEUED_SOURCE}, skip_if_exists=True)
-            added.append(ENQUEUED_SOURCE)
+            out.append(ENQUEUED_SOURCE)
+    return out
+
+
+def enqueue_baselines(
+    study: optuna.Study, entries: Sequence[Any], rules: Sequence[str], n_trials: int | None = None
+) -> list[str]:
+    """Enqueue `entries` once per study (a re-run does not add them again; a failed one is re-run):
+    `lr_finder` gives one trial per rule in `rules` (the default rule's first), a mapping one trial
+    with those params. Baselines take at most half of `n_trials`, so the search keeps the other
+    half; those left out are named in a warning. Returns the sources enqueued now. It reads, then
+    writes: concurrent workers call it under the study's lock (`study_lock`), as `SweepSession.open` does."""
+    present = [t.user_attrs.get(SOURCE) for t in study.get_trials(deepcopy=False, states=_QUEUED_OR_DONE)]
+    budget = len(baseline_sources(entries, rules)) if n_trials is None else n_trials // 2
+    taken = sum(1 for source in present if source and source != SEARCH_SOURCE)
+    mappings = iter(dict(e) for e in entries if e != FINDER_ENTRY)
+    added, skipped, mapped = [], [], present.count(ENQUEUED_SOURCE)
+    for source in baseline_sources(entries, rules):
+        if source == ENQUEUED_SOURCE and mapped > 0:
+            mapped, _ = mapped - 1, next(mappings)  # this mapping is in the study already
+            continue
+        if source != ENQUEUED_SOURCE and source in present:
+            continue
+        if taken >= budget:
+            skipped.append(source)
+            continue
+        if source == ENQUEUED_SOURCE:
+            study.enqueue_trial(next(mappings), user_attrs={SOURCE: ENQUEUED_SOURCE}, skip_if_exists=True)
+        else:
+            study.enqueue_trial({}, user_attrs={SOURCE: source})
+            log.info(f"enqueued the range test's {finder_rule(source)} suggestion as a baseline trial")
+        added.append(source)
+        taken += 1
+    if skipped:
+        names = ", ".join(finder_rule(s) or s for s in skipped)
+        log.warning(
+            f"n_trials={n_trials} keeps at least half of the trials for the search, so {budget} "
+            f"baseline(s) run and these do not: {names}. Raise n_trials to "
+            f"{2 * len(baseline_sources(entries, rules))} to run every baseline, or name the rules "
+            "wanted in hydra.sweeper.finder_rules."
+        )
     return added
 
 

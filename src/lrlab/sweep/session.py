@@ -111,7 +111,7 @@ class SweepSession:
         recovered = fail_abandoned_trials(study, storage)
         rules = settings.rules() if FINDER_ENTRY in settings.enqueue else []
         with study_lock(url, name):
-            enqueue_baselines(study, settings.enqueue, rules)
+            enqueue_baselines(study, settings.enqueue, rules, settings.n_trials)
         return cls(study, storage, settings, space, url, recovered)
 
     def run(
