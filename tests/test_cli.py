@@ -168,6 +168,13 @@ def test_a_bad_group_option_is_one_paragraph_with_close_matches(run_cli, args: l
     assert proc.stderr.count("\n") == 1 and "search path" not in proc.stderr
 
 
+def test_version_is_lrlabs(run_cli) -> None:
+    from lrlab import __version__
+
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"lrlab {__version__}"
+
+
 def test_cfg_job_prints_every_group(run_cli) -> None:
     proc = run_cli("--cfg", "job")
     assert proc.returncode == 0, proc.stderr

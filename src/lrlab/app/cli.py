@@ -140,6 +140,11 @@ def unknown_group_option(args: list[str]) -> str | None:
 
 def main() -> None:
     """Console-script entry point (`lrlab`, `python -m lrlab`)."""
+    if sys.argv[1:] in (["--version"], ["-V"]):
+        from lrlab import __version__
+
+        print(f"lrlab {__version__}")
+        return
     sys.argv[1:] = deselect_null_groups(sys.argv[1:])
     unknown = unknown_group_option(sys.argv[1:])
     if unknown:
