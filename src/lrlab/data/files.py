@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from lrlab.data.registry import DataConfig, register_source
 from lrlab.data.sources import config_with
 from lrlab.data.splits import split_indices
@@ -23,6 +21,7 @@ from lrlab.data.types import ImageSource
 from lrlab.errors import ConfigError, LrlabError
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch.utils.data import Dataset
 
 log = logging.getLogger(__name__)
@@ -54,6 +53,8 @@ def _whole(dataset: Dataset) -> _Subset:
 
 
 def _dataset_targets(dataset: Dataset) -> np.ndarray:
+    import numpy as np
+
     for attr in ("targets", "_labels", "labels"):
         if hasattr(dataset, attr):
             return np.asarray(getattr(dataset, attr))

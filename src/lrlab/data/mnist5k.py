@@ -12,14 +12,15 @@ import importlib.util
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from lrlab.data.registry import AugmentConfig, DataConfig, register_source
 from lrlab.data.sources import config_with, split_tensors, uint8_stack
 from lrlab.data.types import ImageSource
 from lrlab.errors import LrlabError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CSV_NAME = "mnist_5k.csv.gz"
 SIDE = 28
@@ -41,6 +42,8 @@ def mnist5k_file() -> Path:
 @lru_cache(maxsize=1)
 def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (5000, 28, 28), labels int64 (5000,)), decoded once per process."""
+    import numpy as np
+
     table = np.loadtxt(mnist5k_file(), delimiter=",", dtype=np.int64)
     if table.shape[1] != SIDE * SIDE + 1 or table.min() < 0 or table[:, :-1].max() > 255:
         raise LrlabError(f"data=mnist5k: unexpected contents in {mnist5k_file()} (shape {table.shape}).")

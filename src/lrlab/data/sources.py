@@ -21,14 +21,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-
 from lrlab.data.registry import AugmentConfig, DataConfig, data_config, get_source, register_source
 from lrlab.data.splits import split_indices
 from lrlab.data.types import ImageSource, TensorSplit
 from lrlab.errors import ConfigError, LrlabError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch.utils.data import Dataset
 
@@ -99,6 +98,7 @@ def _elpv_labels_file(root: str | None) -> Path:
 def _elpv_arrays(root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode the 2,624 ELPV images once per process: from the elpv-dataset package, or from a
     copy of its `labels.csv` + `images/` layout under `root` (any image format PIL reads)."""
+    import numpy as np
     from PIL import Image
 
     labels = _elpv_labels_file(root)
@@ -118,6 +118,8 @@ def elpv_labels(
     probs: np.ndarray, types: np.ndarray, classes: int
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Labels, class names and split strata (class x cell type) of ELPV's defect probabilities."""
+    import numpy as np
+
     level = np.rint(np.asarray(probs) * 3).astype(np.int64)
     if classes == 4:
         labels, names = level, ["p=0", "p=1/3", "p=2/3", "p=1"]
@@ -183,6 +185,7 @@ class DigitsConfig(DataConfig):
 @register_source("digits", DigitsConfig)
 def load_digits(cfg: DigitsConfig | None = None, **fields: Any) -> ImageSource:
     """scikit-learn's bundled 8x8 digits, scaled to uint8 and resized to image_size."""
+    import numpy as np
     from sklearn.datasets import load_digits as sk_digits
 
     cfg = config_with(DigitsConfig, cfg, fields)
@@ -211,6 +214,8 @@ def materialize(dataset: Dataset, image_size: int) -> TensorSplit:
 def check_classes(source: ImageSource, name: str) -> None:
     """At least two classes, each split holding images of at least two of them (a one-class
     problem trains to a meaningless 100%); LrlabError naming the split otherwise."""
+    import numpy as np
+
     if source.num_classes < 2:
         classes = ", ".join(source.class_names) or "none"
         raise LrlabError(f"data {name!r} has {source.num_classes} class(es) ({classes}); need at least 2.")

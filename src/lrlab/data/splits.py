@@ -10,9 +10,10 @@ same labels (or finer strata, e.g. ELPV's class x cell type), so the test split 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from lrlab.errors import LrlabError
 
@@ -37,6 +38,8 @@ def split_indices(strata: np.ndarray, valid_pct: float, test_pct: float = 0.0, s
     """Positions of the train, valid and test splits of `len(strata)` items, stratified by
     `strata`; `valid_pct` or `test_pct` of 0 gives an empty split. LrlabError when a stratum is too
     small to be split (every stratum needs at least 2 items, each held-out split one per stratum)."""
+    import numpy as np  # not at import: the CLI imports this module to register the sources
+
     strata = np.asarray(strata)
     n = len(strata)
     rest, empty = np.arange(n), np.array([], dtype=np.int64)
