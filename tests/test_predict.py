@@ -120,6 +120,12 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
         probs = [float(row[f"p_{d}"]) for d in range(10)]
         assert sum(probs) == pytest.approx(1, abs=1e-5) and float(row["probability"]) == max(probs)
         assert row["predicted"] == str(int(np.argmax(probs)))
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg" * 10)
+    nothing = run_cli("task=predict", f"checkpoint={best}", f"input={junk}", "tracking=none")
+    assert nothing.returncode == 1 and "none of the 1 file(s) under input=" in nothing.stderr
+    assert "Traceback" not in nothing.stderr
     missing = run_cli("task=predict", f"checkpoint={tmp_path / 'nope.pt'}", f"input={images}")
     assert missing.returncode == 2 and "task=predict needs checkpoint=PATH" in missing.stderr
 

@@ -2,7 +2,16 @@
 
 
 class LrlabError(Exception):
-    """A problem the user can fix (bad config value, missing data, unavailable weights)."""
+    """A problem the user can fix (bad config value, missing data, unavailable weights); the CLI
+    prints it as one paragraph and exits with `exit_status`."""
+
+    exit_status = 2  # bad input
+
+
+class NothingDone(LrlabError):
+    """The work ran but produced nothing (e.g. no input image could be read): exit status 1."""
+
+    exit_status = 1
 
 
 class ConfigError(LrlabError):

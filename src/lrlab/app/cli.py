@@ -69,7 +69,7 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
             raise
         log_file = Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}{rank_suffix()}.log"
         print(f"lrlab: error: {exc}\n(full trace in {log_file})", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_status)
     except KeyboardInterrupt:
         trace_log.exception("lrlab interrupted")
         raise

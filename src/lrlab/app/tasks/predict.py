@@ -14,7 +14,7 @@ from lrlab.app.job import Job, RunResult
 from lrlab.app.schema import validate
 from lrlab.app.tasks.checkpoint_tta import checkpoint_tta
 from lrlab.core.device import resolve_device
-from lrlab.errors import ConfigError
+from lrlab.errors import ConfigError, NothingDone
 from lrlab.models.checkpoint import LoadedModel, load_model
 
 log = logging.getLogger("lrlab")
@@ -93,6 +93,14 @@ def run_predict(loaded: LoadedModel, inputs: str, output_dir: Path, tta: str = "
     `<output_dir>/predictions.csv`."""
     paths = image_files(inputs)
     rows, skipped = predict_files(loaded, paths, tta=tta)
+    if not rows:
+        shown = ", ".join(f"{p.name} ({why[:60]})" for p, why in skipped[:5]) + (
+            ", ..." if len(skipped) > 5 else ""
+        )
+        raise NothingDone(
+            f"none of the {len(paths)} file(s) under input={inputs} could be read as an image: {shown}; "
+            "no predictions.csv was written."
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     out = write_predictions(rows, output_dir / "predictions.csv", loaded.class_names)
     log.info(f"predicted {len(rows)} of {len(paths)} image(s) with {loaded.meta['model_name']}: {out}")
