@@ -16,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf
 from lrlab.app.build import Setup
 from lrlab.app.evaluate import TestReport
 from lrlab.core.distributed import world_size
-from lrlab.core.flat import flatten
 from lrlab.core.reproducibility import machine_fingerprint
 from lrlab.integrations.provenance import provenance_tags
 from lrlab.integrations.tracking import Tracker, get_backend
@@ -61,6 +60,22 @@ def run_params(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
+def _without(params: dict[str, Any], keys: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` (nested) less the dotted `keys` (`stages.0.epochs`), which MLflow would refuse to
+    log again with a new value."""
+    for key in keys:
+        *path, last = key.split(".")
+        node: Any = params
+        for part in path:
+            if isinstance(node, list):
+                node = node[int(part)] if part.isdigit() and int(part) < len(node) else {}
+            else:
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return params
+
+
 def log_run_start(
     tracker: Tracker,
     setup: Setup,
@@ -73,8 +88,7 @@ def log_run_start(
     files of a run that starts (or resumes) logging. `changes`: keys a resumed training changed
     (key -> (checkpoint's, now)), recorded as `resume.changed.<key>` tags instead of params."""
     cfg, changes = setup.cfg, dict(changes or {})
-    params = flatten(run_params(cfg))
-    tracker.log_params({k: v for k, v in params.items() if k not in changes})
+    tracker.log_params(_without(run_params(cfg), changes))
     if cfg.resume:
         tracker.set_tags({"resumed_from": str(cfg.resume)})
         tracker.set_tags({f"resume.changed.{k}": f"{old} -> {new}" for k, (old, new) in changes.items()})

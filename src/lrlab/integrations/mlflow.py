@@ -129,18 +129,18 @@ class MlflowTracker(Tracker):
             with tempfile.TemporaryDirectory() as tmp:
                 for path in start.finder.save(tmp, f"lr_find_{name}", title=f"stage {name}"):
                     self.log_artifact(path, f"lr_finder/{name}")
-            self.log_metric(f"{name}/lr_find_seconds", start.finder.seconds, engine.global_epoch)
+            self.log_metric(f"stages/{name}/lr_find_seconds", start.finder.seconds, engine.global_epoch)
         if start.race is not None:
             race = start.race
             params[f"stage.{name}.auto_suggestion"] = f"{race.suggestion:.6g}"
             params[f"stage.{name}.auto_candidates"] = ",".join(
                 f"{c.lr:.3g}:{c.outcome}:{c.epochs}" for c in race.candidates
             )
-            self.log_metric(f"{name}/race_seconds", race.seconds, engine.global_epoch)
-            self.log_metric(f"{name}/race_epochs", race.epochs_trained, engine.global_epoch)
+            self.log_metric(f"stages/{name}/race_seconds", race.seconds, engine.global_epoch)
+            self.log_metric(f"stages/{name}/race_epochs", race.epochs_trained, engine.global_epoch)
         self.log_params(params)
-        self.log_metric(f"{name}/lr", start.lr, engine.global_epoch)
-        self.log_metric(f"{name}/trainable_params", start.trainable_params, engine.global_epoch)
+        self.log_metric(f"stages/{name}/lr", start.lr, engine.global_epoch)
+        self.log_metric(f"stages/{name}/trainable_params", start.trainable_params, engine.global_epoch)
         self.flush()
 
     def on_steps(self, engine: Any, records: list[StepRecord]) -> None:
