@@ -252,3 +252,16 @@ def test_compiled_training_matches_eager(digits) -> None:
         engine.train_epoch(train, opt)
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.allclose(weights[0], weights[1], atol=1e-5)
+
+
+def test_progress_defaults_to_auto_on_in_notebooks_and_off_in_logs(monkeypatch) -> None:
+    import sys
+
+    from lrlab.core.settings import StepOptions
+    from lrlab.errors import ConfigError
+
+    assert StepOptions().progress is False  # pytest's stderr is no terminal
+    monkeypatch.setitem(sys.modules, "ipykernel", object())
+    assert StepOptions().progress is True and StepOptions(progress=False).progress is False
+    with pytest.raises(ConfigError, match=r"train\.progress='sometimes' is not valid"):
+        StepOptions(progress="sometimes")

@@ -5,7 +5,6 @@ any MLflow run exists."""
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,7 @@ from lrlab.core.engine import Engine
 from lrlab.core.losses import training_loss
 from lrlab.core.optim import build_optimizer
 from lrlab.core.reproducibility import seed_everything
-from lrlab.core.settings import StepOptions
+from lrlab.core.settings import StepOptions, progress_enabled
 from lrlab.data.loaders import make_loaders
 from lrlab.data.preprocess import Preprocess
 from lrlab.data.sources import load_source
@@ -40,12 +39,6 @@ from lrlab.train.stage import AutoLrConfig, Stage
 from lrlab.train.stages import Training, trainable_group_indices
 
 log = logging.getLogger("lrlab")
-
-
-def _progress_enabled(setting: Any) -> bool:
-    if isinstance(setting, bool):
-        return setting
-    return sys.stderr.isatty()
 
 
 @dataclass
@@ -193,7 +186,7 @@ def make_engine(setup: Setup, callbacks: list[Any]) -> Engine:
     """The run's engine: a DistributedEngine under torchrun (progress bars on rank 0 only)."""
     t = setup.cfg.train
     options = StepOptions.of(t)
-    options.progress = _progress_enabled(t.progress) and distributed.is_main()
+    options.progress = progress_enabled(t.progress) and distributed.is_main()
     return distributed.engine_class()(
         setup.model,
         setup.device,

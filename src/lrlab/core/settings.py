@@ -4,14 +4,25 @@ same list."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
 from lrlab.core.limits import LIMITS
+from lrlab.errors import check_choice
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "bf16", "16")
 TTA_MODES = ("none", "hflip")  # hflip: evaluate each image and its mirror, averaging probabilities
+
+
+def progress_enabled(setting: bool | str) -> bool:
+    """Whether to draw progress bars: true/false as given; `auto` when stderr is a terminal or the
+    code runs in a Jupyter kernel (so notebook training shows progress, CI logs stay clean)."""
+    if isinstance(setting, bool):
+        return setting
+    check_choice(setting, ("auto",), "train.progress")
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
 @dataclass
@@ -26,13 +37,14 @@ class StepOptions:
     channels_last: bool = False
     compile: bool | str = False
     log_every: int = 25
-    progress: bool = False
+    progress: bool | str = "auto"  # batch progress bars: auto = on a terminal or in a notebook
     cudnn_benchmark: bool = False
     tta: str = "none"
 
     def __post_init__(self) -> None:
         for key in ("grad_accum", "grad_clip", "log_every"):
             LIMITS[f"train.{key}"].check(getattr(self, key), f"train.{key}")
+        self.progress = progress_enabled(self.progress)
 
     @classmethod
     def of(cls, settings: Any) -> StepOptions:
