@@ -252,6 +252,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = parser().parse_args(argv)
+    if len(set(opts.seeds)) < 2:
+        parser().error("--seeds: give at least 2 (every study is a multirun over the seeds)")
     opts.bench_dir = opts.bench_dir.resolve()
     return opts.fn(opts)
 

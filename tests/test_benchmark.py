@@ -229,7 +229,6 @@ def test_tiny_run_then_analyse_writes_the_report_and_resumes(tmp_path: Path, cap
         "digits-lite0-adamw",
         "--kinds",
         "grid",
-        "refine",
         "lrlab",
         "auto",
         "--seeds",
@@ -255,4 +254,4 @@ def test_tiny_run_then_analyse_writes_the_report_and_resumes(tmp_path: Path, cap
         rows = list(csv.DictReader(handle))
     assert {r["contender"] for r in rows} == {"lrlab", "auto"} and {r["seed"] for r in rows} == {"0", "1"}
     assert fvg.main(["run", *tiny]) == 0  # every study complete: nothing runs again
-    assert capsys.readouterr().out.count("# complete") == 4
+    assert capsys.readouterr().out.count("# complete") == 3

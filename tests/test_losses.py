@@ -39,5 +39,7 @@ def test_the_config_picks_the_loss(compose_cfg) -> None:
     assert isinstance(training_loss(4, 0.1, 0.0), nn.CrossEntropyLoss)
     assert isinstance(training_loss(4, 0.0, 0.5), OrdinalCrossEntropy)
     assert validate(compose_cfg("train.ordinal_smoothing=0.5")).train.ordinal_smoothing == 0.5
-    with pytest.raises(ConfigError, match=r"train.ordinal_smoothing=-1.0 must be >= 0"):
+    with pytest.raises(
+        ConfigError, match=r"train.ordinal_smoothing=-1.0 is not valid: it must be a number >= 0"
+    ):
         validate(compose_cfg("train.ordinal_smoothing=-1"))
