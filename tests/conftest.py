@@ -100,3 +100,17 @@ def run_lrlab_report(target: str, cwd: Path) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """320 training and 64 valid 8x8 digits: a real dataset small enough for staged-training tests."""
+    from lrlab.data.sources import load_digits
+    from lrlab.data.types import ImageSource, TensorSplit
+
+    full = load_digits(image_size=8)
+    return ImageSource(
+        TensorSplit(full.train.images[:320], full.train.labels[:320]),
+        TensorSplit(full.valid.images[:64], full.valid.labels[:64]),
+        full.class_names,
+    )

@@ -5,6 +5,7 @@ numeric key of the schemas has an entry."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -79,10 +80,14 @@ def test_the_reported_bad_values_are_refused_naming_key_value_and_range(compose_
 def test_good_values_pass_and_messages_read_as_ranges() -> None:
     for key, limit in LIMITS.items():
         if limit.length is None:
-            value = limit.low if limit.low is not None and not limit.low_open else (limit.low or 0) + 1
-            limit.check(
-                min(value, limit.high) if limit.high is not None and not limit.high_open else value, key
-            )
+            if limit.low is not None and limit.high is not None:
+                value = math.ceil(limit.low) if limit.integer else (limit.low + limit.high) / 2
+            else:
+                value = (limit.low or 0) + 1
+            limit.check(value, key)
+            for end, is_open in ((limit.low, limit.low_open), (limit.high, limit.high_open)):
+                if end is not None and not is_open:
+                    limit.check(end, key)  # a closed end is valid itself
     assert (
         LIMITS["train.grad_clip"].describe() == "a number > 0 or null (the largest gradient norm; null: off)"
     )

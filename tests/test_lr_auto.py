@@ -15,8 +15,7 @@ from lrlab.core.optim import build_optimizer
 from lrlab.core.schedules import one_cycle
 from lrlab.core.types import Callback
 from lrlab.data.loaders import TensorLoader
-from lrlab.data.sources import load_digits
-from lrlab.data.types import ImageSource, TensorSplit
+from lrlab.data.types import ImageSource
 from lrlab.errors import ConfigError, TrainingDiverged
 from lrlab.finder.config import FinderConfig
 from lrlab.integrations.optuna import SuccessiveHalvingJudge
@@ -27,16 +26,6 @@ from lrlab.train.stages import Training, run_stages
 
 ADAMW = partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
 FINDER = FinderConfig(num_iter=20, end_lr=1.0)
-
-
-@pytest.fixture(scope="module")
-def digits() -> ImageSource:
-    full = load_digits(image_size=8)
-    return ImageSource(
-        TensorSplit(full.train.images[:256], full.train.labels[:256]),
-        TensorSplit(full.valid.images[:64], full.valid.labels[:64]),
-        full.class_names,
-    )
 
 
 class Recorder(Callback):
@@ -121,7 +110,7 @@ def test_lr_auto_settings_are_checked_and_lr_free_optimizers_refuse_it(compose_c
 
     validate(compose_cfg("experiment=smoke", "lr=auto"))
     for override, message in (
-        ("lr_auto.race=1.5", r"lr_auto.race=1.5 must be a fraction"),
+        ("lr_auto.race=1.5", r"lr_auto.race=1.5 is not valid: it must be a number in \(0, 1\)"),
         ("lr_auto.factors=[]", r"lr_auto.factors=\[\] must be one or more"),
         ("lr_auto.metric=accuracy", r"lr_auto.metric='accuracy' is not valid"),
     ):

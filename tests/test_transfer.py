@@ -15,8 +15,6 @@ from lrlab.core.optim import build_optimizer
 from lrlab.core.schedules import one_cycle
 from lrlab.core.types import Callback
 from lrlab.data.loaders import TensorLoader
-from lrlab.data.sources import load_digits
-from lrlab.data.types import ImageSource, TensorSplit
 from lrlab.errors import ConfigError
 from lrlab.finder.config import FinderConfig
 from lrlab.models.factory import create_model, normalization
@@ -25,16 +23,6 @@ from lrlab.train.stage import Stage
 from lrlab.train.stages import NORM_TYPES, Training, run_stages, spread_lrs, trainable_group_indices
 
 ADAMW = partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    full = load_digits(image_size=8)
-    return ImageSource(
-        TensorSplit(full.train.images[:320], full.train.labels[:320]),
-        TensorSplit(full.valid.images[:64], full.valid.labels[:64]),
-        full.class_names,
-    )
 
 
 class Spy(Callback):

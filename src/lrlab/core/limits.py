@@ -115,6 +115,8 @@ LIMITS: dict[str, Limit] = {
     "schedule.div": POSITIVE,
     "schedule.div_final": POSITIVE,
     "schedule.moms": Limit(0, 1, high_open=True, length=3),
+    "lr_auto.race": Limit(0, 1, low_open=True, high_open=True, note="the fraction of a stage's epochs raced"),
+    "lr_auto.reduction_factor": Limit(2, integer=True),
     "stages.*.epochs": Limit(0, integer=True),
     "stages.*.lr_scale": POSITIVE,
     "stages.*.lr_spread": Limit(1, note="the first layer group trains at lr / lr_spread"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lrlab.core.limits import LIMITS
 from lrlab.errors import ConfigError
 
 SPREAD_MODES = ("geometric", "slice_hi")
@@ -49,10 +50,8 @@ class AutoLrConfig:
         """ConfigError naming the first bad key; returns self."""
         if not self.factors or any(not f > 0 for f in self.factors):
             raise ConfigError(f"{key}.factors={list(self.factors)} must be one or more positive numbers.")
-        if not 0 < self.race < 1:
-            raise ConfigError(f"{key}.race={self.race} must be a fraction of the stage's epochs in (0, 1).")
-        if self.reduction_factor < 2:
-            raise ConfigError(f"{key}.reduction_factor={self.reduction_factor} must be at least 2.")
+        for name in ("race", "reduction_factor"):
+            LIMITS[f"lr_auto.{name}"].check(getattr(self, name), f"{key}.{name}")
         if self.metric not in RACE_METRICS:
             raise ConfigError(
                 f"{key}.metric={self.metric!r} is not valid; choose one of: {', '.join(RACE_METRICS)}."
