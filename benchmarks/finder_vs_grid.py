@@ -5,6 +5,7 @@ configurations whose best LR really moves? Run by hand (about 4 hours on 2 CPU c
     python benchmarks/finder_vs_grid.py plan      # every lrlab command, trials and estimated time
     python benchmarks/finder_vs_grid.py run       # run them (again: resumes where it stopped)
     python benchmarks/finder_vs_grid.py analyse   # tables, plots, CSV in experiments/finder_benchmark/
+    python benchmarks/finder_vs_grid.py save      # snapshot the studies into the repository
 
 The configurations and contenders are in `finder_bench_configs.py`. Per configuration, each an
 lrlab multirun over the seeds and an Optuna study in `<bench dir>/studies/<config>.db` that a
@@ -19,6 +20,9 @@ The confirmation row (`finder_bench_configs.CONFIRMATION`) runs only with `--con
 every development decision is made. A diverged run is a pruned trial and counts as finished.
 Every run is `lrlab` in a subprocess, launched from the bench dir (MLflow store `mlflow.db` there),
 exactly as printed. `--set KEY=VALUE ...` appends overrides to every command (e.g. tiny settings).
+The bench dir is not tracked (run dirs hold checkpoints), so `save` copies the study databases,
+which hold every result the analysis reads, to `experiments/finder_benchmark/v2/studies/`; `run`
+in a fresh checkout starts from those copies, so the benchmark resumes across clones.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+import shutil
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +46,7 @@ from finder_grid_runs import run_lrlab, settled_trials
 KINDS = ("grid", "refine", *CONTENDERS)
 ROOT = Path(__file__).resolve().parent.parent
 PRIOR_SECONDS = 40.0  # per trial, before any trial of a configuration has run
+SAVED_STUDIES = ROOT / "experiments" / "finder_benchmark" / "v2" / "studies"
 
 
 @dataclass(frozen=True)
@@ -178,10 +185,36 @@ def plan(opts: argparse.Namespace) -> int:
     return 0
 
 
+def save(opts: argparse.Namespace) -> int:
+    """Snapshot every study database into `opts.saved` with SQLite's backup API (consistent while
+    a run is writing to it)."""
+    sources = sorted((opts.bench_dir / "studies").glob("*.db"))
+    if not sources:
+        print(f"no studies under {opts.bench_dir / 'studies'}", file=sys.stderr)
+        return 1
+    opts.saved.mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        target = opts.saved / source.name
+        with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+            src.backup(dst)
+        print(f"saved {target} ({target.stat().st_size // 1024} KiB)")
+    return 0
+
+
+def restore_saved(opts: argparse.Namespace) -> None:
+    """Start each study the bench dir lacks from its saved copy (a fresh checkout resumes)."""
+    studies = opts.bench_dir / "studies"
+    studies.mkdir(parents=True, exist_ok=True)
+    for saved in sorted(opts.saved.glob("*.db")) if opts.saved.is_dir() else ():
+        if not (studies / saved.name).exists():
+            shutil.copy2(saved, studies / saved.name)
+            print(f"# resumed from the saved study {saved}", flush=True)
+
+
 def run(opts: argparse.Namespace) -> int:
     """Run every study not yet complete, configuration by configuration; a failed one is reported
     and the others go on."""
-    (opts.bench_dir / "studies").mkdir(parents=True, exist_ok=True)
+    restore_saved(opts)
     failed = []
     for config in selected(opts):
         for kind in opts.kinds:
@@ -235,6 +268,12 @@ def parser() -> argparse.ArgumentParser:
         default=Path("outputs/finder_benchmark_v2"),
         help="studies, run dirs, logs and the MLflow store (default: %(default)s)",
     )
+    common.add_argument(
+        "--saved",
+        type=Path,
+        default=SAVED_STUDIES,
+        help="where `save` snapshots the studies and `run` resumes them from (default: %(default)s)",
+    )
     top = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
@@ -243,6 +282,7 @@ def parser() -> argparse.ArgumentParser:
         ("plan", plan, "print every command and the estimated time left"),
         ("run", run, "run (or resume) every study"),
         ("analyse", analyse, "write the tables, plots and CSV"),
+        ("save", save, "snapshot the study databases into the repository"),
     ):
         command = sub.add_parser(name, parents=[common], help=text)
         command.set_defaults(fn=fn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -42,12 +43,37 @@ def compose_cfg():
     return _compose
 
 
+_EMPTY_STORES: list[Path] = []
+
+
+def seed_mlflow_store(directory: Path) -> None:
+    """Put an empty, already migrated MLflow SQLite store at `directory/mlflow.db` unless a file is
+    there: MLflow spends ~5 s of a CLI test creating and migrating a new store, the same each time."""
+    target = directory / "mlflow.db"
+    if target.exists():
+        return
+    if not _EMPTY_STORES:
+        from mlflow.tracking import MlflowClient
+
+        folder = tempfile.mkdtemp(prefix="lrlab-empty-store-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        template = Path(folder) / "mlflow.db"
+        MlflowClient(f"sqlite:///{template}").search_experiments(max_results=1)
+        _EMPTY_STORES.append(template)
+    shutil.copyfile(_EMPTY_STORES[0], target)
+
+
 @pytest.fixture
 def run_cli(tmp_path: Path):
-    """Run `python -m lrlab ARGS` in `tmp_path`; returns the CompletedProcess."""
+    """Run `python -m lrlab ARGS` in `tmp_path` (a migrated, empty MLflow store seeded there unless
+    `seed_store=False`); returns the CompletedProcess."""
 
-    def _run(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    def _run(
+        *args: str, cwd: Path | None = None, timeout: int = 300, seed_store: bool = True
+    ) -> subprocess.CompletedProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        if seed_store:
+            seed_mlflow_store(cwd or tmp_path)
         return subprocess.run(
             [sys.executable, "-m", "lrlab", *args],
             cwd=cwd or tmp_path,
@@ -78,6 +104,7 @@ def spawn_lrlab(*args: str, cwd: Path) -> subprocess.Popen:
     job control starts background jobs with SIGINT ignored; the child gets the default
     disposition so tests see what Ctrl-C does in a terminal."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    seed_mlflow_store(cwd)
     return subprocess.Popen(
         [sys.executable, "-m", "lrlab", *args],
         cwd=cwd,

@@ -242,16 +242,20 @@ def test_tiny_run_then_analyse_writes_the_report_and_resumes(tmp_path: Path, cap
         "data.image_size=16",
         "epochs=2",
         "lr_finder.num_iter=20",
-        "--bench-dir",
-        str(bench),
+        "--saved",
+        str(tmp_path / "saved"),
     ]
-    assert fvg.main(["run", *tiny]) == 0
+    assert fvg.main(["run", *tiny, "--bench-dir", str(bench)]) == 0
     assert "$ cd " in capsys.readouterr().out
-    assert fvg.main(["analyse", *tiny, "--out", str(out)]) == 0
+    assert fvg.main(["analyse", *tiny, "--bench-dir", str(bench), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| digits-lite0-adamw | adamw |" in printed and "| auto |" in printed
     with (out / "v2" / "rows.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {r["contender"] for r in rows} == {"lrlab", "auto"} and {r["seed"] for r in rows} == {"0", "1"}
-    assert fvg.main(["run", *tiny]) == 0  # every study complete: nothing runs again
-    assert capsys.readouterr().out.count("# complete") == 3
+    assert fvg.main(["save", *tiny, "--bench-dir", str(bench)]) == 0
+    assert (tmp_path / "saved" / "digits-lite0-adamw.db").is_file()
+    fresh = tmp_path / "fresh-clone-bench"  # a new checkout: no bench dir, only the saved studies
+    assert fvg.main(["run", *tiny, "--bench-dir", str(fresh)]) == 0  # every study complete: nothing runs
+    printed = capsys.readouterr().out
+    assert "# resumed from the saved study" in printed and printed.count("# complete") == 3

@@ -1,78 +1,174 @@
-"""The model in MLflow's format: `mlflow.pytorch.load_model("runs:/<id>/model")` and
-`mlflow models predict` give the predictions `lrlab.load_model` gives on the same images, and
-`tracking.register_model` puts it in the registry."""
+"""One prediction path: after a smoke training with hflip TTA, `task=predict`, the test split's
+`test/*` metrics, `lrlab.load_model().predict_proba`, the logged image-taking MLflow model (in
+process and behind a real `mlflow models serve`, PNGs posted as base64 JSON), the raw
+`mlflow.pytorch` network and the ONNX export agree on the same images; the logged model carries
+the final metrics per dataset, the experiment opens in the UI's classic view, and the model is
+registered."""
 
 from __future__ import annotations
 
+import base64
+import csv
 import json
 import os
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
 import torch
 from PIL import Image
 
 from lrlab import load_model
 from lrlab.app.build import build
-from lrlab.core.types import EpochResult
-from lrlab.integrations.mlflow import MlflowTracker
-from lrlab.integrations.mlflow_model import log_pytorch_model
-from lrlab.train.checkpoints import CheckpointCallback
+from servers import free_port
+
+TOLERANCE = 1e-5
 
 
-class _Engine:
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
+def _serve(model_uri: str, uri: str, cwd: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cli = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model_uri]
+    proc = subprocess.Popen(
+        [*cli, "-p", str(port), "--env-manager", "local", "-w", "1"],
+        env={
+            **os.environ,
+            "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # its uvicorn
+        },
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"mlflow models serve exited {proc.returncode}: {proc.stderr.read()[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return proc, url
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("mlflow models serve did not answer /ping within 120 s")
 
 
-def _digit_images(n: int) -> list[Image.Image]:
-    from sklearn.datasets import load_digits
+def _post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{url}/invocations", json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
 
-    raw = np.rint(load_digits().images[:n] * (255.0 / 16.0)).astype(np.uint8)
-    return [Image.fromarray(image, mode="L") for image in raw]
 
-
-def test_mlflow_model_predicts_what_lrlab_predicts_and_registers(compose_cfg, tmp_path: Path) -> None:
+def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
+    run_cli, compose_cfg, tmp_path: Path
+) -> None:
     import mlflow
     import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
 
-    setup = build(compose_cfg("experiment=smoke", "tracking=none"))
-    callback = CheckpointCallback(tmp_path / "ckpt", setup.model_description())
-    callback.on_epoch_end(_Engine(setup.model), EpochResult("full", 0, 0, 1.0, 0.5, 0.1, 0.9, 1.0))
+    from lrlab.integrations.mlflow_store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    smoke = ("experiment=smoke", "epochs=1", "train.tta=hflip")
+    trained = run_cli(*smoke, "train.checkpoints=true", "tracking.register_model=digits-classifier")
+    assert trained.returncode == 0, trained.stderr[-3000:]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = MlflowTracker(uri, "digits")
-    logged = log_pytorch_model(uri, tracker.run_id, tmp_path / "ckpt" / "best.pt", "digits-classifier")
-    tracker.finish("FINISHED")
-    assert logged["model_uri"] == f"runs:/{tracker.run_id}/model" and logged["registered_version"] == 1
-    assert tracker.client.get_run(tracker.run_id).info.status == "FINISHED"
-    assert tracker.client.get_registered_model("digits-classifier").name == "digits-classifier"
-
-    loaded = load_model(tmp_path / "ckpt" / "best.pt")
-    images = _digit_images(5)
-    expected = loaded.predict_proba(images)
-    x = torch.stack([loaded.preprocess(image) for image in images])
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model(logged["model_uri"])
-    with torch.no_grad():
-        assert torch.allclose(model(x).softmax(-1), expected, atol=1e-6)
-    info = mlflow.models.get_model_info(logged["model_uri"])
-    assert info.metadata["class_names"] == loaded.class_names and info.signature is not None
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert client.get_registered_model("digits-classifier").latest_versions[0].version in (1, "1")
+    best = next((tmp_path / "outputs").rglob("best.pt"))
+    loaded = load_model(best)
+    assert loaded.tta == "hflip"
 
-    (tmp_path / "input.json").write_text(json.dumps({"inputs": x.numpy().tolist()}))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    cli = [str(Path(sys.executable).with_name("mlflow")), "models", "predict", "-m", logged["model_uri"]]
-    proc = subprocess.run(
-        [*cli, "-i", "input.json", "-t", "json", "-o", "out.json", "--env-manager", "local"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    predictions = json.loads((tmp_path / "out.json").read_text())["predictions"]
-    served = torch.tensor(predictions).softmax(-1)
-    assert torch.allclose(served, expected, atol=1e-5)
-    assert served.argmax(-1).tolist() == expected.argmax(-1).tolist()
+    # The logged model's metrics are the run's final ones, each with its split's dataset.
+    model_id = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model").model_id
+    linked = {(m.key, m.dataset_name): m.value for m in client.get_logged_model(model_id).metrics}
+    assert linked[("final_accuracy", "digits-valid")] == run.data.metrics["final_accuracy"]
+    assert linked[("test/accuracy", "digits-test")] == run.data.metrics["test/accuracy"]
+
+    # The test split as PNG files: task=predict scores them exactly as the run scored test/*.
+    setup = build(compose_cfg(*smoke, "tracking=none"))
+    folder = tmp_path / "test-images"
+    folder.mkdir()
+    targets = []
+    for x, y in setup.test_loader:
+        for image, target in zip(x, y.tolist()):
+            (folder / f"{len(targets):04d}.png").write_bytes(setup.preprocess.to_png(image))
+            targets.append(target)
+    predicted = run_cli("task=predict", f"checkpoint={best}", f"input={folder}", "tracking=none")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    with next((tmp_path / "outputs").rglob("predictions.csv")).open() as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [f"p_{name}" for name in loaded.class_names]
+    csv_probs = np.array([[float(r[c]) for c in columns] for r in rows])
+    accuracy = float(np.mean(csv_probs.argmax(1) == np.array(targets)))
+    assert accuracy == pytest.approx(run.data.metrics["test/accuracy"], abs=1e-9)
+
+    files = sorted(folder.iterdir())[:4]
+    images = [Image.open(f) for f in files]
+    expected = loaded.predict_proba(images).numpy()
+    assert np.abs(expected - csv_probs[:4]).max() <= TOLERANCE
+    assert np.abs(expected - loaded.predict_proba(images, tta="none").numpy()).max() > TOLERANCE
+
+    # The image-taking model, in process: bytes, base64 strings and paths give the same answer.
+    served_model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    raw = [f.read_bytes() for f in files]
+    for column in (raw, [base64.b64encode(b).decode() for b in raw], [str(f) for f in files]):
+        answer = served_model.predict(pd.DataFrame({"image": column}))
+        assert np.abs(answer[columns].to_numpy() - expected).max() <= TOLERANCE
+        assert answer["predicted"].tolist() == [rows[i]["predicted"] for i in range(4)]
+    example = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
+    assert example.signature.inputs.input_names() == ["image"]
+    assert example.metadata["tta"] == "hflip" and example.metadata["preprocess"]["antialias"] is True
+
+    # The raw network: logits of preprocessed images, no TTA.
+    network = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/pytorch_model")
+    with torch.no_grad():
+        logits = network(torch.stack([loaded.preprocess(image) for image in images]))
+    assert np.abs(logits.softmax(-1).numpy() - loaded.predict_proba(images, tta="none").numpy()).max() <= 1e-6
+
+    # ONNX: the graph has the same TTA inside.
+    pytest.importorskip("onnxruntime")
+    from lrlab.models.export import export_model
+
+    done = export_model(loaded, tmp_path / "onnx", "onnx")
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(done.path), providers=["CPUExecutionProvider"])
+    x = torch.stack([loaded.preprocess(image) for image in images]).numpy()
+    assert np.abs(session.run(None, {"image": x})[0] - expected).max() <= TOLERANCE
+
+    # A real server: PNGs posted as base64 JSON, the answer task=predict wrote.
+    proc, url = _serve(f"runs:/{run.info.run_id}/model", uri, tmp_path)
+    try:
+        payload = {
+            "dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in raw]}
+        }
+        status, body = _post(url, payload)
+        assert status == 200, body
+        got = np.array([[p[c] for c in columns] for p in body["predictions"]])
+        assert np.abs(got - csv_probs[:4]).max() <= TOLERANCE
+        bad = base64.b64encode(b"not an image at all").decode()
+        status, body = _post(url, {"dataframe_split": {"columns": ["image"], "data": [[bad]]}})
+        assert status >= 400 and "could not decode an image" in json.dumps(body)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -47,7 +47,7 @@ class FakeTracker(Tracker):
     def log_epoch_table(self, rows: Any) -> None:
         self.table = list(rows)
 
-    def log_model(self, checkpoint: Path, registered_name: str | None = None) -> str:
+    def log_model(self, checkpoint: Path, registered_name: str | None = None, examples: Any = ()) -> str:
         self.models.append(Path(checkpoint))
         return f"fake model from {checkpoint}"
 

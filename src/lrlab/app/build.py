@@ -88,6 +88,7 @@ class Setup:
             "class_names": list(self.class_names),
             "preprocess": self.preprocess.to_dict() if self.preprocess else None,
             "in_chans": 3,
+            "tta": self.cfg.train.tta,
             "config": OmegaConf.to_yaml(self.cfg, resolve=True),
             "lrlab_version": __version__,
         }
@@ -147,9 +148,7 @@ def build(cfg: DictConfig) -> Setup:
         class_groups=source.class_groups,
         split_sizes=sizes,
         split_digests=source.digests() if _records_datasets(cfg) else {},
-        preprocess=Preprocess(
-            source.eval_resize, cfg.data.image_size, source.channels, norm.mean, norm.std, norm.interpolation
-        ),
+        preprocess=Preprocess.of(source.eval_resize, cfg.data.image_size, source.channels, norm),
         finder=FinderConfig(**OmegaConf.to_container(cfg.lr_finder, resolve=True)),
         auto=AutoLrConfig(**OmegaConf.to_container(cfg.lr_auto, resolve=True)),
     )

@@ -7,6 +7,10 @@ Three ways lrlab's sources prepare evaluation images, each reproduced here:
 - `crop`: file datasets decoded into memory (`in_memory`) resize the shorter side, then centre-crop;
 - `timm`: file datasets read per epoch use timm's evaluation transform (resize by crop_pct, crop).
 Then every image is scaled to 0..1, repeated to 3 channels when grey, and normalised.
+
+`interpolation` and `antialias` record the resize the code really does (bilinear, antialiased, for
+`square` and `crop`; the model's own interpolation through PIL for `timm`), so that a client
+following the metadata with PIL alone (`Image.resize(size, Image.BILINEAR)`) gets the same inputs.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ KINDS = ("square", "crop", "timm")
 @dataclass(frozen=True)
 class Preprocess:
     """The evaluation preprocessing of a trained model: `kind` (see the module docstring), the
-    image size, the source's channels (1 or 3), and the model's normalisation."""
+    image size, the source's channels (1 or 3), the model's normalisation, and the resize used."""
 
     kind: str
     image_size: int
@@ -31,6 +35,14 @@ class Preprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str = "bilinear"
+    antialias: bool = True
+
+    @classmethod
+    def of(cls, kind: str, image_size: int, channels: int, norm: Any) -> Preprocess:
+        """The preprocessing of a source sized `kind`, for a model normalised by `norm`
+        (`data.types.Normalization`): only `timm` resizes with the model's interpolation."""
+        interpolation = norm.interpolation if kind == "timm" else "bilinear"
+        return cls(kind, image_size, channels, tuple(norm.mean), tuple(norm.std), interpolation, True)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
@@ -38,6 +50,21 @@ class Preprocess:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
         return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+
+    def to_png(self, x: torch.Tensor) -> bytes:
+        """A normalised (3, H, W) input back to PNG bytes (grey when the source is): a real image a
+        client could send, e.g. a logged model's input example."""
+        import io
+
+        from PIL import Image
+
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        pixels = (x.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+        array = pixels[0].numpy() if self.channels == 1 else pixels.permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(array, mode="L" if self.channels == 1 else "RGB").save(buffer, format="PNG")
+        return buffer.getvalue()
 
     def __call__(self, image: Any) -> torch.Tensor:
         """A PIL image -> a normalised float (3, image_size, image_size) tensor."""

@@ -77,6 +77,8 @@ class MlflowTracker(Tracker):
             }
             self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
         self._metrics: list[Any] = []
+        self._datasets: dict[str, tuple[str, str]] = {}  # split -> (dataset name, digest)
+        self.model_id: str | None = None  # the served model's id once logged
         self._metric_cls = mlflow.entities.Metric
         self._param_cls = mlflow.entities.Param
         self._tag_cls = mlflow.entities.RunTag
@@ -99,6 +101,25 @@ class MlflowTracker(Tracker):
         if value is None or not math.isfinite(float(value)):
             value = float("nan")
         self._metrics.append(self._metric_cls(key, float(value), int(time.time() * 1000), int(step)))
+
+    def log_split_metrics(self, metrics: Mapping[str, float], split: str, step: int = 0) -> None:
+        """Final metrics of one split, linked to the split's dataset and to the logged model (so
+        MLflow's Models tab shows the final values, per dataset)."""
+        name, digest = self._datasets.get(split, (None, None))
+        for key, value in metrics.items():
+            value = float(value) if value is not None and math.isfinite(float(value)) else float("nan")
+            self._metrics.append(
+                self._metric_cls(
+                    key,
+                    value,
+                    int(time.time() * 1000),
+                    int(step),
+                    model_id=self.model_id,
+                    dataset_name=name,
+                    dataset_digest=digest,
+                )
+            )
+        self.flush()
 
     def flush(self) -> None:
         """Write buffered metrics with as few store transactions as MLflow allows."""
@@ -202,14 +223,19 @@ class MlflowTracker(Tracker):
         self, name: str, digests: Mapping[str, str], sizes: Mapping[str, int], source: Mapping[str, Any]
     ) -> None:
         log_dataset_inputs(self.client, self.run_id, name, digests, sizes, source)
+        self._datasets = {split: (f"{name}-{split}", digest) for split, digest in digests.items()}
 
-    def log_model(self, checkpoint: Path, registered_name: str | None = None) -> str | None:
-        """best.pt under `checkpoints/` and the model in MLflow's format under `model/`."""
-        from lrlab.integrations.mlflow_model import log_pytorch_model
+    def log_model(
+        self, checkpoint: Path, registered_name: str | None = None, examples: Sequence[bytes] = ()
+    ) -> str | None:
+        """best.pt under `checkpoints/`, the served model under `model/` and the raw network under
+        `pytorch_model/` (`lrlab.integrations.mlflow_model`)."""
+        from lrlab.integrations.mlflow_model import log_models
 
         self.log_artifact(checkpoint, "checkpoints")
         self.flush()
-        logged = log_pytorch_model(self.uri, self.run_id, checkpoint, registered_name)
+        logged = log_models(self.uri, self.run_id, checkpoint, registered_name, examples)
+        self.model_id = logged["model_id"]
         version = logged["registered_version"]
         return f"MLflow model: {logged['model_uri']}" + (
             f"; registered as {registered_name} v{version}" if version else ""

@@ -110,24 +110,32 @@ def forget_engine(uri: str) -> None:
         engine.dispose()
 
 
-def experiment_id(client: Any, uri: str, experiment: str) -> str:
-    """The id of `experiment`, created if missing (artifacts beside an SQLite store). Another
-    process may create it between the lookup and the creation: then its experiment is used."""
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / experiment).as_uri()
-    from mlflow.exceptions import MlflowException
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # the UI's classic ML view (no tag: its GenAI view)
 
-    try:
-        return client.create_experiment(experiment, artifact_location=location)
-    except MlflowException:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise
-        return found.experiment_id
+
+def experiment_id(client: Any, uri: str, experiment: str) -> str:
+    """The id of `experiment`, created if missing (artifacts beside an SQLite store) and tagged as a
+    model-training experiment unless it says otherwise. Another process may create it between the
+    lookup and the creation: then its experiment is used."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / experiment).as_uri()
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return client.create_experiment(
+                experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        except MlflowException:
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return found.experiment_id
 
 
 def end_orphaned_runs(client: Any, experiment_id: str) -> list[str]:

@@ -33,6 +33,12 @@ class Tracker(Callback):
 
     def log_metric(self, key: str, value: float, step: int = 0) -> None: ...
 
+    def log_split_metrics(self, metrics: Mapping[str, float], split: str, step: int = 0) -> None:
+        """Final metrics measured on one split (`valid`, `test`); a backend that knows the split's
+        dataset and the run's logged model links them to both."""
+        for key, value in metrics.items():
+            self.log_metric(key, value, step)
+
     def flush(self) -> None:
         """Write what is buffered."""
 
@@ -47,9 +53,12 @@ class Tracker(Callback):
     ) -> None:
         """The run's train / valid / test splits (content digests, sizes, the source's config)."""
 
-    def log_model(self, checkpoint: Path, registered_name: str | None = None) -> str | None:
+    def log_model(
+        self, checkpoint: Path, registered_name: str | None = None, examples: Sequence[bytes] = ()
+    ) -> str | None:
         """Log the checkpoint's model in the backend's model format (registered under
-        `registered_name` when given); returns a line saying where it went, or None."""
+        `registered_name` when given; `examples`: a few encoded images as its input example);
+        returns a line saying where it went, or None."""
         return None
 
     def start_system_metrics(self, interval: float, resumed: bool) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lrlab.core.settings import TTA_MODES
 from lrlab.data.preprocess import Preprocess
 from lrlab.errors import LrlabError
 
@@ -89,25 +90,67 @@ def _load_plain(path: Path, source: Any, map_location: str | torch.device) -> An
             ) from exc
 
 
+class ProbabilityModel(nn.Module):
+    """A classifier that returns class probabilities with its test-time augmentation inside:
+    `tta="hflip"` averages the probabilities of each image and its mirror, as the test split was
+    scored. The one prediction path: predict, load_model, the served model and the exported graph."""
+
+    def __init__(self, model: nn.Module, tta: str = "none") -> None:
+        super().__init__()
+        if tta not in TTA_MODES:
+            raise LrlabError(f"tta={tta!r} is not valid; choose one of: {', '.join(TTA_MODES)}")
+        self.model, self.tta = model, tta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = self.model(x).float().softmax(-1)
+        if self.tta == "hflip":
+            probs = (probs + self.model(x.flip(-1)).float().softmax(-1)) / 2
+        return probs
+
+
 @dataclass
 class LoadedModel:
     """A trained model in eval mode with what it needs to predict on image files: its
-    preprocessing, class names and the metadata of the run that trained it."""
+    preprocessing, class names, the test-time augmentation its run scored with, and the metadata
+    of that run."""
 
     model: nn.Module
     preprocess: Preprocess
     class_names: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def tta(self) -> str:
+        """The TTA the checkpoint's run evaluated with (`train.tta`): none | hflip."""
+        if "tta" in self.meta:
+            return str(self.meta["tta"])
+        import yaml
+
+        saved = yaml.safe_load(self.meta.get("config") or "{}") or {}
+        return str((saved.get("train") or {}).get("tta", "none"))
+
+    def probability_model(self, tta: str | None = None) -> ProbabilityModel:
+        """The network with softmax and TTA (`tta`, default: the run's own) as one module."""
+        return ProbabilityModel(self.model, self.tta if tta is None else tta).eval()
+
     @torch.no_grad()
-    def predict_proba(self, images: list[Any], tta: str = "none") -> torch.Tensor:
-        """Class probabilities (N, classes) for PIL images (mirrored and averaged with tta=hflip)."""
+    def predict_proba(self, images: list[Any], tta: str | None = None) -> torch.Tensor:
+        """Class probabilities (N, classes) for PIL images, with the run's TTA unless `tta` is given."""
         device = next(self.model.parameters()).device
         x = torch.stack([self.preprocess(image) for image in images]).to(device)
-        probs = self.model(x).float().softmax(-1)
-        if tta == "hflip":
-            probs = (probs + self.model(x.flip(-1)).float().softmax(-1)) / 2
-        return probs.cpu()
+        return self.probability_model(tta)(x).cpu()
+
+    def prediction_rows(self, images: list[Any], tta: str | None = None) -> list[dict[str, Any]]:
+        """Per image the predicted class, its probability and one `p_<class>` column per class:
+        the rows of `task=predict`'s CSV and of the served model's answer."""
+        rows = []
+        for probs in self.predict_proba(images, tta).tolist():
+            best = max(range(len(probs)), key=probs.__getitem__)
+            rows.append(
+                {"predicted": self.class_names[best], "probability": probs[best]}
+                | {f"p_{name}": value for name, value in zip(self.class_names, probs)}
+            )
+        return rows
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -1,14 +1,20 @@
 """Export a trained model to ONNX or TorchScript for serving without lrlab, each file with a JSON
-sidecar (class names, input size, normalisation) and a parity check against PyTorch.
+sidecar (class names, input size, preprocessing, TTA) and a parity check against PyTorch.
 
-The check runs the exported file on a batch and compares its logits with the PyTorch model's
+The exported graph is `ProbabilityModel`: softmax and the run's test-time augmentation are inside
+it, so it returns the probabilities `task=predict` writes. ONNX is one self-contained file (weights
+inside) below protobuf's 2 GB limit. The check runs the file on a batch and compares with PyTorch
 (ONNX through onnxruntime, when installed); exports that disagree by more than `TOLERANCE` fail.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +26,9 @@ from lrlab.models.checkpoint import LoadedModel
 log = logging.getLogger("lrlab")
 
 FORMATS = ("onnx", "torchscript")
-TOLERANCE = 1e-4  # max absolute logit difference accepted between PyTorch and the exported file
-INPUT_NAME, OUTPUT_NAME = "image", "logits"
+TOLERANCE = 1e-5  # max absolute probability difference accepted between PyTorch and the exported file
+INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
+SINGLE_FILE_BYTES = 1_900_000_000  # ONNX holds its weights inside below protobuf's 2 GiB message limit
 
 
 @dataclass
@@ -47,7 +54,7 @@ def export_model(loaded: LoadedModel, output_dir: str | Path, fmt: str = "onnx")
         raise LrlabError(f"format={fmt!r} is not valid; choose one of: {', '.join(FORMATS)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = loaded.model.float().cpu().eval()
+    model = loaded.probability_model().float().cpu().eval()
     x = example_batch(loaded)
     with torch.no_grad():
         expected = model(x)
@@ -58,7 +65,8 @@ def export_model(loaded: LoadedModel, output_dir: str | Path, fmt: str = "onnx")
     diff = None if got is None else float((got - expected).abs().max())
     if diff is not None and diff > TOLERANCE:
         raise LrlabError(
-            f"the exported {fmt} model differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on a test batch"
+            f"the exported {fmt} model's probabilities differ from PyTorch by {diff:.2e} (> {TOLERANCE:g}) "
+            "on a test batch"
         )
     sidecar = output_dir / "model.json"
     sidecar.write_text(json.dumps(_description(loaded, fmt, path), indent=2) + "\n")
@@ -72,7 +80,11 @@ def _description(loaded: LoadedModel, fmt: str, path: Path) -> dict:
         "file": path.name,
         "format": fmt,
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32"},
-        "output": {"name": OUTPUT_NAME, "meaning": "logits; softmax gives class probabilities"},
+        "output": {
+            "name": OUTPUT_NAME,
+            "meaning": "class probabilities, in class_names order (softmax and TTA are inside the graph)",
+        },
+        "tta": loaded.tta,
         "preprocess": loaded.preprocess.to_dict(),
         "class_names": loaded.class_names,
         "model_name": loaded.meta.get("model_name"),
@@ -87,16 +99,24 @@ def _onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> tuple[Path, to
     except ImportError as exc:
         raise LrlabError("format=onnx needs the export extra: pip install 'lrlab[export]'") from exc
     batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(
-        model,
-        (x,),
-        str(path),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: batch},),
-        dynamo=True,
-        verbose=False,
-    )
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    external = size > SINGLE_FILE_BYTES
+    if external:
+        log.warning(f"the weights ({size / 1e9:.1f} GB) exceed ONNX's 2 GB file: they go to {path.name}.data")
+    chatter = io.StringIO()  # what the exporter prints of its passes: logged at debug level
+    with _quiet_exporter(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            external_data=external,
+            verbose=False,
+        )
+    log.debug(chatter.getvalue())
     try:
         import onnxruntime
     except ImportError:
@@ -104,6 +124,23 @@ def _onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> tuple[Path, to
         return path, None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return path, torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The ONNX exporter's and optimiser's INFO logs and warnings held back (dozens of lines per
+    export about passes and deduplicated initialisers)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _torchscript(model: torch.nn.Module, x: torch.Tensor, path: Path) -> tuple[Path, torch.Tensor]:

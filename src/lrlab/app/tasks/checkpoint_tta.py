@@ -4,16 +4,12 @@ the default problem's recipe, whatever the checkpoint's data)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from omegaconf import DictConfig
 
+from lrlab.models.checkpoint import LoadedModel
 
-def checkpoint_tta(cfg: DictConfig, overrides: list[str], meta: dict[str, Any]) -> str:
-    """`meta`: the checkpoint's metadata (`LoadedModel.meta`), whose `config` is its run's config."""
-    import yaml
 
+def checkpoint_tta(cfg: DictConfig, overrides: list[str], loaded: LoadedModel) -> str:
     if any(o.lstrip("+~").split("=", 1)[0] == "train.tta" for o in overrides):
         return cfg.train.tta
-    saved = yaml.safe_load(meta.get("config") or "{}") or {}
-    return str((saved.get("train") or {}).get("tta", "none"))
+    return loaded.tta

@@ -18,7 +18,7 @@ def run(job: Job) -> RunResult:
     device = resolve_device(cfg.device)
     uri = get_backend(cfg.tracking.backend).resolve_uri(cfg.tracking.uri, job.launch_dir)
     loaded = load_model(cfg.checkpoint, device=device)  # the one read of the checkpoint
-    tta = checkpoint_tta(cfg, job.overrides, loaded.meta)
+    tta = checkpoint_tta(cfg, job.overrides, loaded)
     report = evaluate_checkpoint(cfg.checkpoint, loaded, job.output_dir, tta, device)
     run_id = log_evaluation(uri, cfg, loaded.meta, report, job.overrides, tta)
     return RunResult([], {}, output_dir=job.output_dir, test=report.metrics, run_id=run_id)

@@ -1,5 +1,6 @@
-"""`task=export checkpoint=PATH format=onnx|torchscript`: the checkpoint's model as a portable file
-plus `model.json` (inputs and classes), checked against PyTorch. No TTA: a client applies its own."""
+"""`task=export checkpoint=PATH format=onnx|torchscript`: the checkpoint's model as one portable
+file returning class probabilities (its run's TTA inside) plus `model.json` (inputs, preprocessing,
+classes), checked against PyTorch."""
 
 from __future__ import annotations
 

@@ -48,23 +48,22 @@ def _readable(paths: Sequence[Path], skipped: list[tuple[Path, str]]) -> Iterato
 
 
 def predict_files(
-    loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 64, tta: str = "none", progress: Any = None
+    loaded: LoadedModel,
+    paths: Sequence[Path],
+    batch_size: int = 64,
+    tta: str | None = None,
+    progress: Any = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
     """One row per readable file (path, predicted, probability, one probability per class) and
-    the (path, reason) of every file that could not be read."""
+    the (path, reason) of every file that could not be read; `tta` None: the checkpoint's own."""
     from tqdm.auto import tqdm
 
     rows, skipped, batch = [], [], []
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=progress)
 
     def flush() -> None:
-        probs = loaded.predict_proba([image for _, image in batch], tta=tta)
-        for (path, _), p in zip(batch, probs.tolist()):
-            best = max(range(len(p)), key=p.__getitem__)
-            rows.append(
-                {"path": str(path), "predicted": loaded.class_names[best], "probability": p[best]}
-                | {f"p_{name}": value for name, value in zip(loaded.class_names, p)}
-            )
+        found = loaded.prediction_rows([image for _, image in batch], tta=tta)
+        rows.extend({"path": str(path)} | row for (path, _), row in zip(batch, found))
         bar.update(len(batch))
         batch.clear()
 
@@ -88,7 +87,7 @@ def write_predictions(rows: Sequence[dict[str, Any]], path: Path, class_names: S
     return path
 
 
-def run_predict(loaded: LoadedModel, inputs: str, output_dir: Path, tta: str = "none") -> Path:
+def run_predict(loaded: LoadedModel, inputs: str, output_dir: Path, tta: str | None = None) -> Path:
     """Predict every image under `inputs` with `loaded` (`lrlab.load_model`); writes and returns
     `<output_dir>/predictions.csv`."""
     paths = image_files(inputs)
@@ -112,5 +111,5 @@ def run_predict(loaded: LoadedModel, inputs: str, output_dir: Path, tta: str = "
 def run(job: Job) -> RunResult:
     cfg = validate(job.cfg)
     loaded = load_model(cfg.checkpoint, device=resolve_device(cfg.device))  # the one read of it
-    path = run_predict(loaded, cfg.input, job.output_dir, checkpoint_tta(cfg, job.overrides, loaded.meta))
+    path = run_predict(loaded, cfg.input, job.output_dir, checkpoint_tta(cfg, job.overrides, loaded))
     return RunResult([], {}, output_dir=job.output_dir, extra={"predictions": str(path)})

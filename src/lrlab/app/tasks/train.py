@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from lrlab.app.build import Setup
 from lrlab.app.console import format_time
 from lrlab.app.evaluate import TestReport, evaluate_split
 from lrlab.app.job import Job, RunResult
@@ -17,6 +18,17 @@ from lrlab.train.checkpoints import CheckpointCallback
 from lrlab.train.stages import run_stages
 
 log = logging.getLogger("lrlab")
+EXAMPLE_IMAGES = 3
+
+
+def example_images(setup: Setup, count: int = EXAMPLE_IMAGES) -> list[bytes]:
+    """The first `count` test images (valid without a test split) as PNG bytes: what a client
+    would send the served model."""
+    loader = setup.test_loader if setup.test_loader is not None else setup.valid_loader
+    if setup.preprocess is None or loader is None:
+        return []
+    images = next(iter(loader))[0][:count]
+    return [setup.preprocess.to_png(image) for image in images]
 
 
 def run(job: Job) -> RunResult:
@@ -41,9 +53,9 @@ def train(run: TrackedRun) -> RunResult:
             setup.preprocess,
             run.job.output_dir / "evaluation",
         )
+    if run.hooks.checkpoints and setup.cfg.tracking.log_model:  # first: the final metrics link to it
+        _log_model(run.tracker, run.hooks.checkpoints, setup.cfg.tracking.register_model, setup)
     log_run_end(run.tracker, results, final, report.metrics)
-    if run.hooks.checkpoints and setup.cfg.tracking.log_model:
-        _log_model(run.tracker, run.hooks.checkpoints, setup.cfg.tracking.register_model)
     for path in report.files:
         run.tracker.log_artifact(path, "evaluation")
     total = sum(r.seconds for r in results)
@@ -59,20 +71,21 @@ def log_run_end(
 ) -> None:
     """Final (valid) and test metrics, the best valid loss, seconds per epoch and the epoch table."""
     step = results[-1].epoch if results else 0
-    for key, value in final.items():
-        tracker.log_metric(f"final_{key}", value, step)
-    for key, value in test.items():
-        tracker.log_metric(f"test/{key}", value, step)
+    tracker.log_split_metrics({f"final_{key}": value for key, value in final.items()}, "valid", step)
+    tracker.log_split_metrics({f"test/{key}": value for key, value in test.items()}, "test", step)
     if results:
         tracker.log_metric("best_valid_loss", min(r.valid_loss for r in results))
         tracker.log_metric("seconds_per_epoch", sum(r.seconds for r in results) / len(results))
     tracker.log_epoch_table(results)
 
 
-def _log_model(tracker: Tracker, checkpoints: CheckpointCallback, registered_name: str | None) -> None:
-    """best.pt and the model in the tracker's model format (registered when a name is given)."""
+def _log_model(
+    tracker: Tracker, checkpoints: CheckpointCallback, registered_name: str | None, setup: Setup
+) -> None:
+    """best.pt and the model in the tracker's model format (registered when a name is given),
+    with the first test images as its input example."""
     if checkpoints.best_path is None:
         return
-    where = tracker.log_model(checkpoints.best_path, registered_name)
+    where = tracker.log_model(checkpoints.best_path, registered_name, example_images(setup))
     if where:
         log.info(where)
