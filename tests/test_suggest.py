@@ -473,6 +473,19 @@ def test_edge_flags_mark_the_ramp_start_and_the_diverged_tail() -> None:
     assert edge_flag(lrs, losses, lrs[40]) == "diverged tail"
 
 
+def test_edge_flags_leave_the_flat_part_of_a_curve_alone() -> None:
+    """A low first reading and a noisy flat start are not a diverged tail; the climb is."""
+    lrs = np.geomspace(1e-7, 10.0, 100)
+    rng = np.random.default_rng(0)
+    flat = 3.4 + 0.01 * rng.standard_normal(100)
+    flat[0] = 3.1
+    losses = np.where(lrs > 1e-1, flat + 4 * np.log10(lrs / 1e-1), flat)
+    for index in (20, 40, 60, 70):
+        assert edge_flag(lrs, losses, lrs[index]) is None, index
+    assert edge_flag(lrs, losses, lrs[90]) == "diverged tail"
+    assert edge_flag(lrs, losses, lrs[98]) == "diverged tail"
+
+
 def test_minimum_or_valley_takes_valley_on_a_curve_that_never_fell() -> None:
     lrs = np.geomspace(1e-7, 10.0, 100)
     rng = np.random.default_rng(0)

@@ -332,15 +332,22 @@ def _safe(rule: str, lrs: np.ndarray, losses: np.ndarray) -> float:
 
 def edge_flag(lrs: ArrayLike, smoothed: ArrayLike, lr: float) -> str | None:
     """Why a suggestion deserves suspicion: "ramp start" when it is at or below the third point
-    the rules can see (the curve had not started to move), "diverged tail" when it lies where the
-    smoothed loss, past its minimum, is back above its starting level (or in the last 3 usable
-    points); None otherwise."""
+    the rules can see (the curve had not started to move), "diverged tail" when it lies in the
+    last 3 usable points or past the point where the smoothed loss, after its minimum, climbs
+    clear of its starting level; None otherwise.
+
+    The starting level is the highest of the first tenth of the points (at least 3) plus their
+    own spread, so neither a low first reading nor the noise of a flat start marks the flat part
+    of the curve as diverged."""
     lr_arr, loss_arr = trim(lrs, smoothed)
     if not loss_arr.size or not np.isfinite(lr):
         return None
     if lr <= lr_arr[min(2, lr_arr.size - 1)]:
         return "ramp start"
+    start = loss_arr[: max(3, loss_arr.size // 10)]
+    level = start.max() + max(start.max() - start.min(), 0.01 * abs(start.max()))
     low = int(np.argmin(loss_arr))
-    above = np.flatnonzero(loss_arr[low:] > loss_arr[0])
-    tail_start = lr_arr[low + int(above[0])] if above.size else lr_arr[max(0, lr_arr.size - 3)]
-    return "diverged tail" if lr >= min(tail_start, lr_arr[max(0, lr_arr.size - 3)]) else None
+    above = np.flatnonzero(loss_arr[low:] > level)
+    last = lr_arr[max(0, lr_arr.size - 3)]
+    tail_start = min(lr_arr[low + int(above[0])], last) if above.size else last
+    return "diverged tail" if lr >= tail_start else None
