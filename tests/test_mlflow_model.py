@@ -11,6 +11,7 @@ import base64
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -122,6 +123,18 @@ def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
     accuracy = float(np.mean(csv_probs.argmax(1) == np.array(targets)))
     assert accuracy == pytest.approx(run.data.metrics["test/accuracy"], abs=1e-9)
 
+    # task=evaluate rescores the same test split: its accuracy, and its loss is the CSV's
+    # probabilities' log loss on those images.
+    evaluated = run_cli("task=evaluate", f"checkpoint={best}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    (evaluation,) = [
+        r for r in client.search_runs([run.info.experiment_id]) if r.info.run_name.endswith("-evaluate")
+    ]
+    log_loss = -np.mean(np.log(csv_probs[np.arange(len(targets)), targets]))
+    assert evaluation.data.metrics["test/accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    assert evaluation.data.metrics["test/loss"] == pytest.approx(log_loss, abs=1e-5)
+    assert evaluation.data.metrics["test/loss"] == pytest.approx(run.data.metrics["test/loss"], abs=1e-5)
+
     files = sorted(folder.iterdir())[:4]
     images = [Image.open(f) for f in files]
     expected = loaded.predict_proba(images).numpy()
@@ -152,7 +165,10 @@ def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
     done = export_model(loaded, tmp_path / "onnx", "onnx")
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(done.path), providers=["CPUExecutionProvider"])
+    alone = tmp_path / "onnx-alone"
+    alone.mkdir()
+    shutil.copy(done.path, alone / "model.onnx")  # the graph file only, nothing beside it
+    session = onnxruntime.InferenceSession(str(alone / "model.onnx"), providers=["CPUExecutionProvider"])
     x = torch.stack([loaded.preprocess(image) for image in images]).numpy()
     assert np.abs(session.run(None, {"image": x})[0] - expected).max() <= TOLERANCE
 

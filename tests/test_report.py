@@ -137,3 +137,19 @@ def test_one_seed_value_adds_no_seed_section(tmp_path: Path) -> None:
     study = _seed_study(_seed_trial(0, 1e-3, 0.1), _seed_trial(0, 1e-2, 0.2))
     assert "Across seeds" not in markdown(study)
     assert "seeds.csv" not in [p.name for p in write_report(study, tmp_path)]
+
+
+def test_unfinished_finder_trials_fill_exactly_the_table_columns() -> None:
+    """A WAITING baseline (enqueued, never run) and a failed one are rows of the finder table with
+    as many cells as its header, naming their state and reason."""
+    study = _study()
+    study.enqueue_trial({"stages.0.lr": 2e-3}, user_attrs={"source": "lr_finder:lrlab"})
+    failed = _trial(3e-3, None, "lr_finder:minimum", 4, TrialState.FAIL)
+    failed.set_user_attr("error", "TrainingDiverged: loss became nan")
+    study.add_trial(failed)
+    text = markdown(study)
+    table = text.split("## Finder rules")[1].split("\n\n")[1].splitlines()
+    widths = {line.count("|") for line in table}
+    assert widths == {table[0].count("|")}, table
+    assert any(line.startswith("| lrlab | n/a | WAITING |") for line in table)
+    assert any("| minimum | n/a | FAIL TrainingDiverged: loss became nan |" in line for line in table)

@@ -127,6 +127,7 @@ def test_baselines_keep_half_the_trials_for_the_search_and_name_the_rest(
     sources = [t.user_attrs["source"] for t in study.trials]
     assert sources == ["lr_finder:lrlab", "lr_finder:valley", "search", "search"]
     assert all(t.state == TrialState.COMPLETE for t in study.trials)  # nothing left WAITING
+    assert study.metric_names == study.user_attrs["lrlab.metric"]  # the dashboard's axis name
     assert (
         f"2 baseline(s) run and these do not: {', '.join(r for r in RULES if r not in ('lrlab', 'valley'))}"
         in caplog.text

@@ -116,12 +116,8 @@ def _finder_table(
     unfinished = [t for t in study.trials if finder_rule(source_of(t)) and t.state != TrialState.COMPLETE]
     for t in unfinished:
         reason = t.user_attrs.get("error") or t.user_attrs.get("pruned") or ""
-        lines.append(
-            f"| {finder_rule(source_of(t))} | "
-            + " | ".join("n/a" for _ in keys)
-            + f" | {t.state.name} {reason[:120]} |"
-            + " |" * 6
-        )
+        cells = [finder_rule(source_of(t)), *("n/a" for _ in keys), f"{t.state.name} {reason[:120]}".strip()]
+        lines.append("| " + " | ".join(cells + [""] * (len(heads) + 7 - len(cells))) + " |")
     if not rows and not unfinished:
         lines.append(
             "| (no finder trials: add `enqueue: [lr_finder]`, or use `search=lr_vs_finder`) |"

@@ -6,6 +6,7 @@ public storage API."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -81,6 +82,9 @@ def open_study(
         pruner=make_pruner(pruner_spec),
         directions=settings.directions,
     )
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(settings.metrics))  # optuna-dashboard's axis, not "Objective 0"
     existing = study.user_attrs.get(FIXED_ATTR)
     if existing is not None and existing != space.fixed:
         raise ConfigError(
