@@ -234,6 +234,10 @@ def test_an_unknown_source_lists_the_registered_ones() -> None:
         ({"name": "digits", "test_pct": -0.1}, "data.test_pct=-0.1"),
         ({"name": "digits", "test_pct": 1}, "data.test_pct=1"),
         ({"name": "digits", "valid_pct": 0.5, "test_pct": 0.5}, "data.valid_pct=0.5 plus data.test_pct=0.5"),
+        (
+            {"name": "digits", "balance": "oversample"},
+            "data.balance='oversample' is not valid; choose one of: none, sampler, weights",
+        ),
     ],
 )
 def test_a_bad_data_config_names_the_key(cfg: dict, message: str) -> None:
@@ -422,3 +426,35 @@ def test_one_class_data_is_refused(tmp_path: Path) -> None:
         LrlabError, match=r"the test split of data 'x' holds images of 1 class\(es\) \(b\) out of 3"
     ):
         check_classes(ImageSource(split(0, 1, 2), split(0, 2), ["a", "b", "c"], split(1, 1)), "x")
+
+
+def test_the_balanced_sampler_draws_every_class_about_equally_and_repeats_by_seed(tmp_path: Path) -> None:
+    """data.balance=sampler: 9:1 imbalanced training data comes out near 1:1, drawn with
+    replacement, the same for the same seed, in memory and from files."""
+    images = torch.zeros(200, 1, 8, 8, dtype=torch.uint8)
+    labels = torch.tensor([0] * 180 + [1] * 20)
+    source = ImageSource(TensorSplit(images, labels), TensorSplit(images[:4], labels[:4]), ["a", "b"])
+    cfg = {"batch_size": 50, "augment": {}, "balance": "sampler"}
+
+    def drawn(loader) -> torch.Tensor:
+        return torch.cat([y for _, y in loader])
+
+    first = drawn(make_loaders(source, cfg, NORM, seed=3).train)
+    assert len(first) == 200 and 0.4 < first.float().mean().item() < 0.6
+    assert torch.equal(first, drawn(make_loaders(source, cfg, NORM, seed=3).train))
+    plain = drawn(make_loaders(source, {**cfg, "balance": "none"}, NORM, seed=3).train)
+    assert plain.float().mean().item() == pytest.approx(0.1)  # a permutation: 20 of 200
+
+    _write_tree(tmp_path / "train", per_class=1)
+    for i in range(1, 18):  # cat 18 : dog 1
+        Image.new("RGB", (20, 24)).save(tmp_path / "train" / "cat" / f"extra{i}.png")
+    _write_tree(tmp_path / "valid", per_class=1)
+    files = {"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "batch_size": 19,
+             "num_workers": 0, "test_pct": 0, "augment": {}}  # fmt: skip
+    tree = load_source(files)
+    counts = torch.zeros(2)
+    for _ in range(10):
+        counts += torch.bincount(
+            drawn(make_loaders(tree, {**files, "balance": "sampler"}, NORM, seed=_).train), minlength=2
+        )
+    assert 0.35 < counts[1] / counts.sum() < 0.65  # dog: 1 of 19 images, about half of the draws

@@ -17,13 +17,14 @@ from lrlab.app.schema import validate
 from lrlab.core import distributed
 from lrlab.core.device import resolve_device, resolve_precision
 from lrlab.core.engine import Engine
-from lrlab.core.losses import training_loss
+from lrlab.core.losses import balanced_class_weights, training_loss
 from lrlab.core.optim import build_optimizer
 from lrlab.core.reproducibility import seed_everything
 from lrlab.core.settings import StepOptions, progress_enabled
 from lrlab.data.loaders import make_loaders
 from lrlab.data.preprocess import Preprocess
 from lrlab.data.sources import load_source
+from lrlab.data.types import split_labels
 from lrlab.errors import ConfigError
 from lrlab.finder.config import FinderConfig
 from lrlab.finder.curve_cache import SharedCurves
@@ -63,6 +64,7 @@ class Setup:
     preprocess: Preprocess | None = None  # how an image file becomes an input, as for the eval splits
     finder: FinderConfig = field(default_factory=FinderConfig)  # the range test's settings (lr_finder)
     auto: AutoLrConfig = field(default_factory=AutoLrConfig)  # lr=auto's race (lr_auto)
+    class_weights: torch.Tensor | None = None  # the training loss's class weights (data.balance=weights)
 
     def training(self, shared: SharedCurves | None = None) -> Training:
         """What the staged trainer works on (range-test curves reused from `shared`, if given)."""
@@ -151,7 +153,21 @@ def build(cfg: DictConfig) -> Setup:
         preprocess=Preprocess.of(source.eval_resize, cfg.data.image_size, source.channels, norm),
         finder=FinderConfig(**OmegaConf.to_container(cfg.lr_finder, resolve=True)),
         auto=AutoLrConfig(**OmegaConf.to_container(cfg.lr_auto, resolve=True)),
+        class_weights=_class_weights(source) if cfg.data.balance == "weights" else None,
     )
+
+
+def _class_weights(source: Any) -> torch.Tensor:
+    """The balanced class weights of the training split, printed beside the class counts."""
+    labels = split_labels(source.train)
+    weights = balanced_class_weights(labels, source.num_classes)
+    counts = torch.bincount(labels, minlength=source.num_classes).tolist()
+    listed = ", ".join(
+        f"{name} {n} x{w:.2f}"
+        for name, n, w in zip(source.class_names, counts, weights.tolist(), strict=True)
+    )
+    log.info(f"data.balance=weights: training loss weights per class (train images x weight): {listed}")
+    return weights
 
 
 def _race_judge(reduction_factor: int) -> Any:
@@ -190,7 +206,9 @@ def make_engine(setup: Setup, callbacks: list[Any]) -> Engine:
         setup.model,
         setup.device,
         setup.precision,
-        loss_fn=training_loss(len(setup.class_names), t.label_smoothing, t.ordinal_smoothing),
+        loss_fn=training_loss(
+            len(setup.class_names), t.label_smoothing, t.ordinal_smoothing, setup.class_weights
+        ),
         callbacks=callbacks,
         options=options,
     )

@@ -1,4 +1,5 @@
-"""Training losses: cross-entropy, optionally against soft targets for ordered classes.
+"""Training losses: cross-entropy, optionally against soft targets for ordered classes, and
+optionally class-weighted (`data.balance=weights`).
 
 Written here because torch's cross-entropy takes soft targets but does not build them from a class
 order; SORD (Diaz & Marathe, CVPR 2019) is the method, with a Gaussian over class steps.
@@ -18,23 +19,46 @@ def ordinal_targets(num_classes: int, sigma: float) -> torch.Tensor:
     return weights / weights.sum(dim=1, keepdim=True)
 
 
+def balanced_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class weights n / (classes x n_c), scikit-learn's "balanced": every class then weighs
+    as much in total as any other; a class absent from `labels` gets weight 0."""
+    counts = torch.bincount(labels.long().cpu(), minlength=num_classes).float()
+    return torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), torch.zeros(()))
+
+
 class OrdinalCrossEntropy(nn.Module):
     """Cross-entropy against `ordinal_targets`: confusing a class with its neighbour costs less than
     with a far class, for labels that are ordered levels (ELPV's defect probabilities 0, 1/3, 2/3, 1).
-    `label_smoothing` mixes in the uniform distribution as torch's cross-entropy does."""
+    `label_smoothing` mixes in the uniform distribution as torch's cross-entropy does; `weight`
+    scales each class's term as in torch's cross-entropy."""
 
-    def __init__(self, num_classes: int, sigma: float, label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        num_classes: int,
+        sigma: float,
+        label_smoothing: float = 0.0,
+        weight: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.register_buffer("targets", ordinal_targets(num_classes, sigma))
+        self.register_buffer("weight", weight)
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits, self.targets[labels], label_smoothing=self.label_smoothing)
+        return nn.functional.cross_entropy(
+            logits, self.targets[labels], weight=self.weight, label_smoothing=self.label_smoothing
+        )
 
 
-def training_loss(num_classes: int, label_smoothing: float = 0.0, ordinal_sigma: float = 0.0) -> nn.Module:
+def training_loss(
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    ordinal_sigma: float = 0.0,
+    class_weights: torch.Tensor | None = None,
+) -> nn.Module:
     """The training loss a config asks for: plain cross-entropy (with label smoothing), or with
-    `ordinal_sigma > 0` the ordinal soft-target cross-entropy."""
+    `ordinal_sigma > 0` the ordinal soft-target cross-entropy; `class_weights` (e.g.
+    `balanced_class_weights`) weight each class's term."""
     if ordinal_sigma > 0:
-        return OrdinalCrossEntropy(num_classes, ordinal_sigma, label_smoothing)
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        return OrdinalCrossEntropy(num_classes, ordinal_sigma, label_smoothing, class_weights)
+    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lrlab.data.augment import affine_params, jitter, warp
-from lrlab.data.types import ImageSource, Normalization, TensorSplit
+from lrlab.data.types import ImageSource, Normalization, TensorSplit, split_labels
 from lrlab.errors import LrlabError
 
 
@@ -30,6 +30,8 @@ class TensorLoader:
 
     Yields (float images normalised with the model's mean/std, 3 channels, labels) on `device`.
     The data order and augmentation depend only on `seed` and the number of epochs drawn so far.
+    `sample_weights` (training): each epoch draws `len(split)` rows with replacement, with these
+    probabilities (`data.balance=sampler`), instead of a permutation.
 
     `shard=(rank, world)` gives one of `world` processes its part (data-parallel training):
     - `split_batches=True` (training): every rank draws the same seeded global order and the same
@@ -54,8 +56,10 @@ class TensorLoader:
         seed: int = 0,
         shard: tuple[int, int] = (0, 1),
         split_batches: bool = True,
+        sample_weights: torch.Tensor | None = None,
     ):
         self.rank, self.world = shard
+        self.sample_weights = sample_weights
         if split_batches:
             check_global_batch(batch_size, self.world)
         self.split_batches = split_batches
@@ -99,7 +103,7 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = _draw_order(n, self.generator, self.sample_weights) if self.shuffle else torch.arange(n)
         order = order.to(self.device)
         if self.world > 1 and not self.split_batches:
             order = order[self.rank :: self.world]
@@ -109,6 +113,23 @@ class TensorLoader:
             if self.world > 1 and self.split_batches and len(index) % self.world:
                 index = torch.cat([index, order[: self.world - len(index) % self.world]])
             yield self._batch(index)
+
+
+def _draw_order(n: int, generator: torch.Generator, weights: torch.Tensor | None) -> torch.Tensor:
+    """One epoch's training order: a permutation, or with `weights` n rows drawn with replacement
+    in proportion to them (class-balanced sampling)."""
+    if weights is None:
+        return torch.randperm(n, generator=generator)
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+def balanced_sample_weights(source: ImageSource) -> torch.Tensor:
+    """Each training image's draw weight for `data.balance=sampler`: its class's balanced weight,
+    so every class is drawn equally often on average."""
+    from lrlab.core.losses import balanced_class_weights
+
+    labels = split_labels(source.train)
+    return balanced_class_weights(labels, source.num_classes)[labels]
 
 
 def _timm_transform(norm: Normalization, image_size: int, training: bool, augment: Mapping[str, Any]) -> Any:
@@ -152,8 +173,10 @@ def make_loaders(
     mapping (batch_size, augment, image_size, num_workers). `shard=(rank, world)`: this process's
     part for data-parallel training: `batch_size` is the global batch, each
     process trains on its rows of every global batch and validates on its rows of valid; test is
-    whole (one process reports it)."""
+    whole (one process reports it). `cfg["balance"] == "sampler"` draws training images
+    class-balanced (`balanced_sample_weights`)."""
     batch_size, augment = int(cfg["batch_size"]), dict(cfg.get("augment") or {})
+    weights = balanced_sample_weights(source) if cfg.get("balance") == "sampler" else None
     if isinstance(source.train, TensorSplit):
         train = TensorLoader(
             source.train,
@@ -165,11 +188,12 @@ def make_loaders(
             augment=augment,
             seed=seed,
             shard=shard,
+            sample_weights=weights,
         )
         valid = TensorLoader(source.valid, batch_size * 2, norm, device, shard=shard, split_batches=False)
         test = TensorLoader(source.test, batch_size * 2, norm, device) if source.test is not None else None
         return Loaders(train, valid, test)
-    return _file_loaders(source, cfg, norm, device, seed, shard)
+    return _file_loaders(source, cfg, norm, device, seed, shard, weights)
 
 
 class ShardedShuffle(torch.utils.data.Sampler):
@@ -179,16 +203,24 @@ class ShardedShuffle(torch.utils.data.Sampler):
     `batch_size // world` from it are then each rank's rows of one process's global batches. The
     generator is the DataLoader's, so resuming restores the order. Written here because torch's
     DistributedSampler reseeds from an epoch counter the engine would have to set, and does not
-    interleave batches."""
+    interleave batches. `weights`: draw with replacement in proportion to them instead."""
 
-    def __init__(self, size: int, generator: torch.Generator, rank: int, world: int):
+    def __init__(
+        self,
+        size: int,
+        generator: torch.Generator,
+        rank: int,
+        world: int,
+        weights: torch.Tensor | None = None,
+    ):
         self.size, self.generator, self.rank, self.world = size, generator, rank, world
+        self.weights = weights
 
     def __len__(self) -> int:
         return math.ceil(self.size / self.world)
 
     def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.size, generator=self.generator)
+        order = _draw_order(self.size, self.generator, self.weights)
         if self.size % self.world:
             order = torch.cat([order, order[: self.world - self.size % self.world]])
         yield from order[self.rank :: self.world].tolist()
@@ -201,6 +233,7 @@ def _file_loaders(
     device: torch.device | str,
     seed: int,
     shard: tuple[int, int] = (0, 1),
+    weights: torch.Tensor | None = None,
 ) -> Loaders:
     """DataLoaders over file datasets with timm's transforms; with `shard=(rank, world)` each
     process reads its rows of every global training batch (`ShardedShuffle`) and rows
@@ -214,7 +247,7 @@ def _file_loaders(
     train = DataLoader(
         source.train,
         batch_size=batch_size // world,
-        sampler=ShardedShuffle(len(source.train), generator, rank, world),
+        sampler=ShardedShuffle(len(source.train), generator, rank, world, weights),
         drop_last=len(source.train) > batch_size,
         generator=generator,
         persistent_workers=workers > 0,

@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lrlab.errors import ConfigError
+from lrlab.errors import ConfigError, check_choice
 
 if TYPE_CHECKING:
     from lrlab.data.types import ImageSource
 
+BALANCE_MODES = ("none", "sampler", "weights")
 BUILTIN_MODULES = ("lrlab.data.sources", "lrlab.data.files", "lrlab.data.mnist5k")
 
 
@@ -53,6 +54,9 @@ class DataConfig:
     test_pct: float = 0.2  # held out for the once-only test report when the source has no test split; 0: none
     split_seed: int = 0  # the stratified splits depend only on this (and the two fractions)
     in_memory: bool = False  # decode once, hold uint8 tensors (on the GPU when training there)
+    # none | sampler (draw training images with class-balanced probabilities, with replacement) |
+    # weights (weight the training loss by n / (classes x n_class)); valid and test stay as they are
+    balance: str = "none"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def check(self) -> DataConfig:
@@ -60,6 +64,7 @@ class DataConfig:
         for key in ("image_size", "batch_size"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"data.{key}={getattr(self, key)!r} must be positive.")
+        check_choice(self.balance, BALANCE_MODES, "data.balance")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0.")
         if not 0 < self.valid_pct < 1:

@@ -64,6 +64,24 @@ class ImageSource:
         return {"train": len(self.train), "valid": len(self.valid), "test": test}
 
 
+def split_labels(split: TensorSplit | Dataset) -> torch.Tensor:
+    """The labels of a split as int64 (N,): an in-memory split's own, a file dataset's `samples`
+    or `targets` (through a torch Subset's indices); other datasets are read item by item."""
+    import torch
+
+    if isinstance(split, TensorSplit):
+        return split.labels
+    base, index = split, None
+    if hasattr(split, "dataset") and hasattr(split, "indices"):  # torch.utils.data.Subset
+        base, index = split.dataset, list(split.indices)
+    samples = getattr(base, "samples", None)
+    labels = [label for _, label in samples] if samples is not None else getattr(base, "targets", None)
+    if labels is None:
+        return torch.tensor([int(split[i][1]) for i in range(len(split))], dtype=torch.int64)
+    labels = torch.as_tensor(list(labels), dtype=torch.int64)
+    return labels if index is None else labels[index]
+
+
 def split_digest(split: TensorSplit | Dataset) -> str:
     """16 hex digits of SHA-256 over an in-memory split's pixels and labels, or a file dataset's
     (path, label) list (its files are not read again); other datasets: their type and length."""
