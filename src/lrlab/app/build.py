@@ -87,6 +87,7 @@ class Setup:
 
         return {
             "model_name": self.cfg.model.name,
+            "head": self.cfg.model.head,
             "class_names": list(self.class_names),
             "preprocess": self.preprocess.to_dict() if self.preprocess else None,
             "in_chans": 3,
@@ -111,6 +112,7 @@ def build(cfg: DictConfig) -> Setup:
         cfg.model.pretrained,
         cfg.model.drop_rate,
         cfg.model.drop_path_rate,
+        cfg.model.head,
     )
     groups = layer_groups(model, cfg.model.body_groups)
     norm = normalization(model)
@@ -207,7 +209,11 @@ def make_engine(setup: Setup, callbacks: list[Any]) -> Engine:
         setup.device,
         setup.precision,
         loss_fn=training_loss(
-            len(setup.class_names), t.label_smoothing, t.ordinal_smoothing, setup.class_weights
+            len(setup.class_names),
+            t.label_smoothing,
+            t.ordinal_smoothing,
+            setup.class_weights,
+            setup.cfg.model.head,
         ),
         callbacks=callbacks,
         options=options,

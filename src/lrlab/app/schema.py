@@ -31,7 +31,7 @@ from lrlab.app.tasks import CHECKPOINT_TASKS, TASKS
 from lrlab.core.compiling import compile_mode
 from lrlab.core.limits import check_limits
 from lrlab.core.monitor import Monitor
-from lrlab.core.settings import DEVICES, PRECISIONS, TTA_MODES
+from lrlab.core.settings import DEVICES, HEADS, PRECISIONS, TTA_MODES
 from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError, check_choice
 from lrlab.finder.config import FinderConfig
@@ -50,6 +50,9 @@ class ModelConfig:
     body_groups: int = 2  # the body is split into this many layer groups, plus the head
     drop_rate: float | None = None  # classifier dropout; None = timm's default for the model
     drop_path_rate: float | None = None
+    # classify (timm's linear head) | regress (the level in [0, 1], squared error, nearest level) |
+    # ordinal (CORN: rank-consistent cumulative probabilities); the last two for ordered classes
+    head: str = "classify"
 
 
 @dataclass
@@ -267,6 +270,20 @@ def _merged(cfg: DictConfig) -> DictConfig:
     return merged
 
 
+def _check_head(cfg: DictConfig) -> None:
+    """`model.head` is a known head, and `regress` gets no soft-target settings (its loss is the
+    squared error of the level, which neither label smoothing nor SORD applies to)."""
+    check_choice(cfg.model.head, HEADS, "model.head")
+    if cfg.model.head == "regress":
+        for key in ("label_smoothing", "ordinal_smoothing"):
+            if cfg.train[key]:
+                raise ConfigError(
+                    f"model.head=regress trains on the squared error of the level, so train.{key}="
+                    f"{cfg.train[key]} does not apply; set train.{key}=0 (ELPV's recipe sets "
+                    "label_smoothing 0.1), or use model.head=ordinal or classify."
+                )
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Merge `cfg` into the schemas and check values; raises ConfigError naming the bad key."""
     merged = _merged(cfg)
@@ -281,6 +298,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     merged.precision = check_choice(merged.precision, PRECISIONS, "precision")
     check_choice(merged.tracking.backend, backend_names(), "tracking.backend")
     check_choice(merged.train.tta, TTA_MODES, "train.tta")
+    _check_head(merged)
     compile_mode(merged.train.compile)
     _qualified(
         lambda: Monitor(merged.train.monitor, merged.train.mode, merged.train.min_delta),

@@ -50,15 +50,44 @@ class OrdinalCrossEntropy(nn.Module):
         )
 
 
+def level_value(scores: torch.Tensor) -> torch.Tensor:
+    """The level r in [0, 1] behind the regression head's (N, K) scores -(r - k/(K-1))^2 / (2 w^2),
+    w half the spacing d: s_1 - s_0 = (2r - d) d / (2 w^2) (`lrlab.models.heads.RegressionHead`)."""
+    spacing = 1.0 / (scores.shape[-1] - 1)
+    width = spacing / 2
+    return ((scores[..., 1] - scores[..., 0]) * 2 * width**2 / spacing + spacing) / 2
+
+
+class LevelRegressionLoss(nn.Module):
+    """Squared error between the regression head's level (`level_value`) and the true class's
+    level k / (K - 1); `weight` (per class, e.g. balanced) weights each image's term by its class."""
+
+    def __init__(self, num_classes: int, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.register_buffer("weight", weight)
+
+    def forward(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        errors = (level_value(scores.float()) - labels.float() / (self.num_classes - 1)) ** 2
+        if self.weight is None:
+            return errors.mean()
+        weights = self.weight[labels]
+        return (errors * weights).sum() / weights.sum()
+
+
 def training_loss(
     num_classes: int,
     label_smoothing: float = 0.0,
     ordinal_sigma: float = 0.0,
     class_weights: torch.Tensor | None = None,
+    head: str = "classify",
 ) -> nn.Module:
     """The training loss a config asks for: plain cross-entropy (with label smoothing), or with
     `ordinal_sigma > 0` the ordinal soft-target cross-entropy; `class_weights` (e.g.
-    `balanced_class_weights`) weight each class's term."""
+    `balanced_class_weights`) weight each class's term. `head="regress"` (`model.head`): the
+    squared error of the predicted level; the `ordinal` head's cross-entropy is its own loss."""
+    if head == "regress":
+        return LevelRegressionLoss(num_classes, class_weights)
     if ordinal_sigma > 0:
         return OrdinalCrossEntropy(num_classes, ordinal_sigma, label_smoothing, class_weights)
     return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)

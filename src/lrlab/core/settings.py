@@ -14,6 +14,7 @@ from lrlab.errors import check_choice
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "bf16", "16")
 TTA_MODES = ("none", "hflip")  # hflip: evaluate each image and its mirror, averaging probabilities
+HEADS = ("classify", "regress", "ordinal")  # model.head (lrlab.models.heads)
 
 
 def progress_enabled(setting: bool | str) -> bool:

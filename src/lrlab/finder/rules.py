@@ -331,14 +331,10 @@ def _safe(rule: str, lrs: np.ndarray, losses: np.ndarray) -> float:
 
 
 def edge_flag(lrs: ArrayLike, smoothed: ArrayLike, lr: float) -> str | None:
-    """Why a suggestion deserves suspicion: "ramp start" when it is at or below the third point
-    the rules can see (the curve had not started to move), "diverged tail" when it lies in the
-    last 3 usable points or past the point where the smoothed loss, after its minimum, climbs
-    clear of its starting level; None otherwise.
-
-    The starting level is the highest of the first tenth of the points (at least 3) plus their
-    own spread, so neither a low first reading nor the noise of a flat start marks the flat part
-    of the curve as diverged."""
+    """Why a suggestion deserves suspicion: "ramp start" at or below the third usable point (the
+    curve had not moved), "diverged tail" in the last 3 usable points or past where the smoothed
+    loss, after its minimum, climbs clear of its start (the highest of the first tenth plus their
+    spread, so a low first reading or a noisy flat start is no divergence); None otherwise."""
     lr_arr, loss_arr = trim(lrs, smoothed)
     if not loss_arr.size or not np.isfinite(lr):
         return None

@@ -165,7 +165,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
             f"checkpoint {path} holds weights but no model description (written by an older lrlab); "
             "rebuild the model with its run's config and load checkpoint['model'] into it"
         )
-    model = timm.create_model(meta["model_name"], pretrained=False, num_classes=len(meta["class_names"]))
+    from lrlab.models.heads import attach_head
+
+    classes = len(meta["class_names"])
+    model = timm.create_model(meta["model_name"], pretrained=False, num_classes=classes)
+    model = attach_head(model, str(meta.get("head", "classify")), classes)
     try:
         model.load_state_dict(checkpoint["model"], strict=True)
     except RuntimeError as exc:

@@ -40,9 +40,26 @@ def create_model(
     pretrained: bool | str = False,
     drop_rate: float | None = None,
     drop_path_rate: float | None = None,
+    head: str = "classify",
 ) -> nn.Module:
     """A timm model with pretrained weights from the hub, the bundled file or a local file, and a
-    new `num_classes` linear head."""
+    new head for `num_classes`: timm's linear one, or with `head` an ordered-levels head
+    (`lrlab.models.heads`)."""
+    from lrlab.models.heads import attach_head
+
+    return attach_head(
+        _timm_model(name, num_classes, pretrained, drop_rate, drop_path_rate), head, num_classes
+    )
+
+
+def _timm_model(
+    name: str,
+    num_classes: int,
+    pretrained: bool | str,
+    drop_rate: float | None,
+    drop_path_rate: float | None,
+) -> nn.Module:
+    """The timm model with its weights and a new `num_classes` linear head."""
     kwargs: dict[str, Any] = {}
     if drop_rate is not None:
         kwargs["drop_rate"] = drop_rate
