@@ -35,3 +35,18 @@ class TrainingDiverged(LrlabError):
 class RunPruned(Exception):
     """A sweep's pruner stopped this run early (raised by the trial reporter; the run ends KILLED
     and its trial PRUNED). Not an LrlabError: nothing was wrong with the input."""
+
+
+def disk_full(exc: BaseException) -> OSError | None:
+    """The "no space left on device" error behind `exc` (itself, or what it was raised from or
+    while handling: torch.save reports it as a RuntimeError), or None."""
+    import errno
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

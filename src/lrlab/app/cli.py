@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from lrlab.app.schema import rank_suffix, register_schemas
 from lrlab.core.launch import launched_rank, launched_world_size
-from lrlab.errors import LrlabError
+from lrlab.errors import LrlabError, disk_full
 
 register_schemas()
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -73,6 +73,19 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     except KeyboardInterrupt:
         trace_log.exception("lrlab interrupted")
         raise
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None or hydra_cfg.mode == RunMode.MULTIRUN:
+            raise
+        logging.raiseExceptions = False  # the log file is on the full disk too, perhaps
+        trace_log.exception("lrlab stopped: disk full")
+        print(
+            f"lrlab: error: the disk is full: {full.strerror} while writing "
+            f"{full.filename or 'a file of the run'}. The run was ended FAILED; free some space "
+            "(or point hydra.run.dir / tracking.uri at a disk with room) and start it again.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     finally:
         distributed.teardown()
     return result.summary()
@@ -138,6 +151,30 @@ def unknown_group_option(args: list[str]) -> str | None:
     return None
 
 
+def unwritable_output(args: list[str], launch_dir: Path) -> str | None:
+    """One paragraph when the folder the run's outputs go to (`hydra.run.dir` / `hydra.sweep.dir`
+    when given, else the launch folder's `outputs/`, `sweeps/` and `mlflow.db`) cannot be written,
+    e.g. a read-only mount; None when it can. Checked before Hydra starts, which would report it
+    with a traceback."""
+    import os
+
+    multirun = bool({"-m", "--multirun"} & set(args))
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [a.partition("=")[2].strip("'\"") for a in args if a.lstrip("+").startswith(f"{key}=")]
+    target = Path(given[-1]).expanduser() if given else launch_dir
+    if not target.is_absolute():
+        target = launch_dir / target
+    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is None or os.access(existing, os.W_OK):
+        return None
+    where = f"{key}={given[-1]}" if given else f"the launch folder {launch_dir}"
+    return (
+        f"cannot write the run's outputs: {existing} is not writable (a read-only mount or missing "
+        f"permissions), and {where} puts them there. Start lrlab from a writable folder, or send the "
+        f"outputs elsewhere with {key}=DIR (and tracking.uri=sqlite:////DIR/mlflow.db)."
+    )
+
+
 def main() -> None:
     """Console-script entry point (`lrlab`, `python -m lrlab`)."""
     if sys.argv[1:] in (["--version"], ["-V"]):
@@ -149,6 +186,10 @@ def main() -> None:
     unknown = unknown_group_option(sys.argv[1:])
     if unknown:
         print(f"lrlab: error: {unknown}", file=sys.stderr)
+        sys.exit(2)
+    unwritable = unwritable_output(sys.argv[1:], Path.cwd())
+    if unwritable:
+        print(f"lrlab: error: {unwritable}", file=sys.stderr)
         sys.exit(2)
     if launched_world_size() > 1 and {"-m", "--multirun"} & set(sys.argv[1:]):
         print(

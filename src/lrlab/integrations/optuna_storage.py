@@ -15,7 +15,7 @@ import optuna
 
 from lrlab.errors import ConfigError
 from lrlab.integrations.locks import is_server_url, study_lock
-from lrlab.integrations.stores import open_sqlite
+from lrlab.integrations.stores import check_writable, open_sqlite
 
 # lrlab records trial heartbeats itself (not through Study.optimize), which Optuna flags as experimental.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -41,6 +41,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = Path(url[len("journal://") :])
+        check_writable(path, "Optuna journal", "hydra.sweeper.storage")
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     _check_dialect(url)

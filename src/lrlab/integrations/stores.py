@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sqlite3
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from lrlab.errors import LrlabError
+from lrlab.errors import ConfigError, LrlabError
 from lrlab.integrations.locks import file_lock, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,22 @@ def _recovery(path: Path) -> str:
     return f"sqlite3 {path} .recover | sqlite3 {path.with_name(path.stem + '.recovered.db')}"
 
 
+def check_writable(path: Path, what: str, key: str) -> None:
+    """ConfigError (one paragraph naming `key`) when the file store at `path` cannot be written:
+    its folder, or the nearest folder above that exists, is read-only (locks and journals are
+    created beside the file), or the file itself is."""
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    blocked = folder if folder is not None and not os.access(folder, os.W_OK) else None
+    if blocked is None and path.exists() and not os.access(path, os.W_OK):
+        blocked = path
+    if blocked is not None:
+        raise ConfigError(
+            f"{key}: the {what} {path} cannot be written, because {blocked} is read-only (a "
+            f"read-only mount or missing permissions; its lock file goes beside it). Point {key} at "
+            "a writable folder."
+        )
+
+
 def open_sqlite(
     url: str, what: str, opener: Callable[[], T], reset: Callable[[], None] | None = None, key: str = "url"
 ) -> T:
@@ -106,6 +123,7 @@ def open_sqlite(
     if path is None:
         require_driver(url, key)
         return opener()
+    check_writable(path, what, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(f"{path}.lock"), signals_held():
         if path.exists() and path.stat().st_size == 0:

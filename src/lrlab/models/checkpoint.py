@@ -19,7 +19,7 @@ from torch import nn
 
 from lrlab.core.settings import TTA_MODES
 from lrlab.data.preprocess import Preprocess
-from lrlab.errors import LrlabError
+from lrlab.errors import LrlabError, disk_full
 
 FORMAT = "lrlab-checkpoint-1"
 
@@ -48,8 +48,11 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        full = disk_full(exc) if isinstance(exc, Exception) else None
+        if full is not None and full.filename is None:  # torch.save names neither file nor cause
+            raise OSError(full.errno, full.strerror, str(path)) from exc
         raise
     return path
 
