@@ -73,7 +73,8 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
         histories.append(([m.value for m in valid], [m.value for m in errors]))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config", "epochs.csv", "checkpoints"} <= artifacts
-        assert client.get_logged_model(run.outputs.model_outputs[0].model_id).name == "model"
+        names = {client.get_logged_model(o.model_id).name for o in run.outputs.model_outputs}
+        assert names == {"model", "pytorch_model"}  # the served model and the raw network
         config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
         assert {"config/config.yaml", "config/overrides.yaml"} <= config_files
     assert digests[0] == digests[1], "the same data has the same digest"
