@@ -196,7 +196,11 @@ def test_two_workers_on_postgresql_and_an_mlflow_server_fill_one_study(
     study = optuna.load_study(study_name="smoke-lr_vs_finder", storage=storage)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == n_trials
-    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.FAIL)]
+    unfinished = (TrialState.RUNNING, TrialState.FAIL)
+    stuck = [
+        (t.number, t.state.name, t.user_attrs.get("error")) for t in study.trials if t.state in unfinished
+    ]
+    assert not stuck  # number, state and the recorded error of each, should this fail again
     sources = [t.user_attrs[SOURCE] for t in study.trials]
     assert sorted(s for s in sources if s.startswith("lr_finder:")) == ["lr_finder:steep", "lr_finder:valley"]
     searched = [t.params["stages.0.lr"] for t in complete if t.user_attrs[SOURCE] == "search"]
