@@ -141,3 +141,16 @@ def digits():
         TensorSplit(full.valid.images[:64], full.valid.labels[:64]),
         full.class_names,
     )
+
+
+def predict_to_csv(run_cli, checkpoint: Path, folder: Path, outputs: Path, class_names: list[str]):
+    """`task=predict` on `folder` from the CLI: the CSV's rows and its (N, classes) probabilities."""
+    import csv
+
+    import numpy as np
+
+    predicted = run_cli("task=predict", f"checkpoint={checkpoint}", f"input={folder}", "tracking=none")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    with next(outputs.rglob("predictions.csv")).open() as handle:
+        rows = list(csv.DictReader(handle))
+    return rows, np.array([[float(r[f"p_{name}"]) for name in class_names] for r in rows])

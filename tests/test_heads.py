@@ -3,15 +3,16 @@ losses, and a real run of each through training, evaluation, predict, export and
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from conftest import predict_to_csv
 from lrlab.core.losses import LevelRegressionLoss, training_loss
 from lrlab.errors import ConfigError
 from lrlab.models.factory import create_model
@@ -117,15 +118,9 @@ def test_a_head_runs_through_training_evaluation_predict_export_and_mlflow(
     x, _ = next(iter(setup.test_loader))
     for i, image in enumerate(x[:4]):
         (folder / f"{i}.png").write_bytes(setup.preprocess.to_png(image))
-    predicted = run_cli("task=predict", f"checkpoint={best}", f"input={folder}", "tracking=none")
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
-    with next((tmp_path / "outputs").rglob("predictions.csv")).open() as handle:
-        rows = list(csv.DictReader(handle))
+    _, csv_probs = predict_to_csv(run_cli, best, folder, tmp_path / "outputs", loaded.class_names)
     columns = [f"p_{name}" for name in loaded.class_names]
-    csv_probs = np.array([[float(r[c]) for c in columns] for r in rows])
     files = sorted(folder.iterdir())
-    from PIL import Image
-
     expected = loaded.predict_proba([Image.open(f) for f in files]).numpy()
     assert np.abs(expected - csv_probs).max() <= 1e-5
 

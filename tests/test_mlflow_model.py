@@ -8,7 +8,6 @@ registered."""
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import predict_to_csv
 from lrlab import load_model
 from lrlab.app.build import build
 from servers import free_port
@@ -114,12 +114,8 @@ def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
         for image, target in zip(x, y.tolist()):
             (folder / f"{len(targets):04d}.png").write_bytes(setup.preprocess.to_png(image))
             targets.append(target)
-    predicted = run_cli("task=predict", f"checkpoint={best}", f"input={folder}", "tracking=none")
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
-    with next((tmp_path / "outputs").rglob("predictions.csv")).open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows, csv_probs = predict_to_csv(run_cli, best, folder, tmp_path / "outputs", loaded.class_names)
     columns = [f"p_{name}" for name in loaded.class_names]
-    csv_probs = np.array([[float(r[c]) for c in columns] for r in rows])
     accuracy = float(np.mean(csv_probs.argmax(1) == np.array(targets)))
     assert accuracy == pytest.approx(run.data.metrics["test/accuracy"], abs=1e-9)
 
