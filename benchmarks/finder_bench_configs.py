@@ -149,8 +149,10 @@ def _auto(config: BenchConfig) -> tuple[str, ...]:
 
 
 def _prodigy(config: BenchConfig) -> tuple[str, ...]:
+    """Prodigy at its documented defaults with a constant LR: its step-size estimate grows from
+    d0 over a couple of hundred steps, which a decaying schedule cuts short at these budgets."""
     spread = ("lr_spread=1",) if config.stages > 1 else ()
-    return ("optimizer=prodigy", *spread, *_every_stage(config, "lr=1"))
+    return ("optimizer=prodigy", "schedule=constant", *spread, *_every_stage(config, "lr=1"))
 
 
 def _schedulefree(config: BenchConfig) -> tuple[str, ...]:

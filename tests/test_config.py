@@ -32,7 +32,7 @@ OPTIONS = sorted(
 NEEDS = {
     ("data", "imagefolder"): ["data.root={tmp}"],
     ("data", "torchvision"): ["data.dataset=CIFAR10"],
-    ("optimizer", "prodigy"): ["lr=1", "lr_spread=1"],  # it sets its own step size, one lr for all groups
+    ("optimizer", "prodigy"): ["lr=1", "lr_spread=1", "schedule=constant"],  # its own step size, one lr
     ("optimizer", "schedulefree_adamw"): ["lr=0.0025", "schedule=constant"],  # and it replaces the schedule
 }
 

@@ -16,7 +16,7 @@ from lrlab.errors import ConfigError
 # Overrides that give the default config the key an entry checks.
 NEEDS = {
     "optimizer.momentum": ("optimizer=sgd",),
-    "optimizer.d_coef": ("optimizer=prodigy", "lr=1", "lr_spread=1"),
+    "optimizer.d_coef": ("optimizer=prodigy", "schedule=constant", "lr=1", "lr_spread=1"),
     "optimizer.warmup_steps": ("optimizer=schedulefree_adamw", "schedule=constant", "lr=0.0025"),
 }
 

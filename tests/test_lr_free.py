@@ -87,6 +87,7 @@ def test_prodigy_estimates_its_step_and_lowers_the_loss() -> None:
             r"stages\.1\.lr_spread=100 does not apply.*lr_spread=1",
         ),
         (("optimizer=schedulefree_adamw", "schedule=constant"), r"lr=find does not apply.*lr=0\.0025"),
+        (("optimizer=prodigy", "lr=1", "schedule=one_cycle"), r"one_cycle does not suit.*schedule=constant"),
     ],
 )
 def test_what_makes_no_sense_for_an_lr_free_optimizer_is_refused(compose_cfg, overrides, message) -> None:
@@ -95,8 +96,9 @@ def test_what_makes_no_sense_for_an_lr_free_optimizer_is_refused(compose_cfg, ov
 
 
 def test_lr_free_optimizers_compose_with_what_they_need(compose_cfg) -> None:
-    validate(compose_cfg("experiment=smoke", "optimizer=prodigy", "lr=1"))
+    validate(compose_cfg("experiment=smoke", "optimizer=prodigy", "schedule=constant", "lr=1"))
+    validate(compose_cfg("experiment=smoke", "optimizer=prodigy", "schedule=cosine", "lr=1"))
     validate(
         compose_cfg("experiment=smoke", "optimizer=schedulefree_adamw", "schedule=constant", "lr=0.0025")
     )
-    validate(compose_cfg("optimizer=prodigy", "lr=1", "lr_spread=1"))  # the default ELPV problem, staged
+    validate(compose_cfg("optimizer=prodigy", "schedule=constant", "lr=1", "lr_spread=1"))  # default ELPV, staged

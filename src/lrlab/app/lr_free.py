@@ -21,8 +21,8 @@ LR_FREE = {
 
 def check_lr_free(cfg: DictConfig) -> None:
     """A learning-rate-free optimizer takes a fixed lr (a range test has nothing to find), Prodigy
-    one lr for all parameter groups and Schedule-Free AdamW no LR schedule: ConfigError naming the
-    setting otherwise."""
+    one lr for all parameter groups and no one-cycle schedule, Schedule-Free AdamW no LR schedule:
+    ConfigError naming the setting otherwise."""
     target = str(OmegaConf.select(cfg, "optimizer._target_", default=""))
     if target not in LR_FREE:
         return
@@ -38,6 +38,12 @@ def check_lr_free(cfg: DictConfig) -> None:
             "Prodigy takes one lr for every parameter group (no discriminative LRs); pass lr_spread=1."
         )
     schedule = str(OmegaConf.select(cfg, "schedule._target_", default=""))
+    if target.startswith("prodigyopt.") and schedule.endswith(".one_cycle"):
+        raise ConfigError(
+            f"schedule=one_cycle does not suit {name}: its warm-up from lr/25 holds Prodigy's step-size "
+            "estimate near d0 until the LR is decaying again (on digits, train loss 1.69 after 330 steps "
+            "against 0.013 with a constant LR); use schedule=constant, or schedule=cosine for long runs."
+        )
     if target.startswith("schedulefree.") and not schedule.endswith(".constant"):
         raise ConfigError(
             f"{name} replaces the LR schedule, so schedule={schedule.rsplit('.', 1)[-1]} does not apply: "
