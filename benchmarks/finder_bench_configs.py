@@ -66,16 +66,16 @@ CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig(
         "digits-scratch-adamw",
         "digits",
-        "digits 32 px, Lite0 from scratch (random init), AdamW, batch 32, 10 epochs",
+        "digits 32 px, Lite0 from scratch (random init), AdamW, batch 32, 6 epochs",
         "adamw",
-        (*_full(10), "data.batch_size=32", "model.pretrained=false"),
+        (*_full(6), "data.batch_size=32", "model.pretrained=false"),
     ),
     BenchConfig(
         "digits-lite2-adamw-probe",
         "digits",
-        "digits 32 px, ImageNet Lite2, AdamW, batch 32, linear probe 10 epochs",
+        "digits 32 px, ImageNet Lite2, AdamW, batch 32, linear probe 6 epochs",
         "adamw",
-        (*_probe(10), "data.batch_size=32", "model=efficientnet_lite2"),
+        (*_probe(6), "data.batch_size=32", "model=efficientnet_lite2"),
         grid=SGD_GRID,
     ),
     BenchConfig(
@@ -103,11 +103,11 @@ CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig(
         "elpv4-lite1-adamw-ft",
         "elpv4",
-        "ELPV 4 classes 48 px, ImageNet Lite1, AdamW, batch 32, head 1 epoch at 0.01 then 6 unfrozen",
+        "ELPV 4 classes 32 px, ImageNet Lite1, AdamW, batch 32, head 1 epoch at 0.01 then 6 unfrozen",
         "adamw",
         (
             "model=efficientnet_lite1",
-            "data.image_size=48",
+            "data.image_size=32",
             "data.batch_size=32",
             "freeze_epochs=1",
             "epochs=6",
