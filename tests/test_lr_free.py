@@ -101,4 +101,4 @@ def test_lr_free_optimizers_compose_with_what_they_need(compose_cfg) -> None:
     validate(
         compose_cfg("experiment=smoke", "optimizer=schedulefree_adamw", "schedule=constant", "lr=0.0025")
     )
-    validate(compose_cfg("optimizer=prodigy", "schedule=constant", "lr=1", "lr_spread=1"))  # default ELPV, staged
+    validate(compose_cfg("optimizer=prodigy", "schedule=constant", "lr=1", "lr_spread=1"))  # ELPV, staged

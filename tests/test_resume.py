@@ -30,7 +30,7 @@ def _final(directory: Path) -> tuple[dict[str, torch.Tensor], list[float], list]
 
 OPTIMIZERS = {
     "adamw": (),
-    "prodigy": ("optimizer=prodigy", "schedule=constant", "lr=1"),  # its estimate of the step size is optimizer state
+    "prodigy": ("optimizer=prodigy", "schedule=constant", "lr=1"),  # its step-size estimate: optimizer state
     "schedulefree": ("optimizer=schedulefree_adamw", "schedule=constant", "lr=0.0025"),  # train/eval weights
     "lr_auto": ("lr=auto", "lr_finder.num_iter=30"),  # the race's winner, its first epoch replayed
 }

@@ -18,6 +18,7 @@ from lrlab.core import distributed
 from lrlab.core.device import resolve_device, resolve_precision
 from lrlab.core.engine import Engine
 from lrlab.core.losses import balanced_class_weights, training_loss
+from lrlab.core.mixing import batch_mixer
 from lrlab.core.optim import build_optimizer
 from lrlab.core.reproducibility import seed_everything
 from lrlab.core.settings import StepOptions, progress_enabled
@@ -204,17 +205,20 @@ def make_engine(setup: Setup, callbacks: list[Any]) -> Engine:
     t = setup.cfg.train
     options = StepOptions.of(t)
     options.progress = progress_enabled(t.progress) and distributed.is_main()
+    classes = len(setup.class_names)
+    mixer = batch_mixer(classes, t.mixup_alpha, t.cutmix_alpha, t.mix_prob, t.label_smoothing)
     return distributed.engine_class()(
         setup.model,
         setup.device,
         setup.precision,
         loss_fn=training_loss(
-            len(setup.class_names),
-            t.label_smoothing,
+            classes,
+            0.0 if mixer else t.label_smoothing,  # Mixup folds the smoothing into its targets
             t.ordinal_smoothing,
             setup.class_weights,
             setup.cfg.model.head,
         ),
         callbacks=callbacks,
         options=options,
+        batch_transform=mixer,
     )

@@ -27,11 +27,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lrlab.app.lr_free import check_lr_free
+from lrlab.app.target_checks import check_targets
 from lrlab.app.tasks import CHECKPOINT_TASKS, TASKS
 from lrlab.core.compiling import compile_mode
 from lrlab.core.limits import check_limits
 from lrlab.core.monitor import Monitor
-from lrlab.core.settings import DEVICES, HEADS, PRECISIONS, TTA_MODES
+from lrlab.core.settings import DEVICES, PRECISIONS, TTA_MODES
 from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError, check_choice
 from lrlab.finder.config import FinderConfig
@@ -75,6 +76,11 @@ class TrainConfig:
     # > 0: classes are ordered levels; train against a Gaussian of this width (class steps) around
     # the true class instead of one-hot targets (SORD). 0: off
     ordinal_smoothing: float = 0.0
+    # Mixup / CutMix of training batches (timm's Mixup, soft targets): the Beta(alpha, alpha) of
+    # each, 0: off; both > 0: one or the other per batch. mix_prob: the share of batches mixed
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
     tta: str = "none"  # none | hflip: evaluate each image and its mirror, averaging probabilities
     monitor: str = "valid_loss"  # the valid-split metric best.pt, save_top_k and patience follow
     mode: str = "auto"  # auto (max for accuracy, else min) | min | max
@@ -270,20 +276,6 @@ def _merged(cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def _check_head(cfg: DictConfig) -> None:
-    """`model.head` is a known head, and `regress` gets no soft-target settings (its loss is the
-    squared error of the level, which neither label smoothing nor SORD applies to)."""
-    check_choice(cfg.model.head, HEADS, "model.head")
-    if cfg.model.head == "regress":
-        for key in ("label_smoothing", "ordinal_smoothing"):
-            if cfg.train[key]:
-                raise ConfigError(
-                    f"model.head=regress trains on the squared error of the level, so train.{key}="
-                    f"{cfg.train[key]} does not apply; set train.{key}=0 (ELPV's recipe sets "
-                    "label_smoothing 0.1), or use model.head=ordinal or classify."
-                )
-
-
 def validate(cfg: DictConfig) -> DictConfig:
     """Merge `cfg` into the schemas and check values; raises ConfigError naming the bad key."""
     merged = _merged(cfg)
@@ -298,7 +290,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     merged.precision = check_choice(merged.precision, PRECISIONS, "precision")
     check_choice(merged.tracking.backend, backend_names(), "tracking.backend")
     check_choice(merged.train.tta, TTA_MODES, "train.tta")
-    _check_head(merged)
+    check_targets(merged)
     compile_mode(merged.train.compile)
     _qualified(
         lambda: Monitor(merged.train.monitor, merged.train.mode, merged.train.min_delta),

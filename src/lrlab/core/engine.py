@@ -18,7 +18,9 @@ from torch import nn
 
 from lrlab.core.compiling import compile_mode, pad_rows
 from lrlab.core.device import resolve_precision
+from lrlab.core.loss_buffer import LossBuffer
 from lrlab.core.lr_free import refresh_norm_statistics, set_optimizer_mode
+from lrlab.core.mixing import BatchTransform
 from lrlab.core.optim import momentum_of
 from lrlab.core.settings import PRECISIONS, TTA_MODES, StepOptions
 from lrlab.core.types import Callback, EpochResult, StepRecord
@@ -37,31 +39,10 @@ class Predictions(NamedTuple):
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
 
 
-class LossBuffer:
-    """Per-step losses kept on the device and read back to the host in one transfer, so a GPU
-    never waits for the host between steps (training and the range test both use it)."""
-
-    def __init__(self) -> None:
-        self.pending: list[torch.Tensor] = []
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.pending.append(loss)
-
-    def __len__(self) -> int:
-        return len(self.pending)
-
-    def read(self) -> list[float]:
-        """The buffered losses as floats (one host sync), emptying the buffer."""
-        if not self.pending:
-            return []
-        values = torch.stack(self.pending).float().tolist()
-        self.pending.clear()
-        return values
-
-
 class Engine:
     """Trains and evaluates one model on one device; stages call `fit` once each. `options` (or
-    keyword overrides of single fields: `Engine(model, grad_accum=4)`) say how steps run."""
+    keyword overrides of single fields: `Engine(model, grad_accum=4)`) say how steps run;
+    `batch_transform` rewrites each training batch and its targets (Mixup, CutMix)."""
 
     def __init__(
         self,
@@ -71,6 +52,7 @@ class Engine:
         loss_fn: nn.Module | None = None,
         callbacks: Sequence[Callback] = (),
         options: StepOptions | None = None,
+        batch_transform: BatchTransform | None = None,
         **overrides: Any,
     ):
         options = replace(options or StepOptions(), **overrides)
@@ -80,6 +62,7 @@ class Engine:
         self.compile_mode = compile_mode(options.compile)
         self.forward_model = torch.compile(model, mode=self.compile_mode) if self.compile_mode else model
         self.loss_fn = (loss_fn or nn.CrossEntropyLoss()).to(self.device)  # buffers (soft targets) too
+        self.batch_transform = batch_transform  # training batches only, e.g. Mixup (`lrlab.core.mixing`)
         self.grad_accum, self.grad_clip = int(options.grad_accum), options.grad_clip
         self.channels_last, self.log_every = options.channels_last, int(options.log_every)
         self.progress = options.progress
@@ -126,8 +109,11 @@ class Engine:
         return math.ceil(len(loader) / self.grad_accum)
 
     def backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """Forward and backward of one micro-batch; returns the detached, unscaled loss."""
+        """Forward and backward of one micro-batch (through `batch_transform`, if any); returns the
+        detached, unscaled loss."""
         x, y = self._to_device(x, y)
+        if self.batch_transform is not None:
+            x, y = self.batch_transform(x, y)
         with self.autocast():
             loss = self.loss_fn(self.forward_model(x), y)
         scaled = loss * scale

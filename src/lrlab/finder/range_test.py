@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrlab.core.engine import Engine, LossBuffer
+from lrlab.core.engine import Engine
+from lrlab.core.loss_buffer import LossBuffer
 from lrlab.core.reproducibility import loader_generator
 from lrlab.finder.config import MODES, FinderConfig
 from lrlab.finder.curve_cache import CurveStore, SharedCurves, curve_key
