@@ -1,6 +1,6 @@
 """Resuming an interrupted training: 4 epochs straight and 2 epochs + SIGTERM + `resume=auto` for
-the rest give bit-identical weights and metrics on CPU, in the same MLflow run (with AdamW, the
-LR-free optimizers, and `lr=auto`, interrupted after its race)."""
+the rest give bit-identical weights and metrics on CPU, in the same MLflow run (with AdamW under
+the weight EMA and Mixup, the LR-free optimizers, and `lr=auto`, interrupted after its race)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def _final(directory: Path) -> tuple[dict[str, torch.Tensor], list[float], list]
 
 
 OPTIMIZERS = {
-    "adamw": (),
+    # AdamW with the weight EMA and Mixup: the average, the live weights and Mixup's numpy draws resume
+    "adamw_ema_mixup": ("train.ema_decay=0.9", "train.mixup_alpha=0.4"),
     "prodigy": ("optimizer=prodigy", "schedule=constant", "lr=1"),  # its step-size estimate: optimizer state
     "schedulefree": ("optimizer=schedulefree_adamw", "schedule=constant", "lr=0.0025"),  # train/eval weights
     "lr_auto": ("lr=auto", "lr_finder.num_iter=30"),  # the race's winner, its first epoch replayed

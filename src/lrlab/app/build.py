@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from lrlab.app.schema import validate
 from lrlab.core import distributed
 from lrlab.core.device import resolve_device, resolve_precision
+from lrlab.core.ema import WeightAverage
 from lrlab.core.engine import Engine
 from lrlab.core.losses import balanced_class_weights, training_loss
 from lrlab.core.mixing import batch_mixer
@@ -221,4 +222,5 @@ def make_engine(setup: Setup, callbacks: list[Any]) -> Engine:
         callbacks=callbacks,
         options=options,
         batch_transform=mixer,
+        average=WeightAverage(setup.model, t.ema_decay, t.ema_warmup) if t.ema_decay else None,
     )

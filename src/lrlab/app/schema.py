@@ -81,6 +81,10 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0
+    # EMA of the weights (timm's ModelEmaV3) for evaluation, checkpoints and the test split; the
+    # EMA's weight on the past, e.g. 0.999; None: off. ema_warmup: timm's ramp of the decay from 0
+    ema_decay: float | None = None
+    ema_warmup: bool = True
     tta: str = "none"  # none | hflip: evaluate each image and its mirror, averaging probabilities
     monitor: str = "valid_loss"  # the valid-split metric best.pt, save_top_k and patience follow
     mode: str = "auto"  # auto (max for accuracy, else min) | min | max

@@ -1,5 +1,6 @@
-"""The config checks of what the training targets allow: the head's own loss takes no soft-target
-settings, and Mixup/CutMix need class targets and even batches."""
+"""The config checks of what the training targets and weights allow: the head's own loss takes no
+soft-target settings, Mixup/CutMix need class targets and even batches, and the weight EMA does
+not combine with Schedule-Free's own averaging or with `lr=auto`'s race."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from lrlab.errors import ConfigError, check_choice
 
 
 def check_targets(cfg: DictConfig) -> None:
-    """ConfigError for a head or mixing setting the targets cannot take (see the two checks)."""
+    """ConfigError for a head, mixing or EMA setting that cannot apply (see the checks)."""
     check_head(cfg)
     check_mixing(cfg)
+    check_ema(cfg)
 
 
 def check_head(cfg: DictConfig) -> None:
@@ -43,3 +45,22 @@ def check_mixing(cfg: DictConfig) -> None:
     batch = OmegaConf.select(cfg, "data.batch_size", default=None)
     if batch is not None and batch % 2:
         raise ConfigError(f"{which} needs an even data.batch_size (timm mixes each batch with its reverse).")
+
+
+def check_ema(cfg: DictConfig) -> None:
+    """`train.ema_decay` averages the weights lrlab trains: Schedule-Free already evaluates its own
+    average, and an `lr=auto` race would need one EMA per candidate (not supported)."""
+    if cfg.train.ema_decay is None:
+        return
+    target = str(OmegaConf.select(cfg, "optimizer._target_", default=""))
+    if target.startswith("schedulefree."):
+        raise ConfigError(
+            "train.ema_decay does not apply to optimizer=schedulefree_adamw, which evaluates its own "
+            "average of the weights; set train.ema_decay=null."
+        )
+    auto = [i for i, stage in enumerate(cfg.stages) if str(stage.lr) == "auto"]
+    if auto:
+        raise ConfigError(
+            f"train.ema_decay with stages.{auto[0]}.lr=auto is not supported (each raced LR would need "
+            "its own average); pass a number or lr=find, or set train.ema_decay=null."
+        )

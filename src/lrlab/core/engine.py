@@ -18,6 +18,7 @@ from torch import nn
 
 from lrlab.core.compiling import compile_mode, pad_rows
 from lrlab.core.device import resolve_precision
+from lrlab.core.ema import WeightAverage
 from lrlab.core.loss_buffer import LossBuffer
 from lrlab.core.lr_free import refresh_norm_statistics, set_optimizer_mode
 from lrlab.core.mixing import BatchTransform
@@ -42,7 +43,8 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16}
 class Engine:
     """Trains and evaluates one model on one device; stages call `fit` once each. `options` (or
     keyword overrides of single fields: `Engine(model, grad_accum=4)`) say how steps run;
-    `batch_transform` rewrites each training batch and its targets (Mixup, CutMix)."""
+    `batch_transform` rewrites each training batch and its targets (Mixup, CutMix); with
+    `average` (an EMA), evaluation and everything after an epoch see the averaged weights."""
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class Engine:
         callbacks: Sequence[Callback] = (),
         options: StepOptions | None = None,
         batch_transform: BatchTransform | None = None,
+        average: WeightAverage | None = None,
         **overrides: Any,
     ):
         options = replace(options or StepOptions(), **overrides)
@@ -63,6 +66,7 @@ class Engine:
         self.forward_model = torch.compile(model, mode=self.compile_mode) if self.compile_mode else model
         self.loss_fn = (loss_fn or nn.CrossEntropyLoss()).to(self.device)  # buffers (soft targets) too
         self.batch_transform = batch_transform  # training batches only, e.g. Mixup (`lrlab.core.mixing`)
+        self.average = average  # EMA of the weights, swapped in after each epoch's training
         self.grad_accum, self.grad_clip = int(options.grad_accum), options.grad_clip
         self.channels_last, self.log_every = options.channels_last, int(options.log_every)
         self.progress = options.progress
@@ -186,6 +190,8 @@ class Engine:
         """One pass over `loader`; returns the mean training loss over optimizer steps (a last,
         partial accumulation still steps, with its losses scaled by its own size)."""
         self.images_seen = 0
+        if self.average is not None:
+            self.average.swap_out(self.model)
         self.train_mode()
         set_optimizer_mode(optimizer, train=True)  # Schedule-Free: step on its training weights
         optimizer.zero_grad(set_to_none=True)
@@ -202,6 +208,8 @@ class Engine:
         for first in range(0, n_batches, self.grad_accum):
             info = self._step_info(optimizer)
             loss, _ = self.step(batches, optimizer, min(self.grad_accum, n_batches - first))
+            if self.average is not None:
+                self.average.update(self.model, self.global_step)
             if scheduler is not None:
                 scheduler.step()
             pending.add(loss)
@@ -312,6 +320,8 @@ class Engine:
             train_seconds = time.perf_counter() - start
             if set_optimizer_mode(optimizer, train=False):  # evaluate and save the averaged weights
                 refresh_norm_statistics(self, train_loader)
+            if self.average is not None:
+                self.average.swap_in(self.model)
             metrics = self.evaluate(valid_loader)
             seconds = time.perf_counter() - start
             result = EpochResult(

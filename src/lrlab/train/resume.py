@@ -1,8 +1,8 @@
 """Resuming an interrupted training: `ResumeState` is the whole training state at the end of an
 epoch (model, optimizer, LR scheduler, GradScaler, every RNG, the loader's generator, step and
-epoch counters, the stage reached and each started stage's LR decision, the epochs so far). It is
-stored as plain tensors and containers, so a checkpoint loads with `weights_only=True`, and put
-back so that training continues bit-identically on the same machine."""
+epoch counters, the stage reached and each started stage's LR decision, the epochs so far, the
+weight EMA if any). It is stored as plain tensors and containers, so a checkpoint loads with
+`weights_only=True`, and put back so that training continues bit-identically on the same machine."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class ResumeState:
     rng: dict[str, Any]
     loader: torch.Tensor | None
     model: dict[str, torch.Tensor] = field(default_factory=dict)
+    average: dict[str, Any] | None = None  # the weight EMA (`train.ema_decay`), when the run keeps one
     path: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -59,6 +60,7 @@ class ResumeState:
             scaler=engine.scaler.state_dict() if engine.scaler else None,
             rng=rng_state(),
             loader=gen.get_state() if gen is not None else None,
+            average=engine.average.state_dict() if getattr(engine, "average", None) else None,
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -75,6 +77,7 @@ class ResumeState:
             "scaler": self.scaler,
             "rng": self.rng,
             "loader": self.loader,
+            "average": self.average,
         }
 
     @classmethod
@@ -93,6 +96,7 @@ class ResumeState:
             scaler=entry["scaler"],
             rng=entry["rng"],
             loader=entry["loader"],
+            average=entry.get("average"),
             model=checkpoint["model"],
             path=path,
             meta=dict(checkpoint.get("meta") or {}),
@@ -102,6 +106,8 @@ class ResumeState:
         """Put the state back (after the resumed stage's scheduler was built as before)."""
         saved = LoopState(self.model, self.optimizer, self.scaler, self.rng, self.loader)
         saved.restore(engine.model, optimizer, engine.scaler, loader)
+        if getattr(engine, "average", None) is not None and self.average is not None:
+            engine.average.load_state_dict(self.average)  # `model` held the average; training weights aside
         if scheduler is not None and self.scheduler is not None:
             # A stage resumed with more epochs keeps the new schedule's length (OneCycleLR stores it).
             fresh = scheduler.state_dict()
