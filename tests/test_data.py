@@ -458,3 +458,10 @@ def test_the_balanced_sampler_draws_every_class_about_equally_and_repeats_by_see
             drawn(make_loaders(tree, {**files, "balance": "sampler"}, NORM, seed=_).train), minlength=2
         )
     assert 0.35 < counts[1] / counts.sum() < 0.65  # dog: 1 of 19 images, about half of the draws
+
+
+def test_the_deitsch_split_preset_tests_on_a_quarter_of_the_cells(compose_cfg) -> None:
+    """experiment=elpv_deitsch_split: Deitsch et al.'s 656 test cells (25%), 10% valid, the rest train."""
+    cfg = compose_cfg("experiment=elpv_deitsch_split", "data.image_size=8")
+    source = load_elpv(valid_pct=cfg.data.valid_pct, test_pct=cfg.data.test_pct, image_size=8)
+    assert source.sizes() == {"train": 1705, "valid": 263, "test": 656}
