@@ -1,6 +1,7 @@
 """Benchmark v2: does choosing the LR with lrlab's range test (or `lr=auto`) beat a constant,
 fastai's valley, the steepest-gradient rule and the learning-rate-free optimizers, on
-configurations whose best LR really moves? Run by hand (about 4 hours on 2 CPU cores), not by CI:
+configurations whose best LR really moves? Run by hand (about 12 hours on 2 idle CPU cores, over
+several sessions: `plan` estimates what is left), not by CI:
 
     python benchmarks/finder_vs_grid.py plan      # every lrlab command, trials and estimated time
     python benchmarks/finder_vs_grid.py run       # run them (again: resumes where it stopped)
@@ -45,7 +46,6 @@ from finder_grid_runs import run_lrlab, settled_trials
 
 KINDS = ("grid", "refine", *CONTENDERS)
 ROOT = Path(__file__).resolve().parent.parent
-PRIOR_SECONDS = 40.0  # per trial, before any trial of a configuration has run
 SAVED_STUDIES = ROOT / "experiments" / "finder_benchmark" / "v2" / "studies"
 
 
@@ -159,12 +159,13 @@ def command_line(job: Job, bench: Path) -> str:
 
 
 def seconds_per_trial(opts: argparse.Namespace, config: BenchConfig) -> float:
-    """Mean wall-clock seconds of the configuration's finished grid trials, else `PRIOR_SECONDS`."""
+    """Median wall-clock seconds of the configuration's finished grid trials (robust to a few that
+    shared the CPU), else its prior estimate."""
     from finder_bench_scoring import trial_seconds
 
     job = make_job(opts, config, "grid")
     found = trial_seconds(job.storage, job.study)
-    return float(np.mean(found)) if found else PRIOR_SECONDS
+    return float(np.median(found)) if found else config.prior_seconds()
 
 
 def plan(opts: argparse.Namespace) -> int:

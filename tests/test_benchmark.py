@@ -259,3 +259,10 @@ def test_tiny_run_then_analyse_writes_the_report_and_resumes(tmp_path: Path, cap
     assert fvg.main(["run", *tiny, "--bench-dir", str(fresh)]) == 0  # every study complete: nothing runs
     printed = capsys.readouterr().out
     assert "# resumed from the saved study" in printed and printed.count("# complete") == 3
+
+
+def test_the_plan_estimates_unrun_configurations_by_images_model_and_probe() -> None:
+    by = fbc.BY_NAME
+    assert by["digits-lite0-adamw"].prior_seconds() == pytest.approx(5 + 10 * 1077 / 150)  # ~77 s measured
+    assert by["digits-lite2-adamw-probe"].prior_seconds() < by["digits-scratch-adamw"].prior_seconds()
+    assert by["mnist5k-lite1-sgd-b32"].prior_seconds() > by["mnist5k-lite0-adamw-b16"].prior_seconds()
