@@ -129,3 +129,45 @@ def test_adamw_on_cuda_is_fused_and_steps(compose_cfg) -> None:
     model(torch.randn(2, 3, 32, 32, device="cuda")).sum().backward()
     opt.step()
     assert not torch.equal(before, model.fc.weight)
+
+
+def test_layer_decay_scales_every_block_by_timm_and_leaves_frozen_flags_alone() -> None:
+    from lrlab.core.optim import layer_decay_scales
+
+    model = create_model("tf_efficientnet_lite0", num_classes=4)
+    for p in model.conv_stem.parameters():
+        p.requires_grad_(False)
+    scales = layer_decay_scales(model, 0.8)
+    assert set(scales) == {n for n, _ in model.named_parameters()}  # frozen ones too
+    assert not model.conv_stem.weight.requires_grad and model.classifier.weight.requires_grad
+    layers = 18  # as timm's group_matcher maps Lite0: the stem lowest, conv_head next to the classifier
+    assert scales["classifier.weight"] == 1.0 and scales["conv_head.weight"] == pytest.approx(0.8)
+    assert scales["conv_stem.weight"] == pytest.approx(0.8 ** (layers - 1))
+    assert scales["blocks.0.0.conv_dw.weight"] < scales["blocks.6.0.conv_pwl.weight"] < 1.0
+
+
+def test_layer_decay_splits_the_groups_and_scales_their_lrs() -> None:
+    model = create_model("tf_efficientnet_lite0", num_classes=4)
+    groups = layer_groups(model, 2)
+    optimizer = build_optimizer(
+        partial(torch.optim.AdamW, weight_decay=0.01), model, groups, 1e-3, layer_decay=0.8
+    )
+    plain = build_optimizer(partial(torch.optim.AdamW, weight_decay=0.01), model, groups, 1e-3)
+    assert len(optimizer.param_groups) > len(plain.param_groups) and "lr_scale" not in plain.param_groups[0]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    lrs = group_lrs(optimizer, [1e-3, 1e-3, 1e-2])
+    for group, lr in zip(optimizer.param_groups, lrs):
+        assert lr == pytest.approx([1e-3, 1e-3, 1e-2][group["layer_group"]] * group["lr_scale"])
+    assert min(lrs) == pytest.approx(1e-3 * 0.8**17) and max(lrs) == pytest.approx(1e-2)
+    assert lrs[-1] == pytest.approx(1e-2)  # the head's group last: the range test's reference LR
+
+
+def test_layer_decay_reaches_the_optimizer_and_prodigy_refuses_it(compose_cfg) -> None:
+    from lrlab.app.build import build
+    from lrlab.app.schema import validate
+    from lrlab.errors import ConfigError
+
+    setup = build(compose_cfg("experiment=smoke", "train.layer_decay=0.7", "tracking=none"))
+    assert len({g["lr_scale"] for g in setup.optimizer.param_groups}) > 2
+    with pytest.raises(ConfigError, match=r"train\.layer_decay does not apply to optimizer=prodigy"):
+        validate(compose_cfg("experiment=smoke", "optimizer=prodigy", "lr=1", "train.layer_decay=0.7"))

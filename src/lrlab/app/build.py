@@ -126,7 +126,7 @@ def build(cfg: DictConfig) -> Setup:
     loaders = make_loaders(source, data_cfg, norm, data_device, cfg.seed, shard)
     # plain lists, not ListConfig: the optimizer's state (betas) goes into weights_only checkpoints
     factory = instantiate(cfg.optimizer, _convert_="all")
-    optimizer = build_optimizer(factory, model, groups, lr=cfg.lr_finder.start_lr)
+    optimizer = build_optimizer(factory, model, groups, cfg.lr_finder.start_lr, None, cfg.train.layer_decay)
     stages: list[Stage] = OmegaConf.to_object(cfg.stages)  # Stage is the schema of each entry
     check_stages_fit(stages, groups)
     sizes = source.sizes()

@@ -37,6 +37,11 @@ def check_lr_free(cfg: DictConfig) -> None:
             f"stages.{spread[0]}.lr_spread={cfg.stages[spread[0]].lr_spread:g} does not apply to {name}: "
             "Prodigy takes one lr for every parameter group (no discriminative LRs); pass lr_spread=1."
         )
+    if target.startswith("prodigyopt.") and cfg.train.layer_decay is not None:
+        raise ConfigError(
+            f"train.layer_decay does not apply to {name}: Prodigy takes one lr for every parameter "
+            "group; set train.layer_decay=null."
+        )
     schedule = str(OmegaConf.select(cfg, "schedule._target_", default=""))
     if target.startswith("prodigyopt.") and schedule.endswith(".one_cycle"):
         raise ConfigError(

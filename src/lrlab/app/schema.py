@@ -85,6 +85,9 @@ class TrainConfig:
     # EMA's weight on the past, e.g. 0.999; None: off. ema_warmup: timm's ramp of the decay from 0
     ema_decay: float | None = None
     ema_warmup: bool = True
+    # layer-wise LR decay (timm's, BEiT's rule): each block's LR x layer_decay ** (blocks above it),
+    # on top of the stage's LR per layer group, e.g. 0.75; None: off
+    layer_decay: float | None = None
     tta: str = "none"  # none | hflip: evaluate each image and its mirror, averaging probabilities
     monitor: str = "valid_loss"  # the valid-split metric best.pt, save_top_k and patience follow
     mode: str = "auto"  # auto (max for accuracy, else min) | min | max

@@ -100,6 +100,7 @@ LIMITS: dict[str, Limit] = {
     "train.cutmix_alpha": Limit(0, note="0: off"),
     "train.mix_prob": PROBABILITY,
     "train.ema_decay": Limit(0, 1, low_open=True, high_open=True, optional=True, note="null: off"),
+    "train.layer_decay": Limit(0, 1, low_open=True, optional=True, note="null: off"),
     "train.min_delta": NON_NEGATIVE,
     "train.patience": Limit(1, integer=True, optional=True, note="null: off"),
     "train.save_top_k": COUNT,

@@ -33,21 +33,42 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: nn.Module, groups: Sequence[LayerGroup], weight_decay: float) -> list[dict[str, Any]]:
+def layer_decay_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
+    """Each parameter's LR multiplier under timm's layer-wise LR decay (`param_groups_layer_decay`,
+    BEiT's rule: `layer_decay ** (layers above it)`, layers from the model's `group_matcher`), for
+    every parameter: timm skips frozen ones, so all are marked trainable for the call and put back."""
+    from timm.optim import param_groups_layer_decay
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        for param in model.parameters():
+            param.requires_grad_(True)
+        groups = param_groups_layer_decay(model, weight_decay=0.0, layer_decay=layer_decay)
+    finally:
+        for name, param in model.named_parameters():
+            param.requires_grad_(trainable[name])
+    return {names[id(p)]: float(g["lr_scale"]) for g in groups for p in g["params"]}
+
+
+def param_groups(
+    model: nn.Module, groups: Sequence[LayerGroup], weight_decay: float, layer_decay: float | None = None
+) -> list[dict[str, Any]]:
     """Two torch param groups per layer group, decayed and not (see `no_weight_decay_names`), each
-    tagged with its layer group's index and name. Every parameter is included, trainable or not,
-    so unfreezing never needs a new optimizer."""
+    tagged with its layer group's index and name; with `layer_decay`, each of those split further
+    by timm's per-layer LR multiplier (`lr_scale`, see `layer_decay_scales`). Every parameter is
+    included, trainable or not, so unfreezing never needs a new optimizer."""
     named = dict(model.named_parameters())
     exempt = no_weight_decay_names(model)
+    scales = layer_decay_scales(model, layer_decay) if layer_decay else {}
     out: list[dict[str, Any]] = []
     for index, group in enumerate(groups):
-        decay = [named[n] for n in group.param_names if n not in exempt]
-        no_decay = [named[n] for n in group.param_names if n in exempt]
-        for plist, wd in ((decay, weight_decay), (no_decay, 0.0)):
-            if plist:
-                out.append(
-                    {"params": plist, "weight_decay": wd, "layer_group": index, "group_name": group.name}
-                )
+        for decayed, wd in ((True, weight_decay), (False, 0.0)):
+            members = [n for n in group.param_names if (n not in exempt) == decayed]
+            for scale in sorted({scales.get(n, 1.0) for n in members}, reverse=True):
+                plist = [named[n] for n in members if scales.get(n, 1.0) == scale]
+                entry = {"params": plist, "weight_decay": wd, "layer_group": index, "group_name": group.name}
+                out.append({**entry, "lr_scale": scale} if layer_decay else entry)
     return out
 
 
@@ -57,12 +78,15 @@ def build_optimizer(
     groups: Sequence[LayerGroup],
     lr: float,
     weight_decay: float | None = None,
+    layer_decay: float | None = None,
 ) -> torch.optim.Optimizer:
     """Call an optimizer factory (e.g. a Hydra partial of torch.optim.AdamW) on lrlab's param
-    groups; on CUDA with `fused` unset, torch's fused kernels (see `fused_default`)."""
+    groups (with `layer_decay`, timm's layer-wise LR decay within them); on CUDA with `fused`
+    unset, torch's fused kernels (see `fused_default`)."""
     keywords = getattr(factory, "keywords", {}) or {}
     wd = float(keywords.get("weight_decay", 0.0) if weight_decay is None else weight_decay)
-    return factory(param_groups(model, groups, wd), lr=lr, **fused_default(factory, model))
+    torch_groups = param_groups(model, groups, wd, layer_decay)
+    return factory(torch_groups, lr=lr, **fused_default(factory, model))
 
 
 def fused_default(factory: OptimizerFactory, model: nn.Module) -> dict[str, bool]:
@@ -83,8 +107,9 @@ def fused_default(factory: OptimizerFactory, model: nn.Module) -> dict[str, bool
 
 
 def group_lrs(optimizer: torch.optim.Optimizer, layer_group_lrs: Sequence[float]) -> list[float]:
-    """Per torch param group learning rates from one learning rate per layer group."""
-    return [float(layer_group_lrs[g["layer_group"]]) for g in optimizer.param_groups]
+    """Per torch param group learning rates from one learning rate per layer group (times the
+    group's layer-wise decay multiplier, `lr_scale`, when it has one)."""
+    return [float(layer_group_lrs[g["layer_group"]]) * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
 
 
 def set_lrs(optimizer: torch.optim.Optimizer, lrs: Sequence[float]) -> None:
