@@ -16,7 +16,8 @@ rerun of the same command completes:
 - `refine`: once the grid is complete, the quarter-decade LRs either side of its best (on mean
   valid error), and one more half-decade beyond an end of the grid when the best sits there;
 - one study per contender, trained at the contender's own choice (`lrlab`, `valley`, `steepest`:
-  `lr=find` with that rule; `auto`: `lr=auto`; `prodigy`, `schedulefree`: those optimizers).
+  `lr=find` with that rule; `auto`: `lr=auto`; `prodigy` (lr=1, constant schedule), `schedulefree`
+  (lr 0.0025, constant schedule): those optimizers).
 The confirmation row (`finder_bench_configs.CONFIRMATION`) runs only with `--confirmation`, once
 every development decision is made. A diverged run is a pruned trial and counts as finished.
 Every run is `lrlab` in a subprocess, launched from the bench dir (MLflow store `mlflow.db` there),
