@@ -85,3 +85,34 @@ def test_what_the_ema_cannot_combine_with_is_refused(compose_cfg, overrides, mes
 
     with pytest.raises(ConfigError, match=message):
         validate(compose_cfg("experiment=smoke", *overrides))
+
+
+def test_a_later_stages_range_test_runs_on_the_training_weights(compose_cfg, monkeypatch, tmp_path) -> None:
+    """After the head stage the model holds the EMA; the unfrozen stage's range test must see the
+    weights its training continues from."""
+    import lrlab.train.stages as stages_module
+    from lrlab.app.run import run_experiment
+
+    seen: list[bool] = []
+    real = stages_module.find_lr
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["engine"].average.averaged_in)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages_module, "find_lr", spy)
+    cfg = compose_cfg(
+        "experiment=smoke",
+        "stages=fine_tune",
+        "freeze_epochs=1",
+        "epochs=1",
+        "stages.0.lr=0.01",
+        "stages.1.lr=find",
+        "lr_finder.num_iter=8",
+        "train.ema_decay=0.9",
+        "tracking=none",
+        "train.checkpoints=false",
+        "data.image_size=16",
+    )
+    run_experiment(cfg, tmp_path / "out", launch_dir=tmp_path)
+    assert seen == [False]

@@ -136,6 +136,8 @@ def _stage_lr(
     the stage's rule, run with the stage's LR ratios across groups; times `lr_scale`."""
     if not uses_range_test(stage.lr):
         return float(stage.lr) * stage.lr_scale, None, None
+    if engine.average is not None:  # test the weights training continues from, not their EMA
+        engine.average.swap_out(engine.model)
     rule = stage.lr_rule or training.finder.rule
     set_lrs(training.optimizer, group_lrs(training.optimizer, ratios))
     found = find_lr(
