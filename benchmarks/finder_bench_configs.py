@@ -30,11 +30,16 @@ class BenchConfig:
     grid: tuple[float, float] = (-5.0, -1.0)  # log10 of the grid's lowest and highest LR
     confirmation: bool = False
 
+    @property
+    def settings(self) -> dict[str, str]:
+        """The overrides as key -> value."""
+        return dict(o.split("=", 1) for o in self.overrides if "=" in o)
+
     def prior_seconds(self) -> float:
         """A trial's wall-clock seconds on 2 idle CPU cores before any has run, scaled from the
         one measured there (digits, Lite0 at 32 px, 10 full fine-tuning epochs: ~75 s, 150 train
         images/s) by training images, model size and a frozen body (a probe ~3x faster)."""
-        values = dict(o.split("=", 1) for o in self.overrides if "=" in o)
+        values = self.settings
         model = MODEL_COST.get(values.get("model", "efficientnet_lite0"), 1.0)
         size = (int(values.get("data.image_size", 32)) / 32) ** 2
         probe = 1 / 3 if values.get("stages") == "head_only" else 1.0
@@ -44,7 +49,7 @@ class BenchConfig:
     @property
     def train_epochs(self) -> int:
         """Epochs of all stages together (from the `epochs=` and `freeze_epochs=` overrides)."""
-        values = dict(o.split("=", 1) for o in self.overrides if "=" in o)
+        values = self.settings
         return int(values.get("epochs", 0)) + (int(values.get("freeze_epochs", 0)) if self.stages > 1 else 0)
 
 

@@ -50,6 +50,7 @@ def test_the_engine_evaluates_the_average_and_trains_the_live_weights() -> None:
     engine.fit(batches, batches, optimizer, None, epochs=3)
     assert average.averaged_in  # after an epoch: the model holds the average
     held = engine.evaluate(batches)
+    assert held == Engine(average.ema.module).evaluate(batches)  # what was evaluated is the average
     torch.testing.assert_close(model[1].weight, average.ema.module[1].weight)
     live = average.live["1.weight"].clone()
     assert not torch.equal(live, model[1].weight)
@@ -58,7 +59,6 @@ def test_the_engine_evaluates_the_average_and_trains_the_live_weights() -> None:
     state = WeightAverage(model, decay=0.9)
     state.load_state_dict(average.state_dict())
     torch.testing.assert_close(state.ema.module[1].weight, average.ema.module[1].weight)
-    assert 0 <= held["error_rate"] <= 1
 
 
 def test_the_ema_reaches_the_engine(compose_cfg) -> None:

@@ -12,8 +12,8 @@ BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torc
 
 
 class BatchMixer:
-    """timm's `Mixup` on a copy of each batch: it mixes in place, and a loader may hand out views
-    of tensors it keeps (an in-memory dataset), which must stay unmixed."""
+    """timm's `Mixup` on a copy of each batch: it mixes in place, and a loader given to the engine
+    may yield tensors it keeps (a list of batches, a cached tensor), which must stay unmixed."""
 
     def __init__(self, mixup: Mixup) -> None:
         self.mixup = mixup
