@@ -61,7 +61,8 @@ def _probe(epochs: int) -> tuple[str, ...]:
     return ("stages=head_only", f"epochs={epochs}")
 
 
-ADAMW_GRID, SGD_GRID = (-5.0, -1.0), (-4.0, 0.0)
+PLAIN_SGD = ("optimizer.momentum=0", "optimizer.nesterov=false")  # torch refuses Nesterov without momentum
+ADAMW_GRID, SGD_GRID, PLAIN_SGD_GRID = (-5.0, -1.0), (-4.0, 0.0), (-3.0, 1.0)
 TRAIN_IMAGES = {"digits": 1077, "mnist5k": 3000, "elpv4": 1574, "elpv2": 1574}  # the 60% train splits
 MODEL_COST = {"efficientnet_lite0": 1.0, "efficientnet_lite1": 1.5, "efficientnet_lite2": 2.2}  # ~FLOPs
 
@@ -117,6 +118,17 @@ CONFIGS: tuple[BenchConfig, ...] = (
         "sgd",
         (*_probe(6), "data.batch_size=128", "optimizer=sgd"),
         grid=SGD_GRID,
+    ),
+    # Added after the first seven development grids ran (their best LRs spanned 5.6e-3..0.1, 1.25
+    # decades): plain SGD without momentum steps about 1/(1 - 0.9) = 10x shorter at the same LR,
+    # so its probe's best LR should sit near 1, as a user switching optimizer would find.
+    BenchConfig(
+        "digits-lite0-plainsgd-probe",
+        "digits",
+        "digits 32 px, ImageNet Lite0, plain SGD (no momentum), batch 32, linear probe 6 epochs",
+        "sgd",
+        (*_probe(6), "data.batch_size=32", "optimizer=sgd", *PLAIN_SGD),
+        grid=PLAIN_SGD_GRID,
     ),
     BenchConfig(
         "elpv4-lite1-adamw-ft",

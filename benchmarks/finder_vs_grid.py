@@ -91,10 +91,14 @@ def lr_list(lrs: Sequence[float]) -> str:
 
 def merged(*groups: Sequence[str]) -> list[str]:
     """Overrides in order, a later value of the same key replacing the earlier one in its place
-    (Hydra refuses two values for one config group, e.g. optimizer=sgd optimizer=prodigy)."""
+    (Hydra refuses two values for one config group, e.g. optimizer=sgd optimizer=prodigy); a group
+    chosen again drops the earlier group's keys (optimizer.momentum=0 does not apply to prodigy)."""
     out: dict[str, str] = {}
     for override in (o for group in groups for o in group):
-        out[override.split("=", 1)[0]] = override
+        key = override.split("=", 1)[0]
+        if key in out and "." not in key:
+            out = {k: v for k, v in out.items() if not k.startswith(f"{key}.")}
+        out[key] = override
     return list(out.values())
 
 

@@ -49,6 +49,13 @@ def test_a_later_override_of_the_same_key_replaces_the_earlier_in_place() -> Non
         "b=2",
         "c=3",
     ]
+    # choosing the group again drops the earlier option's keys (plain SGD's momentum vs prodigy)
+    assert fvg.merged(["optimizer=sgd", "optimizer.momentum=0", "a=1"], ["optimizer=prodigy"]) == [
+        "optimizer=prodigy",
+        "a=1",
+    ]
+    kept = fvg.merged(["optimizer=sgd", "optimizer.momentum=0"], ["stages.0.lr=1"])
+    assert kept == ["optimizer=sgd", "optimizer.momentum=0", "stages.0.lr=1"]
 
 
 def test_the_confirmation_row_is_named_and_left_out_unless_asked(tmp_path: Path) -> None:
