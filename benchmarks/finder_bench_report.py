@@ -9,7 +9,7 @@ import argparse
 import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from finder_grid_runs import settled_trials
 GOOD_PT = 0.5  # a case is good within max(0.5 pt, 1 seed-SE) of the grid best
 DEFAULTS = ("lrlab", "auto")  # the ways lrlab chooses an LR, compared against every other contender
 CONSTANT = "constant"
+REFERENCE_OFFSETS = (-0.5, -0.25, 0.25, 0.5)  # decades from the grid best: the noise-floor rows
 
 DEFINITIONS = f"""\
 Grid best: the LR of the grid (half-decade) and its refinement (quarter-decade around the best)
@@ -145,6 +146,20 @@ def case_rows(result: ConfigResult, constant: float | None) -> list[dict[str, An
                     "wall_compute": run.seconds / grid_seconds if grid_seconds else math.nan,
                 }
             )
+    return rows
+
+
+def neighbour_rows(result: ConfigResult) -> list[dict[str, Any]]:
+    """The grid's own runs a quarter and a half decade either side of its best, scored as if a
+    contender had chosen them: the noise floor of the regret and `good` targets (how much a choice
+    that misses the grid best by one refined grid step costs, on these seeds)."""
+    lrs, best = result.lrs(), math.log10(result.best_lr)
+    rows = []
+    for offset in REFERENCE_OFFSETS:
+        lr = next((x for x in lrs if math.isclose(math.log10(x) - best, offset, abs_tol=0.02)), None)
+        if lr is not None:
+            runs = {f"grid {offset:+g} dec": list(result.at(lr).values())}
+            rows += case_rows(replace(result, contenders=runs), None)
     return rows
 
 
@@ -348,6 +363,29 @@ def summary_markdown(results: Sequence[ConfigResult], rows: Sequence[dict[str, A
     return "\n".join(lines) + "\n"
 
 
+def reference_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The noise-floor table: the grid's neighbours of its best, scored like contenders."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Reference: the grid's own neighbours of its best (what missing by one step costs)",
+        "",
+        "A choice a quarter decade from the grid best is one refined grid step off; these rows score",
+        "the grid's runs there exactly as the contenders are scored, so they bound what any way of",
+        "choosing the LR with that precision can reach on these seeds.",
+        "",
+        "| reference | configs | cases | mean regret (pt) | 95% CI | good |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for s in sorted(summary_rows(rows), key=lambda s: float(s["contender"].split()[1])):
+        lines.append(
+            f"| {s['contender']} | {s['configs']} | {s['cases']} | {_fmt(s['mean_regret_pt'])} | "
+            f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}] | {100 * s['good']:.0f}% |"
+        )
+    return lines
+
+
 def write_report(opts: argparse.Namespace, configs: Sequence[BenchConfig]) -> list[Path]:
     """Write summary.md, rows.csv and per-configuration tables and plots under `opts.out/v2`;
     the paths written, summary first ([] when no grid has run yet)."""
@@ -366,7 +404,12 @@ def write_report(opts: argparse.Namespace, configs: Sequence[BenchConfig]) -> li
         plot_config(result, mine, png)
         paths += [md, png]
     rules = [row for r in results if not r.config.confirmation for row in rule_rows(r)]
-    paths[0].write_text(summary_markdown(results, rows) + "\n".join(rules_markdown(rules)) + "\n")
+    reference = [row for r in results if not r.config.confirmation for row in neighbour_rows(r)]
+    paths[0].write_text(
+        summary_markdown(results, rows)
+        + "\n".join(reference_markdown(reference) + rules_markdown(rules))
+        + "\n"
+    )
     with paths[1].open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["config"])
         writer.writeheader()

@@ -172,6 +172,32 @@ def test_scoring_regret_good_cases_constant_paired_differences_and_compute() -> 
     assert paired["constant"]["cases"] == 3
 
 
+def test_the_grids_neighbours_of_its_best_are_scored_as_reference_rows() -> None:
+    result = _result("digits-lite0-adamw", 1e-2)
+    # the refinement's quarter-decade points either side of the best
+    result.grid += [
+        BenchRun(lr, seed, e, e + 0.001 * seed, 10.0)
+        for lr in (10**-2.25, 10**-1.75)
+        for seed in range(3)
+        for e in [0.2 + 0.01 * seed + (0.1 if lr > 1e-2 else 0.0)]
+    ]
+    rows = {(r["contender"], r["seed"]): r for r in fbr.neighbour_rows(result)}
+    names = {"grid -0.5 dec", "grid -0.25 dec", "grid +0.25 dec", "grid +0.5 dec"}
+    assert {name for name, _ in rows} == names
+    best_test = {s: 0.1 + 0.01 * s + 0.001 * s for s in range(3)}
+    low, high = rows[("grid -0.25 dec", 1)], rows[("grid +0.25 dec", 1)]
+    assert low["regret_pt"] == pytest.approx(100 * (0.2 + 0.011 - best_test[1]))
+    assert high["regret_pt"] == pytest.approx(low["regret_pt"] + 10) and not high["good"]
+    assert rows[("grid -0.5 dec", 0)]["regret_pt"] == pytest.approx(100 * 0.025, abs=0.01)  # 3.16e-3
+    lines = fbr.reference_markdown(list(rows.values()))
+    assert [line.split(" |")[0] for line in lines if line.startswith("| grid")] == [
+        "| grid -0.5 dec",
+        "| grid -0.25 dec",
+        "| grid +0.25 dec",
+        "| grid +0.5 dec",
+    ]
+
+
 def test_the_report_writes_summary_tables_plots_and_csv(tmp_path: Path, monkeypatch) -> None:
     results = {
         "digits-lite0-adamw": _result("digits-lite0-adamw", 1e-2, {"lrlab": [0.1, 0.1, 0.1]}),
@@ -187,6 +213,7 @@ def test_the_report_writes_summary_tables_plots_and_csv(tmp_path: Path, monkeypa
     assert "| digits-lite0-adamw | adamw | 0.01 |" in summary and "span 1.00 decades" in summary
     assert "| lrlab | 2 | 6 |" in summary and "| lrlab | constant | 6 |" in summary
     assert "| valley | 1 | +0.00 |" in summary
+    assert "| grid -0.5 dec | 2 | 6 | +2.50 |" in summary  # the grid's half-decade neighbour
     for name in ("rows.csv", "digits-lite0-adamw.md", "digits-lite0-adamw.png"):
         assert (tmp_path / "v2" / name).is_file(), name
     with (tmp_path / "v2" / "rows.csv").open() as handle:
