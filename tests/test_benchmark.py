@@ -300,3 +300,35 @@ def test_the_plan_estimates_unrun_configurations_by_images_model_and_probe() -> 
     assert by["digits-lite0-adamw"].prior_seconds() == pytest.approx(5 + 10 * 1077 / 150)  # ~77 s measured
     assert by["digits-lite2-adamw-probe"].prior_seconds() < by["digits-scratch-adamw"].prior_seconds()
     assert by["mnist5k-lite1-sgd-b32"].prior_seconds() > by["mnist5k-lite0-adamw-b16"].prior_seconds()
+
+
+def test_the_race_replay_follows_the_judge_and_scores_the_kept_lr() -> None:
+    import finder_race_replay as frr
+
+    config = fbc.BY_NAME["digits-scratch-adamw"]  # 6 epochs: a 0.2 race is 1 epoch, 0.4 is 2
+    curves = {  # per-epoch valid error of each grid LR (same for every seed), final test error
+        1e-3: ((0.50, 0.40, 0.30, 0.3, 0.3, 0.30), 0.30),
+        3.16e-3: ((0.60, 0.30, 0.20, 0.2, 0.2, 0.20), 0.20),
+        1e-2: ((0.40, 0.20, 0.10, 0.1, 0.1, 0.10), 0.10),
+        3.16e-2: ((0.45, 0.50, 0.60, 0.6, 0.6, 0.60), 0.60),
+    }
+    runs = {
+        (lr, seed): frr.GridRun(curve, test + 0.01 * seed, False)
+        for lr, (curve, test) in curves.items()
+        for seed in range(2)
+    }
+    runs[(1e-1, 0)] = frr.GridRun((0.9,), math.nan, True)  # diverged in its first epoch
+    runs[(1e-1, 1)] = frr.GridRun((0.9,), math.nan, True)
+    data = frr.Replayable(config, runs, {0: 1.1e-3, 1: 0.9e-3})
+    assert data.best_lr == 1e-2 and data.snap(2.9e-3) == 3.16e-3
+    assert frr.replay(data, 0, (1.0,), 0.0) == (1e-3, 0.0)  # lr=find: the suggestion, snapped
+    # the first candidate always finishes; 1/3 of the suggestion is off the grid's low end -> 1e-3
+    lr, extra = frr.replay(data, 0, (1.0, 3.0, 10.0), 0.2)
+    assert lr == 1e-2 and extra == 2.0  # one epoch each, the winner's counts as training
+    # over 2 epochs the 3x candidate (0.60 after one) trails 1x (0.50) and is pruned at rung 1,
+    # 10x leads there and wins after its second; 30x diverges
+    lr, extra = frr.replay(data, 1, (1.0, 3.0, 10.0, 100.0), 0.4)
+    assert lr == 1e-2 and extra == 2 + 1 + 2 - 2
+    scores = frr.score(data, (1.0,), 0.0)
+    assert [round(s[2], 6) for s in scores] == [20.0, 20.0]  # 0.30 vs 0.10 at the grid best
+    assert scores[0][3] == pytest.approx(1 / 9)
