@@ -25,6 +25,8 @@ PATTERNS = {
     "test_2class": re.compile(r"2-class accuracy \(functional vs defective\): ([\d.]+)"),
 }
 LR_LINE = re.compile(r"^\s*lr (\S+) (?:= (\w+) suggestion|\(fixed\))")
+RECALL_LINE = re.compile(r"^\s*recall: (.+)$")
+RECALL_ITEM = re.compile(r"(\S+) ([\d.]+)$")
 
 
 def parse_log(path: Path) -> dict[str, float | str]:
@@ -39,6 +41,12 @@ def parse_log(path: Path) -> dict[str, float | str]:
                 row[key] = int(match.group(1)) * 60 + int(match.group(2))
             elif match:
                 row[key] = float(match.group(1))
+        recall = RECALL_LINE.match(line)
+        if recall:
+            for item in recall.group(1).split(", "):
+                found = RECALL_ITEM.match(item.strip())
+                if found:
+                    row[f"recall {found.group(1)}"] = float(found.group(2))
         lr = LR_LINE.match(line)
         if lr:
             lrs.append(f"{float(lr.group(1)):.3g}" + (f" ({lr.group(2)})" if lr.group(2) else ""))
@@ -48,13 +56,15 @@ def parse_log(path: Path) -> dict[str, float | str]:
 
 def summarise(root: Path) -> str:
     """A markdown table: one row per recipe folder under `root`, aggregated over its runs."""
-    keys = ["test_acc", "test_balanced", "test_2class", "valid_acc", "wall_s", "images_per_s"]
+    keys = ["valid_acc", "test_acc", "test_balanced", "test_2class", "wall_s", "images_per_s"]
+    recipes = sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*/lrlab.log")))
+    logs = {recipe: [parse_log(log) for log in sorted(recipe.glob("*/lrlab.log"))] for recipe in recipes}
+    keys += sorted({k for rows in logs.values() for r in rows for k in r if k.startswith("recall ")})
     lines = [
         "| recipe | n | " + " | ".join(keys) + " | LRs (seed by seed) |",
         "|---|---|" + "---|" * len(keys) + "---|",
     ]
-    for recipe in sorted(p for p in root.iterdir() if p.is_dir()):
-        rows = [parse_log(log) for log in sorted(recipe.glob("*/lrlab.log"))]
+    for recipe, rows in logs.items():
         done = [r for r in rows if "test_acc" in r]
         cells = []
         for key in keys:

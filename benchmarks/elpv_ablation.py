@@ -1,0 +1,94 @@
+"""ELPV ablation (issue 24): the default CPU recipe and one change per row, each over seeds 0-2,
+resumable, then one table of valid and test accuracy, balanced accuracy, per-class recall and wall
+time per row (choose on valid; test is reported). Run by hand, not by CI (~20 minutes a row on 2
+idle CPU cores):
+
+    python benchmarks/elpv_ablation.py plan            # every row's lrlab command and what is done
+    python benchmarks/elpv_ablation.py run [ROW ...]   # run (again: only the seeds not finished)
+    python benchmarks/elpv_ablation.py table           # markdown table from the runs' lrlab.log files
+
+Every run is `lrlab -m` from the repository root with `tracking=none`, its log in
+`<out>/<row>/seed_<seed>/lrlab.log`; `benchmarks/collect_runs.py` parses the logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from collect_runs import parse_log, summarise
+from finder_grid_runs import run_lrlab
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = (0, 1, 2)
+ROWS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "head-regress": ("model.head=regress", "train.label_smoothing=0"),  # a level has no smoothing
+    "head-ordinal": ("model.head=ordinal",),
+    "balance-sampler": ("data.balance=sampler",),
+    "balance-weights": ("data.balance=weights",),
+    "ema-0.998": ("train.ema_decay=0.998",),
+    "mixup-0.2": ("train.mixup_alpha=0.2",),
+    "cutmix-1.0": ("train.cutmix_alpha=1.0",),
+    "layer-decay-0.75": ("train.layer_decay=0.75",),
+    "lr-auto": ("stages.1.lr=auto",),
+    "lite1-128px": ("model=efficientnet_lite1",),
+    "lite2-96px": ("model=efficientnet_lite2", "data.image_size=96"),
+    "deitsch-split": ("experiment=elpv_deitsch_split",),
+}
+QUIET = ("tracking=none", "train.progress=false")
+
+
+def finished(log: Path) -> bool:
+    """Whether a run's log holds its test block (the run got to the end)."""
+    return log.is_file() and "test_acc" in parse_log(log)
+
+
+def missing_seeds(out: Path, row: str, seeds: Sequence[int]) -> list[int]:
+    return [s for s in seeds if not finished(out / row / f"seed_{s}" / "lrlab.log")]
+
+
+def command(out: Path, row: str, seeds: Sequence[int]) -> list[str]:
+    """The lrlab multirun of one row over `seeds`, its logs under `out/row/seed_<seed>`."""
+    return [
+        "-m",
+        *ROWS[row],
+        *QUIET,
+        f"seed={','.join(str(s) for s in seeds)}",
+        f"hydra.sweep.dir={(out / row).as_posix()}",
+        "hydra.sweep.subdir=seed_${seed}",
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    top = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    top.add_argument("action", choices=("plan", "run", "table"))
+    top.add_argument("rows", nargs="*", help=f"default: every row ({', '.join(ROWS)})")
+    top.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    top.add_argument("--out", type=Path, default=ROOT / "outputs" / "elpv_ablation")
+    opts = top.parse_args(argv)
+    unknown = [r for r in opts.rows if r not in ROWS]
+    if unknown:
+        top.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    out = opts.out.resolve()
+    if opts.action == "table":
+        if not out.is_dir():
+            print(f"{out}: no runs yet", file=sys.stderr)
+            return 1
+        print(summarise(out))
+        return 0
+    failed = 0
+    for row in opts.rows or list(ROWS):
+        seeds = missing_seeds(out, row, opts.seeds)
+        line = "lrlab " + shlex.join(command(out, row, seeds or opts.seeds))
+        print(f"# {row}: {len(opts.seeds) - len(seeds)}/{len(opts.seeds)} seeds done\n{line}", flush=True)
+        if opts.action == "run" and seeds:
+            failed += run_lrlab(command(out, row, seeds), ROOT, out / "logs" / f"{row}.log") != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The ELPV ablation runner (benchmarks/elpv_ablation.py) and the log summary it reads
+(benchmarks/collect_runs.py): every row composes and validates, resuming runs only the seeds
+without a test block, and the table averages valid, test, balanced accuracy and per-class recall."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import collect_runs  # noqa: E402
+import elpv_ablation  # noqa: E402
+
+
+def _log(path: Path, valid: float, test: float, recalls: tuple[float, ...], wall: str = "06:10") -> None:
+    """An lrlab.log as a finished ELPV run writes it (the lines collect_runs reads)."""
+    names = ("p=0", "p=1/3", "p=2/3", "p=1")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "\n".join(
+            [
+                "[2026-12-06 00:00:00,000][lrlab][INFO] - stage finetune: 15 epoch(s)",
+                "  lr 0.0101 = lrlab suggestion (x1)",
+                f"done in {wall} (24.1 s/epoch, 65 train images/s): valid_loss 0.61, error_rate 0.2, "
+                f"accuracy {valid:.4f}",
+                "test: the final model on 525 held-out images (evaluated once, after training)",
+                f"  accuracy {test:.4f}  balanced accuracy 0.5500  loss 0.6000",
+                "  recall: " + ", ".join(f"{n} {r:.4f}" for n, r in zip(names, recalls)),
+                "  2-class accuracy (functional vs defective): 0.8700",
+            ]
+        )
+        + "\n"
+    )
+
+
+def test_a_log_gives_valid_test_and_every_class_recall(tmp_path: Path) -> None:
+    _log(tmp_path / "lrlab.log", 0.78, 0.80, (0.95, 0.31, 0.0, 0.67))
+    row = collect_runs.parse_log(tmp_path / "lrlab.log")
+    assert row["valid_acc"] == 0.78 and row["test_acc"] == 0.80 and row["wall_s"] == 370
+    assert row["recall p=2/3"] == 0.0 and row["recall p=1/3"] == 0.31 and row["lrs"] == "0.0101 (lrlab)"
+
+
+def test_the_table_averages_each_row_over_its_finished_seeds(tmp_path: Path) -> None:
+    _log(tmp_path / "default" / "seed_0" / "lrlab.log", 0.78, 0.80, (0.9, 0.3, 0.0, 0.7))
+    _log(tmp_path / "default" / "seed_1" / "lrlab.log", 0.80, 0.82, (1.0, 0.5, 0.2, 0.9))
+    (tmp_path / "default" / "seed_2").mkdir()
+    (tmp_path / "default" / "seed_2" / "lrlab.log").write_text("stopped before the test block\n")
+    (tmp_path / "logs").mkdir()  # the runner's own logs: not a recipe
+    table = collect_runs.summarise(tmp_path)
+    header, _, default = table.splitlines()
+    assert "recall p=2/3" in header and "valid_acc" in header and "logs" not in table
+    cells = [c.strip() for c in default.split("|")]
+    columns = [c.strip() for c in header.split("|")]
+    assert cells[columns.index("n")] == "2/3"
+    assert cells[columns.index("test_acc")] == "0.81 ± 0.014"
+    assert cells[columns.index("recall p=2/3")] == "0.1 ± 0.14"
+
+
+def test_the_runner_resumes_only_the_seeds_without_a_test_block(tmp_path: Path) -> None:
+    _log(tmp_path / "mixup-0.2" / "seed_1" / "lrlab.log", 0.78, 0.80, (0.9, 0.3, 0.1, 0.7))
+    assert elpv_ablation.missing_seeds(tmp_path, "mixup-0.2", [0, 1, 2]) == [0, 2]
+    args = elpv_ablation.command(tmp_path, "mixup-0.2", [0, 2])
+    assert args[:2] == ["-m", "train.mixup_alpha=0.2"] and "seed=0,2" in args
+    assert f"hydra.sweep.dir={(tmp_path / 'mixup-0.2').as_posix()}" in args
+    assert "hydra.sweep.subdir=seed_${seed}" in args and "tracking=none" in args
+
+
+@pytest.mark.parametrize("row", list(elpv_ablation.ROWS))
+def test_every_row_composes_and_validates(compose_cfg, row: str) -> None:
+    """No row fails minutes into a run on a typo or a refused combination."""
+    from lrlab.app.schema import validate
+
+    cfg = validate(compose_cfg(*elpv_ablation.ROWS[row], *elpv_ablation.QUIET, "seed=0"))
+    for override in elpv_ablation.ROWS[row]:
+        key, value = override.split("=", 1)
+        if key.startswith(("train.", "model.head", "data.balance")):
+            node = cfg
+            for part in key.split("."):
+                node = getattr(node, part)
+            assert str(node) == value or float(node) == float(value), (key, node)
