@@ -5,7 +5,12 @@ suggestion, recomputed from the raw losses, in decades from the configuration's 
 epoch) epochs of training, so on small problems a shorter test is what keeps `lr=find` cheap.
 
     python benchmarks/finder_range_length.py run       # resumable: a finished test is skipped
+    python benchmarks/finder_range_length.py save      # copy the finished tests' CSVs into the repo
     python benchmarks/finder_range_length.py analyse   # the table (also in range_length.md)
+
+The bench dir is not tracked; `save` copies each finished test's `lr_find.csv` (all the analysis
+reads) to `experiments/finder_benchmark/v2/rangetests/`, and `run` starts from those copies, so
+the study resumes across clones.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +30,7 @@ from finder_grid_runs import run_lrlab
 
 LENGTHS = (100, 50, 25)
 ROOT = Path(__file__).resolve().parent.parent
+SAVED = ROOT / "experiments" / "finder_benchmark" / "v2" / "rangetests"
 
 
 def configs() -> list[BenchConfig]:
@@ -36,12 +43,27 @@ def run_dir(bench: Path, config: BenchConfig, length: int, seed: int) -> Path:
     return bench / "rangetests" / config.name / f"n{length}-s{seed}"
 
 
+def save(opts: argparse.Namespace) -> int:
+    """Copy every finished test's CSV from the bench dir to `opts.saved` (same relative paths)."""
+    found = sorted((opts.bench_dir / "rangetests").glob("*/*/lr_find.csv"))
+    for source in found:
+        target = opts.saved / source.relative_to(opts.bench_dir / "rangetests")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    print(f"saved {len(found)} range tests to {opts.saved}")
+    return 0
+
+
 def run(opts: argparse.Namespace) -> int:
     failed = 0
     for config in configs():
         for length in opts.lengths:
             for seed in opts.seeds:
                 out = run_dir(opts.bench_dir, config, length, seed)
+                saved = opts.saved / config.name / out.name / "lr_find.csv"
+                if saved.is_file() and not (out / "lr_find.csv").is_file():
+                    out.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(saved, out / "lr_find.csv")
                 if (out / "lr_find.csv").is_file():
                     continue
                 args = [
@@ -129,14 +151,17 @@ def analyse(opts: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     top = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    top.add_argument("command", choices=("run", "analyse"))
+    top.add_argument("command", choices=("run", "save", "analyse"))
     top.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS))
     top.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     top.add_argument("--bench-dir", type=Path, default=Path("outputs/finder_benchmark_v2"))
     top.add_argument("--out", type=Path, default=ROOT / "experiments" / "finder_benchmark" / "v2")
+    top.add_argument(
+        "--saved", type=Path, default=SAVED, help="where save copies the CSVs (default: %(default)s)"
+    )
     opts = top.parse_args(argv)
     opts.bench_dir = opts.bench_dir.resolve()
-    return {"run": run, "analyse": analyse}[opts.command](opts)
+    return {"run": run, "save": save, "analyse": analyse}[opts.command](opts)
 
 
 if __name__ == "__main__":

@@ -332,3 +332,34 @@ def test_the_race_replay_follows_the_judge_and_scores_the_kept_lr() -> None:
     scores = frr.score(data, (1.0,), 0.0)
     assert [round(s[2], 6) for s in scores] == [20.0, 20.0]  # 0.30 vs 0.10 at the grid best
     assert scores[0][3] == pytest.approx(1 / 9)
+
+
+def test_the_range_length_study_saves_and_resumes_from_the_saved_csvs(tmp_path: Path, monkeypatch) -> None:
+    import finder_range_length as frl
+
+    bench, saved = tmp_path / "bench", tmp_path / "saved"
+    lrs = np.geomspace(1e-7, 10, 25)
+    rows = "lr,loss\n" + "".join(f"{lr},{2.3 - 0.1 * i if i < 20 else 5.0}\n" for i, lr in enumerate(lrs))
+    for config in frl.configs():
+        path = frl.run_dir(bench, config, 25, 0) / "lr_find.csv"
+        path.parent.mkdir(parents=True)
+        path.write_text(rows)
+    assert (
+        frl.main(
+            ["save", "--lengths", "25", "--seeds", "0", "--bench-dir", str(bench), "--saved", str(saved)]
+        )
+        == 0
+    )
+    assert len(list(saved.glob("*/n25-s0/lr_find.csv"))) == len(frl.configs()) >= 8
+    launched = []
+    monkeypatch.setattr(frl, "run_lrlab", lambda *a: launched.append(a) or 0)
+    fresh = tmp_path / "fresh"  # a new clone's bench dir: every test comes from the saved copies
+    assert (
+        frl.main(["run", "--lengths", "25", "--seeds", "0", "--bench-dir", str(fresh), "--saved", str(saved)])
+        == 0
+    )
+    assert (
+        launched == [] and (frl.run_dir(fresh, frl.configs()[0], 25, 0) / "lr_find.csv").read_text() == rows
+    )
+    found = frl.suggestions(frl.run_dir(fresh, frl.configs()[0], 25, 0) / "lr_find.csv", 25)
+    assert set(found) >= {"lrlab", "valley"} and 1e-7 < found["valley"] < 10
