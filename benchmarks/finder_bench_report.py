@@ -78,9 +78,13 @@ class ConfigResult:
 
 
 def load_result(opts: argparse.Namespace, config: BenchConfig) -> ConfigResult | None:
-    """The configuration's settled runs; None until its grid has any."""
+    """The configuration's settled runs; None until its whole grid has settled (a partial grid's
+    best LR, and the span and constants read from it, would be wrong)."""
     from finder_vs_grid import make_job
 
+    full = make_job(opts, config, "grid")
+    if settled_trials(full.storage, full.study) < full.trials:
+        return None
     classes = CLASSES[config.problem]
     grid = []
     for kind in ("grid", "refine"):

@@ -363,3 +363,32 @@ def test_the_range_length_study_saves_and_resumes_from_the_saved_csvs(tmp_path: 
     )
     found = frl.suggestions(frl.run_dir(fresh, frl.configs()[0], 25, 0) / "lr_find.csv", 25)
     assert set(found) >= {"lrlab", "valley"} and 1e-7 < found["valley"] < 10
+
+
+def test_a_configuration_whose_grid_has_not_settled_is_left_out_of_the_report(tmp_path: Path) -> None:
+    import optuna
+
+    config = fbc.BY_NAME["digits-lite0-adamw"]
+    opts = _opts(tmp_path, grid_lrs=[1e-3, 1e-2], seeds=[0, 1])
+    (tmp_path / "studies").mkdir()
+    job = fvg.make_job(opts, config, "grid")
+    study = optuna.create_study(study_name=job.study, storage=job.storage)
+    dists = {
+        "stages.0.lr": optuna.distributions.CategoricalDistribution([1e-3, 1e-2]),
+        "seed": optuna.distributions.CategoricalDistribution([0, 1]),
+    }
+
+    def add(lr: float, seed: int) -> None:
+        attrs = {"metrics": {"error_rate": 0.1}, "test": {"error_rate": 0.1}, "stages": []}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"stages.0.lr": lr, "seed": seed}, distributions=dists, value=0.1, user_attrs=attrs
+            )
+        )
+
+    for lr, seed in ((1e-3, 0), (1e-3, 1), (1e-2, 0)):
+        add(lr, seed)
+    assert job.trials == 4 and fbr.load_result(opts, config) is None  # 3 of 4: its best LR is not known
+    add(1e-2, 1)
+    result = fbr.load_result(opts, config)
+    assert result is not None and result.lrs() == [1e-3, 1e-2]
