@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from finder_bench_configs import CONFIGS, BenchConfig
-from finder_bench_scoring import CLASSES
+from finder_bench_report import load_result
 from finder_vs_grid import make_job
 
 OPTIONS: dict[str, tuple[tuple[float, ...], float]] = {
@@ -44,7 +44,8 @@ OPTIONS: dict[str, tuple[tuple[float, ...], float]] = {
 
 @dataclass(frozen=True)
 class GridRun:
-    """One grid or refinement run: its per-epoch valid error (all stages), test error, diverged."""
+    """One grid or refinement run: its per-epoch valid error (all stages), its test error (a
+    diverged run's is the error of guessing, as the benchmark scores it), diverged or not."""
 
     curve: tuple[float, ...]
     test_error: float
@@ -53,59 +54,52 @@ class GridRun:
 
 @dataclass
 class Replayable:
-    """A development configuration's grid runs by (LR, seed) and the range test's suggestions."""
+    """A development configuration's grid runs by (LR, seed), the range test's suggestion per
+    seed, and the grid best (the benchmark report's, `ConfigResult.best_lr`)."""
 
     config: BenchConfig
     runs: dict[tuple[float, int], GridRun]
     suggestions: dict[int, float]
+    best_lr: float
 
     @property
     def lrs(self) -> list[float]:
         return sorted({lr for lr, _ in self.runs})
-
-    @property
-    def best_lr(self) -> float:
-        seeds = sorted({s for _, s in self.runs})
-
-        def mean_valid(lr: float) -> float:
-            return float(np.mean([self.runs[(lr, s)].curve[-1] for s in seeds if (lr, s) in self.runs]))
-
-        return min(self.lrs, key=lambda lr: (mean_valid(lr), lr))
 
     def snap(self, lr: float) -> float:
         return min(self.lrs, key=lambda x: abs(math.log10(x / lr)))
 
 
 def load(opts: argparse.Namespace, config: BenchConfig) -> Replayable | None:
-    """The configuration's settled grid and refinement runs and its `lrlab` contender's
-    suggestions; None until both exist."""
+    """The configuration as the benchmark report reads it (None until its grid has settled and its
+    `lrlab` contender has run), with each grid run's per-epoch valid errors added."""
     import optuna
-    from optuna.trial import TrialState
 
+    result = load_result(opts, config)
+    if result is None or not result.contenders.get("lrlab"):
+        return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    runs: dict[tuple[float, int], GridRun] = {}
-    suggestions: dict[int, float] = {}
-    for kind in ("grid", "refine", "lrlab"):
+    curves: dict[tuple[float, int], tuple[float, ...]] = {}
+    for kind in ("grid", "refine"):
         job = make_job(opts, config, kind, [1.0])
         try:
             study = optuna.load_study(study_name=job.study, storage=job.storage)
         except KeyError:
             continue
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            seed = int(trial.params["seed"])
-            if kind == "lrlab":
-                stage = next(s for s in trial.user_attrs["stages"] if s["index"] == config.stage)
-                suggestions[seed] = float(stage["lr"])
-                continue
+        for trial in study.get_trials(deepcopy=False):
             values = trial.intermediate_values
-            diverged = trial.state == TrialState.PRUNED
-            test = math.nan if diverged else float(trial.user_attrs["test"]["error_rate"])
-            runs[(float(trial.params[f"stages.{config.stage}.lr"]), seed)] = GridRun(
-                tuple(values[k] for k in sorted(values)), test, diverged
-            )
-    if not runs or not suggestions:
-        return None
-    return Replayable(config, runs, suggestions)
+            key = (_lr_key(trial.params[f"stages.{config.stage}.lr"]), int(trial.params["seed"]))
+            curves[key] = tuple(values[k] for k in sorted(values))
+    runs = {
+        (run.lr, run.seed): GridRun(curves[(_lr_key(run.lr), run.seed)], run.test_error, run.diverged)
+        for run in result.grid
+    }
+    suggestions = {run.seed: run.lr for run in result.contenders["lrlab"]}
+    return Replayable(config, runs, suggestions, result.best_lr)
+
+
+def _lr_key(lr: float) -> float:
+    return round(math.log10(float(lr)), 6)
 
 
 def replay(data: Replayable, seed: int, factors: Sequence[float], race: float) -> tuple[float, float]:
@@ -151,8 +145,7 @@ def score(data: Replayable, factors: Sequence[float], race: float) -> list[tuple
             out.append((seed, lr, math.nan, math.nan))
             continue
         chosen, grid = data.runs[(lr, seed)], data.runs[(best, seed)]
-        test = 1 - 1 / CLASSES[data.config.problem] if chosen.diverged else chosen.test_error
-        out.append((seed, lr, 100 * (test - grid.test_error), (epochs + extra) / (9 * epochs)))
+        out.append((seed, lr, 100 * (chosen.test_error - grid.test_error), (epochs + extra) / (9 * epochs)))
     return out
 
 

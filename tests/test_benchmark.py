@@ -317,10 +317,10 @@ def test_the_race_replay_follows_the_judge_and_scores_the_kept_lr() -> None:
         for lr, (curve, test) in curves.items()
         for seed in range(2)
     }
-    runs[(1e-1, 0)] = frr.GridRun((0.9,), math.nan, True)  # diverged in its first epoch
-    runs[(1e-1, 1)] = frr.GridRun((0.9,), math.nan, True)
-    data = frr.Replayable(config, runs, {0: 1.1e-3, 1: 0.9e-3})
-    assert data.best_lr == 1e-2 and data.snap(2.9e-3) == 3.16e-3
+    runs[(1e-1, 0)] = frr.GridRun((0.9,), 0.9, True)  # diverged in its first epoch: scored at chance
+    runs[(1e-1, 1)] = frr.GridRun((0.9,), 0.9, True)
+    data = frr.Replayable(config, runs, {0: 1.1e-3, 1: 0.9e-3}, best_lr=1e-2)
+    assert data.snap(2.9e-3) == 3.16e-3
     assert frr.replay(data, 0, (1.0,), 0.0) == (1e-3, 0.0)  # lr=find: the suggestion, snapped
     # the first candidate always finishes; 1/3 of the suggestion is off the grid's low end -> 1e-3
     lr, extra = frr.replay(data, 0, (1.0, 3.0, 10.0), 0.2)
