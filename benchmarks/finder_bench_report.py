@@ -23,6 +23,10 @@ GOOD_PT = 0.5  # a case is good within max(0.5 pt, 1 seed-SE) of the grid best
 DEFAULTS = ("lrlab", "auto")  # the ways lrlab chooses an LR, compared against every other contender
 CONSTANT = "constant"
 REFERENCE_OFFSETS = (-0.5, -0.25, 0.25, 0.5)  # decades from the grid best: the noise-floor rows
+# issue 21's Done-when, per default: mean test regret, share of good cases, compute vs the grid
+TARGET_REGRET_PT, TARGET_GOOD = 0.5, 0.75
+TARGET_COMPUTE = {"lrlab": 1 / 8, "auto": 1 / 4}
+RIVALS = ("constant", "valley", "prodigy", "schedulefree")  # what the default must beat or name
 
 DEFINITIONS = f"""\
 Grid best: the LR of the grid (half-decade) and its refinement (quarter-decade around the best)
@@ -322,6 +326,56 @@ def plot_config(result: ConfigResult, rows: Sequence[dict[str, Any]], path: Path
     plt.close(fig)
 
 
+def plot_summary(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Each contender's mean test regret per development configuration (dots) and over them (bar,
+    with its 95% CI): where a contender wins and where it loses, at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dev = [r for r in rows if not r["confirmation"]]
+    order = [s["contender"] for s in summary_rows(dev)][::-1]
+    configs = sorted({r["config"] for r in dev})
+    fig, ax = plt.subplots(figsize=(11, 0.5 * len(order) + 1.5))
+    for y, name in enumerate(order):
+        s = next(s for s in summary_rows([r for r in dev if r["contender"] == name]))
+        ax.barh(y, s["mean_regret_pt"], color="lightsteelblue", height=0.6)
+        ax.errorbar(
+            s["mean_regret_pt"],
+            y,
+            xerr=[[s["mean_regret_pt"] - s["ci_low"]], [s["ci_high"] - s["mean_regret_pt"]]],
+            color="black",
+            capsize=3,
+            lw=1,
+        )
+        for i, config in enumerate(configs):
+            mine = [r["regret_pt"] for r in dev if r["contender"] == name and r["config"] == config]
+            if mine:
+                ax.scatter(
+                    np.mean(mine),
+                    y + 0.25 * (i / max(1, len(configs) - 1) - 0.5),
+                    s=12,
+                    color=f"C{i % 10}",
+                    label=config if y == 0 else None,
+                )
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.axvline(TARGET_REGRET_PT, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set(
+        yticks=range(len(order)),
+        yticklabels=order,
+        xlabel="test regret vs the grid best (pt, symlog)",
+        title="Finder benchmark v2: development configurations",
+    )
+    ax.legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="configuration", title_fontsize=7
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def summary_markdown(results: Sequence[ConfigResult], rows: Sequence[dict[str, Any]]) -> str:
     dev = [r for r in rows if not r["confirmation"]]
     lines = ["# Finder benchmark v2", "", DEFINITIONS, "", "## Grid-best LR per configuration", ""]
@@ -335,6 +389,7 @@ def summary_markdown(results: Sequence[ConfigResult], rows: Sequence[dict[str, A
     spans = [math.log10(r.best_lr) for r in results if not r.config.confirmation]
     if spans:
         lines += ["", f"Development grid-best LRs span {max(spans) - min(spans):.2f} decades."]
+        lines += ["", "![mean test regret per contender and configuration](summary.png)"]
     for title, subset in (
         ("Development configurations", dev),
         ("Confirmation row (run once)", [r for r in rows if r["confirmation"]]),
@@ -364,7 +419,56 @@ def summary_markdown(results: Sequence[ConfigResult], rows: Sequence[dict[str, A
                 f"| {p['default']} | {p['versus']} | {p['cases']} | {_fmt(p['mean_diff_pt'])} | "
                 f"[{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}] | {p['wins']} | {p['ties']} |"
             )
+        lines += targets_markdown(subset)
     return "\n".join(lines) + "\n"
+
+
+def _verdict(ci_low: float, ci_high: float) -> str:
+    return "better" if ci_high < 0 else "worse" if ci_low > 0 else "not separated"
+
+
+def targets_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The issue's targets for each way lrlab chooses an LR, met or not, from the same rows as the
+    tables above: mean regret, good share, compute, and the paired difference against each rival
+    (`better` only when the 95% CI lies below 0)."""
+    summary = {s["contender"]: s for s in summary_rows(rows)}
+    paired = {(p["default"], p["versus"]): p for p in paired_rows(rows)}
+    defaults = [d for d in DEFAULTS if d in summary]
+    if not defaults:
+        return []
+    lines = ["", "| target | " + " | ".join(defaults) + " |", "|---|" + "---|" * len(defaults)]
+
+    def row(label: str, cell) -> None:
+        lines.append(f"| {label} | " + " | ".join(cell(d) for d in defaults) + " |")
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    row(
+        f"mean test regret <= {TARGET_REGRET_PT} pt",
+        lambda d: (
+            f"{_fmt(summary[d]['mean_regret_pt'])}: {met(summary[d]['mean_regret_pt'] <= TARGET_REGRET_PT)}"
+        ),
+    )
+    row(
+        f"good in >= {100 * TARGET_GOOD:.0f}% of cases",
+        lambda d: f"{100 * summary[d]['good']:.0f}%: {met(summary[d]['good'] >= TARGET_GOOD)}",
+    )
+    row(
+        "compute vs the 9-point grid (lrlab <= 1/8, auto <= 1/4)",
+        lambda d: f"{summary[d]['compute']:.3f}: {met(summary[d]['compute'] <= TARGET_COMPUTE[d])}",
+    )
+    for rival in RIVALS:
+
+        def versus(d: str, rival: str = rival) -> str:
+            p = paired.get((d, rival))
+            if p is None:
+                return "no cases"
+            verdict = _verdict(p["ci_low"], p["ci_high"])
+            return f"{_fmt(p['mean_diff_pt'])} [{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]: {verdict}"
+
+        row(f"against {rival} (paired, pt)", versus)
+    return lines
 
 
 def reference_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -399,7 +503,7 @@ def write_report(opts: argparse.Namespace, configs: Sequence[BenchConfig]) -> li
     constants = choose_constants(results)
     out = Path(opts.out) / "v2"
     out.mkdir(parents=True, exist_ok=True)
-    rows, paths = [], [out / "summary.md", out / "rows.csv"]
+    rows, paths = [], [out / "summary.md", out / "rows.csv", out / "summary.png"]
     for result in results:
         mine = case_rows(result, constants.get(result.config.name))
         rows += mine
@@ -414,6 +518,10 @@ def write_report(opts: argparse.Namespace, configs: Sequence[BenchConfig]) -> li
         + "\n".join(reference_markdown(reference) + rules_markdown(rules))
         + "\n"
     )
+    if any(not r["confirmation"] for r in rows):
+        plot_summary(rows, paths[2])
+    else:
+        paths.remove(paths[2])
     with paths[1].open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["config"])
         writer.writeheader()

@@ -172,6 +172,44 @@ def test_scoring_regret_good_cases_constant_paired_differences_and_compute() -> 
     assert paired["constant"]["cases"] == 3
 
 
+def test_the_targets_table_says_met_only_within_the_targets_and_better_only_when_the_ci_excludes_0() -> None:
+    def row(config: str, seed: int, contender: str, regret: float, compute: float) -> dict:
+        return {
+            "config": config,
+            "seed": seed,
+            "contender": contender,
+            "regret_pt": regret,
+            "good": regret <= 0.5,
+            "diverged": False,
+            "compute": compute,
+            "wall_compute": compute,
+        }
+
+    configs = [f"c{i}" for i in range(4)]
+    rows = [row(c, s, "auto", 0.1 * s, 0.2) for c in configs for s in range(3)]
+    rows += [row(c, s, "lrlab", 0.4 + 0.2 * s, 0.2) for c in configs for s in range(3)]
+    rows += [row(c, s, "constant", 5.0 + s, 0.111) for c in configs for s in range(3)]
+    rows += [
+        row(c, s, "valley", 0.4 + 0.2 * s - (0.5 if c == "c0" else -0.5), 0.2)
+        for c in configs
+        for s in range(3)
+    ]
+    table = {line.split(" | ")[0]: line for line in fbr.targets_markdown(rows) if line.startswith("| ")}
+    assert table["| target"] == "| target | lrlab | auto |"
+    assert table["| mean test regret <= 0.5 pt"].endswith("| +0.60: **not met** | +0.10: met |")
+    assert table["| good in >= 75% of cases"].endswith("| 33%: **not met** | 100%: met |")
+    assert (
+        "| 0.200: **not met** | 0.200: met |"
+        in table["| compute vs the 9-point grid (lrlab <= 1/8, auto <= 1/4)"]
+    )
+    assert table["| against constant (paired, pt)"].count(": better") == 2
+    assert (
+        "-0.25" in table["| against valley (paired, pt)"]
+        and "not separated" in table["| against valley (paired, pt)"]
+    )
+    assert table["| against prodigy (paired, pt)"].endswith("| no cases | no cases |")
+
+
 def test_the_grids_neighbours_of_its_best_are_scored_as_reference_rows() -> None:
     result = _result("digits-lite0-adamw", 1e-2)
     # the refinement's quarter-decade points either side of the best
@@ -214,7 +252,9 @@ def test_the_report_writes_summary_tables_plots_and_csv(tmp_path: Path, monkeypa
     assert "| lrlab | 2 | 6 |" in summary and "| lrlab | constant | 6 |" in summary
     assert "| valley | 1 | +0.00 |" in summary
     assert "| grid -0.5 dec | 2 | 6 | +2.50 |" in summary  # the grid's half-decade neighbour
-    for name in ("rows.csv", "digits-lite0-adamw.md", "digits-lite0-adamw.png"):
+    assert "| good in >= 75% of cases | 50%: **not met** |" in summary  # lrlab hits one grid best of two
+    assert "![mean test regret per contender and configuration](summary.png)" in summary
+    for name in ("rows.csv", "summary.png", "digits-lite0-adamw.md", "digits-lite0-adamw.png"):
         assert (tmp_path / "v2" / name).is_file(), name
     with (tmp_path / "v2" / "rows.csv").open() as handle:
         assert {r["contender"] for r in csv.DictReader(handle)} == {"lrlab", "constant"}
