@@ -335,11 +335,11 @@ def plot_summary(rows: Sequence[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     dev = [r for r in rows if not r["confirmation"]]
-    order = [s["contender"] for s in summary_rows(dev)][::-1]
+    summaries = summary_rows(dev)[::-1]  # the lowest regret on top
     configs = sorted({r["config"] for r in dev})
-    fig, ax = plt.subplots(figsize=(11, 0.5 * len(order) + 1.5))
-    for y, name in enumerate(order):
-        s = next(s for s in summary_rows([r for r in dev if r["contender"] == name]))
+    fig, ax = plt.subplots(figsize=(11, 0.5 * len(summaries) + 1.5))
+    for y, s in enumerate(summaries):
+        name = s["contender"]
         ax.barh(y, s["mean_regret_pt"], color="lightsteelblue", height=0.6)
         ax.errorbar(
             s["mean_regret_pt"],
@@ -363,8 +363,8 @@ def plot_summary(rows: Sequence[dict[str, Any]], path: Path) -> None:
     ax.axvline(TARGET_REGRET_PT, color="grey", lw=0.8, ls=":")
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set(
-        yticks=range(len(order)),
-        yticklabels=order,
+        yticks=range(len(summaries)),
+        yticklabels=[s["contender"] for s in summaries],
         xlabel="test regret vs the grid best (pt, symlog)",
         title="Finder benchmark v2: development configurations",
     )
@@ -403,7 +403,8 @@ def summary_markdown(results: Sequence[ConfigResult], rows: Sequence[dict[str, A
             "| contender | configs | cases | mean regret (pt) | 95% CI | good | diverged | compute | wall |",
         ]
         lines.append("|---|---:|---:|---:|---|---:|---:|---:|---:|")
-        for s in summary_rows(subset):
+        summaries, pairs = summary_rows(subset), paired_rows(subset)
+        for s in summaries:
             lines.append(
                 f"| {s['contender']} | {s['configs']} | {s['cases']} | {_fmt(s['mean_regret_pt'])} | "
                 f"[{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}] | {100 * s['good']:.0f}% | {s['diverged']} | "
@@ -414,12 +415,12 @@ def summary_markdown(results: Sequence[ConfigResult], rows: Sequence[dict[str, A
             "| default | versus | cases | mean difference (pt) | 95% CI | wins | ties |",
             "|---|---|---:|---:|---|---:|---:|",
         ]
-        for p in paired_rows(subset):
+        for p in pairs:
             lines.append(
                 f"| {p['default']} | {p['versus']} | {p['cases']} | {_fmt(p['mean_diff_pt'])} | "
                 f"[{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}] | {p['wins']} | {p['ties']} |"
             )
-        lines += targets_markdown(subset)
+        lines += targets_markdown(summaries, pairs)
     return "\n".join(lines) + "\n"
 
 
@@ -427,12 +428,12 @@ def _verdict(ci_low: float, ci_high: float) -> str:
     return "better" if ci_high < 0 else "worse" if ci_low > 0 else "not separated"
 
 
-def targets_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The issue's targets for each way lrlab chooses an LR, met or not, from the same rows as the
-    tables above: mean regret, good share, compute, and the paired difference against each rival
-    (`better` only when the 95% CI lies below 0)."""
-    summary = {s["contender"]: s for s in summary_rows(rows)}
-    paired = {(p["default"], p["versus"]): p for p in paired_rows(rows)}
+def targets_markdown(summaries: Sequence[dict[str, Any]], pairs: Sequence[dict[str, Any]]) -> list[str]:
+    """The issue's targets for each way lrlab chooses an LR, met or not, from the tables above
+    (`summary_rows`, `paired_rows`): mean regret, good share, compute, and the paired difference
+    against each rival (`better` only when the 95% CI lies below 0)."""
+    summary = {s["contender"]: s for s in summaries}
+    paired = {(p["default"], p["versus"]): p for p in pairs}
     defaults = [d for d in DEFAULTS if d in summary]
     if not defaults:
         return []
@@ -503,7 +504,7 @@ def write_report(opts: argparse.Namespace, configs: Sequence[BenchConfig]) -> li
     constants = choose_constants(results)
     out = Path(opts.out) / "v2"
     out.mkdir(parents=True, exist_ok=True)
-    rows, paths = [], [out / "summary.md", out / "rows.csv", out / "summary.png"]
+    rows, paths = [], [out / "summary.md", out / "rows.csv"]
     for result in results:
         mine = case_rows(result, constants.get(result.config.name))
         rows += mine
@@ -519,9 +520,8 @@ def write_report(opts: argparse.Namespace, configs: Sequence[BenchConfig]) -> li
         + "\n"
     )
     if any(not r["confirmation"] for r in rows):
-        plot_summary(rows, paths[2])
-    else:
-        paths.remove(paths[2])
+        plot_summary(rows, out / "summary.png")
+        paths.append(out / "summary.png")
     with paths[1].open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["config"])
         writer.writeheader()

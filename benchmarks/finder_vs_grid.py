@@ -1,6 +1,6 @@
 """Benchmark v2: does choosing the LR with lrlab's range test (or `lr=auto`) beat a constant,
 fastai's valley, the steepest-gradient rule and the learning-rate-free optimizers, on
-configurations whose best LR really moves? Run by hand (about 12 hours on 2 idle CPU cores, over
+configurations whose best LR really moves? Run by hand (17.5 hours of trials on 2 CPU cores, over
 several sessions: `plan` estimates what is left), not by CI:
 
     python benchmarks/finder_vs_grid.py plan      # every lrlab command, trials and estimated time

@@ -194,7 +194,11 @@ def test_the_targets_table_says_met_only_within_the_targets_and_better_only_when
         for c in configs
         for s in range(3)
     ]
-    table = {line.split(" | ")[0]: line for line in fbr.targets_markdown(rows) if line.startswith("| ")}
+    table = {
+        line.split(" | ")[0]: line
+        for line in fbr.targets_markdown(fbr.summary_rows(rows), fbr.paired_rows(rows))
+        if line.startswith("| ")
+    }
     assert table["| target"] == "| target | lrlab | auto |"
     assert table["| mean test regret <= 0.5 pt"].endswith("| +0.60: **not met** | +0.10: met |")
     assert table["| good in >= 75% of cases"].endswith("| 33%: **not met** | 100%: met |")
