@@ -52,7 +52,11 @@ def missing_seeds(out: Path, row: str, seeds: Sequence[int]) -> list[int]:
 
 
 def command(out: Path, row: str, seeds: Sequence[int]) -> list[str]:
-    """The lrlab multirun of one row over `seeds`, its logs under `out/row/seed_<seed>`."""
+    """The lrlab multirun of one row over `seeds`, its logs under `out/row/seed_<seed>` (one seed:
+    a single run in that folder, since a one-value multirun has nothing to search)."""
+    if len(seeds) == 1:
+        run_dir = out / row / f"seed_{seeds[0]}"
+        return [*ROWS[row], *QUIET, f"seed={seeds[0]}", f"hydra.run.dir={run_dir.as_posix()}"]
     return [
         "-m",
         *ROWS[row],

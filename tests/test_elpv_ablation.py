@@ -69,6 +69,13 @@ def test_the_runner_resumes_only_the_seeds_without_a_test_block(tmp_path: Path) 
     assert "hydra.sweep.subdir=seed_${seed}" in args and "tracking=none" in args
 
 
+def test_a_single_missing_seed_runs_as_one_run_in_its_seed_folder(tmp_path: Path) -> None:
+    """A one-value multirun is refused (nothing to search), so one seed is a plain run."""
+    args = elpv_ablation.command(tmp_path, "mixup-0.2", [1])
+    assert "-m" not in args and "seed=1" in args and "train.mixup_alpha=0.2" in args
+    assert f"hydra.run.dir={(tmp_path / 'mixup-0.2' / 'seed_1').as_posix()}" in args
+
+
 @pytest.mark.parametrize("row", list(elpv_ablation.ROWS))
 def test_every_row_composes_and_validates(compose_cfg, row: str) -> None:
     """No row fails minutes into a run on a typo or a refused combination."""
