@@ -37,6 +37,7 @@ ROWS: dict[str, tuple[str, ...]] = {
     "lr-auto": ("stages.1.lr=auto",),
     "lite1-128px": ("model=efficientnet_lite1",),
     "lite2-96px": ("model=efficientnet_lite2", "data.image_size=96"),
+    "lite2-128px": ("model=efficientnet_lite2",),
     "deitsch-split": ("experiment=elpv_deitsch_split",),
 }
 QUIET = ("tracking=none", "train.progress=false")
