@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,16 @@ def finished(log: Path) -> bool:
 
 def missing_seeds(out: Path, row: str, seeds: Sequence[int]) -> list[int]:
     return [s for s in seeds if not finished(out / row / f"seed_{s}" / "lrlab.log")]
+
+
+def clear_unfinished(out: Path, row: str, seeds: Sequence[int]) -> None:
+    """Remove what an interrupted run of these seeds left, so the rerun's log (lrlab appends to
+    an existing one) holds one run only."""
+    for seed in seeds:
+        folder = out / row / f"seed_{seed}"
+        if folder.is_dir():
+            print(f"# {row}: removing the unfinished run in {folder}", flush=True)
+            shutil.rmtree(folder)
 
 
 def command(out: Path, row: str, seeds: Sequence[int]) -> list[str]:
@@ -91,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = "lrlab " + shlex.join(command(out, row, seeds or opts.seeds))
         print(f"# {row}: {len(opts.seeds) - len(seeds)}/{len(opts.seeds)} seeds done\n{line}", flush=True)
         if opts.action == "run" and seeds:
+            clear_unfinished(out, row, seeds)
             failed += run_lrlab(command(out, row, seeds), ROOT, out / "logs" / f"{row}.log") != 0
     return 1 if failed else 0
 

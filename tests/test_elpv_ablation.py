@@ -89,3 +89,15 @@ def test_every_row_composes_and_validates(compose_cfg, row: str) -> None:
             for part in key.split("."):
                 node = getattr(node, part)
             assert str(node) == value or float(node) == float(value), (key, node)
+
+
+def test_an_interrupted_seed_is_cleared_before_its_rerun(tmp_path: Path) -> None:
+    """lrlab appends to an existing log, so a rerun into an unfinished folder would mix two runs."""
+    partial = tmp_path / "ema-0.998" / "seed_2"
+    (partial / "checkpoints").mkdir(parents=True)
+    (partial / "lrlab.log").write_text("[t][lrlab][INFO] - stage unfrozen: 15 epoch(s) x 49 steps\n")
+    _log(tmp_path / "ema-0.998" / "seed_0" / "lrlab.log", 0.78, 0.80, (0.9, 0.3, 0.1, 0.7))
+    seeds = elpv_ablation.missing_seeds(tmp_path, "ema-0.998", [0, 2])
+    elpv_ablation.clear_unfinished(tmp_path, "ema-0.998", seeds)
+    assert seeds == [2] and not partial.exists()
+    assert (tmp_path / "ema-0.998" / "seed_0" / "lrlab.log").is_file()
