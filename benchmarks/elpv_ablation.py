@@ -99,11 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = 0
     for row in opts.rows or list(ROWS):
         seeds = missing_seeds(out, row, opts.seeds)
-        line = "lrlab " + shlex.join(command(out, row, seeds or opts.seeds))
-        print(f"# {row}: {len(opts.seeds) - len(seeds)}/{len(opts.seeds)} seeds done\n{line}", flush=True)
+        args = command(out, row, seeds or opts.seeds)
+        done = len(opts.seeds) - len(seeds)
+        print(f"# {row}: {done}/{len(opts.seeds)} seeds done\nlrlab {shlex.join(args)}", flush=True)
         if opts.action == "run" and seeds:
             clear_unfinished(out, row, seeds)
-            failed += run_lrlab(command(out, row, seeds), ROOT, out / "logs" / f"{row}.log") != 0
+            failed += run_lrlab(args, ROOT, out / "logs" / f"{row}.log") != 0
     return 1 if failed else 0
 
 
