@@ -36,9 +36,11 @@ ROWS: dict[str, tuple[str, ...]] = {
     "cutmix-1.0": ("train.cutmix_alpha=1.0",),
     "layer-decay-0.75": ("train.layer_decay=0.75",),
     "lr-auto": ("stages.1.lr=auto",),
+    "unfrozen-valley": ("stages.1.lr_rule=valley",),  # fastai's rule for the unfrozen stage
     "lite1-128px": ("model=efficientnet_lite1",),
     "lite2-96px": ("model=efficientnet_lite2", "data.image_size=96"),
     "lite2-128px": ("model=efficientnet_lite2",),
+    "lite2-128px-ordinal": ("model=efficientnet_lite2", "model.head=ordinal"),
     "deitsch-split": ("experiment=elpv_deitsch_split",),
 }
 QUIET = ("tracking=none", "train.progress=false")
