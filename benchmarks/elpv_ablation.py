@@ -6,6 +6,7 @@ idle CPU cores):
     python benchmarks/elpv_ablation.py plan            # every row's lrlab command and what is done
     python benchmarks/elpv_ablation.py run [ROW ...]   # run (again: only the seeds not finished)
     python benchmarks/elpv_ablation.py table           # markdown table from the runs' lrlab.log files
+    python benchmarks/elpv_ablation.py by-lr           # every finished run, by its unfrozen stage's LR
 
 Every run is `lrlab -m` from the repository root with `tracking=none`, its log in
 `<out>/<row>/seed_<seed>/lrlab.log`; `benchmarks/collect_runs.py` parses the logs.
@@ -14,6 +15,7 @@ Every run is `lrlab -m` from the repository root with `tracking=none`, its log i
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import shutil
 import sys
@@ -44,6 +46,7 @@ ROWS: dict[str, tuple[str, ...]] = {
     "lite2-128px-ordinal": ("model=efficientnet_lite2", "model.head=ordinal"),
     "deitsch-split": ("experiment=elpv_deitsch_split",),
 }
+PEAK_HEAD_LR = re.compile(r"peak lr per layer group: .*\bhead=([\d.e+-]+)")
 QUIET = ("tracking=none", "train.progress=false")
 
 
@@ -82,9 +85,26 @@ def command(out: Path, row: str, seeds: Sequence[int]) -> list[str]:
     ]
 
 
+def runs_by_last_lr(out: Path) -> str:
+    """A markdown table of every finished run, ordered by the peak LR of the head group in its last
+    (unfrozen) stage, however it was chosen (suggestion, race or fixed): where the range test's
+    suggestion lands and what it gives."""
+    runs = []
+    for log in out.glob("*/seed_*/lrlab.log"):
+        row = parse_log(log)
+        peaks = PEAK_HEAD_LR.findall(log.read_text(errors="replace"))
+        if "test_acc" in row and peaks:
+            seed = log.parent.name.removeprefix("seed_")
+            runs.append((float(peaks[-1]), log.parent.parent.name, seed, row))
+    lines = ["| unfrozen LR | row | seed | valid_acc | test_acc |", "|---|---|---|---|---|"]
+    for lr, name, seed, row in sorted(runs, key=lambda run: run[0]):
+        lines.append(f"| {lr:.3g} | {name} | {seed} | {row['valid_acc']:.4f} | {row['test_acc']:.4f} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     top = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    top.add_argument("action", choices=("plan", "run", "table"))
+    top.add_argument("action", choices=("plan", "run", "table", "by-lr"))
     top.add_argument("rows", nargs="*", help=f"default: every row ({', '.join(ROWS)})")
     top.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     top.add_argument("--out", type=Path, default=ROOT / "outputs" / "elpv_ablation")
@@ -93,11 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         top.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     out = opts.out.resolve()
-    if opts.action == "table":
+    if opts.action in ("table", "by-lr"):
         if not out.is_dir():
             print(f"{out}: no runs yet", file=sys.stderr)
             return 1
-        print(summarise(out))
+        print(summarise(out) if opts.action == "table" else runs_by_last_lr(out))
         return 0
     failed = 0
     for row in opts.rows or list(ROWS):

@@ -101,3 +101,17 @@ def test_an_interrupted_seed_is_cleared_before_its_rerun(tmp_path: Path) -> None
     elpv_ablation.clear_unfinished(tmp_path, "ema-0.998", seeds)
     assert seeds == [2] and not partial.exists()
     assert (tmp_path / "ema-0.998" / "seed_0" / "lrlab.log").is_file()
+
+
+def test_runs_are_listed_by_the_lr_their_unfrozen_stage_trained_with(tmp_path: Path) -> None:
+    """The by-lr listing orders finished runs by the last stage's LR and skips unfinished ones."""
+    for name, lr, valid in (("high", "0.0371", 0.72), ("low", "0.0013", 0.75), ("mid", "0.0069", 0.80)):
+        log = tmp_path / name / "seed_0" / "lrlab.log"
+        _log(log, valid, valid, (0.9, 0.4, 0.0, 0.7))
+        peak = f"  peak lr per layer group: body0={float(lr) / 10:g}, head={lr}\n"
+        log.write_text(peak.replace(lr, "0.0417") + peak + log.read_text())  # the last stage's counts
+    (tmp_path / "cut" / "seed_0").mkdir(parents=True)
+    (tmp_path / "cut" / "seed_0" / "lrlab.log").write_text("  peak lr per layer group: head=0.0001\n")
+    table = elpv_ablation.runs_by_last_lr(tmp_path).splitlines()
+    assert [line.split(" | ")[1] for line in table[2:]] == ["low", "mid", "high"]
+    assert table[3] == "| 0.0069 | mid | 0 | 0.8000 | 0.8000 |"
