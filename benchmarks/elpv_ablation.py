@@ -40,6 +40,7 @@ ROWS: dict[str, tuple[str, ...]] = {
     "lr-auto": ("stages.1.lr=auto",),
     "unfrozen-valley": ("stages.1.lr_rule=valley",),  # fastai's rule for the unfrozen stage
     "unfrozen-lr-5e-3": ("stages.1.lr=5e-3",),  # a constant where the suggestions did best so far
+    "head-ordinal-unfrozen-lr-5e-3": ("model.head=ordinal", "stages.1.lr=5e-3"),
     "lite1-128px": ("model=efficientnet_lite1",),
     "lite2-96px": ("model=efficientnet_lite2", "data.image_size=96"),
     "lite2-128px": ("model=efficientnet_lite2",),
