@@ -4,7 +4,8 @@
     python benchmarks/collect_runs.py ROOT        # ROOT/<recipe>/<seed dir>/lrlab.log
 
 Reads what every run prints: the final valid metrics and throughput (`done in ...`), the test block
-(accuracy, balanced accuracy, per-class recall, ELPV's 2-class accuracy) and each stage's LR choice.
+(accuracy, balanced accuracy, per-class recall, ELPV's 2-class accuracy), each stage's LR choice
+and the last stage's peak LR of the head group.
 The log is the only record such runs have, so this parses it instead of querying MLflow.
 """
 
@@ -23,6 +24,8 @@ PATTERNS = {
     "test_acc": re.compile(r"^\s*accuracy ([\d.]+)\s+balanced accuracy"),
     "test_balanced": re.compile(r"balanced accuracy ([\d.]+)"),
     "test_2class": re.compile(r"2-class accuracy \(functional vs defective\): ([\d.]+)"),
+    # the head group's peak LR; each stage prints one, so the last stage's is what stays
+    "last_head_lr": re.compile(r"peak lr per layer group: .*\bhead=([\d.e+-]+)"),
 }
 LR_LINE = re.compile(r"^\s*lr (\S+) (?:= (\w+) suggestion|\(fixed\))")
 RECALL_LINE = re.compile(r"^\s*recall: (.+)$")

@@ -8,14 +8,13 @@ idle CPU cores):
     python benchmarks/elpv_ablation.py table           # markdown table from the runs' lrlab.log files
     python benchmarks/elpv_ablation.py by-lr           # every finished run, by its unfrozen stage's LR
 
-Every run is `lrlab -m` from the repository root with `tracking=none`, its log in
-`<out>/<row>/seed_<seed>/lrlab.log`; `benchmarks/collect_runs.py` parses the logs.
+Every run is `lrlab` (`lrlab -m` over several seeds) from the repository root with
+`tracking=none`, its log in `<out>/<row>/seed_<seed>/lrlab.log`; `benchmarks/collect_runs.py` parses the logs.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import shutil
 import sys
@@ -47,7 +46,6 @@ ROWS: dict[str, tuple[str, ...]] = {
     "lite2-128px-ordinal": ("model=efficientnet_lite2", "model.head=ordinal"),
     "deitsch-split": ("experiment=elpv_deitsch_split",),
 }
-PEAK_HEAD_LR = re.compile(r"peak lr per layer group: .*\bhead=([\d.e+-]+)")
 QUIET = ("tracking=none", "train.progress=false")
 
 
@@ -93,10 +91,9 @@ def runs_by_last_lr(out: Path) -> str:
     runs = []
     for log in out.glob("*/seed_*/lrlab.log"):
         row = parse_log(log)
-        peaks = PEAK_HEAD_LR.findall(log.read_text(errors="replace"))
-        if "test_acc" in row and peaks:
+        if "test_acc" in row and "last_head_lr" in row:
             seed = log.parent.name.removeprefix("seed_")
-            runs.append((float(peaks[-1]), log.parent.parent.name, seed, row))
+            runs.append((float(row["last_head_lr"]), log.parent.parent.name, seed, row))
     lines = ["| unfrozen LR | row | seed | valid_acc | test_acc |", "|---|---|---|---|---|"]
     for lr, name, seed, row in sorted(runs, key=lambda run: run[0]):
         lines.append(f"| {lr:.3g} | {name} | {seed} | {row['valid_acc']:.4f} | {row['test_acc']:.4f} |")
