@@ -64,7 +64,8 @@ def test_the_runner_resumes_only_the_seeds_without_a_test_block(tmp_path: Path) 
     _log(tmp_path / "mixup-0.2" / "seed_1" / "lrlab.log", 0.78, 0.80, (0.9, 0.3, 0.1, 0.7))
     assert elpv_ablation.missing_seeds(tmp_path, "mixup-0.2", [0, 1, 2]) == [0, 2]
     args = elpv_ablation.command(tmp_path, "mixup-0.2", [0, 2])
-    assert args[:2] == ["-m", "train.mixup_alpha=0.2"] and "seed=0,2" in args
+    assert args[:4] == ["-m", "model.head=classify", "stages.1.lr=find", "train.mixup_alpha=0.2"]
+    assert "seed=0,2" in args
     assert f"hydra.sweep.dir={(tmp_path / 'mixup-0.2').as_posix()}" in args
     assert "hydra.sweep.subdir=seed_${seed}" in args and "tracking=none" in args
 
@@ -81,8 +82,13 @@ def test_every_row_composes_and_validates(compose_cfg, row: str) -> None:
     """No row fails minutes into a run on a typo or a refused combination."""
     from lrlab.app.schema import validate
 
-    cfg = validate(compose_cfg(*elpv_ablation.ROWS[row], *elpv_ablation.QUIET, "seed=0"))
-    for override in elpv_ablation.ROWS[row]:
+    overrides = elpv_ablation.row_overrides(row)
+    cfg = validate(compose_cfg(*overrides, *elpv_ablation.QUIET, "seed=0"))
+    keys = [override.split("=", 1)[0] for override in overrides]
+    assert len(keys) == len(set(keys)) and {"model.head", "stages.1.lr"} <= set(keys)  # baseline pinned
+    given = next(o for o in overrides if o.startswith("stages.1.lr=")).split("=")[1]
+    assert str(cfg.stages[1].lr) in (given, str(float(given)) if given[0].isdigit() else given)
+    for override in overrides:
         key, value = override.split("=", 1)
         if key.startswith(("train.", "model.head", "data.balance")):
             node = cfg
