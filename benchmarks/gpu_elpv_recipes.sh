@@ -23,6 +23,7 @@ declare -A recipes=(
   [b_aug]="$aug"
   [c_aug_ls_tta]="$aug train.label_smoothing=0.1 train.tta=hflip"
   [d_aug_ls_tta_60ep]="$aug train.label_smoothing=0.1 train.tta=hflip epochs=60"
+  [e_cpu_recipe]="model.head=ordinal unfrozen_lr=5e-3 train.label_smoothing=0.1 train.tta=hflip"
 )
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $py -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"

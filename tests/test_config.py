@@ -64,6 +64,22 @@ def test_plain_lrlab_is_the_elpv_problem_without_a_preset(compose_cfg) -> None:
     assert plain.model.name == "tf_efficientnet_lite0"
 
 
+def test_elpvs_recipe_fixes_the_unfrozen_lr_only_where_the_range_test_would_choose_it(compose_cfg) -> None:
+    def stage_lrs(*overrides: str) -> list:
+        return [stage["lr"] for stage in _resolved(validate(compose_cfg(*overrides)))["stages"]]
+
+    plain = validate(compose_cfg())
+    assert plain.model.head == "ordinal" and stage_lrs() == ["find", 5e-3]
+    assert stage_lrs("lr=1e-3") == [1e-3, 1e-3]  # an lr the user gives applies to both stages
+    assert stage_lrs("lr=auto") == ["auto", "auto"]
+    assert stage_lrs("unfrozen_lr=find") == ["find", "find"]
+    assert stage_lrs("unfrozen_lr=2e-3") == ["find", 2e-3]
+    assert stage_lrs("~recipe") == ["find", "find"]  # recipe=null on the command line
+    assert stage_lrs("data=digits") == ["find", "find"]  # the recipe is ELPV's alone
+    gpu = validate(compose_cfg("experiment=elpv_gpu"))
+    assert gpu.model.head == "classify" and stage_lrs("experiment=elpv_gpu") == ["find", "find"]
+
+
 def test_another_data_source_gets_its_own_settings_not_elpvs(compose_cfg, tmp_path: Path) -> None:
     cfg = compose_cfg("model=resnet18", "data=imagefolder", f"data.root={tmp_path}")
     assert cfg.data.image_size == 224 and "classes" not in cfg.data

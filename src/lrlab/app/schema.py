@@ -155,6 +155,8 @@ class LrlabConfig:
     # find: each stage runs the range test and takes its suggestion; auto: races LRs around it
     # (lr_auto) and continues the winner; or a number
     lr: Any = "find"
+    # fine_tune's unfrozen stage; follows lr unless a recipe or the command line sets it
+    unfrozen_lr: Any = "${lr}"
     train: TrainConfig = field(default_factory=TrainConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
 
@@ -189,12 +191,19 @@ def rank_suffix() -> str:
     return f"-rank{rank}" if rank > 0 else ""
 
 
+def replace_find(lr: Any, instead: Any) -> Any:
+    """`instead` where `lr` is `find`, else `lr`: a recipe's measured LR for one stage replaces
+    only the range test's answer, never an LR the user gave (`${lrlab_replace_find:${lr},5e-3}`)."""
+    return instead if str(lr) == "find" else lr
+
+
 def register_schemas() -> None:
     """Store the schemas in Hydra's ConfigStore at its root, where they are not listed as options
     of a group: `lrlab_schema` (config.yaml extends it), `lr_finder_schema` (conf/lr_finder/*.yaml)
     and one `data_<source>_schema` per registered data source (conf/data/<source>.yaml)."""
     OmegaConf.register_new_resolver("lrlab_unique_dir", claim_directory, replace=True)
     OmegaConf.register_new_resolver("lrlab_rank_suffix", rank_suffix, replace=True)
+    OmegaConf.register_new_resolver("lrlab_replace_find", replace_find, replace=True)
     store = ConfigStore.instance()
     store.store(name="lrlab_schema", node=LrlabConfig, provider="lrlab")
     store.store(name="lr_finder_schema", node=FinderConfig, provider="lrlab")
