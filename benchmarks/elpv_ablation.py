@@ -8,7 +8,7 @@ idle CPU cores):
     python benchmarks/elpv_ablation.py table           # markdown table from the runs' lrlab.log files
     python benchmarks/elpv_ablation.py by-lr           # every finished run, by its unfrozen stage's LR
 
-Every run is `lrlab` (`lrlab -m` over several seeds) from the repository root with
+Every run is a plain `lrlab` run, one per seed, from the repository root with
 `tracking=none`, its log in `<out>/<row>/seed_<seed>/lrlab.log`; `benchmarks/collect_runs.py` parses the logs.
 """
 
@@ -77,20 +77,11 @@ def clear_unfinished(out: Path, row: str, seeds: Sequence[int]) -> None:
             shutil.rmtree(folder)
 
 
-def command(out: Path, row: str, seeds: Sequence[int]) -> list[str]:
-    """The lrlab multirun of one row over `seeds`, its logs under `out/row/seed_<seed>` (one seed:
-    a single run in that folder, since a one-value multirun has nothing to search)."""
-    if len(seeds) == 1:
-        run_dir = out / row / f"seed_{seeds[0]}"
-        return [*row_overrides(row), *QUIET, f"seed={seeds[0]}", f"hydra.run.dir={run_dir.as_posix()}"]
-    return [
-        "-m",
-        *row_overrides(row),
-        *QUIET,
-        f"seed={','.join(str(s) for s in seeds)}",
-        f"hydra.sweep.dir={(out / row).as_posix()}",
-        "hydra.sweep.subdir=seed_${seed}",
-    ]
+def command(out: Path, row: str, seed: int) -> list[str]:
+    """The lrlab run of one row at one seed, its log in `out/row/seed_<seed>`: plain runs, not one
+    multirun per row, so a rerun of some seeds never meets an Optuna study drawn over others."""
+    run_dir = out / row / f"seed_{seed}"
+    return [*row_overrides(row), *QUIET, f"seed={seed}", f"hydra.run.dir={run_dir.as_posix()}"]
 
 
 def runs_by_last_lr(out: Path) -> str:
@@ -129,12 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = 0
     for row in opts.rows or list(ROWS):
         seeds = missing_seeds(out, row, opts.seeds)
-        args = command(out, row, seeds or opts.seeds)
         done = len(opts.seeds) - len(seeds)
-        print(f"# {row}: {done}/{len(opts.seeds)} seeds done\nlrlab {shlex.join(args)}", flush=True)
-        if opts.action == "run" and seeds:
-            clear_unfinished(out, row, seeds)
-            failed += run_lrlab(args, ROOT, out / "logs" / f"{row}.log") != 0
+        print(f"# {row}: {done}/{len(opts.seeds)} seeds done", flush=True)
+        for seed in seeds:
+            args = command(out, row, seed)
+            print(f"lrlab {shlex.join(args)}", flush=True)
+            if opts.action == "run":
+                clear_unfinished(out, row, [seed])
+                failed += run_lrlab(args, ROOT, out / "logs" / f"{row}.log") != 0
     return 1 if failed else 0
 
 

@@ -132,6 +132,22 @@ def test_resume_with_other_overrides_is_refused(store: Path) -> None:
         _open(store, _space("epochs=3"), n_trials=1)
 
 
+def test_resume_with_other_choices_is_refused_before_any_trial_but_a_new_range_is_not(store: Path) -> None:
+    """Optuna refuses other categorical choices only when a trial asks, with a traceback."""
+    _open(store, _space("stages.0.lr=0.001,0.01", params={}), n_trials=2).run(FakeJobs())
+    with pytest.raises(
+        ConfigError,
+        match=r"drew stages.0.lr from choice\(0.001, 0.01\) \(trial 0\).*"
+        r"cannot add choice\(0.001, 0.003\).*hydra.sweeper.study_name",
+    ):
+        _open(store, _space("stages.0.lr=0.001,0.003", params={}), n_trials=3)
+    other = store / "other"
+    other.mkdir()
+    _open(other, _space(params={"stages.0.lr": "tag(log, interval(1e-4, 1e-2))"}), n_trials=1).run(FakeJobs())
+    wider = _open(other, _space(params={"stages.0.lr": "tag(log, interval(1e-5, 1e-1))"}), n_trials=2)
+    assert wider.run(FakeJobs()) == 1
+
+
 def test_batches_of_n_jobs_and_extra_overrides(store: Path) -> None:
     jobs = FakeJobs()
     _open(store, _space("epochs=2"), n_trials=5, n_jobs=2).run(

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from lrlab.errors import ConfigError
 from lrlab.integrations.optuna_storage import PRUNER_ATTR, make_pruner
 from lrlab.sweep.samplers import SAMPLERS, STORAGE_INDEXED
-from lrlab.sweep.search_space import SearchSpace
+from lrlab.sweep.search_space import SearchSpace, describe_distribution
 from lrlab.sweep.settings import SweepSettings
 
 log = logging.getLogger("lrlab.sweep")
@@ -91,6 +91,7 @@ def open_study(
             f"study {name!r} in {url} was started with the overrides {existing}, not {space.fixed}. "
             "Resume it with the same command, or start a new study with hydra.sweeper.study_name=NAME."
         )
+    check_space_fits(study, space, name, url)
     for key, value in {
         FIXED_ATTR: space.fixed,
         PRUNER_ATTR: pruner_spec,
@@ -101,6 +102,26 @@ def open_study(
     }.items():
         study.set_user_attr(key, value)
     return study
+
+
+def check_space_fits(study: optuna.Study, space: SearchSpace, name: str, url: str) -> None:
+    """ConfigError where a resumed study's trials drew a key from a distribution this sweep's cannot
+    join (other categorical choices, another type): Optuna refuses that only when the first trial
+    asks, with a traceback; a new range for a float or int key is fine."""
+    for trial in study.get_trials(deepcopy=False):
+        for key, dist in space.params.items():
+            before = trial.distributions.get(key)
+            if before is None:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(before, dist)
+            except ValueError:
+                raise ConfigError(
+                    f"study {name!r} in {url} drew {key} from {describe_distribution(before)} (trial "
+                    f"{trial.number}), and Optuna cannot add {describe_distribution(dist)} to the same "
+                    "study. Resume it with the same values, or start "
+                    "a new study with hydra.sweeper.study_name=NAME (or another hydra.sweep.dir)."
+                ) from None
 
 
 def trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
