@@ -27,7 +27,7 @@ PATTERNS = {
     # the head group's peak LR; each stage prints one, so the last stage's is what stays
     "last_head_lr": re.compile(r"peak lr per layer group: .*\bhead=([\d.e+-]+)"),
 }
-LR_LINE = re.compile(r"^\s*lr (\S+) (?:= (\w+) suggestion|\(fixed\))")
+LR_LINE = re.compile(r"^\s*lr (\S+) (?:= (\w+) suggestion|= lr=(auto) race winner|\(fixed\))")
 RECALL_LINE = re.compile(r"^\s*recall: (.+)$")
 RECALL_ITEM = re.compile(r"(\S+) ([\d.]+)$")
 
@@ -52,7 +52,8 @@ def parse_log(path: Path) -> dict[str, float | str]:
                     row[f"recall {found.group(1)}"] = float(found.group(2))
         lr = LR_LINE.match(line)
         if lr:
-            lrs.append(f"{float(lr.group(1)):.3g}" + (f" ({lr.group(2)})" if lr.group(2) else ""))
+            rule = lr.group(2) or lr.group(3)
+            lrs.append(f"{float(lr.group(1)):.3g}" + (f" ({rule})" if rule else ""))
     row["lrs"] = " / ".join(lrs)
     return row
 

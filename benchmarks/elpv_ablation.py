@@ -45,6 +45,8 @@ ROWS: dict[str, tuple[str, ...]] = {
     "lite2-128px": ("model=efficientnet_lite2",),
     "lite2-128px-ordinal": ("model=efficientnet_lite2", "model.head=ordinal"),
     "deitsch-split": ("experiment=elpv_deitsch_split",),
+    # the current recipe (ordinal head, unfrozen 5e-3) at 160 px, 1+10 epochs to stay near 10 minutes
+    "recipe-160px-1+10": ("model.head=ordinal", "stages.1.lr=5e-3", "data.image_size=160", "epochs=10"),
 }
 QUIET = ("tracking=none", "train.progress=false")
 BASELINE = ("model.head=classify", "stages.1.lr=find")
