@@ -37,6 +37,8 @@ ROWS: dict[str, tuple[str, ...]] = {
     "cutmix-1.0": ("train.cutmix_alpha=1.0",),
     "layer-decay-0.75": ("train.layer_decay=0.75",),
     "lr-auto": ("stages.1.lr=auto",),
+    # the race a decade either side of the suggestion: ELPV's bad seeds drew suggestions too high
+    "lr-auto-0.1-1-10": ("stages.1.lr=auto", "lr_auto.factors=[1,0.1,10]"),
     "unfrozen-valley": ("stages.1.lr_rule=valley",),  # fastai's rule for the unfrozen stage
     "unfrozen-lr-5e-3": ("stages.1.lr=5e-3",),  # a constant where the suggestions did best so far
     "head-ordinal-unfrozen-lr-5e-3": ("model.head=ordinal", "stages.1.lr=5e-3"),
