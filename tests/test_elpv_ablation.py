@@ -47,10 +47,14 @@ def test_a_log_gives_valid_test_and_every_class_recall(tmp_path: Path) -> None:
 def test_an_lr_auto_stage_is_listed_with_its_race_winner(tmp_path: Path) -> None:
     """A stage run with lr=auto logs its race winner instead of a suggestion line; both count."""
     _log(tmp_path / "lrlab.log", 0.78, 0.80, (0.95, 0.31, 0.0, 0.67))
-    text = (tmp_path / "lrlab.log").read_text().replace(
-        "test: the final",
-        "[t][lrlab][INFO] -   lr 0.00391 = lr=auto race winner (9 raced epochs, 221.0s) around the "
-        "lrlab suggestion 0.0013: 0.0013 finished 0.3276, 0.00391 finished 0.2952\ntest: the final",
+    text = (
+        (tmp_path / "lrlab.log")
+        .read_text()
+        .replace(
+            "test: the final",
+            "[t][lrlab][INFO] -   lr 0.00391 = lr=auto race winner (9 raced epochs, 221.0s) around the "
+            "lrlab suggestion 0.0013: 0.0013 finished 0.3276, 0.00391 finished 0.2952\ntest: the final",
+        )
     )
     (tmp_path / "lrlab.log").write_text(text)
     assert collect_runs.parse_log(tmp_path / "lrlab.log")["lrs"] == "0.0101 (lrlab) / 0.00391 (auto)"
