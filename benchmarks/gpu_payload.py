@@ -31,7 +31,15 @@ WEBP_QUALITY = 95  # mean absolute error 0.79 grey levels against the PNGs (expe
 # What the GPU image lacks of lrlab's imports with tracking=none (and of optuna's storages), at the
 # versions installed here, so the GPU runs what the tests here ran.
 WHEELS_NEEDED = (
-    "hydra-core", "omegaconf", "optuna", "colorlog", "alembic", "sqlalchemy", "mako", "prodigyopt", "schedulefree"
+    "hydra-core",
+    "omegaconf",
+    "optuna",
+    "colorlog",
+    "alembic",
+    "sqlalchemy",
+    "mako",
+    "prodigyopt",
+    "schedulefree",
 )
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
@@ -84,10 +92,9 @@ def download_wheels(target: Path) -> None:
     specs = [f"{name}=={installed_version(name)}" for name in WHEELS_NEEDED]
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
     pip = [sys.executable, "-m", "pip"]
+    python = ["--python-version", "3.12", "--implementation", "cp", *platforms]
     subprocess.run(
-        [*pip, "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12"]
-        + ["--implementation", "cp", *platforms, "-d", str(target), *specs],
-        check=True,
+        [*pip, "download", "--no-deps", "--only-binary=:all:", *python, "-d", str(target), *specs], check=True
     )
     if not list(target.glob("antlr4_python3_runtime-4.9.3-*.whl")):
         subprocess.run(
@@ -100,7 +107,9 @@ def size_mib(path: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="only report what is there")
     args = parser.parse_args()
     if not args.check:
