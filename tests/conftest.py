@@ -106,12 +106,14 @@ def store(tmp_path: Path) -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def spawn_lrlab(*args: str, cwd: Path) -> subprocess.Popen:
-    """Start `python -m lrlab ARGS` in the background, stdout and stderr merged. A shell without
-    job control starts background jobs with SIGINT ignored; the child gets the default
-    disposition so tests see what Ctrl-C does in a terminal."""
+def spawn_lrlab(*args: str, cwd: Path, seed_store: bool = True) -> subprocess.Popen:
+    """Start `python -m lrlab ARGS` in the background, stdout and stderr merged (a migrated, empty
+    MLflow store seeded in `cwd` unless `seed_store=False`). A shell without job control starts
+    background jobs with SIGINT ignored; the child gets the default disposition so tests see what
+    Ctrl-C does in a terminal."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    seed_mlflow_store(cwd)
+    if seed_store:
+        seed_mlflow_store(cwd)
     return subprocess.Popen(
         [sys.executable, "-m", "lrlab", *args],
         cwd=cwd,

@@ -437,3 +437,25 @@ def test_a_configuration_whose_grid_has_not_settled_is_left_out_of_the_report(tm
     add(1e-2, 1)
     result = fbr.load_result(opts, config)
     assert result is not None and result.lrs() == [1e-3, 1e-2]
+
+
+def test_the_gpu_payloads_fp16_weights_load_and_predict_as_the_bundled_ones(tmp_path: Path) -> None:
+    """The Lite0 weights that travel to the GPU (fp16 safetensors, half the size) load through
+    `model.pretrained=PATH` and give the bundled model's outputs within fp16 rounding."""
+    import torch
+
+    import gpu_payload
+    from lrlab.models.factory import create_model
+
+    path = tmp_path / "lite0_fp16.safetensors"
+    gpu_payload.write_weights(path)
+    assert path.stat().st_size < 10 * 2**20  # the fp32 original is ~18.6 MB
+    torch.manual_seed(0)
+    carried = create_model("tf_efficientnet_lite0", 4, pretrained=str(path)).eval()
+    bundled = create_model("tf_efficientnet_lite0", 4, pretrained="bundled").eval()
+    bundled.classifier.load_state_dict(carried.classifier.state_dict())  # the new 4-class head
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        features = carried.forward_features(x), bundled.forward_features(x)
+    relative = ((features[0] - features[1]).norm() / features[1].norm()).item()
+    assert 0 < relative < 2e-2, relative  # rounded to fp16 (0.6% here); other weights differ by ~100%

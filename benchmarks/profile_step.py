@@ -1,0 +1,138 @@
+"""Profile lrlab's training step: where the time goes, and whether the host waits on the device.
+
+Runs `Engine.train_epoch` on random images (as `step_speed.py` does: Lite0, channels_last, the
+given precision and compile mode) under `torch.profiler` after a warm-up pass, and prints:
+- the top operators by self time on the device (CUDA) or the CPU;
+- host synchronisations per step: `aten::_local_scalar_dense` (`.item()`, `.tolist()`),
+  `cudaStreamSynchronize` / `cudaDeviceSynchronize`, device-to-host copies. lrlab reads losses
+  back once per `log_every` steps, so on CUDA anything above that per step is a stall to remove
+  (on the CPU nothing waits: torch's CPU AdamW reads each parameter's step count with `.item()`);
+- on CUDA, device busy time against wall time: a busy share well below 1 means the step is bound
+  by kernel launches or the input path, not by the GPU.
+These are the "profile lines" the GPU issue asks for beside each missed speed target.
+
+    python benchmarks/profile_step.py                                        # CPU, 64 px
+    python benchmarks/profile_step.py --device cuda --precision bf16 --image-size 300 --batch 128
+    python benchmarks/profile_step.py --device cuda --precision bf16 --image-size 300 \
+        --compile reduce-overhead
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lrlab.core.engine import Engine
+from lrlab.core.optim import build_optimizer
+from lrlab.data.loaders import TensorLoader
+from lrlab.data.types import TensorSplit
+from lrlab.models.factory import create_model, to_device
+from lrlab.models.groups import layer_groups
+from step_speed import CLASSES, NORM
+
+SYNC_EVENTS = {
+    "item": ("aten::_local_scalar_dense",),
+    "synchronize": ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"),
+    "device_to_host": ("Memcpy DtoH",),
+}
+
+
+def _images(n: int, size: int) -> TensorSplit:
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
+    return TensorSplit(images, torch.randint(0, CLASSES, (n,), generator=generator))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile_training(args: argparse.Namespace) -> dict:
+    """One warm-up epoch, then one profiled epoch of `args.steps` steps; the figures as a dict."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = to_device(create_model(args.model, CLASSES, pretrained=False), device, channels_last=True)
+    engine = Engine(
+        model,
+        device,
+        args.precision,
+        channels_last=True,
+        compile=args.compile or False,
+        log_every=args.log_every,
+    )
+    optimizer = build_optimizer(
+        lambda params, lr: torch.optim.AdamW(params, lr=lr), model, layer_groups(model), 1e-4
+    )
+    split = _images(args.batch * args.steps, args.image_size)
+    loader = TensorLoader(
+        split, args.batch, NORM, device, shuffle=True, drop_last=True, augment={"hflip": True}
+    )
+    engine.train_epoch(loader, optimizer)  # warm-up: compilation, cuDNN autotuning, allocator
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        engine.train_epoch(loader, optimizer)
+        _sync(device)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    on_device = device.type == "cuda"
+    sort_key = "self_cuda_time_total" if on_device else "self_cpu_time_total"
+    table = events.table(sort_by=sort_key, row_limit=args.rows, max_name_column_width=60)
+    counts = {
+        kind: sum(e.count for e in events if any(e.key.startswith(name) for name in names))
+        for kind, names in SYNC_EVENTS.items()
+    }
+    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e6 if on_device else None
+    return {
+        "steps": args.steps,
+        "batch": args.batch,
+        "wall_s": wall,
+        "img_s": args.batch * args.steps / wall,
+        "per_step": {kind: count / args.steps for kind, count in counts.items()},
+        "device_busy_share": busy / wall if busy is not None else None,
+        "table": table,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
+    parser.add_argument("--model", default="tf_efficientnet_lite0")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--log-every", type=int, default=10, help="lrlab's loss read-back interval")
+    parser.add_argument("--compile", default=None, help="a torch.compile mode (default: eager)")
+    parser.add_argument("--rows", type=int, default=15, help="operators listed")
+    parser.add_argument("--json", help="also write the figures (without the table) to this file")
+    args = parser.parse_args()
+    result = profile_training(args)
+    print(
+        f"# lrlab training step, {args.model} {args.image_size}px batch {args.batch}, precision "
+        f"{args.precision}, compile {args.compile or 'off'}, log_every {args.log_every}, "
+        f"torch {torch.__version__}, {args.device}"
+    )
+    print(result["table"])
+    per_step = ", ".join(f"{kind} {value:.2f}" for kind, value in result["per_step"].items())
+    print(f"host syncs per step: {per_step} (lrlab's loss read-back: once per {args.log_every} steps)")
+    busy = result["device_busy_share"]
+    print(
+        f"{result['img_s']:.1f} images/s over {args.steps} profiled steps"
+        + (f"; device busy {busy:.0%} of wall time" if busy is not None else "")
+    )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(
+                {k: v for k, v in result.items() if k != "table"} | {"args": vars(args)}, handle, indent=2
+            )
+
+
+if __name__ == "__main__":
+    main()
