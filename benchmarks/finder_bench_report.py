@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from finder_bench_configs import CONTENDERS, BenchConfig
+from finder_bench_jobs import make_job
 from finder_bench_scoring import CLASSES, BenchRun, bootstrap_ci, load_runs
 from finder_grid_runs import settled_trials
 
@@ -84,8 +85,6 @@ class ConfigResult:
 def load_result(opts: argparse.Namespace, config: BenchConfig) -> ConfigResult | None:
     """The configuration's settled runs; None until its whole grid has settled (a partial grid's
     best LR, and the span and constants read from it, would be wrong)."""
-    from finder_vs_grid import make_job
-
     full = make_job(opts, config, "grid")
     if settled_trials(full.storage, full.study) < full.trials:
         return None

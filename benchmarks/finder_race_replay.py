@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from finder_bench_configs import CONFIGS, BenchConfig
+from finder_bench_jobs import make_job
 from finder_bench_report import load_result
-from finder_vs_grid import make_job
 
 OPTIONS: dict[str, tuple[tuple[float, ...], float]] = {
     "find (no race)": ((1.0,), 0.0),

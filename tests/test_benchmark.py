@@ -19,6 +19,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import finder_bench_configs as fbc  # noqa: E402
+import finder_bench_jobs as jobs  # noqa: E402
 import finder_bench_report as fbr  # noqa: E402
 import finder_vs_grid as fvg  # noqa: E402
 from finder_bench_scoring import BenchRun, bootstrap_ci  # noqa: E402
@@ -34,8 +35,8 @@ def _opts(tmp_path: Path, **extra) -> argparse.Namespace:
 
 def test_grids_are_half_decades_and_the_refinement_brackets_the_best_or_extends_an_end() -> None:
     adamw, sgd = fbc.BY_NAME["digits-lite0-adamw"], fbc.BY_NAME["digits-lite0-sgd"]
-    assert fvg.grid_lrs(adamw) == [1e-5, 3.16e-5, 1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1]
-    assert fvg.grid_lrs(sgd)[0] == 1e-4 and fvg.grid_lrs(sgd)[-1] == 1.0 and len(fvg.grid_lrs(sgd)) == 9
+    assert jobs.grid_lrs(adamw) == [1e-5, 3.16e-5, 1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 1e-1]
+    assert jobs.grid_lrs(sgd)[0] == 1e-4 and jobs.grid_lrs(sgd)[-1] == 1.0 and len(jobs.grid_lrs(sgd)) == 9
     valid = {1e-3: [0.3, 0.32], 3.16e-3: [0.2, 0.22], 1e-2: [0.25, 0.2]}  # best 3.16e-3 (mean 0.21)
     assert fvg.refine_lrs(adamw, valid) == [1.78e-3, 5.62e-3]
     assert fvg.refine_lrs(adamw, {1e-5: [0.1], 1e-4: [0.5]}) == [1.78e-6, 3.16e-6, 5.62e-6, 1.78e-5]
@@ -43,18 +44,18 @@ def test_grids_are_half_decades_and_the_refinement_brackets_the_best_or_extends_
 
 
 def test_a_later_override_of_the_same_key_replaces_the_earlier_in_place() -> None:
-    assert fvg.merged(["a=1", "optimizer=sgd", "b=2"], ["optimizer=prodigy", "c=3"]) == [
+    assert jobs.merged(["a=1", "optimizer=sgd", "b=2"], ["optimizer=prodigy", "c=3"]) == [
         "a=1",
         "optimizer=prodigy",
         "b=2",
         "c=3",
     ]
     # choosing the group again drops the earlier option's keys (plain SGD's momentum vs prodigy)
-    assert fvg.merged(["optimizer=sgd", "optimizer.momentum=0", "a=1"], ["optimizer=prodigy"]) == [
+    assert jobs.merged(["optimizer=sgd", "optimizer.momentum=0", "a=1"], ["optimizer=prodigy"]) == [
         "optimizer=prodigy",
         "a=1",
     ]
-    kept = fvg.merged(["optimizer=sgd", "optimizer.momentum=0"], ["stages.0.lr=1"])
+    kept = jobs.merged(["optimizer=sgd", "optimizer.momentum=0"], ["stages.0.lr=1"])
     assert kept == ["optimizer=sgd", "optimizer.momentum=0", "stages.0.lr=1"]
 
 
@@ -77,7 +78,7 @@ def test_every_configuration_and_contender_composes_and_validates(
 
     opts = _opts(tmp_path)
     for kind in fvg.KINDS:
-        job = fvg.make_job(opts, config, kind, [1e-3])
+        job = jobs.make_job(opts, config, kind, [1e-3])
         overrides = [a for a in job.args[1:] if not a.startswith(("hydra.", "seed="))]
         overrides = [o.split("=")[0] + "=" + o.split("=")[1].split(",")[0] for o in overrides]
         cfg = validate(compose_cfg(*overrides))
@@ -119,7 +120,7 @@ def _result(name: str, best: float, contenders: dict[str, list[float]] | None = 
     config = fbc.BY_NAME[name]
     grid = [
         BenchRun(lr, seed, e, e + 0.001 * seed, 10.0)
-        for lr in fvg.grid_lrs(config)
+        for lr in jobs.grid_lrs(config)
         for seed in range(3)
         for e in [0.1 + 0.05 * abs(math.log10(lr / best)) + 0.01 * seed]
     ]
@@ -416,7 +417,7 @@ def test_a_configuration_whose_grid_has_not_settled_is_left_out_of_the_report(tm
     config = fbc.BY_NAME["digits-lite0-adamw"]
     opts = _opts(tmp_path, grid_lrs=[1e-3, 1e-2], seeds=[0, 1])
     (tmp_path / "studies").mkdir()
-    job = fvg.make_job(opts, config, "grid")
+    job = jobs.make_job(opts, config, "grid")
     study = optuna.create_study(study_name=job.study, storage=job.storage)
     dists = {
         "stages.0.lr": optuna.distributions.CategoricalDistribution([1e-3, 1e-2]),
