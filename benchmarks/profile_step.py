@@ -24,6 +24,7 @@ import json
 import time
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from lrlab.core.engine import Engine
@@ -88,7 +89,8 @@ def profile_training(args: argparse.Namespace) -> dict:
         kind: sum(e.count for e in events if any(e.key.startswith(name) for name in names))
         for kind, names in SYNC_EVENTS.items()
     }
-    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e6 if on_device else None
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # kernels, copies, memsets
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6 if on_device else None
     return {
         "steps": args.steps,
         "batch": args.batch,

@@ -460,3 +460,25 @@ def test_the_gpu_payloads_fp16_weights_load_and_predict_as_the_bundled_ones(tmp_
         features = carried.forward_features(x), bundled.forward_features(x)
     relative = ((features[0] - features[1]).norm() / features[1].norm()).item()
     assert 0 < relative < 2e-2, relative  # rounded to fp16 (0.6% here); other weights differ by ~100%
+
+
+def test_the_step_profile_lists_operators_and_counts_host_syncs_per_step() -> None:
+    import profile_step
+
+    args = argparse.Namespace(
+        device="cpu",
+        precision="32",
+        model="test_efficientnet",
+        image_size=32,
+        batch=8,
+        steps=8,
+        log_every=4,
+        compile=None,
+        rows=5,
+    )
+    result = profile_step.profile_training(args)
+    assert "convolution" in result["table"] and result["img_s"] > 0 and result["steps"] == 8
+    assert set(result["per_step"]) == {"item", "synchronize", "device_to_host"}
+    # on the CPU nothing waits on a device; torch's CPU AdamW reads each step count with .item()
+    assert result["per_step"]["synchronize"] == 0 and result["per_step"]["item"] >= 1
+    assert result["device_busy_share"] is None
