@@ -125,16 +125,20 @@ def _free_port() -> int:
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
 def test_a_one_process_group_trains_through_ddp(digits, device: str, monkeypatch) -> None:
     """NCCL on CUDA (gloo on the CPU) with one process: DDP's parameter broadcast and gradient
-    all-reduce run over the backend, SyncBatchNorm on CUDA; training gives the plain engine's
-    weights (one rank: the all-reduced gradient is the rank's own)."""
+    all-reduce run over the backend, SyncBatchNorm on CUDA; training moves the weights as the plain
+    engine does (one rank: the all-reduced gradient is the rank's own). Compared relative to the
+    update, since cuDNN's backward may differ in its last bits from one run to the next."""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
     backend = "nccl" if device == "cuda" else "gloo"
     weights = []
     for engine_class in (Engine, DistributedEngine):
-        model, _, train, valid, optimizer = _staged_setup(digits, device)
+        model, groups, train, valid, _ = _staged_setup(digits, device)
+        # SGD, not AdamW: its step scales with the gradient, so a wrongly reduced one would show
+        optimizer = build_optimizer(partial(torch.optim.SGD, momentum=0.9), model, groups, lr=0.05)
+        initial = torch.cat([p.detach().flatten() for p in model.parameters()]).cpu()
         if engine_class is DistributedEngine:
-            extra = {"device_id": torch.device(device)} if device == "cuda" else {}
+            extra = {"device_id": torch.device("cuda", 0)} if device == "cuda" else {}
             dist.init_process_group(backend, rank=0, world_size=1, **extra)
         try:
             if device == "cuda":
@@ -145,7 +149,7 @@ def test_a_one_process_group_trains_through_ddp(digits, device: str, monkeypatch
                 train,
                 valid,
                 optimizer,
-                constant(optimizer, group_lrs(optimizer, [3e-3] * 3), len(train)),
+                constant(optimizer, group_lrs(optimizer, [0.05] * 3), len(train)),
                 epochs=1,
             )
             if engine_class is DistributedEngine:
@@ -155,7 +159,8 @@ def test_a_one_process_group_trains_through_ddp(digits, device: str, monkeypatch
             if dist.is_initialized():
                 dist.destroy_process_group()
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]).cpu())
-    torch.testing.assert_close(weights[1], weights[0], rtol=1e-4, atol=1e-5)
+    difference = ((weights[1] - weights[0]).norm() / (weights[0] - initial).norm()).item()
+    assert difference < (1e-5 if device == "cpu" else 0.05), difference
 
 
 RESUME_RUN = (
