@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lrlab.data.loaders import TensorLoader, make_loaders
+from lrlab.data.loaders import MAX_AUTO_WORKERS, TensorLoader, loader_workers, make_loaders
 from lrlab.data.registry import SOURCES, DataConfig, get_source, register_source
 from lrlab.data.sources import DigitsConfig, load_digits, load_elpv, load_source
 from lrlab.data.splits import split_indices
@@ -238,6 +238,8 @@ def test_an_unknown_source_lists_the_registered_ones() -> None:
             {"name": "digits", "balance": "oversample"},
             "data.balance='oversample' is not valid; choose one of: none, sampler, weights",
         ),
+        ({"name": "digits", "num_workers": -1}, "data.num_workers=-1 must be a number >= 0 or auto"),
+        ({"name": "digits", "num_workers": "many"}, "data.num_workers='many' must be a number >= 0 or auto"),
     ],
 )
 def test_a_bad_data_config_names_the_key(cfg: dict, message: str) -> None:
@@ -465,3 +467,26 @@ def test_the_deitsch_split_preset_tests_on_a_quarter_of_the_cells(compose_cfg) -
     cfg = compose_cfg("experiment=elpv_deitsch_split", "data.image_size=8")
     source = load_elpv(valid_pct=cfg.data.valid_pct, test_pct=cfg.data.test_pct, image_size=8)
     assert source.sizes() == {"train": 1705, "valid": 263, "test": 656}
+
+
+def test_auto_workers_keep_two_on_the_cpu_and_take_the_processs_share_of_the_cores_on_a_gpu(
+    monkeypatch, compose_cfg
+) -> None:
+    from lrlab.app.schema import validate
+
+    assert validate(compose_cfg("data=imagefolder", "data.root=.")).data.num_workers == "auto"
+    assert (
+        validate(compose_cfg("data=imagefolder", "data.root=.", "data.num_workers=6")).data.num_workers == 6
+    )
+    assert loader_workers(0, "cuda") == 0 and loader_workers(6, "cpu") == 6
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers("auto", "cpu") == 2  # training on the CPU needs the cores
+    assert loader_workers("auto", "cuda") == 15  # one core left to the process that drives the GPU
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun, 4 GPUs on this node: 4 cores each
+    assert loader_workers("auto", torch.device("cuda", 2)) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert loader_workers("auto", "cuda") == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(96)), raising=False)
+    assert loader_workers("auto", "cuda") == MAX_AUTO_WORKERS == 16

@@ -5,6 +5,7 @@ transforms. Written by hand because DataLoader collates and transforms sample by
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -23,6 +24,24 @@ def check_global_batch(batch_size: int, world: int) -> None:
             f"data.batch_size={batch_size} is the global batch of all {world} processes together "
             f"and must be a multiple of {world}, e.g. data.batch_size={world * max(1, batch_size // world)}."
         )
+
+
+MAX_AUTO_WORKERS = 16
+
+
+def loader_workers(setting: Any, device: torch.device | str) -> int:
+    """DataLoader workers for `data.num_workers`: the number given; for `auto`, 2 on the CPU (the
+    training threads need the cores) and on CUDA this process's share of the usable cores (torchrun's
+    LOCAL_WORLD_SIZE processes share them) less one for the process itself, at most 16. One worker
+    decodes and transforms about 280 ELPV images/s at 300 px on a 2-core Xeon
+    (benchmarks/loader_speed.py), so a GPU needs many."""
+    if setting != "auto":
+        return int(setting)
+    if torch.device(device).type != "cuda":
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(MAX_AUTO_WORKERS, share - 1))
 
 
 class TensorLoader:
@@ -240,7 +259,7 @@ def _file_loaders(
     `rank::world` of valid; test stays whole (one process reports it)."""
     (rank, world), batch_size = shard, int(cfg["batch_size"])
     check_global_batch(batch_size, world)
-    augment, workers = dict(cfg.get("augment") or {}), int(cfg.get("num_workers", 0))
+    augment, workers = dict(cfg.get("augment") or {}), loader_workers(cfg.get("num_workers", 0), device)
     common = dict(num_workers=workers, pin_memory=torch.device(device).type == "cuda")
     source.train.transform = _timm_transform(norm, cfg["image_size"], True, augment)
     generator = torch.Generator().manual_seed(seed)

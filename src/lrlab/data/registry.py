@@ -49,7 +49,9 @@ class DataConfig:
     name: str  # the registered source
     image_size: int = 224
     batch_size: int = 32
-    num_workers: int = 2  # DataLoader workers for file datasets (in-memory sources use none)
+    # DataLoader workers for file datasets (in-memory sources use none): a number, or auto: 2 on the
+    # CPU (training needs the cores), on a GPU this process's share of the cores less one, up to 16
+    num_workers: Any = "auto"
     valid_pct: float = 0.2  # held out for validation (checkpoints, sweeps) when the source has no valid split
     test_pct: float = 0.2  # held out for the once-only test report when the source has no test split; 0: none
     split_seed: int = 0  # the stratified splits depend only on this (and the two fractions)
@@ -65,8 +67,9 @@ class DataConfig:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"data.{key}={getattr(self, key)!r} must be positive.")
         check_choice(self.balance, BALANCE_MODES, "data.balance")
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0.")
+        workers = self.num_workers
+        if workers != "auto" and (type(workers) is not int or workers < 0):
+            raise ConfigError(f"data.num_workers={workers!r} must be a number >= 0 or auto.")
         if not 0 < self.valid_pct < 1:
             raise ConfigError(f"data.valid_pct={self.valid_pct} must be between 0 and 1.")
         if not 0 <= self.test_pct < 1:
