@@ -8,8 +8,9 @@
 #   DRY=1 OUT=/tmp/gpu_dry bash benchmarks/gpu_issue25.sh
 # Sections: the gpu-marked tests (CUDA paths, NCCL with one process), step speed eager and under
 # reduce-overhead (Lite0 300 px bf16, batch 32/128/256, lrlab vs the plain loop, first pass),
-# profiles of the training step (host syncs, device busy share), an ELPV 300 px run of 1+1 epochs
-# (first-epoch time and the input path on 16 cores), then max-autotune-no-cudagraphs if time is left.
+# profiles of the training step (host syncs, device busy share), the file loader alone with 0-15
+# workers on the 16 cores, an ELPV 300 px run of 1+1 epochs (first-epoch time), then
+# max-autotune-no-cudagraphs if time is left.
 # Writes $OUT/run.log (everything printed) and $OUT/results.tar.gz (JSON figures, logs, plots).
 set -uo pipefail
 set -f  # overrides hold brackets
@@ -25,11 +26,12 @@ start=$SECONDS
 py=${PYTHON:-python3}
 
 if [ "$DRY" = 1 ]; then  # the CPU, tiny sizes: checks the commands, not the figures
-  device=cpu precision=32 size=64 steps=8 repeats=1 batches="8 16" prof_batch=16
+  device=cpu precision=32 size=64 steps=8 repeats=1 batches="8 16" prof_batch=16 workers="0 2"
   tests=(tests/test_gpu.py -k cpu)
   elpv_size="data.image_size=32"
 else
   device=cuda precision=bf16 size=300 steps=30 repeats=3 batches="32 128 256" prof_batch=128
+  workers="0 2 4 8 15"
   tests=(tests/test_gpu.py tests/test_optim.py -m gpu)
   elpv_size=""
   if [ -d .whl ]; then  # the GPU image lacks Hydra, OmegaConf and Optuna: carried as wheels
@@ -71,9 +73,11 @@ section "gpu tests" 170 $py -m pytest -n 0 -q -p no:cacheprovider -o addopts="" 
 section "step speed, eager" 100 "${speed[@]}" --json "$DETAIL/step_speed_eager.json"
 section "step speed, reduce-overhead" 120 "${speed[@]}" --compile reduce-overhead \
   --json "$DETAIL/step_speed_reduce-overhead.json"
-section "profile, eager" 40 "${profile[@]}" --json "$DETAIL/profile_eager.json"
-section "profile, reduce-overhead" 50 "${profile[@]}" --compile reduce-overhead \
+section "profile, eager" 35 "${profile[@]}" --json "$DETAIL/profile_eager.json"
+section "profile, reduce-overhead" 45 "${profile[@]}" --compile reduce-overhead \
   --json "$DETAIL/profile_reduce-overhead.json"
+section "loader alone, ELPV 300 px" 50 $py benchmarks/loader_speed.py --root .gpu/elpv --device $device \
+  --image-size $size --batch $prof_batch --batches $((steps / 3)) --workers $workers
 section "ELPV 300 px, 1+1 epochs" 90 $py -m lrlab experiment=elpv_gpu data.root=.gpu/elpv \
   model.pretrained=.gpu/lite0_fp16.safetensors device=$device precision=$precision tracking=none \
   train.progress=false freeze_epochs=1 epochs=1 $elpv_size hydra.run.dir="$DETAIL/elpv"

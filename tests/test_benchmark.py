@@ -482,3 +482,27 @@ def test_the_step_profile_lists_operators_and_counts_host_syncs_per_step() -> No
     # on the CPU nothing waits on a device; torch's CPU AdamW reads each step count with .item()
     assert result["per_step"]["synchronize"] == 0 and result["per_step"]["item"] >= 1
     assert result["device_busy_share"] is None
+
+
+def test_the_loader_benchmark_times_lrlabs_file_and_memory_loaders(tmp_path: Path) -> None:
+    import torch
+    from PIL import Image
+
+    import loader_speed
+    from lrlab.data.files import load_imagefolder
+    from lrlab.data.loaders import make_loaders
+
+    elpv = tmp_path / "elpv"  # an ELPV copy: labels.csv + images/, four cells per level
+    (elpv / "images").mkdir(parents=True)
+    rows = []
+    for i, prob in enumerate(["0.0", "0.3333333333333333", "0.6666666666666666", "1.0"] * 4):
+        Image.new("L", (20, 20), color=30 * i).save(elpv / "images" / f"cell{i:04d}.webp")
+        rows.append(f"images/cell{i:04d}.webp  {prob}  mono")
+    (elpv / "labels.csv").write_text("\n".join(rows) + "\n")
+    tree = loader_speed.folder_tree(str(elpv), tmp_path / "tree")
+    assert sorted(p.name for p in tree.iterdir()) == ["p0", "p1", "p1_3", "p2_3"]
+    source = load_imagefolder(root=str(tree), image_size=16, valid_pct=0.25, test_pct=0.25)
+    cfg = {"batch_size": 2, "image_size": 16, "augment": {"hflip": True}, "num_workers": 0}
+    train = make_loaders(source, cfg, loader_speed.NORM, "cpu").train
+    first, rate, seen = loader_speed.time_loader(train, torch.device("cpu"), batches=5)
+    assert first > 0 and rate > 0 and seen == 6  # 8 training images: the first batch, then 3 more
