@@ -33,7 +33,7 @@ def loader_workers(setting: Any, device: torch.device | str) -> int:
     """DataLoader workers for `data.num_workers`: the number given; for `auto`, 2 on the CPU (the
     training threads need the cores) and on CUDA this process's share of the usable cores (torchrun's
     LOCAL_WORLD_SIZE processes share them) less one for the process itself, at most 16. One worker
-    decodes and transforms about 280 ELPV images/s at 300 px on a 2-core Xeon
+    decodes and transforms 250-280 ELPV images/s at 300 px on a 2-core Xeon
     (benchmarks/loader_speed.py), so a GPU needs many."""
     if setting != "auto":
         return int(setting)
