@@ -479,7 +479,7 @@ def test_auto_workers_keep_two_on_the_cpu_and_take_the_processs_share_of_the_cor
         validate(compose_cfg("data=imagefolder", "data.root=.", "data.num_workers=6")).data.num_workers == 6
     )
     assert loader_workers(0, "cuda") == 0 and loader_workers(6, "cpu") == 6
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr("lrlab.data.loaders.usable_cores", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert loader_workers("auto", "cpu") == 2  # training on the CPU needs the cores
     assert loader_workers("auto", "cuda") == 15  # one core left to the process that drives the GPU
@@ -488,5 +488,23 @@ def test_auto_workers_keep_two_on_the_cpu_and_take_the_processs_share_of_the_cor
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert loader_workers("auto", "cuda") == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(96)), raising=False)
+    monkeypatch.setattr("lrlab.data.loaders.usable_cores", lambda: 96)
     assert loader_workers("auto", "cuda") == MAX_AUTO_WORKERS == 16
+
+
+def test_images_decoded_in_threads_come_back_in_order(monkeypatch) -> None:
+    import time
+
+    from lrlab.data import decode
+
+    monkeypatch.setattr(decode, "usable_cores", lambda: 4)
+    # later items finish first: the results must still follow the items
+    assert decode.map_in_threads(lambda i: time.sleep((5 - i) / 200) or i * i, range(6)) == [
+        0,
+        1,
+        4,
+        9,
+        16,
+        25,
+    ]
+    assert decode.map_in_threads(str, [], desc="nothing") == []

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lrlab.data.decode import map_in_threads
 from lrlab.data.registry import DataConfig, register_source
 from lrlab.data.sources import config_with
 from lrlab.data.splits import split_indices
@@ -137,19 +138,19 @@ def verify_images(dataset: Any, skip: bool) -> int:
     zlib stream passes it and fails in an epoch), so a damaged or empty file fails now, named. With
     `skip`, unreadable files are left out (returns how many)."""
     from PIL import Image
-    from tqdm.auto import tqdm
 
-    bad = []
-    for path, _ in tqdm(
-        dataset.samples, desc=f"checking images in {dataset.root}", leave=False, disable=None
-    ):
+    def problem(sample: tuple[str, int]) -> tuple[str, str] | None:
         try:
-            with Image.open(path) as image:
+            with Image.open(sample[0]) as image:
                 image.verify()
-            with Image.open(path) as image:
+            with Image.open(sample[0]) as image:
                 image.load()
         except Exception as exc:  # PIL raises many types for damaged files
-            bad.append((path, f"{type(exc).__name__}: {exc}"))
+            return sample[0], f"{type(exc).__name__}: {exc}"
+        return None
+
+    checked = map_in_threads(problem, dataset.samples, desc=f"checking images in {dataset.root}")
+    bad = [found for found in checked if found is not None]
     if bad and not skip:
         listed = "; ".join(f"{p} ({why[:80]})" for p, why in bad[:5]) + ("; ..." if len(bad) > 5 else "")
         raise LrlabError(

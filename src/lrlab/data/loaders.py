@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lrlab.data.augment import affine_params, jitter, warp
+from lrlab.data.decode import usable_cores
 from lrlab.data.types import ImageSource, Normalization, TensorSplit, split_labels
 from lrlab.errors import LrlabError
 
@@ -39,8 +40,7 @@ def loader_workers(setting: Any, device: torch.device | str) -> int:
         return int(setting)
     if torch.device(device).type != "cuda":
         return 2
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    share = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     return max(1, min(MAX_AUTO_WORKERS, share - 1))
 
 

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from lrlab.data.decode import map_in_threads
 from lrlab.data.registry import AugmentConfig, DataConfig, data_config, get_source, register_source
 from lrlab.data.splits import split_indices
 from lrlab.data.types import ImageSource, TensorSplit
@@ -103,7 +104,9 @@ def _elpv_arrays(root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.nd
 
     labels = _elpv_labels_file(root)
     rows = [line.split() for line in labels.read_text().splitlines() if line.strip()]
-    images = np.stack([np.asarray(Image.open(labels.parent / path).convert("L")) for path, _, _ in rows])
+    images = np.stack(
+        map_in_threads(lambda row: np.asarray(Image.open(labels.parent / row[0]).convert("L")), rows)
+    )
     probs = np.array([float(p) for _, p, _ in rows])
     types = np.array([t for _, _, t in rows])
     images.setflags(write=False)
