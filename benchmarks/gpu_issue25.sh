@@ -68,7 +68,7 @@ echo "== machine"
 $py -c "import torch, timm, os; print('torch', torch.__version__, 'timm', timm.__version__, 'cpus', os.cpu_count())" |
   tee -a "$DETAIL/gpu.txt"
 
-section "gpu tests" 170 $py -m pytest -n 0 -q -p no:cacheprovider -o addopts="" "${tests[@]}" \
+section "gpu tests" 170 $py -m pytest -n 0 -v --durations=0 -p no:cacheprovider -o addopts="" "${tests[@]}" \
   --junitxml="$DETAIL/tests.xml"
 section "step speed, eager" 100 "${speed[@]}" --json "$DETAIL/step_speed_eager.json"
 section "step speed, reduce-overhead" 120 "${speed[@]}" --compile reduce-overhead \
