@@ -206,12 +206,14 @@ def materialize(dataset: Dataset, image_size: int) -> TensorSplit:
     to_tensor = v2.Compose(
         [v2.PILToTensor(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
     )
-    images, labels = [], []
-    for i in range(len(dataset)):
-        image, label = dataset[i]
-        images.append(to_tensor(image))
-        labels.append(int(label))
-    return TensorSplit(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
+
+    def decoded(index: int) -> tuple[torch.Tensor, int]:
+        image, label = dataset[index]
+        return to_tensor(image), int(label)
+
+    pairs = map_in_threads(decoded, range(len(dataset)), desc="decoding into memory")
+    labels = torch.tensor([label for _, label in pairs], dtype=torch.int64)
+    return TensorSplit(torch.stack([image for image, _ in pairs]), labels)
 
 
 def check_classes(source: ImageSource, name: str) -> None:
