@@ -36,6 +36,22 @@ ADAMW = partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.0
 GPU = pytest.mark.gpu
 
 
+@pytest.fixture(scope="module")
+def digits():
+    """320 training and 64 valid digits at 32 px (at conftest's 8 px the deeper blocks see 1x1 maps
+    with 3x3 kernels, and CPU bf16 depthwise-conv backward then leaves NaN in weights that touch
+    only padding: torch's arithmetic, not lrlab's, so the tests stay off that corner)."""
+    from lrlab.data.sources import load_digits
+    from lrlab.data.types import ImageSource, TensorSplit
+
+    full = load_digits(image_size=32)
+    return ImageSource(
+        TensorSplit(full.train.images[:320], full.train.labels[:320]),
+        TensorSplit(full.valid.images[:64], full.valid.labels[:64]),
+        full.class_names,
+    )
+
+
 def _staged_setup(digits, device: str, batch: int = 32):
     torch.manual_seed(0)
     model = to_device(create_model("test_efficientnet", num_classes=10), torch.device(device), True)
@@ -84,7 +100,7 @@ def test_staged_training_with_a_range_test_in_mixed_precision_and_channels_last(
     assert all(torch.isfinite(p).all() for p in model.parameters())
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert log.accuracy[-1] > 0.7, log.accuracy  # 320 digits, 4 epochs of a tiny untrained net (0.875 here)
+    assert log.accuracy[-1] > 0.7, log.accuracy  # 320 digits, 4 epochs of a tiny untrained net (0.94 here)
 
 
 @pytest.mark.slow
