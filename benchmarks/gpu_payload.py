@@ -117,9 +117,12 @@ def main() -> None:
         print(f"ELPV as WebP q{WEBP_QUALITY}: {write_elpv(DATA / 'elpv')} images")
         write_weights(DATA / "lite0_fp16.safetensors")
         download_wheels(WHEELS)
-    sizes = {".gpu/elpv": size_mib(DATA / "elpv"), ".gpu/lite0_fp16.safetensors": size_mib(DATA)}
-    sizes[".gpu/lite0_fp16.safetensors"] -= sizes[".gpu/elpv"]
-    sizes[".whl"] = size_mib(WHEELS)
+    weights = DATA / "lite0_fp16.safetensors"
+    sizes = {
+        ".gpu/elpv": size_mib(DATA / "elpv"),
+        ".gpu/lite0_fp16.safetensors": weights.stat().st_size / 2**20 if weights.exists() else 0.0,
+        ".whl": size_mib(WHEELS),
+    }
     for name, mib in sizes.items():
         print(f"{name:32s} {mib:6.1f} MiB")
     total = sum(sizes.values())

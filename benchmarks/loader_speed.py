@@ -16,17 +16,18 @@ This times lrlab's own loaders (`make_loaders`) over the ELPV images, without an
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from lrlab.data.decode import usable_cores
 from lrlab.data.files import load_imagefolder
 from lrlab.data.loaders import make_loaders
 from lrlab.data.sources import _elpv_labels_file, load_elpv
 from lrlab.data.types import Normalization
+from step_speed import _sync
 
 NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 LEVELS = {"0.0": "p0", "0.3333333333333333": "p1_3", "0.6666666666666666": "p2_3", "1.0": "p1"}
@@ -41,11 +42,6 @@ def folder_tree(root: str | None, target: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / Path(name).name).symlink_to((labels.parent / name).resolve())
     return target
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_loader(loader, device: torch.device, batches: int) -> tuple[float, float, int]:
@@ -75,7 +71,7 @@ def main() -> None:
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2])
     args = parser.parse_args()
     device = torch.device(args.device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     print(
         f"# training loader alone, ELPV at {args.image_size} px, batch {args.batch}, {args.batches} batches "
         f"timed, device {device}, {cores} CPU cores, torch {torch.__version__}"

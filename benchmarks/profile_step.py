@@ -27,13 +27,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from lrlab.core.engine import Engine
-from lrlab.core.optim import build_optimizer
-from lrlab.data.loaders import TensorLoader
-from lrlab.data.types import TensorSplit
-from lrlab.models.factory import create_model, to_device
-from lrlab.models.groups import layer_groups
-from step_speed import CLASSES, NORM
+from step_speed import _images, add_step_arguments, lrlab_pass
 
 SYNC_EVENTS = {
     "item": ("aten::_local_scalar_dense",),
@@ -42,44 +36,15 @@ SYNC_EVENTS = {
 }
 
 
-def _images(n: int, size: int) -> TensorSplit:
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=generator)
-    return TensorSplit(images, torch.randint(0, CLASSES, (n,), generator=generator))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def profile_training(args: argparse.Namespace) -> dict:
     """One warm-up epoch, then one profiled epoch of `args.steps` steps; the figures as a dict."""
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = to_device(create_model(args.model, CLASSES, pretrained=False), device, channels_last=True)
-    engine = Engine(
-        model,
-        device,
-        args.precision,
-        channels_last=True,
-        compile=args.compile or False,
-        log_every=args.log_every,
-    )
-    optimizer = build_optimizer(
-        lambda params, lr: torch.optim.AdamW(params, lr=lr), model, layer_groups(model), 1e-4
-    )
-    split = _images(args.batch * args.steps, args.image_size)
-    loader = TensorLoader(
-        split, args.batch, NORM, device, shuffle=True, drop_last=True, augment={"hflip": True}
-    )
-    engine.train_epoch(loader, optimizer)  # warm-up: compilation, cuDNN autotuning, allocator
-    _sync(device)
+    train_epoch = lrlab_pass(args, device, _images(args, args.batch), args.batch, "train")
+    train_epoch()  # warm-up: compilation, cuDNN autotuning, allocator
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         start = time.perf_counter()
-        engine.train_epoch(loader, optimizer)
-        _sync(device)
+        train_epoch()  # ends with a device synchronize
         wall = time.perf_counter() - start
     events = prof.key_averages()
     on_device = device.type == "cuda"
@@ -104,16 +69,9 @@ def profile_training(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
-    parser.add_argument("--model", default="tf_efficientnet_lite0")
-    parser.add_argument("--image-size", type=int, default=64)
+    add_step_arguments(parser)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--log-every", type=int, default=10, help="lrlab's loss read-back interval")
-    parser.add_argument("--compile", default=None, help="a torch.compile mode (default: eager)")
     parser.add_argument("--rows", type=int, default=15, help="operators listed")
-    parser.add_argument("--json", help="also write the figures (without the table) to this file")
     args = parser.parse_args()
     result = profile_training(args)
     print(

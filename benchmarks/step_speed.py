@@ -33,6 +33,7 @@ from torch import nn
 
 from lrlab.core.engine import Engine
 from lrlab.core.optim import build_optimizer
+from lrlab.core.settings import StepOptions
 from lrlab.data.loaders import TensorLoader
 from lrlab.data.types import Normalization, TensorSplit
 from lrlab.finder.range_test import find_lr
@@ -98,7 +99,14 @@ def lrlab_pass(
     """A fresh model, lrlab engine and optimizer, and a function running one pass of `kind`
     (`train`: Engine.train_epoch; `lr_find`: find_lr over the same number of steps)."""
     model = _model(args, device)
-    engine = Engine(model, device, args.precision, channels_last=True, compile=args.compile or False)
+    engine = Engine(
+        model,
+        device,
+        args.precision,
+        channels_last=True,
+        compile=args.compile or False,
+        log_every=args.log_every,
+    )
     optimizer = build_optimizer(
         lambda params, lr: torch.optim.AdamW(params, lr=lr), model, layer_groups(model), lr=1e-4
     )
@@ -146,17 +154,25 @@ def measure(args: argparse.Namespace, device: torch.device, batch: int) -> dict[
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a timed lrlab step, shared with `profile_step.py`."""
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
     parser.add_argument("--model", default="tf_efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 256])
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed pass")
-    parser.add_argument("--repeats", type=int, default=4, help="warm rounds (the fastest pass counts)")
-    parser.add_argument("--compile", default=None, help="a torch.compile mode for all three (default: eager)")
+    parser.add_argument("--compile", default=None, help="a torch.compile mode (default: eager)")
+    parser.add_argument(
+        "--log-every", type=int, default=StepOptions.log_every, help="lrlab's loss read-back interval"
+    )
     parser.add_argument("--json", help="also write the figures to this file")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_step_arguments(parser)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 256])
+    parser.add_argument("--repeats", type=int, default=4, help="warm rounds (the fastest pass counts)")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = (

@@ -125,6 +125,21 @@ def spawn_lrlab(*args: str, cwd: Path, seed_store: bool = True) -> subprocess.Po
     )
 
 
+def terminate_after_second_epoch(*args: str, cwd: Path, seed_store: bool = True) -> int:
+    """Run `python -m lrlab ARGS` until it prints its second epoch's row (epochs 0 and 1 saved),
+    then send SIGTERM, as a scheduler would; returns its exit code (143 when it stopped cleanly)."""
+    proc = spawn_lrlab(*args, cwd=cwd, seed_store=seed_store)
+    try:
+        for line in proc.stdout:
+            if line.startswith("1 "):
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode
+
+
 def run_lrlab_report(target: str, cwd: Path) -> subprocess.CompletedProcess:
     """`lrlab-report TARGET` (a sweep directory or a parent run id), offline, in `cwd`."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -8,7 +8,6 @@ checks here, so each test's logic is known to hold before a GPU session spends d
 
 from __future__ import annotations
 
-import signal
 import socket
 from functools import partial
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from conftest import spawn_lrlab
+from conftest import terminate_after_second_epoch
 from lrlab.core.distributed import DistributedEngine, convert_sync_batchnorm
 from lrlab.core.engine import Engine
 from lrlab.core.optim import build_optimizer, group_lrs
@@ -200,16 +199,7 @@ def test_a_resumed_run_repeats_the_straight_run_bit_for_bit(
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode
     straight = run_cli(*run, "hydra.run.dir=straight", seed_store=False)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    proc = spawn_lrlab(*run, "hydra.run.dir=cut", cwd=tmp_path, seed_store=False)
-    try:
-        for line in proc.stdout:
-            if line.startswith("1 "):  # the second epoch's row: epochs 0 and 1 are saved
-                break
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143
+    assert terminate_after_second_epoch(*run, "hydra.run.dir=cut", cwd=tmp_path, seed_store=False) == 143
     last = tmp_path / "cut" / "checkpoints" / "last.pt"
     resumed = run_cli(*run, "hydra.run.dir=cut", f"resume={last}", seed_store=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -4,14 +4,13 @@ the weight EMA and Mixup, the LR-free optimizers, and `lr=auto`, interrupted aft
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import spawn_lrlab
+from conftest import terminate_after_second_epoch
 from lrlab.train.checkpoints import load_checkpoint
 
 RUN = ("experiment=smoke", "epochs=4", "train.checkpoints=true", "hydra.run.dir=outputs/${now:%H-%M-%S-%f}")
@@ -47,16 +46,7 @@ def test_an_interrupted_training_resumes_bit_identically_into_the_same_run(
     interrupted.mkdir()
     run = (*RUN, *OPTIMIZERS[optimizer])
     assert run_cli(*run, cwd=straight).returncode == 0
-    proc = spawn_lrlab(*run, cwd=interrupted)
-    try:
-        for line in proc.stdout:
-            if line.startswith("1 "):  # the second epoch's row: epochs 0 and 1 are saved
-                break
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143
+    assert terminate_after_second_epoch(*run, cwd=interrupted) == 143
     (killed,) = _final(interrupted)[2]
     assert killed.info.status == "KILLED"
     resumed = run_cli(*run, "resume=auto", cwd=interrupted)

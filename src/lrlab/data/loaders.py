@@ -5,13 +5,13 @@ transforms. Written by hand because DataLoader collates and transforms sample by
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
 
+from lrlab.core.launch import launched_local_world_size
 from lrlab.data.augment import affine_params, jitter, warp
 from lrlab.data.decode import usable_cores
 from lrlab.data.types import ImageSource, Normalization, TensorSplit, split_labels
@@ -40,7 +40,7 @@ def loader_workers(setting: Any, device: torch.device | str) -> int:
         return int(setting)
     if torch.device(device).type != "cuda":
         return 2
-    share = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    share = usable_cores() // max(1, launched_local_world_size())
     return max(1, min(MAX_AUTO_WORKERS, share - 1))
 
 
