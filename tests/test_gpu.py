@@ -62,11 +62,16 @@ def _staged_setup(digits, device: str, batch: int = 32):
 
 
 class EpochLog(Callback):
-    """Each epoch's accuracy, and the number of graphs torch.compile has made by its end."""
+    """Each stage's start, each epoch's accuracy and the number of graphs torch.compile has made
+    by the epoch's end."""
 
     def __init__(self):
+        self.starts: list = []
         self.accuracy: list[float] = []
         self.graphs: list[int] = []
+
+    def on_stage_start(self, engine, start):
+        self.starts.append(start)
 
     def on_epoch_end(self, engine, result):
         from torch._dynamo.utils import counters
@@ -88,13 +93,9 @@ def test_staged_training_with_a_range_test_in_mixed_precision_and_channels_last(
     assert (engine.scaler is not None) == (precision == "16")
     finder = FinderConfig(num_iter=40)
     stages = [Stage("head", 1, lr=1e-2, trainable="head"), Stage("all", 3, lr="find", lr_spread=10)]
-    starts: list = []
-    engine.callbacks.append(
-        type("Starts", (Callback,), {"on_stage_start": lambda s, e, st: starts.append(st)})()
-    )
     run_stages(engine, Training(groups, train, valid, optimizer, one_cycle, finder=finder), stages)
-    found = starts[1].finder
-    assert found is not None and 1e-5 < starts[1].lr < 1.0 and len(found.lrs) > 10
+    found = log.starts[1].finder
+    assert found is not None and 1e-5 < log.starts[1].lr < 1.0 and len(found.lrs) > 10
     assert all(p.dtype == torch.float32 and p.device.type == device for p in model.parameters())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
