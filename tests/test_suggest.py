@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
+from lrlab.finder.flags import edge_flag
 from lrlab.finder.rules import (
     RULES,
     SUGGESTION_SCALE,
-    edge_flag,
     register_rule,
     rule_curves,
     suggest,

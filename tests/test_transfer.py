@@ -3,6 +3,7 @@ one-cycle end point, optimizer-state clearing, finder-driven LRs and gradual unf
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from pathlib import Path
 
@@ -138,6 +139,56 @@ def test_find_stage_uses_the_suggestion_times_lr_scale(digits) -> None:
     )
     head_col = [g["layer_group"] for g in optimizer.param_groups].index(2)
     assert optimizer.param_groups[head_col]["max_lr"] == pytest.approx(start.lr, rel=1e-12)
+
+
+def test_a_flagged_suggestion_is_warned_about_and_recorded(digits, caplog, tmp_path: Path) -> None:
+    """A ramp that starts too high rises from its first step: `minimum` lands at the ramp's start,
+    and the stage's console lines, its StageLog entry and the range test's flags all say so."""
+    from lrlab.app.console import ConsoleTable
+    from lrlab.app.hooks import StageLog
+
+    _, groups, train, valid, optimizer, engine, spy = _setup(digits)
+    log = StageLog(tmp_path)
+    engine.callbacks += [ConsoleTable(), log]
+    stage = Stage("head", 1, lr="find", trainable="all", lr_rule="minimum")
+    finder = FinderConfig(start_lr=0.05, end_lr=500.0, num_iter=30, stop_div=False)
+    with caplog.at_level("INFO", logger="lrlab"):
+        run_stages(engine, Training(groups, train, valid, optimizer, one_cycle, finder), [stage])
+    assert spy.starts[0].finder.flags["minimum"] == "ramp start"
+    assert log.stages[0]["flag"] == "ramp start"
+    text = caplog.text
+    assert re.search(r"minimum \S+\* \[ramp start\]", text)
+    assert "warning: the minimum suggestion lies in the curve's ramp start" in text
+    assert "set stages.0.lr" in text
+
+
+def test_a_flagged_suggestion_is_a_run_param_from_the_cli(run_cli, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    ramp = ["lr_finder.start_lr=0.05", "lr_finder.end_lr=500", "lr_finder.stop_div=false"]
+    args = ["experiment=smoke", "stages=head_only", "lr=find", "epochs=1", "lr_finder.num_iter=30"]
+    proc = run_cli(*args, *ramp, "stages.0.lr_rule=minimum")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: the minimum suggestion lies in the curve's ramp start" in proc.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.params["stage.head.suggestion_flag"] == "ramp start"
+
+
+def test_an_unflagged_suggestion_gets_no_warning(digits, caplog, tmp_path: Path) -> None:
+    from lrlab.app.console import ConsoleTable
+    from lrlab.app.hooks import StageLog
+
+    _, groups, train, valid, optimizer, engine, spy = _setup(digits)
+    log = StageLog(tmp_path)
+    engine.callbacks += [ConsoleTable(), log]
+    stage = Stage("head", 1, lr="find", trainable="head", lr_rule="minimum")
+    with caplog.at_level("INFO", logger="lrlab"):
+        run_stages(
+            engine, Training(groups, train, valid, optimizer, one_cycle, FinderConfig(num_iter=30)), [stage]
+        )
+    assert spy.starts[0].finder.flags["minimum"] is None and log.stages[0]["flag"] is None
+    assert "range test: 30 steps" in caplog.text and "warning:" not in caplog.text
 
 
 @pytest.mark.parametrize("preset", ["fastai_fine_tune", "gradual"])

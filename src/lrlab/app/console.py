@@ -10,6 +10,7 @@ from typing import Any
 
 from lrlab.core.metrics import class_keys
 from lrlab.core.types import Callback, EpochResult
+from lrlab.finder.flags import EDGE_FLAGS
 
 log = logging.getLogger("lrlab")
 
@@ -45,9 +46,18 @@ def describe_stage(start: Any) -> list[str]:
     lines = [f"stage {stage.name}: trainable {trainable}{cleared}"]
     if start.finder is not None:
         f = start.finder
-        rules = ", ".join(f"{r} {v:.2e}{'*' if r == start.rule else ''}" for r, v in f.suggestions.items())
+        rules = ", ".join(
+            f"{r} {v:.2e}{'*' if r == start.rule else ''}" + (f" [{f.flags[r]}]" if f.flags.get(r) else "")
+            for r, v in f.suggestions.items()
+        )
         spent = "reused (same starting state as an earlier run)" if f.cached else f"{f.seconds:.1f}s"
         lines.append(f"  range test: {len(f.lrs)} steps, {f.stop_reason}, {spent}: {rules}")
+        flag = f.flags.get(start.rule) if start.rule else None
+        if flag:
+            lines.append(
+                f"  warning: the {start.rule} suggestion lies in the curve's {flag} ({EDGE_FLAGS[flag]}); "
+                f"look at the plot, or set stages.{start.index}.lr"
+            )
         if start.race is not None:
             race = start.race
             lines.append(

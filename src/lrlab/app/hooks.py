@@ -35,6 +35,7 @@ class StageLog(Callback):
             entry["finder_seconds"] = float(start.finder.seconds)
             entry["finder_steps"] = len(start.finder.lrs)
             entry["suggestions"] = {r: float(v) for r, v in start.finder.suggestions.items()}
+            entry["flag"] = start.finder.flags.get(start.rule) if start.rule else None
             entry["curve"] = str(self.directory / f"{finder_file_stem(start.stage.name)}.csv")
         if start.race is not None:
             race = start.race

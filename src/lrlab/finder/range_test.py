@@ -32,8 +32,9 @@ from lrlab.core.loss_buffer import LossBuffer
 from lrlab.core.reproducibility import loader_generator
 from lrlab.finder.config import MODES, FinderConfig
 from lrlab.finder.curve_cache import CurveStore, SharedCurves, curve_key
+from lrlab.finder.flags import edge_flag
 from lrlab.finder.result import LRFinderResult, summarize_repeats
-from lrlab.finder.rules import RULES, edge_flag, rule_curves, suggest_on_curves
+from lrlab.finder.rules import RULES, rule_curves, suggest_on_curves
 from lrlab.finder.smoothing import ema_smooth, lightning_smooth, torch_lr_finder_smooth, zero_lag_smooth
 from lrlab.finder.snapshot import Snapshot
 

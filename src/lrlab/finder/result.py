@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from lrlab.finder.flags import edge_flag
 from lrlab.finder.plot import plot_result, save_plot
-from lrlab.finder.rules import edge_flag
 
 
 @dataclass

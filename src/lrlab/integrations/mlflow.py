@@ -147,6 +147,8 @@ class MlflowTracker(Tracker):
             params.update(
                 {f"stage.{name}.suggestion.{r}": f"{v:.6g}" for r, v in start.finder.suggestions.items()}
             )
+            if start.rule and start.finder.flags.get(start.rule):
+                params[f"stage.{name}.suggestion_flag"] = start.finder.flags[start.rule]
             with tempfile.TemporaryDirectory() as tmp:
                 for path in start.finder.save(tmp, f"lr_find_{name}", title=f"stage {name}"):
                     self.log_artifact(path, f"lr_finder/{name}")
