@@ -52,12 +52,6 @@ def describe_stage(start: Any) -> list[str]:
         )
         spent = "reused (same starting state as an earlier run)" if f.cached else f"{f.seconds:.1f}s"
         lines.append(f"  range test: {len(f.lrs)} steps, {f.stop_reason}, {spent}: {rules}")
-        flag = f.flags.get(start.rule) if start.rule else None
-        if flag:
-            lines.append(
-                f"  warning: the {start.rule} suggestion lies in the curve's {flag} ({EDGE_FLAGS[flag]}); "
-                f"look at the plot, or set stages.{start.index}.lr"
-            )
         if start.race is not None:
             race = start.race
             lines.append(
@@ -73,6 +67,17 @@ def describe_stage(start: Any) -> list[str]:
         "  peak lr per layer group: " + ", ".join(f"{g}={v:.3g}" for g, v in start.layer_lrs.items())
     )
     return lines
+
+
+def stage_warning(start: Any) -> str | None:
+    """A warning line when the suggestion a stage trains at is flagged (`lrlab.finder.flags`)."""
+    flag = start.finder.flags.get(start.rule) if start.finder is not None and start.rule else None
+    if not flag:
+        return None
+    return (
+        f"  warning: the {start.rule} suggestion lies in the curve's {flag} ({EDGE_FLAGS[flag]}); "
+        f"look at the plot, or set stages.{start.index}.lr"
+    )
 
 
 def finder_file_stem(stage_name: str) -> str:
@@ -91,6 +96,9 @@ class ConsoleTable(Callback):
         log.info("")
         for line in describe_stage(start):
             log.info(line)
+        warning = stage_warning(start)
+        if warning:
+            log.warning(warning)
         if start.finder is not None and self.directory is not None:
             png, _ = start.finder.save(
                 self.directory, finder_file_stem(start.stage.name), title=f"stage {start.stage.name}"
