@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lrlab.finder.flags import edge_flag
+from lrlab.finder.flags import climb_start, edge_flag
 from lrlab.finder.rules import (
     RULES,
     SUGGESTION_SCALE,
@@ -484,6 +484,16 @@ def test_edge_flags_leave_the_flat_part_of_a_curve_alone() -> None:
         assert edge_flag(lrs, losses, lrs[index]) is None, index
     assert edge_flag(lrs, losses, lrs[90]) == "diverged tail"
     assert edge_flag(lrs, losses, lrs[98]) == "diverged tail"
+
+
+def test_climb_start_is_where_the_curve_rises_clear_of_its_start() -> None:
+    lrs = np.geomspace(1e-6, 10.0, 50)
+    losses = np.concatenate([np.full(15, 2.0), np.linspace(2.0, 1.0, 15), np.linspace(1.0, 5.0, 20)])
+    climb = climb_start(lrs, losses)
+    first_above = 30 + int(np.flatnonzero(losses[30:] > 2.02)[0])  # start 2.0 + 1% (flat start)
+    assert climb == lrs[first_above]
+    assert math.isnan(climb_start(lrs, np.linspace(3.0, 1.0, 50)))  # never climbs back
+    assert math.isnan(climb_start(lrs[:3], losses[:3]))  # nothing left after trimming
 
 
 def test_minimum_or_valley_takes_valley_on_a_curve_that_never_fell() -> None:
