@@ -93,8 +93,8 @@ def grid_best() -> dict[str, float]:
 
 def band_table(sets: dict[str, list[Path]], rule: str, draws: int) -> list[str]:
     lines = [
-        f"| configuration | curves | seed SD of `{rule}` (dec) | bootstrap SD, mean over curves (dec) |",
-        "|---|---:|---:|---:|",
+        f"| configuration | curves | seed SD of `{rule}` (dec) | bootstrap SD, mean (dec) | per curve |",
+        "|---|---:|---:|---:|---|",
     ]
     for name, paths in sets.items():
         logs, boots = [], []
@@ -102,7 +102,10 @@ def band_table(sets: dict[str, list[Path]], rule: str, draws: int) -> list[str]:
             lrs, losses, stopped = read_curve(path)
             logs.append(math.log10(suggestion(rule, lrs, losses, stopped)))
             boots.append(bootstrap_sd(rule, lrs, losses, stopped, draws, seed=i))
-        lines.append(f"| {name} | {len(paths)} | {np.std(logs, ddof=1):.2f} | {np.mean(boots):.2f} |")
+        each = " ".join(f"{b:.2f}" for b in boots)
+        lines.append(
+            f"| {name} | {len(paths)} | {np.std(logs, ddof=1):.2f} | {np.mean(boots):.2f} | {each} |"
+        )
     return lines
 
 
@@ -115,6 +118,13 @@ def rise_table(sets: dict[str, list[Path]], best: dict[str, float]) -> tuple[lis
     groups: list[str] = []
     for name, paths in sets.items():
         if name not in best:
+            climbs = []
+            for path in paths:
+                lrs, losses, stopped = read_curve(path)
+                climbs.append(climb_start(lrs, smoothed_curves(losses, stopped, CONFIG)["ema"]))
+            lines.append(
+                f"| {name} | no grid | climb start per seed: {' '.join(f'{c:.2g}' for c in climbs)} | |"
+            )
             continue
         groups.append(name)
         rise, rule = [], []
