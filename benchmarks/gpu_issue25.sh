@@ -30,7 +30,8 @@ if [ "$DRY" = 1 ]; then  # the CPU, tiny sizes: checks the commands, not the fig
   tests=(tests/test_gpu.py -k cpu)
   elpv_size="data.image_size=32"
 else
-  device=cuda precision=bf16 size=300 steps=30 repeats=3 batches="32 128 256" prof_batch=128
+  # batch 128 first: the targets are set there, and a cold compile per batch size may use up a section
+  device=cuda precision=bf16 size=300 steps=30 repeats=3 batches="128 32 256" prof_batch=128
   workers="0 2 4 8 15"
   tests=(tests/test_gpu.py tests/test_optim.py -m gpu)
   elpv_size=""

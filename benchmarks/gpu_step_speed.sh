@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13's GPU figures in one run: images/s of lrlab's training and range test against a plain
 # hand-written loop (benchmarks/step_speed.py), Lite0 at 300 px, bf16, channels_last, batch
-# 32 / 128 / 256, eager and with each torch.compile mode worth trying, plus the first-pass
+# 128 (the targets' batch, first) / 32 / 256, eager and with each torch.compile mode worth trying, plus the first-pass
 # overhead. From the repo root on a CUDA machine (nothing else needed: random images, no weights):
 #   OUT=gpu_out bash benchmarks/gpu_step_speed.sh
 # Writes $OUT/step_speed_<mode>.txt and .json, and $OUT/gpu.txt.
@@ -18,6 +18,6 @@ for mode in eager reduce-overhead max-autotune-no-cudagraphs; do
   compile=""
   [ "$mode" != eager ] && compile="--compile $mode"
   timeout "$LIMIT" $py benchmarks/step_speed.py --device cuda --precision bf16 --image-size 300 \
-    --steps "$STEPS" --batch-sizes 32 128 256 $compile --json "$OUT/step_speed_$mode.json" \
+    --steps "$STEPS" --batch-sizes 128 32 256 $compile --json "$OUT/step_speed_$mode.json" \
     2>&1 | tee "$OUT/step_speed_$mode.txt"
 done

@@ -195,9 +195,9 @@ def main() -> None:
                 f"{r['first_s']:>12.2f} {r['first_s'] - r['warm_s']:>10.2f}",
                 flush=True,
             )
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"args": vars(args), "device": name, "results": results}, handle, indent=2)
+        if args.json:  # after every batch size, so a run cut off at a time limit keeps what finished
+            with open(args.json, "w") as handle:
+                json.dump({"args": vars(args), "device": name, "results": results}, handle, indent=2)
 
 
 if __name__ == "__main__":
