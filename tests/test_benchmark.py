@@ -506,3 +506,23 @@ def test_the_loader_benchmark_times_lrlabs_file_and_memory_loaders(tmp_path: Pat
     train = make_loaders(source, cfg, loader_speed.NORM, "cpu").train
     first, rate, seen = loader_speed.time_loader(train, torch.device("cpu"), batches=5)
     assert first > 0 and rate > 0 and seen == 6  # 8 training images: the first batch, then 3 more
+
+
+def test_the_curve_noise_study_bootstraps_one_curve_and_reads_the_saved_ones(tmp_path: Path) -> None:
+    import finder_curve_noise as noise
+
+    lrs = np.geomspace(1e-7, 10.0, 100)
+    dip = 2.0 - 1.5 * np.exp(-((np.log10(lrs) + 2.0) ** 2) / 0.5)
+    dip[90:] += np.linspace(0.5, 6.0, 10)
+    # a clear dip holds its suggestion under redrawn noise; a flat curve lets it wander by decades
+    rng = np.random.default_rng(0)
+    dip_sd = noise.bootstrap_sd("lrlab", lrs, dip + 0.02 * rng.standard_normal(100), False, draws=40, seed=0)
+    flat = np.where(lrs < 1e-1, 1.0, 1.0 + 4 * np.log10(lrs / 1e-1)) + 0.1 * rng.standard_normal(100)
+    flat_sd = noise.bootstrap_sd("lrlab", lrs, flat, False, draws=40, seed=0)
+    assert dip_sd < 0.15 and flat_sd > 0.4
+    out = tmp_path / "curve_noise.md"
+    assert noise.main(["--draws", "3", "--out", str(out)]) == 0
+    text = out.read_text()
+    for name in ("digits-lite0-adamw", "elpv-default-head", "elpv-default-unfrozen"):
+        assert f"| {name} |" in text
+    assert "climb start per seed" in text and "leaving out each curve's configuration" in text
