@@ -63,7 +63,7 @@ def bootstrap_sd(
     n = len(losses) - (1 if stopped else 0)
     beta = CONFIG.zero_lag_beta
     trend = zero_lag_smooth(losses[:n], beta)
-    leverage = np.array([zero_lag_smooth(np.eye(n)[i], beta)[i] for i in range(n)])
+    leverage = np.array([zero_lag_smooth(unit, beta)[i] for i, unit in enumerate(np.eye(n))])
     residuals = (losses[:n] - trend) / np.sqrt(1 - leverage)
     rng = np.random.default_rng(seed)
     logs = []
@@ -114,28 +114,21 @@ def rise_table(sets: dict[str, list[Path]], best: dict[str, float]) -> tuple[lis
         "| configuration | grid best | log10(best / climb start) per seed | log10(lrlab / best) per seed |",
         "|---|---:|---|---|",
     ]
-    pairs = []
-    groups: list[str] = []
-    for name, paths in sets.items():
+    pairs = []  # (log10(best / climb start), log10(lrlab / best), configuration index)
+    for index, (name, paths) in enumerate(sets.items()):
+        climbs, rule = [], []
+        for path in paths:
+            lrs, losses, stopped = read_curve(path)
+            climbs.append(climb_start(lrs, smoothed_curves(losses, stopped, CONFIG)["ema"]))
+            rule.append(suggestion("lrlab", lrs, losses, stopped))
         if name not in best:
-            climbs = []
-            for path in paths:
-                lrs, losses, stopped = read_curve(path)
-                climbs.append(climb_start(lrs, smoothed_curves(losses, stopped, CONFIG)["ema"]))
             lines.append(
                 f"| {name} | no grid | climb start per seed: {' '.join(f'{c:.2g}' for c in climbs)} | |"
             )
             continue
-        groups.append(name)
-        rise, rule = [], []
-        for path in paths:
-            lrs, losses, stopped = read_curve(path)
-            ema = smoothed_curves(losses, stopped, CONFIG)["ema"]
-            climb = climb_start(lrs, ema)
-            rise.append(math.log10(best[name] / climb) if math.isfinite(climb) else math.nan)
-            rule.append(math.log10(suggestion("lrlab", lrs, losses, stopped) / best[name]))
-            if math.isfinite(rise[-1]):
-                pairs.append((rise[-1], rule[-1], len(groups)))
+        rise = [math.log10(best[name] / c) if math.isfinite(c) else math.nan for c in climbs]
+        rule = [math.log10(lr / best[name]) for lr in rule]
+        pairs += [(r, d, index) for r, d in zip(rise, rule) if math.isfinite(r)]
         lines.append(
             f"| {name} | {best[name]:.3g} | {' '.join(f'{v:+.2f}' for v in rise)} | "
             f"{' '.join(f'{v:+.2f}' for v in rule)} |"
@@ -164,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "## 1. Residual bootstrap band against the spread over seeds",
         "",
         *band_table(sets, "lrlab", opts.draws),
-        *[""] * 1,
+        "",
         *band_table(sets, "valley", opts.draws),
         "",
         "## 2. The climb start (where the EMA climbs clear of its start) as an anchor",

@@ -27,7 +27,7 @@ from lrlab.data.files import load_imagefolder
 from lrlab.data.loaders import make_loaders
 from lrlab.data.sources import _elpv_labels_file, load_elpv
 from lrlab.data.types import Normalization
-from step_speed import _sync
+from step_speed import sync_device
 
 NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 LEVELS = {"0.0": "p0", "0.3333333333333333": "p1_3", "0.6666666666666666": "p2_3", "1.0": "p1"}
@@ -51,13 +51,13 @@ def time_loader(loader, device: torch.device, batches: int) -> tuple[float, floa
     iterator = iter(loader)
     x, _ = next(iterator)
     x.to(device, non_blocking=True)
-    _sync(device)
+    sync_device(device)
     first = time.perf_counter() - start
     start, seen = time.perf_counter(), 0
     for _, (x, _) in zip(range(batches), iterator):
         x.to(device, non_blocking=True)
         seen += len(x)
-    _sync(device)
+    sync_device(device)
     return first, seen / (time.perf_counter() - start), seen
 
 

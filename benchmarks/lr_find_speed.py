@@ -23,6 +23,7 @@ from lrlab.core.engine import Engine
 from lrlab.core.optim import group_lrs
 from lrlab.core.schedules import constant
 from lrlab.finder.range_test import find_lr
+from step_speed import sync_device
 
 
 class Take:
@@ -36,11 +37,6 @@ class Take:
 
     def __iter__(self):
         return itertools.islice(itertools.chain.from_iterable(itertools.repeat(self.loader)), self.n)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(experiment: str, steps: int, device: str, precision: str, repeats: int, extra: list[str]) -> dict:
@@ -60,10 +56,10 @@ def measure(experiment: str, steps: int, device: str, precision: str, repeats: i
 
     def train() -> float:
         scheduler = constant(optimizer, lrs, steps)
-        _sync(setup.device)
+        sync_device(setup.device)
         start = time.perf_counter()
         engine.train_epoch(Take(setup.train_loader, steps), optimizer, scheduler)
-        _sync(setup.device)
+        sync_device(setup.device)
         return time.perf_counter() - start
 
     def finder() -> float:
@@ -78,7 +74,7 @@ def measure(experiment: str, steps: int, device: str, precision: str, repeats: i
             end_lr=1e-2,
             stop_div=False,
         )
-        _sync(setup.device)
+        sync_device(setup.device)
         return time.perf_counter() - start
 
     train()

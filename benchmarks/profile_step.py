@@ -27,7 +27,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from step_speed import _images, add_step_arguments, lrlab_pass
+from step_speed import add_step_arguments, lrlab_pass, random_images
 
 SYNC_EVENTS = {
     "item": ("aten::_local_scalar_dense",),
@@ -39,7 +39,7 @@ SYNC_EVENTS = {
 def profile_training(args: argparse.Namespace) -> dict:
     """One warm-up epoch, then one profiled epoch of `args.steps` steps; the figures as a dict."""
     device = torch.device(args.device)
-    train_epoch = lrlab_pass(args, device, _images(args, args.batch), args.batch, "train")
+    train_epoch = lrlab_pass(args, device, random_images(args, args.batch), args.batch, "train")
     train_epoch()  # warm-up: compilation, cuDNN autotuning, allocator
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:

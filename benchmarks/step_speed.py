@@ -44,7 +44,8 @@ NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLASSES = 4
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work, so a timer reads finished work (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -55,7 +56,8 @@ def _model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     return to_device(model, device, channels_last=True)
 
 
-def _images(args: argparse.Namespace, batch: int) -> TensorSplit:
+def random_images(args: argparse.Namespace, batch: int) -> TensorSplit:
+    """`batch * args.steps` seeded random images and labels at `args.image_size`."""
     generator = torch.Generator().manual_seed(1)
     n = batch * args.steps
     images = torch.randint(
@@ -117,23 +119,23 @@ def lrlab_pass(
             engine.train_epoch(loader, optimizer)
         else:
             find_lr(model, loader, optimizer, engine=engine, num_iter=args.steps, stop_div=False, end_lr=1e-2)
-        _sync(device)
+        sync_device(device)
 
     return run
 
 
 def timed(fn: Callable, device: torch.device) -> float:
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync_device(device)
     return time.perf_counter() - start
 
 
 def measure(args: argparse.Namespace, device: torch.device, batch: int) -> dict[str, dict[str, float]]:
     """Per method: first-pass seconds, best warm-pass seconds over `repeats` rounds (each round
     times every method once, starting one method later than the round before), images/s."""
-    split = _images(args, batch)
+    split = random_images(args, batch)
     makers = {
         "plain": lambda: plain_loop(args, device, split, batch),
         "train": lambda: lrlab_pass(args, device, split, batch, "train"),
