@@ -11,10 +11,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lrlab.integrations.locks import sqlite_path
+from lrlab.integrations.mlflow_run import log_dataset_inputs
 from lrlab.integrations.stores import StoreError, open_sqlite, signals_held
 
 WORKERS = 4
@@ -257,3 +259,68 @@ def test_an_empty_experiment_name_is_refused(compose_cfg, override: str) -> None
 
     with pytest.raises(ConfigError, match=r"is empty: the MLflow experiment and the run names need one"):
         validate(compose_cfg("experiment=smoke", override))
+
+
+class RaceLosingClient:
+    """A real MLflow client whose first `log_inputs` loses the race a sweep's two workers ran on a
+    PostgreSQL-backed server: the other worker's run links the same datasets first, then this call
+    fails with the error the server answered (`error`); later calls go through."""
+
+    def __init__(self, client: Any, other_run_id: str, error: Exception) -> None:
+        self.client, self.other_run_id, self.error = client, other_run_id, error
+        self.calls = 0
+
+    def log_inputs(self, run_id: str, datasets: list[Any]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.client.log_inputs(self.other_run_id, datasets=datasets)
+            raise self.error
+        self.client.log_inputs(run_id, datasets=datasets)
+
+
+def _two_runs(store: Path) -> tuple[Any, str, str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.create_experiment("race")
+    return client, *(client.create_run(experiment).info.run_id for _ in range(2))
+
+
+def _log_splits(client: Any, run_id: str) -> None:
+    digests, sizes = (
+        {"train": "d-train", "valid": "d-valid", "test": "d-test"},
+        {"train": 6, "valid": 2, "test": 2},
+    )
+    log_dataset_inputs(client, run_id, "digits", digests, sizes, {"name": "digits"})
+
+
+def test_a_dataset_input_that_collides_with_another_runs_insert_is_retried_and_linked(store: Path) -> None:
+    from mlflow.exceptions import RestException
+
+    client, mine, other = _two_runs(store)
+    collision = RestException(
+        {
+            "error_code": "BAD_REQUEST",
+            "message": "(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "
+            '"dataset_pk"',
+        }
+    )
+    racing = RaceLosingClient(client, other, collision)
+    _log_splits(racing, mine)
+    assert racing.calls == 2
+    names = {
+        run: sorted(i.dataset.name for i in client.get_run(run).inputs.dataset_inputs)
+        for run in (mine, other)
+    }
+    assert names[mine] == names[other] == ["digits-test", "digits-train", "digits-valid"]
+
+
+def test_a_dataset_input_error_that_is_no_collision_is_raised_at_once(store: Path) -> None:
+    from mlflow.exceptions import RestException
+
+    client, mine, other = _two_runs(store)
+    missing = RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Run '{mine}' not found"})
+    racing = RaceLosingClient(client, other, missing)
+    with pytest.raises(RestException, match="not found"):
+        _log_splits(racing, mine)
+    assert racing.calls == 1

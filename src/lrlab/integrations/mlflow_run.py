@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 SYSTEM_METRICS_INTERVAL_S = 10.0
+INPUT_ATTEMPTS = 4  # a collision needs another writer between one check and its insert: rare twice
+# How SQL stores word a unique-key collision: PostgreSQL (psycopg 2 and 3), SQLite, MySQL, SQLAlchemy.
+DUPLICATE_KEY_MARKERS = (
+    "uniqueviolation",
+    "duplicate key",
+    "unique constraint",
+    "duplicate entry",
+    "integrityerror",
+)
 
 
 def context_tags() -> dict[str, str]:
@@ -51,9 +61,27 @@ def log_dataset_inputs(
     source: Mapping[str, Any],
 ) -> None:
     """Record the run's train / valid / test splits as its dataset inputs (what the MLflow UI's
-    "Datasets used" column and `run.inputs` show)."""
-    if digests:
-        client.log_inputs(run_id, datasets=dataset_inputs(name, digests, sizes, source))
+    "Datasets used" column and `run.inputs` show). MLflow's SQL store looks a dataset up, then
+    inserts it if missing, so runs logging the same dataset at once (a sweep's workers on one
+    PostgreSQL store) can collide on its unique key; the failed call is rolled back whole, and a
+    retry finds the other run's row and links it."""
+    if not digests:
+        return
+    inputs = dataset_inputs(name, digests, sizes, source)
+    for attempt in range(1, INPUT_ATTEMPTS + 1):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as exc:
+            if attempt == INPUT_ATTEMPTS or not is_duplicate_key(exc):
+                raise
+            time.sleep(0.05 * attempt)
+
+
+def is_duplicate_key(exc: BaseException) -> bool:
+    """Whether a store error is a unique-key collision with a row another writer just inserted."""
+    text = str(exc).lower()
+    return any(marker in text for marker in DUPLICATE_KEY_MARKERS)
 
 
 class SystemMetrics:
