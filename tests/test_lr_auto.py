@@ -125,7 +125,9 @@ def test_lr_auto_from_the_cli_logs_the_race_and_one_training(run_cli, tmp_path: 
 
     proc = run_cli("experiment=smoke", "lr=auto", "epochs=3", "lr_finder.num_iter=30")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "lr=auto: racing 3 LRs around the suggestion" in proc.stderr + proc.stdout
+    printed = proc.stderr + proc.stdout
+    assert "lr=auto: racing 3 LRs around the suggestion" in printed
+    assert "study created in memory" not in printed  # the race's own study is no news to the user
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FINISHED"

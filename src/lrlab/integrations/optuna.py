@@ -5,6 +5,7 @@ come from `lrlab.integrations.optuna_storage`, so a job never imports the sweep 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import optuna
@@ -74,7 +75,13 @@ class SuccessiveHalvingJudge:
 
     def __init__(self, reduction_factor: int = 3):
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=reduction_factor)
-        self.study = optuna.create_study(direction="minimize", pruner=pruner)
+        in_memory_log = logging.getLogger("optuna.storages._in_memory")  # its "new study created" line
+        level = in_memory_log.level
+        in_memory_log.setLevel(logging.WARNING)  # the race's study is internal: the console names the race
+        try:
+            self.study = optuna.create_study(direction="minimize", pruner=pruner)
+        finally:
+            in_memory_log.setLevel(level)
 
     def enter(self, lr: float) -> optuna.Trial:
         trial = self.study.ask()
