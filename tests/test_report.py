@@ -153,3 +153,41 @@ def test_unfinished_finder_trials_fill_exactly_the_table_columns() -> None:
     assert widths == {table[0].count("|")}, table
     assert any(line.startswith("| lrlab | n/a | WAITING |") for line in table)
     assert any("| minimum | n/a | FAIL TrainingDiverged: loss became nan |" in line for line in table)
+
+
+def _tables(text: str) -> list[list[str]]:
+    """Every markdown table of `text`, as its lines."""
+    return [block.splitlines() for block in text.split("\n\n") if block.startswith("|")]
+
+
+def test_a_sweep_over_other_params_shows_them_and_keeps_every_table_well_formed() -> None:
+    """`lrlab -m lr=1e-3,1e-2 optimizer=adamw,sgd` searches no `stages.N.lr`: the tables get no empty
+    LR column, each has as many delimiter cells as header cells (else markdown shows no table), and
+    the best trials name their `lr` and `optimizer`."""
+    space = {
+        "lr": CategoricalDistribution([1e-3, 1e-2]),
+        "optimizer": CategoricalDistribution(["adamw", "sgd"]),
+    }
+    study = optuna.create_study(study_name="grid")
+    study.set_user_attr("lrlab.metric", ["error_rate"])
+    for (lr, optimizer), error in zip([(1e-2, "adamw"), (1e-2, "sgd"), (1e-3, "adamw")], [0.06, 0.45, 0.23]):
+        study.add_trial(
+            create_trial(
+                value=error,
+                params={"lr": lr, "optimizer": optimizer},
+                distributions=space,
+                user_attrs={"source": "search", "metrics": {"valid_loss": 2 * error}},
+            )
+        )
+    text = markdown(study)
+    tables = _tables(text)
+    assert len(tables) == 2  # the finder table (with its hint) and the best trials
+    for table in tables:
+        assert {line.count("|") for line in table} == {table[0].count("|")}, table
+        assert table[1] == "|" + "---|" * (table[0].count("|") - 1)
+    assert tables[1][0] == "| trial | lr | optimizer | error_rate | valid_loss |"
+    assert tables[1][2:] == [
+        "| 0 | 0.01 | adamw | 0.0600 | 0.1200 |",
+        "| 2 | 0.001 | adamw | 0.2300 | 0.4600 |",
+        "| 1 | 0.01 | sgd | 0.4500 | 0.9000 |",
+    ]

@@ -99,48 +99,56 @@ def _finder_table(
 ) -> list[str]:
     """Each finder rule's LRs, final metrics, rank, regret, trials-to-beat and compute; unfinished
     finder trials with their state and reason."""
-    lines = [
-        "## Finder rules",
-        "",
-        "| rule | " + " | ".join(heads) + f" | {metric} | valid_loss | rank among searched | regret | "
-        "searched trials to beat it | compute (s) |",
-        "|---" * (len(heads) + 7) + "|",
-    ]
+    columns = ["rule", *heads, metric, "valid_loss", "rank among searched", "regret"]
+    columns += ["searched trials to beat it", "compute (s)"]
+    lines = ["## Finder rules", "", *_table_head(columns)]
     for r in rows:
-        lrs = [_fmt(r.trial.params.get(k), ".3g") for k in keys]
         beaten = str(r.beaten_after) if r.beaten_after else f"not beaten in {len(searched)}"
-        lines.append(
-            f"| {r.rule} | " + " | ".join(lrs) + f" | {_fmt(r.value)} | {_fmt(_valid_loss(r.trial))} | "
-            f"{r.rank} of {len(searched) + 1} | {_fmt(r.regret, '+.4f')} | {beaten} | {r.seconds:.0f} |"
-        )
+        cells = [r.rule, *(_fmt(r.trial.params.get(k), ".3g") for k in keys), _fmt(r.value)]
+        cells += [_fmt(_valid_loss(r.trial)), f"{r.rank} of {len(searched) + 1}", _fmt(r.regret, "+.4f")]
+        lines.append(_table_row([*cells, beaten, f"{r.seconds:.0f}"], len(columns)))
     unfinished = [t for t in study.trials if finder_rule(source_of(t)) and t.state != TrialState.COMPLETE]
     for t in unfinished:
         reason = t.user_attrs.get("error") or t.user_attrs.get("pruned") or ""
         cells = [finder_rule(source_of(t)), *("n/a" for _ in keys), f"{t.state.name} {reason[:120]}".strip()]
-        lines.append("| " + " | ".join(cells + [""] * (len(heads) + 7 - len(cells))) + " |")
+        lines.append(_table_row(cells, len(columns)))
     if not rows and not unfinished:
-        lines.append(
-            "| (no finder trials: add `enqueue: [lr_finder]`, or use `search=lr_vs_finder`) |"
-            + " |" * (len(heads) + 6)
-        )
+        hint = "(no finder trials: add `enqueue: [lr_finder]`, or use `search=lr_vs_finder`)"
+        lines.append(_table_row([hint], len(columns)))
     return [*lines, ""]
 
 
 def _best_table(
     searched: list[FrozenTrial], metric: str, keys: list[str], heads: list[str], direction: str
 ) -> list[str]:
-    """The five best searched trials."""
-    lines = [
-        "## Best searched trials",
-        "",
-        "| trial | " + " | ".join(heads) + f" | {metric} | valid_loss |",
-        "|---" * (len(heads) + 3) + "|",
-    ]
+    """The five best searched trials, with every searched param: the stage LRs under their stage
+    names (`heads`), then the others (`lr`, `optimizer`, ...) by their override keys."""
+    others = sorted({k for t in searched for k in t.params} - set(keys))
+    columns = ["trial", *heads, *others, metric, "valid_loss"]
+    lines = ["## Best searched trials", "", *_table_head(columns)]
     ordered = sorted(searched, key=lambda t: t.values[0], reverse=direction == "maximize")
     for t in ordered[:5]:
-        lrs = " | ".join(_fmt(t.params.get(k), ".3g") for k in keys)
-        lines.append(f"| {t.number} | {lrs} | {_fmt(t.values[0])} | {_fmt(_valid_loss(t))} |")
+        cells = [str(t.number), *(_fmt(t.params.get(k), ".3g") for k in keys)]
+        cells += [_param(t.params.get(k)) for k in others]
+        lines.append(_table_row([*cells, _fmt(t.values[0]), _fmt(_valid_loss(t))], len(columns)))
     return [*lines, ""]
+
+
+def _param(value: Any) -> str:
+    """A searched param's value as a table cell: numbers to 3 significant digits, others as given."""
+    if isinstance(value, float):
+        return _fmt(value, ".3g")
+    return "n/a" if value is None else str(value)
+
+
+def _table_head(columns: list[str]) -> list[str]:
+    """A markdown table's header and delimiter rows, one cell per column."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def _table_row(cells: list[str], width: int) -> str:
+    """A markdown table row padded with empty cells to `width` columns."""
+    return "| " + " | ".join([*cells, *[""] * (width - len(cells))]) + " |"
 
 
 def _compute(rows: list[FinderRow], all_searched: list[FrozenTrial]) -> list[str]:
