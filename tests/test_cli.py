@@ -331,8 +331,9 @@ def test_an_unusable_tracking_uri_exits_2_at_once_naming_it(
     import time
 
     start = time.perf_counter()
-    proc = run_cli("experiment=smoke", f"tracking.uri={uri}", timeout=60)
-    assert time.perf_counter() - start < 10
+    proc = run_cli("experiment=smoke", f"tracking.uri={uri}", timeout=90)
+    # MLflow's own retries take minutes; the start-up alone took 7-10.5 s on a busy 2-core box
+    assert time.perf_counter() - start < 30
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert expected in proc.stderr and f"tracking.uri={uri!r}" in proc.stderr
     assert "Traceback" not in proc.stderr
