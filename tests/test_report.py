@@ -160,10 +160,10 @@ def _tables(text: str) -> list[list[str]]:
     return [block.splitlines() for block in text.split("\n\n") if block.startswith("|")]
 
 
-def test_a_sweep_over_other_params_shows_them_and_keeps_every_table_well_formed() -> None:
+def test_a_sweep_over_other_params_shows_them_and_keeps_every_table_well_formed(tmp_path: Path) -> None:
     """`lrlab -m lr=1e-3,1e-2 optimizer=adamw,sgd` searches no `stages.N.lr`: the tables get no empty
-    LR column, each has as many delimiter cells as header cells (else markdown shows no table), and
-    the best trials name their `lr` and `optimizer`."""
+    LR column, each has as many delimiter cells as header cells (else markdown shows no table), the
+    best trials name their `lr` and `optimizer`, and the plot shows the error against `lr`."""
     space = {
         "lr": CategoricalDistribution([1e-3, 1e-2]),
         "optimizer": CategoricalDistribution(["adamw", "sgd"]),
@@ -191,3 +191,20 @@ def test_a_sweep_over_other_params_shows_them_and_keeps_every_table_well_formed(
         "| 2 | 0.001 | adamw | 0.2300 | 0.4600 |",
         "| 1 | 0.01 | sgd | 0.4500 | 0.9000 |",
     ]
+    assert "![final error_rate against learning rate](finder_vs_search.png)" in text
+    paths = write_report(study, tmp_path)
+    assert [p.name for p in paths] == ["finder_vs_search.md", "finder_vs_search.png"]
+    assert paths[1].stat().st_size > 10_000
+
+
+def test_an_lr_grid_holding_find_plots_only_its_numbers(tmp_path: Path) -> None:
+    """`lrlab -m lr=find,1e-3,1e-2`: the plot places the two numeric trials; `find` has no x."""
+    space = {"lr": CategoricalDistribution(["find", 1e-3, 1e-2])}
+    study = optuna.create_study(study_name="mixed")
+    study.set_user_attr("lrlab.metric", ["error_rate"])
+    for lr, error in (("find", 0.1), (1e-3, 0.2), (1e-2, 0.15)):
+        study.add_trial(create_trial(value=error, params={"lr": lr}, distributions=space))
+    assert [p.name for p in write_report(study, tmp_path)] == ["finder_vs_search.md", "finder_vs_search.png"]
+    only_find = optuna.create_study(study_name="find-only")
+    only_find.add_trial(create_trial(value=0.1, params={"lr": "find"}, distributions=space))
+    assert [p.name for p in write_report(only_find, tmp_path / "find")] == ["finder_vs_search.md"]

@@ -46,9 +46,28 @@ def lr_keys(study: optuna.Study) -> list[str]:
     return sorted(keys, key=lambda k: int(k.split(".")[1]))
 
 
+ALL_STAGES_LR = "lr"
+"""The `lr` shorthand: one learning rate for every stage (`lrlab -m lr=1e-4,1e-3,1e-2`)."""
+
+
+def is_number(value: object) -> bool:
+    """Whether a param or metric value is a number (a categorical param may hold `find` or `auto`)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def plotted_lr_keys(study: optuna.Study) -> list[str]:
+    """The LR params the report plots against: the searched stage LRs, or else the `lr` shorthand
+    when trials searched numbers for it (not `find` or `auto`)."""
+    keys = lr_keys(study)
+    if keys:
+        return keys
+    numeric = any(is_number(t.params.get(ALL_STAGES_LR)) for t in study.trials)
+    return [ALL_STAGES_LR] if numeric else []
+
+
 def stage_names(study: optuna.Study) -> dict[str, str]:
-    """`stages.<i>.lr` -> the stage's name, from what trials recorded."""
-    names: dict[str, str] = {}
+    """`stages.<i>.lr` -> the stage's name, from what trials recorded (`lr`: every stage)."""
+    names: dict[str, str] = {ALL_STAGES_LR: "every stage's"}
     for trial in study.trials:
         for stage in trial.user_attrs.get("stages") or []:
             names.setdefault(f"stages.{stage['index']}.lr", stage["name"])

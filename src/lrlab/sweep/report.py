@@ -24,7 +24,15 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from lrlab.integrations.optuna_storage import open_storage
-from lrlab.sweep.analysis import FinderRow, analyse, lr_keys, source_of, stage_names, trial_seconds
+from lrlab.sweep.analysis import (
+    FinderRow,
+    analyse,
+    lr_keys,
+    plotted_lr_keys,
+    source_of,
+    stage_names,
+    trial_seconds,
+)
 from lrlab.sweep.baselines import finder_rule
 from lrlab.sweep.report_plot import plot
 from lrlab.sweep.results import RESULTS_FILE
@@ -76,7 +84,7 @@ def markdown(study: optuna.Study) -> str:
         *body,
         *_compute(rows, all_searched),
     ]
-    if keys:  # the plot is drawn only when a stage LR was searched
+    if plotted_lr_keys(study):  # the plot is drawn only when an LR was searched
         lines.append(f"![final {metric} against learning rate]({PLOT_FILE})")
     return "\n".join(lines) + "\n"
 

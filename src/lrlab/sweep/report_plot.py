@@ -13,19 +13,27 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lrlab.sweep.analysis import FinderRow, analyse, lr_keys, source_of, stage_names
+from lrlab.sweep.analysis import (
+    ALL_STAGES_LR,
+    FinderRow,
+    analyse,
+    is_number,
+    plotted_lr_keys,
+    source_of,
+    stage_names,
+)
 from lrlab.sweep.study import SEARCH_SOURCE
 
 
 def plot(study: optuna.Study, path: Path) -> Path | None:
-    """Draw the plot into `path`; None when no stage LR was searched."""
+    """Draw the plot into `path`; None when no LR was searched (`plotted_lr_keys`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows, searched, metric = analyse(study)
-    keys = lr_keys(study)
+    keys = plotted_lr_keys(study)
     if not keys:
         return None
     names = stage_names(study)
@@ -47,7 +55,8 @@ def plot(study: optuna.Study, path: Path) -> Path | None:
             extra = twin.get_legend_handles_labels()
             handles, labels = handles + extra[0], labels + extra[1]
         ax.legend(handles, labels, fontsize=7, loc="best")
-    fig.suptitle(f"{study.study_name}: range-test suggestions vs. searched LRs")
+    what = "range-test suggestions vs. searched LRs" if rows else f"final {metric} against the searched LRs"
+    fig.suptitle(f"{study.study_name}: {what}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -69,7 +78,7 @@ def _read_curve(path: str | None) -> tuple[list[float], list[float]] | None:
 def _range_test_curve(ax: Any, key: str, rows: list[FinderRow]) -> Any:
     """The first finder trial's range-test curve of this stage, on a twin axis (returned)."""
     ax.set_xscale("log")
-    if not rows:
+    if not rows or key == ALL_STAGES_LR:  # finder trials set each stage's LR, never the shorthand
         return None
     index = int(key.split(".")[1])
     stage = next((s for s in rows[0].trial.user_attrs.get("stages") or [] if s["index"] == index), None)
@@ -87,12 +96,14 @@ def _range_test_curve(ax: Any, key: str, rows: list[FinderRow]) -> Any:
 
 def _trials(ax: Any, key: str, searched: list[FrozenTrial], pruned: list[FrozenTrial]) -> None:
     """Searched trials as points; pruned ones hollow, at their last reported value."""
-    xs = [t.params[key] for t in searched if key in t.params]
-    ys = [t.values[0] for t in searched if key in t.params]
+    searched = [t for t in searched if is_number(t.params.get(key))]
+    pruned = [t for t in pruned if is_number(t.params.get(key))]
+    xs = [t.params[key] for t in searched]
+    ys = [t.values[0] for t in searched]
     ax.scatter(xs, ys, color="C0", s=28, label=f"searched ({len(xs)})", zorder=3)
     if pruned:
-        px = [t.params[key] for t in pruned if key in t.params]
-        py = [t.intermediate_values[max(t.intermediate_values)] for t in pruned if key in t.params]
+        px = [t.params[key] for t in pruned]
+        py = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
         label = f"pruned ({len(px)}), last report"
         ax.scatter(px, py, facecolors="none", edgecolors="C0", s=28, label=label, zorder=3)
 

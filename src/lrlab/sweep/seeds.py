@@ -18,6 +18,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from lrlab.sweep.analysis import is_number
 from lrlab.sweep.baselines import finder_rule
 from lrlab.sweep.study import SEARCH_SOURCE, SOURCE
 
@@ -78,16 +79,12 @@ def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
     or without the prefix; missing or None without a test split). Non-numbers are left out."""
     out: dict[str, float] = {}
     error = (trial.user_attrs.get("metrics") or {}).get(VALID_METRIC)
-    if _is_number(error):
+    if is_number(error):
         out[VALID_METRIC] = float(error)
     for name, value in (trial.user_attrs.get("test") or {}).items():
-        if _is_number(value):
+        if is_number(value):
             out[name if name.startswith(TEST_PREFIX) else TEST_PREFIX + name] = float(value)
     return out
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _grouped(trial: FrozenTrial) -> bool:
@@ -208,7 +205,7 @@ def trials_table(searched: Sequence[FrozenTrial], metric: str, direction: str, l
         loss = (t.user_attrs.get("metrics") or {}).get("valid_loss")
         numbers = [t.values[0], loss, trial_metrics(t).get("test/accuracy")]
         cells = [str(t.number), *(_value(t.params.get(k)) for k in params)]
-        cells += [format(v, ".4f") if _is_number(v) else "n/a" for v in numbers]
+        cells += [format(v, ".4f") if is_number(v) else "n/a" for v in numbers]
         lines.append("| " + " | ".join(cells) + " |")
     if len(searched) > limit:
         lines.append(f"| ({len(searched) - limit} more) |" + " |" * (len(params) + 3))
