@@ -14,14 +14,8 @@ from typing import Any
 
 SYSTEM_METRICS_INTERVAL_S = 10.0
 INPUT_ATTEMPTS = 4  # a collision needs another writer between one check and its insert: rare twice
-# How SQL stores word a unique-key collision: PostgreSQL (psycopg 2 and 3), SQLite, MySQL, SQLAlchemy.
-DUPLICATE_KEY_MARKERS = (
-    "uniqueviolation",
-    "duplicate key",
-    "unique constraint",
-    "duplicate entry",
-    "integrityerror",
-)
+# How SQL stores word a unique-key collision: PostgreSQL (psycopg 2 and 3), SQLite, MySQL.
+DUPLICATE_KEY_MARKERS = ("uniqueviolation", "duplicate key", "unique constraint", "duplicate entry")
 
 
 def context_tags() -> dict[str, str]:
@@ -67,12 +61,14 @@ def log_dataset_inputs(
     retry finds the other run's row and links it."""
     if not digests:
         return
+    from mlflow.exceptions import MlflowException  # the REST and the SQL store raise it alike
+
     inputs = dataset_inputs(name, digests, sizes, source)
     for attempt in range(1, INPUT_ATTEMPTS + 1):
         try:
             client.log_inputs(run_id, datasets=inputs)
             return
-        except Exception as exc:
+        except MlflowException as exc:
             if attempt == INPUT_ATTEMPTS or not is_duplicate_key(exc):
                 raise
             time.sleep(0.05 * attempt)

@@ -34,6 +34,7 @@ from lrlab.sweep.analysis import (
     trial_seconds,
 )
 from lrlab.sweep.baselines import finder_rule
+from lrlab.sweep.markdown import param_cell, table_head, table_row
 from lrlab.sweep.report_plot import plot
 from lrlab.sweep.results import RESULTS_FILE
 from lrlab.sweep.seeds import SEEDS_FILE, recipes_of, seed_values, trials_table, write_csv
@@ -109,20 +110,20 @@ def _finder_table(
     finder trials with their state and reason."""
     columns = ["rule", *heads, metric, "valid_loss", "rank among searched", "regret"]
     columns += ["searched trials to beat it", "compute (s)"]
-    lines = ["## Finder rules", "", *_table_head(columns)]
+    lines = ["## Finder rules", "", *table_head(columns)]
     for r in rows:
         beaten = str(r.beaten_after) if r.beaten_after else f"not beaten in {len(searched)}"
         cells = [r.rule, *(_fmt(r.trial.params.get(k), ".3g") for k in keys), _fmt(r.value)]
         cells += [_fmt(_valid_loss(r.trial)), f"{r.rank} of {len(searched) + 1}", _fmt(r.regret, "+.4f")]
-        lines.append(_table_row([*cells, beaten, f"{r.seconds:.0f}"], len(columns)))
+        lines.append(table_row([*cells, beaten, f"{r.seconds:.0f}"], len(columns)))
     unfinished = [t for t in study.trials if finder_rule(source_of(t)) and t.state != TrialState.COMPLETE]
     for t in unfinished:
         reason = t.user_attrs.get("error") or t.user_attrs.get("pruned") or ""
         cells = [finder_rule(source_of(t)), *("n/a" for _ in keys), f"{t.state.name} {reason[:120]}".strip()]
-        lines.append(_table_row(cells, len(columns)))
+        lines.append(table_row(cells, len(columns)))
     if not rows and not unfinished:
         hint = "(no finder trials: add `enqueue: [lr_finder]`, or use `search=lr_vs_finder`)"
-        lines.append(_table_row([hint], len(columns)))
+        lines.append(table_row([hint], len(columns)))
     return [*lines, ""]
 
 
@@ -133,30 +134,13 @@ def _best_table(
     names (`heads`), then the others (`lr`, `optimizer`, ...) by their override keys."""
     others = sorted({k for t in searched for k in t.params} - set(keys))
     columns = ["trial", *heads, *others, metric, "valid_loss"]
-    lines = ["## Best searched trials", "", *_table_head(columns)]
+    lines = ["## Best searched trials", "", *table_head(columns)]
     ordered = sorted(searched, key=lambda t: t.values[0], reverse=direction == "maximize")
     for t in ordered[:5]:
         cells = [str(t.number), *(_fmt(t.params.get(k), ".3g") for k in keys)]
-        cells += [_param(t.params.get(k)) for k in others]
-        lines.append(_table_row([*cells, _fmt(t.values[0]), _fmt(_valid_loss(t))], len(columns)))
+        cells += [param_cell(t.params.get(k)) for k in others]
+        lines.append(table_row([*cells, _fmt(t.values[0]), _fmt(_valid_loss(t))], len(columns)))
     return [*lines, ""]
-
-
-def _param(value: Any) -> str:
-    """A searched param's value as a table cell: numbers to 3 significant digits, others as given."""
-    if isinstance(value, float):
-        return _fmt(value, ".3g")
-    return "n/a" if value is None else str(value)
-
-
-def _table_head(columns: list[str]) -> list[str]:
-    """A markdown table's header and delimiter rows, one cell per column."""
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-
-
-def _table_row(cells: list[str], width: int) -> str:
-    """A markdown table row padded with empty cells to `width` columns."""
-    return "| " + " | ".join([*cells, *[""] * (width - len(cells))]) + " |"
 
 
 def _compute(rows: list[FinderRow], all_searched: list[FrozenTrial]) -> list[str]:

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrlab.sweep.analysis import is_number
 from lrlab.sweep.baselines import finder_rule
+from lrlab.sweep.markdown import param_cell, table_head, table_row
 from lrlab.sweep.study import SEARCH_SOURCE, SOURCE
 
 SEED = "seed"
@@ -144,27 +145,18 @@ def param_names(recipes: Iterable[Recipe]) -> list[str]:
     return sorted({k for r in recipes for k in r.params})
 
 
-def _value(value: Any) -> str:
-    if isinstance(value, float):
-        return format(value, ".3g")
-    return "n/a" if value is None else str(value)
-
-
 def _table(recipes: Sequence[Recipe], params: list[str], metrics: list[str]) -> list[str]:
     """One row per recipe: its params (or `all` when seed is the only param), n, seeds, and each
     metric's `mean ± std` (with its own n where some seeds lack it)."""
-    heads = params or ["recipe"]
-    lines = [
-        "| " + " | ".join([*heads, "n", "seeds", *metrics]) + " |",
-        "|---" * (len(heads) + 2 + len(metrics)) + "|",
-    ]
+    columns = [*(params or ["recipe"]), "n", "seeds", *metrics]
+    lines = table_head(columns)
     for r in recipes:
-        cells = [_value(r.params.get(k)) for k in params] or ["all"]
+        cells = [param_cell(r.params.get(k)) for k in params] or ["all"]
         cells += [str(r.n), ", ".join(str(s) for s in r.seeds)]
         for m in metrics:
             stat = r.stat(m)
             cells.append(stat.text() + (f" (n={stat.n})" if 0 < stat.n < r.n else ""))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_row(cells, len(columns)))
     return lines
 
 
@@ -195,20 +187,16 @@ def trials_table(searched: Sequence[FrozenTrial], metric: str, direction: str, l
     """The report's trials of a seed grid, best first (up to `limit`): every param, the objective,
     valid_loss and test/accuracy."""
     params = sorted({k for t in searched for k in t.params})
-    lines = [
-        "## Trials, best first",
-        "",
-        "| trial | " + " | ".join(params) + f" | {metric} | valid_loss | test/accuracy |",
-        "|---" * (len(params) + 4) + "|",
-    ]
+    columns = ["trial", *params, metric, "valid_loss", "test/accuracy"]
+    lines = ["## Trials, best first", "", *table_head(columns)]
     for t in sorted(searched, key=lambda t: t.values[0], reverse=direction == "maximize")[:limit]:
         loss = (t.user_attrs.get("metrics") or {}).get("valid_loss")
         numbers = [t.values[0], loss, trial_metrics(t).get("test/accuracy")]
-        cells = [str(t.number), *(_value(t.params.get(k)) for k in params)]
+        cells = [str(t.number), *(param_cell(t.params.get(k)) for k in params)]
         cells += [format(v, ".4f") if is_number(v) else "n/a" for v in numbers]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(table_row(cells, len(columns)))
     if len(searched) > limit:
-        lines.append(f"| ({len(searched) - limit} more) |" + " |" * (len(params) + 3))
+        lines.append(table_row([f"({len(searched) - limit} more)"], len(columns)))
     return [*lines, ""]
 
 
