@@ -346,3 +346,23 @@ def test_a_read_only_store_exits_2_before_any_work(run_cli, tmp_path: Path) -> N
         pytest.skip("running as a user who can write read-only files (root)")
     proc = run_cli("experiment=smoke")
     assert proc.returncode == 2 and "is not writable" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["experiment=smoke", "stages.1.lr=1e-3"], "stages.1.lr: this configuration has 1 stage (0 full)"),
+        (["stages.unfrozen.lr=1e-3"], "the unfrozen stage is stages.1.lr (0 head, 1 unfrozen)"),
+        (["-m", "experiment=elpv,smoke", "stages.1.lr=1e-3,1e-2"], "stages.1.lr (with experiment=smoke):"),
+    ],
+)
+def test_a_stage_the_configuration_lacks_is_named_with_the_stages_it_has(
+    run_cli, tmp_path: Path, args: list, expected: str
+) -> None:
+    """Stages are a list: Hydra would say "dict is not a subclass of Stage", or print a traceback
+    for a stage name; lrlab names the composed stages before any job starts (in a sweep over
+    presets too, whatever job would come first)."""
+    proc = run_cli(*args, "tracking=none")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert expected in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()

@@ -236,3 +236,28 @@ def test_every_data_source_has_valid_and_test_fractions(compose_cfg, tmp_path: P
         data = compose_cfg(f"data={option}").data
         assert (data.valid_pct, data.test_pct) == (0.2, 0.2)
     assert validate(compose_cfg("experiment=smoke", "data.test_pct=0")).data.test_pct == 0
+
+
+def test_stage_overrides_are_checked_against_the_composed_presets() -> None:
+    from lrlab.app.cli import CONFIG_DIR, config_groups
+    from lrlab.app.stage_overrides import stage_override_problem
+
+    def problem(*args: str) -> str | None:
+        return stage_override_problem(list(args), config_groups(), CONFIG_DIR)
+
+    assert problem("experiment=smoke", "stages.0.lr=1e-3") is None
+    assert problem("stages=gradual", "stages.2.lr_rule=steep", "stages.1.epochs=2") is None
+    assert problem("lr=1e-3") is None
+    missing = problem("stages=gradual", "stages.3.lr=1e-3")
+    assert missing is not None and "3 stages (0 head, 1 from_body1, 2 all)" in missing
+    assert "stages=gradual: 3" in missing and "stages=head_only: 1" in missing
+    named = problem("stages=gradual", "stages.all.lr_spread=10")
+    assert named is not None and named.startswith("stages.all.lr_spread: stages are numbered, not named")
+    assert "stages.2.lr_spread" in named
+    # Presets in a sweep are each composed; the message names the one that lacks the stage.
+    swept = problem("-m", "stages=fine_tune,head_only,full", "tracking=none", "stages.1.lr=1e-2,1e-3")
+    assert swept is not None and swept.startswith("stages.1.lr (with stages=head_only):")
+    # Where the stages cannot be known up front, Hydra is left to report.
+    assert problem("--config-dir", "/elsewhere", "stages.5.lr=1") is None
+    assert problem("-m", "stages=choice(full,gradual)", "stages.2.lr=1") is None
+    assert problem("model=nonexistent", "stages.5.lr=1") is None

@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lrlab.app.schema import rank_suffix, register_schemas
+from lrlab.app.stage_overrides import MORE_CONFIG_ARGS, stage_override_problem
 from lrlab.core.launch import launched_rank, launched_world_size
 from lrlab.errors import LrlabError, disk_full
 
@@ -123,14 +124,13 @@ def deselect_null_groups(args: list[str]) -> list[str]:
 
 
 _SWEEP_SYNTAX = ("choice(", "range(", "glob(", "interval(", "tag(", "sort(", "shuffle(")
-_MORE_CONFIGS = ("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath", "+hydra.searchpath")
 
 
 def unknown_group_option(args: list[str]) -> str | None:
     """One paragraph for the first `group=option` naming an option the packaged tree lacks (Hydra's
     own report spans two paragraphs and its search path), with the valid options and close matches;
     None when every option exists, or when a config dir or search path may add options."""
-    if any(arg.lstrip("+").startswith(_MORE_CONFIGS) for arg in args):
+    if any(arg.lstrip("+").startswith(MORE_CONFIG_ARGS) for arg in args):
         return None
     groups = set(config_groups())
     for arg in args:
@@ -186,6 +186,10 @@ def main() -> None:
     unknown = unknown_group_option(sys.argv[1:])
     if unknown:
         print(f"lrlab: error: {unknown}", file=sys.stderr)
+        sys.exit(2)
+    stage_problem = stage_override_problem(sys.argv[1:], config_groups(), CONFIG_DIR)
+    if stage_problem:
+        print(f"lrlab: error: {stage_problem}", file=sys.stderr)
         sys.exit(2)
     unwritable = unwritable_output(sys.argv[1:], Path.cwd())
     if unwritable:

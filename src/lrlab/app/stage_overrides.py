@@ -1,0 +1,105 @@
+"""A check of `stages.<N>.<key>=...` overrides against the stages the command composes.
+
+Stages are a list, so Hydra reports a stage the preset lacks as "dict is not a subclass of Stage"
+and a stage named instead of numbered (`stages.unfrozen.lr`) with a traceback; this check names the
+preset's stages instead. It composes the command's group choices once (a third of a second), and
+only when an override addresses a stage.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+STAGE_KEY = re.compile(r"^[+~]{0,2}stages\.([^.=]+)\.")
+_NOT_PLAIN = ("-", "hydra.", "+hydra.", "++hydra.")
+# Arguments that add configs, so options and stages may exist beyond the packaged tree.
+MORE_CONFIG_ARGS = ("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath", "+hydra.searchpath")
+MAX_COMPOSED = 8  # group combinations composed up front; a larger sweep is left to Hydra
+
+
+def stage_override_problem(args: Sequence[str], groups: Sequence[str], config_dir: str) -> str | None:
+    """One paragraph for the first `stages.X.key` override whose X is not a stage index of the
+    composed preset (out of range, or a stage name), naming the group choices it fails with in a
+    sweep over groups; None when all are, when none addresses a stage, or when the stages cannot be
+    known before Hydra runs (an added config dir, a sweep over more than `MAX_COMPOSED` group
+    combinations or with sweep functions, a composition error that Hydra will report itself)."""
+    addressed = [(arg, match.group(1)) for arg in args if (match := STAGE_KEY.match(arg))]
+    if not addressed:
+        return None
+    combinations = _group_choice_combinations(args, groups)
+    for choices in combinations or ():
+        stages = _composed_stage_names(choices, config_dir)
+        if stages is None:
+            return None
+        problem = _first_missing_stage(addressed, stages, config_dir)
+        if problem:
+            swept = [c for c in choices if any(c not in other for other in combinations)]
+            where = f" (with {' '.join(swept)})" if swept else ""
+            return problem.replace(":", where + ":", 1)
+    return None
+
+
+def _first_missing_stage(addressed: list[tuple[str, str]], stages: list[str], config_dir: str) -> str | None:
+    numbered = ", ".join(f"{i} {name}" for i, name in enumerate(stages))
+    for arg, index in addressed:
+        if index.isdigit() and int(index) < len(stages):
+            continue
+        key = arg.partition("=")[0].lstrip("+~")
+        field = key.split(".", 2)[2]
+        if index in stages:
+            return (
+                f"{key}: stages are numbered, not named; the {index} stage is "
+                f"stages.{stages.index(index)}.{field} ({numbered})."
+            )
+        return (
+            f"{key}: this configuration has {len(stages)} stage{'s' if len(stages) != 1 else ''} "
+            f"({numbered}), so stage {index} does not exist. Address a stage by its number, or choose "
+            f"a preset with more stages ({_preset_sizes(config_dir)})."
+        )
+    return None
+
+
+def _preset_sizes(config_dir: str) -> str:
+    """`stages=fine_tune: 2, stages=gradual: 3, ...`: each packaged stage preset and its stage count."""
+    import yaml
+
+    sizes = []
+    for path in sorted((Path(config_dir) / "stages").glob("*.yaml")):
+        stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or []
+        sizes.append(f"stages={path.stem}: {len(stages)}")
+    return ", ".join(sizes)
+
+
+def _group_choice_combinations(args: Sequence[str], groups: Sequence[str]) -> list[list[str]] | None:
+    """Every combination of the command's group choices (`experiment=smoke,elpv` gives two), or None
+    when they cannot be listed here (see `stage_override_problem`)."""
+    per_group: list[list[str]] = []
+    for arg in args:
+        if arg.startswith(MORE_CONFIG_ARGS):
+            return None
+        key, sep, value = arg.partition("=")
+        if arg.startswith(_NOT_PLAIN) or not sep or key.lstrip("+~") not in groups:
+            continue
+        if "(" in value:
+            return None
+        per_group.append([f"{key}={option.strip()}" for option in value.split(",")])
+    combinations = [list(choice) for choice in itertools.product(*per_group)]
+    return combinations if len(combinations) <= MAX_COMPOSED else None
+
+
+def _composed_stage_names(choices: list[str], config_dir: str) -> list[str] | None:
+    """The stage names composed from these group choices; None on a composition error, which Hydra
+    reports itself."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir, version_base="1.3"):
+            cfg = compose("config", overrides=choices)
+    except (HydraException, OmegaConfBaseException, ValueError):
+        return None
+    return [str(stage.name) for stage in cfg.stages]
