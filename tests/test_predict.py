@@ -101,6 +101,25 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
     assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["test/accuracy"] == accuracy
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")} == logged
     assert len(list((tmp_path / "outputs").rglob("confusion_matrix.png"))) == 2
+    # Other labelled data with the same classes: its test split, tagged with what was evaluated.
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder = tmp_path / "digit_folder"
+    for i, (image, label) in enumerate(zip(digits.images[:100], digits.target[:100])):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        pixels = np.rint(image * (255.0 / 16.0)).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(folder / str(label) / f"{i}.png")
+    other = run_cli("task=evaluate", f"checkpoint={best}", "data=imagefolder", f"data.root={folder}")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert f"{best} on the test split of imagefolder, 20 held-out images" in other.stdout + other.stderr
+    (tagged,) = client.search_runs([run.info.experiment_id], filter_string="tags.evaluated_on != ''")
+    assert tagged.data.tags["evaluated_on"] == f"name=imagefolder root={folder}"
+    (folder / "extra").mkdir()
+    for i in range(10):
+        Image.fromarray(np.zeros((8, 8), dtype=np.uint8), mode="L").save(folder / "extra" / f"{i}.png")
+    wrong = run_cli("task=evaluate", f"checkpoint={best}", "data=imagefolder", f"data.root={folder}")
+    assert wrong.returncode == 2 and "evaluation needs the same classes in the same order" in wrong.stderr
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
     for i in range(3):
@@ -143,3 +162,25 @@ def test_a_checkpoint_whose_metadata_does_not_fit_its_weights_is_named(tmp_path:
         CheckpointError, match=r"metadata says test_efficientnet with 3 classes, but its weights"
     ):
         load_model(path)
+
+
+def test_evaluate_reads_other_data_from_the_command_line_and_the_checkpoints_own_otherwise(
+    compose_cfg, tmp_path: Path, caplog
+) -> None:
+    from lrlab.app.tasks.evaluate import data_to_evaluate
+
+    path, _ = _saved(compose_cfg, tmp_path)
+    loaded = load_model(path)
+    own = data_to_evaluate(compose_cfg("task=evaluate"), ["task=evaluate"], loaded)
+    assert own is None  # the composed default (ELPV) is not the checkpoint's data (digits)
+    args = ["task=evaluate", "data=imagefolder", f"data.root={tmp_path}"]
+    other = data_to_evaluate(compose_cfg(*args), args, loaded)
+    assert other["name"] == "imagefolder" and other["root"] == str(tmp_path)
+    assert other["image_size"] == loaded.preprocess.image_size != compose_cfg(*args).data.image_size
+    args = [*args, "data.image_size=48"]
+    assert data_to_evaluate(compose_cfg(*args), args, loaded)["image_size"] == 48
+    with caplog.at_level("WARNING", logger="lrlab"):
+        args = ["task=evaluate", "data.split_seed=3", "data.augment.hflip=0"]
+        resplit = data_to_evaluate(compose_cfg(*args), args, loaded)
+    assert resplit["name"] == "digits" and resplit["split_seed"] == 3 and resplit["augment"]["hflip"] == 0
+    assert "data.split_seed differs from the checkpoint's run" in caplog.text

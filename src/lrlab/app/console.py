@@ -115,12 +115,21 @@ class ConsoleTable(Callback):
 
 
 def format_test_report(
-    report: dict[str, float], class_names: list[str], groups: dict[str, list[int]] | None, images: int
+    report: dict[str, float],
+    class_names: list[str],
+    groups: dict[str, list[int]] | None,
+    images: int,
+    what: str = "the final model",
 ) -> list[str]:
-    """Console lines for the once-only test report (the final model on the test split)."""
+    """Console lines for the once-only test report of `what` (by default the final model of a
+    training, which is evaluated after it)."""
+    if what == "the final model":
+        title = f"test: {what} on {images} held-out images (evaluated once, after training)"
+    else:
+        title = f"test: {what}, {images} held-out images"
     lines = [
         "",
-        f"test: the final model on {images} held-out images (evaluated once, after training)",
+        title,
         f"  accuracy {report['accuracy']:.4f}  balanced accuracy {report['balanced_accuracy']:.4f}  "
         f"loss {report['loss']:.4f}",
     ]

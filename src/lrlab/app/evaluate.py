@@ -38,16 +38,17 @@ def evaluate_split(
     class_groups: dict[str, list[int]] | None,
     preprocess: Preprocess | None,
     directory: Path,
+    what: str = "the final model",
 ) -> TestReport:
-    """Evaluate `engine.model` on `loader` once: metrics printed after the epoch tables, and the
-    interpretation files in `directory`. An empty report for no loader."""
+    """Evaluate `engine.model` (`what`, in the console) on `loader` once: metrics printed after the
+    epoch tables, and the interpretation files in `directory`. An empty report for no loader."""
     if loader is None:
         return TestReport()
     tap = ThumbnailTap(loader, preprocess.mean, preprocess.std) if preprocess is not None else loader
     predictions, targets, loss, probabilities = engine.predict(tap, probabilities=True)
     metrics = classification_report(predictions, targets, class_names, class_groups)
     metrics["loss"] = loss
-    for line in format_test_report(metrics, class_names, class_groups, len(targets)):
+    for line in format_test_report(metrics, class_names, class_groups, len(targets), what):
         log.info(line)
     interpretation = Interpretation(class_names, predictions.numpy(), targets.numpy(), probabilities.numpy())
     log.info("\n" + interpretation.table())
@@ -58,28 +59,45 @@ def evaluate_split(
     return TestReport(metrics, files)
 
 
+def checkpoint_data(loaded: LoadedModel) -> dict[str, Any]:
+    """The data config the checkpoint's run trained on (resolved), as saved in the checkpoint."""
+    return OmegaConf.to_container(OmegaConf.create(loaded.meta["config"]).data, resolve=True)
+
+
 def evaluate_checkpoint(
-    checkpoint: str, loaded: LoadedModel, output_dir: Path, tta: str = "none", device: Any = "cpu"
+    checkpoint: str,
+    loaded: LoadedModel,
+    output_dir: Path,
+    tta: str = "none",
+    device: Any = "cpu",
+    data: dict[str, Any] | None = None,
 ) -> TestReport:
-    """`task=evaluate`: the model of `checkpoint` (as `lrlab.load_model` gives it) on its own
-    data's test split (rebuilt from the config saved in the checkpoint, so the split is the one it
-    was never trained or chosen on)."""
+    """`task=evaluate`: the model of `checkpoint` (as `lrlab.load_model` gives it) on the test split
+    of `data`, by default its own data (rebuilt from the config saved in the checkpoint, so the split
+    is the one it was never trained or chosen on). Other data must have the checkpoint's classes, in
+    its order."""
     from lrlab.data.loaders import make_loaders
     from lrlab.data.sources import load_source
     from lrlab.data.types import Normalization
     from lrlab.errors import ConfigError
 
-    data_cfg = OmegaConf.to_container(OmegaConf.create(loaded.meta["config"]).data, resolve=True)
+    data_cfg = checkpoint_data(loaded) if data is None else data
     source = load_source(data_cfg)
+    which = f"the data of {checkpoint}" if data is None else f"data.name={data_cfg.get('name')}"
     if source.test is None:
+        raise ConfigError(f"{which} has no test split (data.test_pct=0): nothing to evaluate.")
+    if list(source.class_names) != list(loaded.class_names):
         raise ConfigError(
-            f"the data of {checkpoint} has no test split (data.test_pct=0): nothing to evaluate."
+            f"{which} has the classes {list(source.class_names)}, and {checkpoint} predicts "
+            f"{list(loaded.class_names)}: evaluation needs the same classes in the same order "
+            "(for an image folder, one subfolder per class, named as in training)."
         )
     norm = Normalization(loaded.preprocess.mean, loaded.preprocess.std, loaded.preprocess.interpolation)
     data_device = device if data_cfg.get("in_memory") else "cpu"
     test = make_loaders(source, data_cfg, norm, data_device).test
     engine = Engine(loaded.model, device, tta=tta)
     groups = source.class_groups
+    what = f"{checkpoint} on the test split of {data_cfg.get('name')}"
     return evaluate_split(
-        engine, test, source.class_names, groups, loaded.preprocess, output_dir / "evaluation"
+        engine, test, source.class_names, groups, loaded.preprocess, output_dir / "evaluation", what
     )

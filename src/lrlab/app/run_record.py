@@ -124,17 +124,25 @@ def log_run_start(
 
 
 def log_evaluation(
-    uri: str | None, cfg: DictConfig, meta: dict[str, Any], report: TestReport, overrides: list[str], tta: str
+    uri: str | None,
+    cfg: DictConfig,
+    meta: dict[str, Any],
+    report: TestReport,
+    overrides: list[str],
+    tta: str,
+    data: dict[str, Any] | None = None,
 ) -> str | None:
     """`task=evaluate` as its own MLflow run, in the experiment of the run that trained the
     checkpoint (`meta`: the checkpoint's metadata) and tagged with that run's id: the test metrics
-    and the evaluation files."""
+    and the evaluation files; `data`, when not the checkpoint's own, is tagged `evaluated_on`."""
     trained = OmegaConf.create(meta.get("config") or "{}")
     experiment = OmegaConf.select(trained, "tracking.experiment", default=None) or cfg.tracking.experiment
     name = cfg.tracking.run_name or f"{OmegaConf.select(trained, 'name', default='lrlab')}-evaluate"
     tracker = get_backend(cfg.tracking.backend).open_run(uri, str(experiment), run_name=name)
     tags = {"task": "evaluate", "checkpoint": str(cfg.checkpoint), "tta": tta}
     tags["overrides"] = " ".join(overrides)
+    if data is not None:
+        tags["evaluated_on"] = " ".join(f"{k}={data[k]}" for k in ("name", "root") if data.get(k) is not None)
     if meta.get("mlflow_run_id"):
         tags["source_run_id"] = meta["mlflow_run_id"]
     tracker.set_tags(tags)
