@@ -261,3 +261,23 @@ def test_stage_overrides_are_checked_against_the_composed_presets() -> None:
     assert problem("--config-dir", "/elsewhere", "stages.5.lr=1") is None
     assert problem("-m", "stages=choice(full,gradual)", "stages.2.lr=1") is None
     assert problem("model=nonexistent", "stages.5.lr=1") is None
+
+
+def test_checkpoint_tasks_name_the_overrides_they_do_not_read() -> None:
+    from lrlab.app.tasks import unused_overrides
+
+    assert unused_overrides("train", ["model=resnet34", "epochs=3"]) == []
+    given = ["task=predict", "checkpoint=a.pt", "input=x/", "device=cpu", "train.tta=hflip", "tracking=none"]
+    assert unused_overrides("predict", [*given, "trial.number=0"]) == []
+    assert unused_overrides("predict", [*given, "model=resnet34", "+epochs=3", "train.lr=1"]) == [
+        "model=resnet34",
+        "+epochs=3",
+        "train.lr=1",
+    ]
+    assert unused_overrides("evaluate", ["data=imagefolder", "data.root=r", "experiment=smoke"]) == [
+        "experiment=smoke"
+    ]
+    assert unused_overrides("export", ["format=onnx", "device=cuda", "checkpointx=1"]) == [
+        "device=cuda",
+        "checkpointx=1",
+    ]

@@ -144,8 +144,20 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def _torchscript(model: torch.nn.Module, x: torch.Tensor, path: Path) -> tuple[Path, torch.Tensor]:
-    traced = torch.jit.trace(model, x)
-    traced.save(str(path))
-    reloaded = torch.jit.load(str(path))
+    """A traced TorchScript file and its output on `x`. Recent PyTorch deprecates TorchScript with a
+    FutureWarning from each of trace, trace_method and load: one line of lrlab's says it instead."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FutureWarning)
+        traced = torch.jit.trace(model, x)
+        traced.save(str(path))
+        reloaded = torch.jit.load(str(path))
+    for warning in caught:
+        if not (issubclass(warning.category, FutureWarning) and "deprecated" in str(warning.message)):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if any("deprecated" in str(w.message) for w in caught):
+        log.warning(
+            f"TorchScript is deprecated in torch {torch.__version__} (it still loads with torch.jit.load); "
+            "format=onnx is the export PyTorch maintains."
+        )
     with torch.no_grad():
         return path, reloaded(x)

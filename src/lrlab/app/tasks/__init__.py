@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,10 +19,41 @@ TASKS: dict[str, str] = {
     "export": "lrlab.app.tasks.export:run",
 }
 CHECKPOINT_TASKS = ("predict", "evaluate", "export")  # tasks that read a trained checkpoint
+# The config keys (and key prefixes) each checkpoint task reads: the checkpoint brings the model, its
+# preprocessing and (for evaluate) its data, so any other override on its command line does nothing.
+# `tracking` is not named where nothing is tracked: `tracking=none` there asks for what happens.
+CHECKPOINT_TASK_KEYS: dict[str, tuple[str, ...]] = {
+    "predict": ("checkpoint", "input", "device", "train.tta", "tracking"),
+    "evaluate": ("checkpoint", "device", "train.tta", "tracking", "data"),
+    "export": ("checkpoint", "format", "tracking"),
+}
+_ANY_TASK_KEYS = ("task", "trial")  # trial.*: a sweep's bookkeeping
+
+
+def unused_overrides(task: str, overrides: list[str]) -> list[str]:
+    """The command-line overrides that `task` does not read (empty for a task that reads the whole
+    config, such as train)."""
+    read = CHECKPOINT_TASK_KEYS.get(task)
+    if read is None:
+        return []
+    known = (*read, *_ANY_TASK_KEYS)
+    unused = []
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if not any(key == k or key.startswith(f"{k}.") for k in known):
+            unused.append(override)
+    return unused
 
 
 def run_task(job: Job) -> RunResult:
-    """Run the task `job.cfg.task` names."""
+    """Run the task `job.cfg.task` names; overrides it does not read are named in a warning."""
+    unused = unused_overrides(str(job.cfg.task), job.overrides)
+    if unused:
+        logging.getLogger("lrlab").warning(
+            "not used by task=%s, whose checkpoint brings the model and its preprocessing: %s",
+            job.cfg.task,
+            " ".join(unused),
+        )
     module, _, function = TASKS[str(job.cfg.task)].partition(":")
     task: Any = getattr(importlib.import_module(module), function)
     return task(job)
