@@ -287,3 +287,22 @@ def test_every_preset_uses_the_benchmarks_pair_and_fastai_keeps_valley(compose_c
         assert finder.rule_curve == "calibrated"
     fastai = compose_cfg("lr_finder=fastai").lr_finder
     assert (fastai.suggest, fastai.smoothing) == ("valley", "ema")
+
+
+def test_task_lr_find_tests_what_the_first_stage_trains_and_suggests_its_lr(compose_cfg, tmp_path) -> None:
+    """`lrlab task=lr_find` gives the suggestion the first stage's `lr=find` takes: under
+    fine_tune that is the head with the body frozen (fastai's `lr_find` on a fresh learner), not
+    the whole model, whose curve suggests another LR."""
+    from lrlab.app.run import run_experiment
+
+    quick = ("experiment=smoke", "tracking=none", "lr_finder.num_iter=30", "lr=find", "seed=3")
+    staged = (*quick, "stages=fine_tune", "freeze_epochs=1", "epochs=0")
+    found = run_experiment(compose_cfg(*staged, "task=lr_find"), tmp_path / "find", launch_dir=tmp_path)
+    trained = run_experiment(compose_cfg(*staged), tmp_path / "train", launch_dir=tmp_path)
+    (stage,) = trained.summary()["stages"]
+    suggestion = found.extra["lr_finder"]["all"].suggestions["lrlab"]
+    assert stage["name"] == "head" and stage["lr"] == pytest.approx(suggestion, rel=1e-9)
+    whole = run_experiment(
+        compose_cfg(*quick, "stages=full", "task=lr_find"), tmp_path / "w", launch_dir=tmp_path
+    )
+    assert whole.extra["lr_finder"]["all"].suggestions["lrlab"] != pytest.approx(suggestion, rel=1e-3)

@@ -101,6 +101,19 @@ def freeze(
     return [] if train_bn else list(norm_modules.values())
 
 
+def enter_stage(engine: Engine, groups: Sequence[LayerGroup], stage: Stage) -> tuple[list[int], list[float]]:
+    """Make `engine.model` train what `stage` trains (its layer groups, norm layers per `train_bn`);
+    returns the trainable group indices and the stage's LR ratio per group (head 1)."""
+    trainable = trainable_group_indices(stage.trainable, len(groups))
+    engine.hold_in_eval(freeze(engine.model, groups, trainable, stage.train_bn))
+    return trainable, spread_lrs(1.0, len(groups), stage.lr_spread, stage.lr_spread_mode)
+
+
+def first_training_stage(stages: Sequence[Stage]) -> tuple[int, Stage] | None:
+    """The index and stage that trains first (epochs > 0), as `run_stages` would start; None if none."""
+    return next(((i, s) for i, s in enumerate(stages) if s.epochs > 0), None)
+
+
 def _trainable_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -215,23 +228,22 @@ def run_stages(
     range test with `training.finder` (held-out loss on the valid loader); 'auto' then races LRs
     around its suggestion (`training.auto`) and continues the winner. `resume` skips finished
     stages, reuses their LR decisions and continues after its last epoch."""
-    steps, model, groups = engine.steps_per_epoch(training.train_loader), engine.model, training.groups
+    steps, groups = engine.steps_per_epoch(training.train_loader), training.groups
     optimizer = training.optimizer
     decisions: Decisions = dict(resume.decisions) if resume is not None else {}
     first_result = len(engine.history)
     previous: tuple[int, ...] | None = None
     for index, stage in enumerate(stages):
-        trainable = trainable_group_indices(stage.trainable, len(groups))
         resuming = resume is not None and index == resume.stage_index
         if stage.epochs <= 0 or (resume is not None and index < resume.stage_index):
-            previous = tuple(trainable) if stage.epochs > 0 else previous
+            if stage.epochs > 0:
+                previous = tuple(trainable_group_indices(stage.trainable, len(groups)))
             continue
-        engine.hold_in_eval(freeze(model, groups, trainable, stage.train_bn))
+        trainable, ratios = enter_stage(engine, groups, stage)
         cleared = previous is not None and tuple(trainable) != previous and not resuming
         if cleared:
             optimizer.state.clear()
         previous = tuple(trainable)
-        ratios = spread_lrs(1.0, len(groups), stage.lr_spread, stage.lr_spread_mode)
         lr, rule, found = (
             (*decisions[index], None) if resuming else _stage_lr(engine, training, stage, index, ratios)
         )

@@ -8,9 +8,11 @@ import logging
 from lrlab.app.job import Job, RunResult
 from lrlab.app.lifecycle import TrackedRun, tracked_run
 from lrlab.core.distributed import is_main
+from lrlab.core.optim import group_lrs, set_lrs
 from lrlab.finder.range_test import find_lr
 from lrlab.finder.result import LRFinderResult
 from lrlab.integrations.tracking import Tracker
+from lrlab.train.stages import enter_stage, first_training_stage
 
 log = logging.getLogger("lrlab")
 
@@ -20,8 +22,22 @@ def run(job: Job) -> RunResult:
 
 
 def lr_find(run: TrackedRun) -> RunResult:
-    """One range test (or, with `lr_finder.per_group`, one per layer group) from the built state."""
+    """One range test (or, with `lr_finder.per_group`, one per layer group) from the built state,
+    on what the first training stage trains (so its suggestion is the one that stage's `lr=find`
+    would take), as fastai's `lr_find` on a freshly built learner tests its frozen body."""
     setup, cfg = run.setup, run.setup.cfg
+    first = first_training_stage(setup.stages)
+    if first is not None:
+        index, stage = first
+        trainable, ratios = enter_stage(run.engine, setup.groups, stage)
+        set_lrs(setup.optimizer, group_lrs(setup.optimizer, ratios))
+        names = ", ".join(setup.groups[i].name for i in trainable)
+        count = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
+        log.info(
+            f"range test of stage {index} ({stage.name}), as its lr=find runs it: trainable {names} "
+            f"({count:,} params), lr_spread {stage.lr_spread:g}"
+        )
+        run.tracker.set_tags({"lr_find.stage": stage.name})
     found = find_lr(
         setup.model,
         setup.train_loader,
