@@ -95,14 +95,18 @@ def suggestions(path: Path, length: int) -> dict[str, float]:
     return suggest_on_curves(lrs, curves)
 
 
-def analyse(opts: argparse.Namespace) -> int:
-    from finder_bench_report import load_result
+def grid_best(rows_csv: Path) -> dict[str, float]:
+    """Each configuration's grid-best LR, as the benchmark's analysis recorded it (`v2/rows.csv`), so
+    the study can be analysed in a clone without the bench dir's grid studies."""
+    with rows_csv.open(newline="") as handle:
+        return {row["config"]: float(row["best_lr"]) for row in csv.DictReader(handle)}
 
-    bench_opts = argparse.Namespace(bench_dir=opts.bench_dir, seeds=list(opts.seeds), grid_lrs=None, set=[])
+
+def analyse(opts: argparse.Namespace) -> int:
+    best = grid_best(opts.rows)
     rows = []
     for config in configs():
-        result = load_result(bench_opts, config)
-        if result is None:
+        if config.name not in best:
             continue
         for length in opts.lengths:
             for seed in opts.seeds:
@@ -110,7 +114,7 @@ def analyse(opts: argparse.Namespace) -> int:
                 if path.is_file():
                     for rule, lr in suggestions(path, length).items():
                         finite = math.isfinite(lr) and lr > 0
-                        decades = math.log10(lr / result.best_lr) if finite else math.nan
+                        decades = math.log10(lr / best[config.name]) if finite else math.nan
                         rows.append(
                             {
                                 "config": config.name,
@@ -127,7 +131,9 @@ def analyse(opts: argparse.Namespace) -> int:
         "# Range-test length against the grid-best LR",
         "",
         f"Configurations: {', '.join(sorted({r['config'] for r in rows}))}; seeds {list(opts.seeds)}.",
-        "Decades: log10(suggestion / grid-best LR), the suggestion recomputed from the test's raw losses.",
+        "Decades: log10(suggestion / grid-best LR), the suggestion recomputed from the test's raw losses;",
+        "grid-best LRs from `rows.csv`. Each test ramps what the configuration's first stage trains (the",
+        "linear probes: the head, body frozen), as that stage's `lr=find` does.",
         "",
         "| rule | num_iter | cases | median decades | mean abs decades | within 0.25 | within 0.5 |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -156,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     top.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     top.add_argument("--bench-dir", type=Path, default=Path("outputs/finder_benchmark_v2"))
     top.add_argument("--out", type=Path, default=ROOT / "experiments" / "finder_benchmark" / "v2")
+    top.add_argument(
+        "--rows", type=Path, default=ROOT / "experiments" / "finder_benchmark" / "v2" / "rows.csv"
+    )
     top.add_argument(
         "--saved", type=Path, default=SAVED, help="where save copies the CSVs (default: %(default)s)"
     )

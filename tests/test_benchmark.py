@@ -409,6 +409,15 @@ def test_the_range_length_study_saves_and_resumes_from_the_saved_csvs(tmp_path: 
     )
     found = frl.suggestions(frl.run_dir(fresh, frl.configs()[0], 25, 0) / "lr_find.csv", 25)
     assert set(found) >= {"lrlab", "valley"} and 1e-7 < found["valley"] < 10
+    # The analysis needs only the saved CSVs and the benchmark's rows.csv (no grid studies here).
+    first = frl.configs()[0].name
+    (tmp_path / "rows.csv").write_text(f"config,best_lr\n{first},{found['valley']}\n")
+    args = ["--lengths", "25", "--seeds", "0", "--bench-dir", str(fresh), "--out", str(tmp_path)]
+    assert frl.main(["analyse", *args, "--rows", str(tmp_path / "rows.csv")]) == 0
+    table = (tmp_path / "range_length.md").read_text()
+    assert (
+        f"Configurations: {first};" in table and "| valley | 25 | 1 | +0.00 | 0.00 | 100% | 100% |" in table
+    )
 
 
 def test_a_configuration_whose_grid_has_not_settled_is_left_out_of_the_report(tmp_path: Path) -> None:
