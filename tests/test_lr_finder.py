@@ -306,3 +306,8 @@ def test_task_lr_find_tests_what_the_first_stage_trains_and_suggests_its_lr(comp
         compose_cfg(*quick, "stages=full", "task=lr_find"), tmp_path / "w", launch_dir=tmp_path
     )
     assert whole.extra["lr_finder"]["all"].suggestions["lrlab"] != pytest.approx(suggestion, rel=1e-3)
+    # Per layer group, the groups not swept stay at the ramp's start (at 1, they diverged at once).
+    per_group = compose_cfg(*staged, "task=lr_find", "lr_finder.per_group=true", "lr_finder.num_iter=20")
+    curves = run_experiment(per_group, tmp_path / "groups", launch_dir=tmp_path).extra["lr_finder"]
+    assert set(curves) == {"body0", "body1", "head"}
+    assert all(c.stop_reason == "completed" and len(c.lrs) == 20 for c in curves.values())

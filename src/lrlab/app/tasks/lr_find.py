@@ -30,7 +30,9 @@ def lr_find(run: TrackedRun) -> RunResult:
     if first is not None:
         index, stage = first
         trainable, ratios = enter_stage(run.engine, setup.groups, stage)
-        set_lrs(setup.optimizer, group_lrs(setup.optimizer, ratios))
+        # The stage's LR ratios at the ramp's start: with per_group, the groups not swept keep it.
+        start = [ratio * setup.finder.start_lr for ratio in ratios]
+        set_lrs(setup.optimizer, group_lrs(setup.optimizer, start))
         names = ", ".join(setup.groups[i].name for i in trainable)
         count = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
         log.info(
