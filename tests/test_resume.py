@@ -82,6 +82,22 @@ def test_resumes_users_try(run_cli, tmp_path: Path) -> None:
     assert run.info.status == "FINISHED" and run.data.params["epochs"] == "2"
     assert run.data.tags["resume.changed.epochs"] == "2 -> 3"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")] == [0, 1, 2]
+    tested = len(client.get_metric_history(run.info.run_id, "test/accuracy"))
+
+    # The same command again, once the run has FINISHED: nothing is redone, and the test split is
+    # not read a second time into the run.
+    again = run_cli("experiment=smoke", "epochs=3", "train.checkpoints=true", "resume=auto")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing to resume:" in again.stdout + again.stderr and "test: the final" not in again.stdout
+    assert len(client.get_metric_history(run.info.run_id, "test/accuracy")) == tested
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    # Stopped before its end record, the run resumes again, and keeps its first `epochs` param (2)
+    # although this checkpoint's config says 3 (MLflow refused the new value: a traceback, exit 1).
+    client.update_run(run.info.run_id, "KILLED")
+    ended = run_cli("experiment=smoke", "epochs=3", "train.checkpoints=true", "resume=auto")
+    assert ended.returncode == 0, ended.stderr[-3000:]
+    finished = client.get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.params["epochs"] == "2"
 
     other = run_cli(*first, "optimizer.weight_decay=0.5", f"resume={last}")
     assert other.returncode == 2 and "Traceback" not in other.stderr

@@ -17,7 +17,7 @@ from lrlab.app.hooks import RunCallbacks
 from lrlab.app.job import Job, RunResult
 from lrlab.app.resume_changes import resume_changes
 from lrlab.app.run_record import log_run_start, open_tracker
-from lrlab.core.distributed import is_main
+from lrlab.core.distributed import is_main, world_size
 from lrlab.core.engine import Engine
 from lrlab.errors import RunPruned
 from lrlab.integrations.tracking import Tracker, get_backend
@@ -63,6 +63,10 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
             "folder?); the resumed training is recorded in a new run, tagged resumed_from"
         )
         resumed_run = None
+    status = backend.run_status(uri, resumed_run) if resumed_run and is_main() else None
+    done = _nothing_to_resume(job, setup, resume, status)
+    if done is not None:
+        return done
     parent = job.parent_run_id or cfg.tracking.parent_run_id
     tracker = open_tracker(cfg, uri, parent, resumed_run) if is_main() else Tracker()
     engine = make_engine(setup, hooks.all(tracker))
@@ -95,3 +99,23 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
     if where:
         log.info(where)
     return result
+
+
+def _nothing_to_resume(
+    job: Job, setup: Setup, resume: ResumeState | None, status: str | None
+) -> RunResult | None:
+    """The finished run's result when resuming would redo nothing: the checkpoint ends every stage
+    and its run ended FINISHED (so it holds the test report and the model too); None otherwise.
+    Under torchrun every rank carries on as before (only rank 0 reads the store)."""
+    if resume is None or world_size() > 1 or status != "FINISHED":
+        return None
+    if not resume.trained_all([stage.epochs for stage in setup.stages]):
+        return None
+    run_id = resume.meta.get("mlflow_run_id")
+    log.info(
+        f"nothing to resume: {resume.path} ends the training of run {run_id} (epoch "
+        f"{resume.global_epoch}, every stage done), and that run is FINISHED with its test report "
+        "and model. To train longer, raise the epochs with resume=PATH/TO/last.pt."
+    )
+    final = resume.history[-1].metrics() if resume.history else {}
+    return RunResult(list(resume.history), final, run_id=run_id, output_dir=job.output_dir)

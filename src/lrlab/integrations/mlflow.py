@@ -31,6 +31,7 @@ from lrlab.integrations.tracking import Tracker, TrackingBackend
 
 __all__ = ["OWNER_TAG", "MlflowBackend", "MlflowTracker", "default_tracking_uri", "flatten"]
 
+log = logging.getLogger("lrlab")
 MAX_PARAM_KEY = 250
 MAX_PARAM_VALUE = 6000
 BATCH_LIMIT = 1000
@@ -65,7 +66,9 @@ class MlflowTracker(Tracker):
         self.experiment_id = experiment_id(self.client, uri, experiment)
         end_orphaned_runs(self.client, self.experiment_id)
         owner = {OWNER_TAG: worker_id()}
+        self._first_params: dict[str, str] = {}  # a continued run's params: MLflow refuses new values
         if run_id is not None:
+            self._first_params = dict(self.client.get_run(run_id).data.params)
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, OWNER_TAG, owner[OWNER_TAG])
             self.run_id: str = run_id
@@ -85,9 +88,16 @@ class MlflowTracker(Tracker):
         self.finished = False
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log params in MLflow-sized batches (values stringified and cut to the length limits)."""
+        """Log params in MLflow-sized batches (values stringified and cut to the length limits). A
+        continued run keeps the first value of a param (a resume that changed it, e.g. the epochs,
+        says so in its `resume.changed.*` tags; a second resume would otherwise log the new value)."""
         flat = flatten(dict(params))
-        entries = [self._param_cls(k, v) for k, v in flat.items()]
+        kept = {k: v for k, v in flat.items() if self._first_params.get(k, v) != v}
+        if kept:
+            log.debug(
+                "params kept at the run's first values: %s", ", ".join(f"{k}={v}" for k, v in kept.items())
+            )
+        entries = [self._param_cls(k, v) for k, v in flat.items() if k not in kept]
         for i in range(0, len(entries), 100):
             self.client.log_batch(self.run_id, params=entries[i : i + 100])
 
@@ -288,15 +298,17 @@ class MlflowBackend(TrackingBackend):
         return uri
 
     def has_run(self, uri: str | None, run_id: str) -> bool:
+        return self.run_status(uri, run_id) is not None
+
+    def run_status(self, uri: str | None, run_id: str) -> str | None:
         from mlflow.exceptions import MlflowException
 
         from lrlab.integrations.locks import sqlite_path
 
         path = sqlite_path(uri or "")
         if path is not None and not path.is_file():
-            return False  # no store yet (not created here: the tracker creates it under its lock)
+            return None  # no store yet (not created here: the tracker creates it under its lock)
         try:
-            opened_client(uri).get_run(run_id)
+            return str(opened_client(uri).get_run(run_id).info.status)
         except MlflowException:
-            return False
-        return True
+            return None

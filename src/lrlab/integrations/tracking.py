@@ -111,6 +111,11 @@ class TrackingBackend:
         names a run of another store)."""
         return True
 
+    def run_status(self, uri: str | None, run_id: str) -> str | None:
+        """The status of run `run_id` (`FINISHED`, `RUNNING`, `FAILED`, `KILLED`), None when the
+        store does not hold it or records no runs."""
+        return None
+
 
 class NoTracking(TrackingBackend):
     """`tracking=none`: runs are recorded nowhere (their trackers do nothing)."""

@@ -6,6 +6,7 @@ weight EMA if any). It is stored as plain tensors and containers, so a checkpoin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +40,12 @@ class ResumeState:
     average: dict[str, Any] | None = None  # the weight EMA (`train.ema_decay`), when the run keeps one
     path: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def trained_all(self, stage_epochs: Sequence[int]) -> bool:
+        """Whether this state is the end of a training whose stages have `stage_epochs` epochs:
+        its stage ran every epoch and no later stage trains."""
+        later = stage_epochs[self.stage_index + 1 :]
+        return self.stage_epochs_done >= stage_epochs[self.stage_index] and all(e <= 0 for e in later)
 
     @classmethod
     def capture(
