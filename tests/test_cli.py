@@ -161,6 +161,7 @@ def test_unknown_group_option_lists_the_choices(run_cli) -> None:
             "optimizer=adam is not an option of the optimizer group; choose one of: adamw, ",
         ),
         (["-m", "optimizer=adamw,sgdd"], "(closest: sgd)"),
+        (["--cfg", "job", "-m", "experiment=smoke"], "--cfg and --multirun cannot be combined: choose one"),
     ],
 )
 def test_a_bad_group_option_is_one_paragraph_with_close_matches(run_cli, args: list, expected: str) -> None:

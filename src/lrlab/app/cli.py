@@ -175,6 +175,21 @@ def unwritable_output(args: list[str], launch_dir: Path) -> str | None:
     )
 
 
+_MODES = {"-m": "--multirun", "-r": "--run", "-c": "--cfg", "-i": "--info", "-sc": "--shell-completion"}
+
+
+def conflicting_modes(args: list[str]) -> str | None:
+    """One paragraph when the command line asks for two of Hydra's modes (`-m --cfg job`), which
+    Hydra refuses with a traceback; None otherwise."""
+    modes = sorted({_MODES.get(arg, arg) for arg in args if arg in {*_MODES, *_MODES.values()}})
+    if len(modes) < 2:
+        return None
+    return (
+        f"{' and '.join(modes)} cannot be combined: choose one. To see the config of one job of a "
+        "sweep, drop -m and give each key one value (--cfg job shows the composed config)."
+    )
+
+
 def main() -> None:
     """Console-script entry point (`lrlab`, `python -m lrlab`)."""
     if sys.argv[1:] in (["--version"], ["-V"]):
@@ -183,6 +198,10 @@ def main() -> None:
         print(f"lrlab {__version__}")
         return
     sys.argv[1:] = deselect_null_groups(sys.argv[1:])
+    conflict = conflicting_modes(sys.argv[1:])
+    if conflict:
+        print(f"lrlab: error: {conflict}", file=sys.stderr)
+        sys.exit(2)
     unknown = unknown_group_option(sys.argv[1:])
     if unknown:
         print(f"lrlab: error: {unknown}", file=sys.stderr)
