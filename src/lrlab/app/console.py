@@ -119,12 +119,12 @@ def format_test_report(
     class_names: list[str],
     groups: dict[str, list[int]] | None,
     images: int,
-    what: str = "the final model",
+    what: str | None = None,
 ) -> list[str]:
-    """Console lines for the once-only test report of `what` (by default the final model of a
+    """Console lines for the once-only test report of `what` (None: the final model of a
     training, which is evaluated after it)."""
-    if what == "the final model":
-        title = f"test: {what} on {images} held-out images (evaluated once, after training)"
+    if what is None:
+        title = f"test: the final model on {images} held-out images (evaluated once, after training)"
     else:
         title = f"test: {what}, {images} held-out images"
     lines = [

@@ -38,10 +38,11 @@ def evaluate_split(
     class_groups: dict[str, list[int]] | None,
     preprocess: Preprocess | None,
     directory: Path,
-    what: str = "the final model",
+    what: str | None = None,
 ) -> TestReport:
-    """Evaluate `engine.model` (`what`, in the console) on `loader` once: metrics printed after the
-    epoch tables, and the interpretation files in `directory`. An empty report for no loader."""
+    """Evaluate `engine.model` (`what`, in the console; None: a training's final model) on `loader`
+    once: metrics printed after the epoch tables, and the interpretation files in `directory`. An
+    empty report for no loader."""
     if loader is None:
         return TestReport()
     tap = ThumbnailTap(loader, preprocess.mean, preprocess.std) if preprocess is not None else loader

@@ -63,7 +63,8 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
             "folder?); the resumed training is recorded in a new run, tagged resumed_from"
         )
         resumed_run = None
-    status = backend.run_status(uri, resumed_run) if resumed_run and is_main() else None
+    # Under torchrun every rank carries on as before (only rank 0 may read the store).
+    status = backend.run_status(uri, resumed_run) if resumed_run and world_size() == 1 else None
     done = _nothing_to_resume(job, setup, resume, status)
     if done is not None:
         return done
@@ -105,9 +106,8 @@ def _nothing_to_resume(
     job: Job, setup: Setup, resume: ResumeState | None, status: str | None
 ) -> RunResult | None:
     """The finished run's result when resuming would redo nothing: the checkpoint ends every stage
-    and its run ended FINISHED (so it holds the test report and the model too); None otherwise.
-    Under torchrun every rank carries on as before (only rank 0 reads the store)."""
-    if resume is None or world_size() > 1 or status != "FINISHED":
+    and its run ended FINISHED (so it holds the test report and the model too); None otherwise."""
+    if resume is None or status != "FINISHED":
         return None
     if not resume.trained_all([stage.epochs for stage in setup.stages]):
         return None

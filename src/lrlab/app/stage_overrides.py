@@ -13,6 +13,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from lrlab.app.tasks import override_key
+
 STAGE_KEY = re.compile(r"^[+~]{0,2}stages\.([^.=]+)\.")
 _NOT_PLAIN = ("-", "hydra.", "+hydra.", "++hydra.")
 # Arguments that add configs, so options and stages may exist beyond the packaged tree.
@@ -34,28 +36,32 @@ def stage_override_problem(args: Sequence[str], groups: Sequence[str], config_di
         stages = _composed_stage_names(choices, config_dir)
         if stages is None:
             return None
-        problem = _first_missing_stage(addressed, stages, config_dir)
+        swept = [c for c in choices if any(c not in other for other in combinations)]
+        problem = _first_missing_stage(addressed, stages, config_dir, swept)
         if problem:
-            swept = [c for c in choices if any(c not in other for other in combinations)]
-            where = f" (with {' '.join(swept)})" if swept else ""
-            return problem.replace(":", where + ":", 1)
+            return problem
     return None
 
 
-def _first_missing_stage(addressed: list[tuple[str, str]], stages: list[str], config_dir: str) -> str | None:
+def _first_missing_stage(
+    addressed: list[tuple[str, str]], stages: list[str], config_dir: str, swept: list[str]
+) -> str | None:
+    """The paragraph for the first addressed stage these `stages` lack; `swept`: the group choices
+    of a sweep this composition has, named after the key."""
+    where = f" (with {' '.join(swept)})" if swept else ""
     numbered = ", ".join(f"{i} {name}" for i, name in enumerate(stages))
     for arg, index in addressed:
         if index.isdigit() and int(index) < len(stages):
             continue
-        key = arg.partition("=")[0].lstrip("+~")
+        key = override_key(arg)
         field = key.split(".", 2)[2]
         if index in stages:
             return (
-                f"{key}: stages are numbered, not named; the {index} stage is "
+                f"{key}{where}: stages are numbered, not named; the {index} stage is "
                 f"stages.{stages.index(index)}.{field} ({numbered})."
             )
         return (
-            f"{key}: this configuration has {len(stages)} stage{'s' if len(stages) != 1 else ''} "
+            f"{key}{where}: this configuration has {len(stages)} stage{'s' if len(stages) != 1 else ''} "
             f"({numbered}), so stage {index} does not exist. Address a stage by its number, or choose "
             f"a preset with more stages ({_preset_sizes(config_dir)})."
         )

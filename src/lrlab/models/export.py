@@ -151,10 +151,13 @@ def _torchscript(model: torch.nn.Module, x: torch.Tensor, path: Path) -> tuple[P
         traced = torch.jit.trace(model, x)
         traced.save(str(path))
         reloaded = torch.jit.load(str(path))
+    deprecations = [
+        w for w in caught if issubclass(w.category, FutureWarning) and "deprecated" in str(w.message)
+    ]
     for warning in caught:
-        if not (issubclass(warning.category, FutureWarning) and "deprecated" in str(warning.message)):
+        if warning not in deprecations:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    if any("deprecated" in str(w.message) for w in caught):
+    if deprecations:
         log.warning(
             f"TorchScript is deprecated in torch {torch.__version__} (it still loads with torch.jit.load); "
             "format=onnx is the export PyTorch maintains."

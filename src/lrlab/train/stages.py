@@ -114,7 +114,8 @@ def first_training_stage(stages: Sequence[Stage]) -> tuple[int, Stage] | None:
     return next(((i, s) for i, s in enumerate(stages) if s.epochs > 0), None)
 
 
-def _trainable_count(model: nn.Module) -> int:
+def trainable_count(model: nn.Module) -> int:
+    """How many parameters of `model` train now (requires_grad)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -215,7 +216,7 @@ def _announce(engine: Engine, groups: Sequence[LayerGroup], start: dict[str, Any
     start.update(
         layer_lrs=dict(zip((g.name for g in groups), start["layer_lrs"])),
         trainable_groups=[groups[i].name for i in start["trainable_groups"]],
-        trainable_params=_trainable_count(engine.model),
+        trainable_params=trainable_count(engine.model),
     )
     for cb in engine.callbacks:
         cb.on_stage_start(engine, StageStart(**start))

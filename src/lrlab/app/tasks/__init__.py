@@ -30,6 +30,11 @@ CHECKPOINT_TASK_KEYS: dict[str, tuple[str, ...]] = {
 _ANY_TASK_KEYS = ("task", "trial")  # trial.*: a sweep's bookkeeping
 
 
+def override_key(override: str) -> str:
+    """The key a command-line override sets (`+train.tta=hflip` -> `train.tta`, `data=x` -> `data`)."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def unused_overrides(task: str, overrides: list[str]) -> list[str]:
     """The command-line overrides that `task` does not read (empty for a task that reads the whole
     config, such as train)."""
@@ -39,7 +44,7 @@ def unused_overrides(task: str, overrides: list[str]) -> list[str]:
     known = (*read, *_ANY_TASK_KEYS)
     unused = []
     for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
+        key = override_key(override)
         if not any(key == k or key.startswith(f"{k}.") for k in known):
             unused.append(override)
     return unused

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from lrlab.app.tasks import override_key
 from lrlab.models.checkpoint import LoadedModel
 
 
 def checkpoint_tta(cfg: DictConfig, overrides: list[str], loaded: LoadedModel) -> str:
-    if any(o.lstrip("+~").split("=", 1)[0] == "train.tta" for o in overrides):
+    if any(override_key(o) == "train.tta" for o in overrides):
         return cfg.train.tta
     return loaded.tta

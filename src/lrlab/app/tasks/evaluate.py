@@ -13,6 +13,7 @@ from lrlab.app.evaluate import checkpoint_data, evaluate_checkpoint
 from lrlab.app.job import Job, RunResult
 from lrlab.app.run_record import log_evaluation
 from lrlab.app.schema import validate
+from lrlab.app.tasks import override_key
 from lrlab.app.tasks.checkpoint_tta import checkpoint_tta
 from lrlab.core.device import resolve_device
 from lrlab.integrations.tracking import get_backend
@@ -41,7 +42,7 @@ def data_to_evaluate(cfg: DictConfig, overrides: list[str], loaded: LoadedModel)
     `data.image_size` is given; `data.*` alone changes those keys of the checkpoint's own data (e.g.
     `data.split_seed`). The composed default otherwise brings the default problem, whatever the
     checkpoint's data, so it is not used."""
-    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    keys = [override_key(o) for o in overrides]
     data_keys = [k for k in keys if k.startswith("data.")]
     if "data" in keys:
         data = OmegaConf.to_container(cfg.data, resolve=True)

@@ -12,7 +12,7 @@ from lrlab.core.optim import group_lrs, set_lrs
 from lrlab.finder.range_test import find_lr
 from lrlab.finder.result import LRFinderResult
 from lrlab.integrations.tracking import Tracker
-from lrlab.train.stages import enter_stage, first_training_stage
+from lrlab.train.stages import enter_stage, first_training_stage, trainable_count
 
 log = logging.getLogger("lrlab")
 
@@ -34,10 +34,9 @@ def lr_find(run: TrackedRun) -> RunResult:
         start = [ratio * setup.finder.start_lr for ratio in ratios]
         set_lrs(setup.optimizer, group_lrs(setup.optimizer, start))
         names = ", ".join(setup.groups[i].name for i in trainable)
-        count = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
         log.info(
             f"range test of stage {index} ({stage.name}), as its lr=find runs it: trainable {names} "
-            f"({count:,} params), lr_spread {stage.lr_spread:g}"
+            f"({trainable_count(setup.model):,} params), lr_spread {stage.lr_spread:g}"
         )
         run.tracker.set_tags({"lr_find.stage": stage.name})
     found = find_lr(
