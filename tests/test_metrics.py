@@ -88,3 +88,19 @@ def test_classification_report_takes_tensors_and_names_every_key() -> None:
     )
     without = classification_report([0, 0], [0, 0], ["a", "b"])
     assert "recall/b" not in without and "accuracy_2class" not in without
+
+
+def test_per_class_f1_is_scikit_learns_and_zero_for_a_class_never_hit() -> None:
+    """A class predicted and present but never hit has precision 0 and recall 0: its F1 is 0, as
+    2TP / (2TP + FP + FN) gives (as scikit-learn); nan only for a class neither predicted nor present."""
+    from sklearn.metrics import f1_score
+
+    from lrlab.app.interpret import Interpretation
+
+    targets = np.array([0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 1, 0, 0, 2, 2])
+    rows = Interpretation(["a", "b", "c", "d"], predictions, targets, np.eye(4)[predictions]).per_class()
+    expected = f1_score(targets, predictions, labels=[0, 1, 2], average=None, zero_division=0)
+    assert [r["f1"] for r in rows[:3]] == pytest.approx(expected.tolist())
+    assert rows[1]["precision"] == 0 and rows[1]["recall"] == 0 and rows[1]["f1"] == 0
+    assert math.isnan(rows[3]["f1"])

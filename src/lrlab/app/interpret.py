@@ -30,15 +30,15 @@ class Interpretation:
         return confusion_matrix(self.predictions, self.targets, len(self.class_names))
 
     def per_class(self) -> list[dict[str, float | str | int]]:
-        """One row per class: precision, recall, F1 (nan where undefined) and support."""
+        """One row per class: precision, recall, F1 (2TP / (2TP + FP + FN): 0, not nan, for a class
+        predicted and present but never hit) and support; nan where the ratio is 0/0."""
         m = self.matrix()
         rows = []
         for i, name in enumerate(self.class_names):
             hit, predicted, support = m[i, i], m[:, i].sum(), m[i].sum()
             precision = hit / predicted if predicted else math.nan
             recall = hit / support if support else math.nan
-            both = precision + recall
-            f1 = 2 * precision * recall / both if both and not math.isnan(both) else math.nan
+            f1 = 2 * hit / (predicted + support) if predicted + support else math.nan
             rows.append(
                 {"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int(support)}
             )
