@@ -268,11 +268,17 @@ def test_checkpoint_tasks_name_the_overrides_they_do_not_read() -> None:
 
     assert unused_overrides("train", ["model=resnet34", "epochs=3"]) == []
     given = ["task=predict", "checkpoint=a.pt", "input=x/", "device=cpu", "train.tta=hflip", "tracking=none"]
-    assert unused_overrides("predict", [*given, "trial.number=0"]) == []
-    assert unused_overrides("predict", [*given, "model=resnet34", "+epochs=3", "train.lr=1"]) == [
+    assert (
+        unused_overrides("predict", [*given, "trial.number=0", "data.batch_size=256", "data.num_workers=8"])
+        == []
+    )
+    assert unused_overrides(
+        "predict", [*given, "model=resnet34", "+epochs=3", "train.lr=1", "data.root=x"]
+    ) == [
         "model=resnet34",
         "+epochs=3",
         "train.lr=1",
+        "data.root=x",
     ]
     assert unused_overrides("evaluate", ["data=imagefolder", "data.root=r", "experiment=smoke"]) == [
         "experiment=smoke"

@@ -55,6 +55,33 @@ def test_a_checkpoint_rebuilds_the_model_and_its_preprocessing(compose_cfg, tmp_
     assert torch.allclose(loaded.predict_proba(files), expected, atol=1e-5)
 
 
+def test_predict_batches_and_decoding_threads_keep_the_rows_and_their_order(
+    compose_cfg, tmp_path: Path
+) -> None:
+    """`data.batch_size` and `data.num_workers` (decoding threads) change how task=predict works, not
+    what it writes: the same rows in path order, the unreadable file skipped in the middle."""
+    from sklearn.datasets import load_digits
+
+    from lrlab.app.tasks.predict import image_files, predict_files
+
+    path, _ = _saved(compose_cfg, tmp_path)
+    loaded = load_model(path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(np.rint(load_digits().images[:9] * (255.0 / 16.0)).astype(np.uint8)):
+        Image.fromarray(image, mode="L").save(folder / f"{i}.png")
+    (folder / "4b.png").write_bytes(b"not an image")
+    paths = image_files(folder)
+    plain, skipped = predict_files(loaded, paths, progress=True)
+    threaded, skipped_threaded = predict_files(loaded, paths, batch_size=2, progress=True, workers=3)
+    assert [r["path"] for r in threaded] == [str(p) for p in paths if p.name != "4b.png"]
+    assert [p.name for p, _ in skipped] == [p.name for p, _ in skipped_threaded] == ["4b.png"]
+    for one, other in zip(plain, threaded, strict=True):
+        assert one["predicted"] == other["predicted"] and one["probability"] == pytest.approx(
+            other["probability"], abs=1e-6
+        )
+
+
 def test_preprocess_round_trips_and_crops_like_the_in_memory_decoder() -> None:
     spec = Preprocess("crop", 16, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert Preprocess.from_dict(spec.to_dict()) == spec

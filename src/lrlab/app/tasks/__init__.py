@@ -23,7 +23,15 @@ CHECKPOINT_TASKS = ("predict", "evaluate", "export")  # tasks that read a traine
 # preprocessing and (for evaluate) its data, so any other override on its command line does nothing.
 # `tracking` is not named where nothing is tracked: `tracking=none` there asks for what happens.
 CHECKPOINT_TASK_KEYS: dict[str, tuple[str, ...]] = {
-    "predict": ("checkpoint", "input", "device", "train.tta", "tracking"),
+    "predict": (
+        "checkpoint",
+        "input",
+        "device",
+        "train.tta",
+        "tracking",
+        "data.batch_size",
+        "data.num_workers",
+    ),
     "evaluate": ("checkpoint", "device", "train.tta", "tracking", "data"),
     "export": ("checkpoint", "format", "tracking"),
 }
