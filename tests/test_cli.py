@@ -300,8 +300,12 @@ def test_interrupted_run_ends_killed_not_running(tmp_path: Path, sig: int) -> No
     assert len([line for line in rest.splitlines() if line.startswith("lrlab: interrupted")]) == 1
     log_file = next((tmp_path / "outputs").rglob("lrlab.log"))
     assert "KeyboardInterrupt" in log_file.read_text() or "Interrupted" in log_file.read_text()
-    _, runs = _runs(tmp_path)
+    client, runs = _runs(tmp_path)
     assert [r.info.status for r in runs] == ["KILLED"]
+    # the run's console, with the interruption's traceback, is in the run for the UI
+    stored = Path(client.download_artifacts(runs[0].info.run_id, "logs/lrlab.log", str(tmp_path)))
+    text = stored.read_text()
+    assert "stage full: trainable" in text and "Traceback" in text and "Interrupt" in text
 
 
 def test_plain_multirun_is_a_grid_study_sharing_one_store(run_cli, tmp_path: Path) -> None:

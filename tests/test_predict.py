@@ -118,6 +118,8 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
         "evaluation/top_losses.png",
         "evaluation/per_class.csv",
     } <= logged
+    console = client.download_artifacts(run.info.run_id, "logs/lrlab.log", str(tmp_path))
+    assert "test: the final model" in Path(console).read_text()  # the run's console, in the UI too
     evaluated = run_cli("task=evaluate", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     accuracy = run.data.metrics["test/accuracy"]

@@ -6,6 +6,7 @@ trial also records its state: COMPLETE, FAIL or PRUNED)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from lrlab.app.build import Setup, build, make_engine
 from lrlab.app.hooks import RunCallbacks
 from lrlab.app.job import Job, RunResult
 from lrlab.app.resume_changes import resume_changes
-from lrlab.app.run_record import log_run_start, open_tracker
+from lrlab.app.run_record import log_console, log_run_start, open_tracker
 from lrlab.core.distributed import is_main, world_size
 from lrlab.core.engine import Engine
 from lrlab.errors import RunPruned
@@ -73,7 +74,7 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
     engine = make_engine(setup, hooks.all(tracker))
     if tracker.run_id and hooks.checkpoints:
         hooks.checkpoints.meta["mlflow_run_id"] = tracker.run_id
-    status, trial_state = "FAILED", "FAIL"
+    status, trial_state, failure = "FAILED", "FAIL", None
     monitor = None
     if cfg.tracking.system_metrics:
         monitor = tracker.start_system_metrics(cfg.tracking.system_metrics_interval, resumed_run is not None)
@@ -86,20 +87,26 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
     except RunPruned:
         status, trial_state = "KILLED", "PRUNED"
         raise
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except BaseException as exc:
+        status, failure = ("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"), exc
         raise
     finally:
         if monitor is not None:
             monitor.stop()
         if cfg.trial.study is not None:
             tracker.set_tags({"trial.state": trial_state})
+        log_console(tracker, job.output_dir, _log_artifact(resumed_run), failure)
         tracker.finish(status)
     result.output_dir, result.stages, result.run_id = job.output_dir, hooks.stage_log.stages, tracker.run_id
     where = tracker.describe()
     if where:
         log.info(where)
     return result
+
+
+def _log_artifact(resumed_run: str | None) -> str:
+    """Where a run keeps its console log: `logs/lrlab.log`, and one more file per resume."""
+    return f"logs/lrlab-resumed-{time.strftime('%Y%m%d-%H%M%S')}.log" if resumed_run else "logs/lrlab.log"
 
 
 def _nothing_to_resume(

@@ -5,8 +5,10 @@ logged with values that mislead), tags, dataset inputs and config; and `task=eva
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from lrlab.integrations.tracking import Tracker, get_backend
 from lrlab.train.stage import uses_range_test
 
 CHECKPOINT_TASK_KEYS = ("checkpoint", "format", "input")  # predict / evaluate / export only
+log = logging.getLogger("lrlab")
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -152,3 +155,30 @@ def log_evaluation(
         tracker.log_artifact(path, "evaluation")
     tracker.finish("FINISHED")
     return tracker.run_id
+
+
+def run_log_file(output_dir: Path) -> Path | None:
+    """The log file this process writes in `output_dir` (Hydra's `lrlab.log`), None without one."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == Path(output_dir):
+            handler.flush()
+            return Path(handler.baseFilename)
+    return None
+
+
+def log_console(
+    tracker: Tracker, output_dir: Path, artifact_file: str, failure: BaseException | None
+) -> None:
+    """The run directory's log (everything printed, warnings included), with the traceback of
+    `failure` appended, as the run's `artifact_file`: a run's console and why it failed, in the UI.
+    A store that cannot take it is named in a warning, never raised over the run's own outcome."""
+    path = run_log_file(output_dir)
+    if path is None or not path.is_file():
+        return
+    text = path.read_text(errors="replace")
+    if failure is not None:
+        text += "\n" + "".join(traceback.format_exception(failure))
+    try:
+        tracker.log_text(text, artifact_file)
+    except Exception as exc:  # the store may be the failure (disk full, server gone)
+        log.warning("the run's log could not be stored as %s: %s", artifact_file, exc)
