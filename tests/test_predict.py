@@ -129,6 +129,8 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
     assert len(runs) == 1 and runs[0].data.tags["source_run_id"] == run.info.run_id
     assert runs[0].info.status == "FINISHED" and runs[0].data.metrics["test/accuracy"] == accuracy
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")} == logged
+    console = client.download_artifacts(runs[0].info.run_id, "logs/lrlab.log", str(tmp_path / "eval_log"))
+    assert f"accuracy {accuracy:.4f}" in Path(console).read_text()
     assert len(list((tmp_path / "outputs").rglob("confusion_matrix.png"))) == 2
     # Other labelled data with the same classes: its test split, tagged with what was evaluated.
     from sklearn.datasets import load_digits

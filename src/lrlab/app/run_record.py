@@ -134,10 +134,12 @@ def log_evaluation(
     overrides: list[str],
     tta: str,
     data: dict[str, Any] | None = None,
+    output_dir: Path | None = None,
 ) -> str | None:
     """`task=evaluate` as its own MLflow run, in the experiment of the run that trained the
-    checkpoint (`meta`: the checkpoint's metadata) and tagged with that run's id: the test metrics
-    and the evaluation files; `data`, when not the checkpoint's own, is tagged `evaluated_on`."""
+    checkpoint (`meta`: the checkpoint's metadata) and tagged with that run's id: the test metrics,
+    the evaluation files and the console (`output_dir`'s log); `data`, when not the checkpoint's
+    own, is tagged `evaluated_on`."""
     trained = OmegaConf.create(meta.get("config") or "{}")
     experiment = OmegaConf.select(trained, "tracking.experiment", default=None) or cfg.tracking.experiment
     name = cfg.tracking.run_name or f"{OmegaConf.select(trained, 'name', default='lrlab')}-evaluate"
@@ -153,6 +155,8 @@ def log_evaluation(
         tracker.log_metric(f"test/{key}", value)
     for path in report.files:
         tracker.log_artifact(path, "evaluation")
+    if output_dir is not None:
+        log_console(tracker, output_dir, "logs/lrlab.log", None)
     tracker.finish("FINISHED")
     return tracker.run_id
 

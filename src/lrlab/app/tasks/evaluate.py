@@ -31,7 +31,7 @@ def run(job: Job) -> RunResult:
     tta = checkpoint_tta(cfg, job.overrides, loaded)
     data = data_to_evaluate(cfg, job.overrides, loaded)
     report = evaluate_checkpoint(cfg.checkpoint, loaded, job.output_dir, tta, device, data)
-    run_id = log_evaluation(uri, cfg, loaded.meta, report, job.overrides, tta, data)
+    run_id = log_evaluation(uri, cfg, loaded.meta, report, job.overrides, tta, data, job.output_dir)
     return RunResult([], {}, output_dir=job.output_dir, test=report.metrics, run_id=run_id)
 
 
