@@ -340,6 +340,31 @@ def test_imagefolder_uses_its_own_valid_and_test_folders(tmp_path: Path) -> None
         load_source(cfg)
 
 
+def test_imagefolder_skips_hidden_folders_and_names_what_it_cannot_use(tmp_path: Path) -> None:
+    """A Jupyter `.ipynb_checkpoints` folder is no class; an empty class folder, a tree without
+    class folders and a class too small to split are each named, not torchvision's or
+    scikit-learn's generic refusal (which named the class by its index)."""
+    _write_tree(tmp_path, per_class=6)
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "num_workers": 0}
+    assert load_source(cfg).class_names == ["cat", "dog"]
+    (tmp_path / "emu").mkdir()
+    (tmp_path / "emu" / "notes.txt").write_text("no image")
+    with pytest.raises(LrlabError, match=r"class folder\(s\) emu in .* hold no image file"):
+        load_source(cfg)
+    (tmp_path / "emu" / "notes.txt").unlink()
+    shutil.copy(next((tmp_path / "cat").iterdir()), tmp_path / "emu" / "only.png")
+    with pytest.raises(LrlabError, match=r"each class needs at least 3 images .* fewer: emu \(1\)"):
+        load_source(cfg)
+    with pytest.raises(LrlabError, match=r"each class needs at least 2 images .* fewer: emu \(1\)"):
+        load_source({**cfg, "test_pct": 0})
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "a.png").write_bytes((tmp_path / "emu" / "only.png").read_bytes())
+    with pytest.raises(LrlabError, match="holds no class folders"):
+        load_source({**cfg, "root": str(bare)})
+
+
 class TinyVision:
     """A torchvision-style dataset class with an official train/test split (train=True/False)."""
 

@@ -72,7 +72,7 @@ def _assemble(
     test_pct = cfg.test_pct if want_test and test is None else 0.0
     if not valid_pct and not test_pct:
         return ImageSource(_whole(pool), _whole(valid), classes, _whole(test) if want_test else None)
-    split = split_indices(_dataset_targets(pool), valid_pct, test_pct, cfg.split_seed)
+    split = split_indices(_dataset_targets(pool), valid_pct, test_pct, cfg.split_seed, classes)
     return ImageSource(
         _Subset(pool, split.train),
         _whole(valid) if valid is not None else _Subset(pool, split.valid),
@@ -105,24 +105,53 @@ def _split_folders(base: Path, with_test: bool) -> tuple[Path, Path | None, Path
     return base / "train", valid, test
 
 
+def _class_folders(folder: Path, root: str) -> Any:
+    """torchvision's ImageFolder of `folder`'s class folders, hidden ones (`.ipynb_checkpoints`,
+    `.git`) left out as fastai's `get_image_files` does; a folder with no class folder, or a class
+    folder without an image, is named in an LrlabError instead of torchvision's generic refusal."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    def visible(path: Path) -> list[Path]:
+        return sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+    class VisibleClassFolders(ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            classes = [d.name for d in visible(Path(directory))]
+            return classes, {name: i for i, name in enumerate(classes)}
+
+    classes = visible(folder)
+    if not classes:
+        raise LrlabError(
+            f"data.root={root!r}: {folder} holds no class folders; lrlab reads ROOT/<class>/<image> "
+            "(or ROOT/train/<class>/<image>, with ROOT/valid and ROOT/test when you have them)."
+        )
+    empty = [
+        d.name
+        for d in classes
+        if not any(f.suffix.lower() in IMG_EXTENSIONS and f.is_file() for f in d.rglob("*"))
+    ]
+    if empty:
+        raise LrlabError(
+            f"data.root={root!r}: the class folder(s) {', '.join(empty)} in {folder} hold no image file "
+            f"({', '.join(IMG_EXTENSIONS)}): add images or remove the folder(s)."
+        )
+    return VisibleClassFolders(str(folder))
+
+
 @register_source("imagefolder", ImageFolderConfig)
 def load_imagefolder(cfg: ImageFolderConfig | None = None, **fields: Any) -> ImageSource:
     """ROOT/train [+ ROOT/valid or val] [+ ROOT/test] class folders, or one class-folder tree; the
     splits a folder does not hold are cut from the training images, stratified by class."""
-    from torchvision.datasets import ImageFolder
-
     cfg = config_with(ImageFolderConfig, cfg, fields).check()
     base = Path(cfg.root).expanduser()
-    try:
-        if not (base / "train").is_dir():
-            full = ImageFolder(str(base))
-            verify_images(full, cfg.skip_bad_images)
-            return _assemble(full, None, None, full.classes, cfg)
-        train_dir, valid_dir, test_dir = _split_folders(base, cfg.test_pct > 0)
-        pool = ImageFolder(str(train_dir))
-        valid, test = (ImageFolder(str(d)) if d is not None else None for d in (valid_dir, test_dir))
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise LrlabError(f"data.root={cfg.root!r} holds no images in class folders: {exc}") from exc
+    if not (base / "train").is_dir():
+        full = _class_folders(base, cfg.root)
+        verify_images(full, cfg.skip_bad_images)
+        return _assemble(full, None, None, full.classes, cfg)
+    train_dir, valid_dir, test_dir = _split_folders(base, cfg.test_pct > 0)
+    pool = _class_folders(train_dir, cfg.root)
+    valid, test = (_class_folders(d, cfg.root) if d is not None else None for d in (valid_dir, test_dir))
     for folder, dataset in ((valid_dir, valid), (test_dir, test)):
         if dataset is not None and dataset.classes != pool.classes:
             raise LrlabError(f"{train_dir} and {folder} hold different class folders.")
