@@ -102,3 +102,37 @@ def test_lr_free_optimizers_compose_with_what_they_need(compose_cfg) -> None:
         compose_cfg("experiment=smoke", "optimizer=schedulefree_adamw", "schedule=constant", "lr=0.0025")
     )
     validate(compose_cfg("optimizer=prodigy", "schedule=constant", "lr=1", "lr_spread=1"))  # ELPV, staged
+
+
+def test_choosing_an_lr_free_optimizer_brings_the_settings_it_runs_with(compose_cfg) -> None:
+    """`optimizer=prodigy` alone (on the default staged ELPV problem, and with a preset that sets
+    its own lr) composes into a config the check accepts; what the command line sets is kept, and a
+    sweep over optimizers or an lr a search preset searches gets nothing added."""
+    from lrlab.app.lr_free import complete_lr_free_args
+
+    for start in (
+        ["optimizer=prodigy"],
+        ["experiment=smoke", "optimizer=prodigy"],
+        ["optimizer=schedulefree_adamw"],
+    ):
+        args, added = complete_lr_free_args(start)
+        assert added and args[-len(start) :] == start
+        cfg = validate(compose_cfg(*args))
+        assert cfg.schedule._target_.endswith(".constant")
+        assert cfg.lr == (1 if "optimizer=prodigy" in start else 0.0025)
+    args, added = complete_lr_free_args(["optimizer=prodigy", "schedule=cosine", "lr=0.5", "--cfg", "job"])
+    assert added == ["lr_spread=1"] and args == [
+        "lr_spread=1",
+        "optimizer=prodigy",
+        "schedule=cosine",
+        "lr=0.5",
+        "--cfg",
+        "job",
+    ]
+    assert validate(compose_cfg(*args[:-2])).lr == 0.5
+    assert complete_lr_free_args(["optimizer=adamw"]) == (["optimizer=adamw"], [])
+    assert complete_lr_free_args(["-m", "optimizer=prodigy,adamw"])[1] == []
+    assert complete_lr_free_args(["-m", "optimizer=prodigy", "search=lr"])[1] == [
+        "schedule=constant",
+        "lr_spread=1",
+    ]

@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from lrlab.app.lr_free import complete_lr_free_args
 from lrlab.app.schema import rank_suffix, register_schemas
 from lrlab.app.stage_overrides import MORE_CONFIG_ARGS, stage_override_problem
 from lrlab.core.launch import launched_rank, launched_world_size
@@ -198,6 +199,13 @@ def main() -> None:
         print(f"lrlab {__version__}")
         return
     sys.argv[1:] = deselect_null_groups(sys.argv[1:])
+    sys.argv[1:], added = complete_lr_free_args(sys.argv[1:])
+    if added:
+        optimizer = next(a for a in sys.argv[1:] if a.startswith("optimizer="))
+        print(
+            f"lrlab: {optimizer} runs with {' '.join(added)} (added; set any of them to choose otherwise)",
+            file=sys.stderr,
+        )
     conflict = conflicting_modes(sys.argv[1:])
     if conflict:
         print(f"lrlab: error: {conflict}", file=sys.stderr)

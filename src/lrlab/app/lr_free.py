@@ -1,6 +1,8 @@
-"""The config check for learning-rate-free optimizers (Prodigy, Schedule-Free AdamW): they set
-their own step size, so a range test has nothing to find, and Schedule-Free replaces the LR
-schedule. The engine drives them (see `lrlab.core.lr_free`); this refuses what makes no sense."""
+"""The command line and config check for learning-rate-free optimizers (Prodigy, Schedule-Free
+AdamW): they set their own step size, so a range test has nothing to find, and Schedule-Free
+replaces the LR schedule. `optimizer=NAME` alone brings the settings each runs with (what the
+command line leaves unset); the check refuses what makes no sense. The engine drives them (see
+`lrlab.core.lr_free`)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,27 @@ LR_FREE = {
         "a fixed lr, e.g. lr=0.0025 (its default)",
     ),
 }
+
+
+# What `optimizer=NAME` adds to a command line that does not set the key itself: the fixed LR each
+# runs at, Prodigy's one LR for every group, and the constant schedule both need on short runs.
+SETTINGS = {
+    "prodigy": {"schedule": "constant", "lr": "1", "lr_spread": "1"},
+    "schedulefree_adamw": {"schedule": "constant", "lr": "0.0025"},
+}
+
+
+def complete_lr_free_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """`args` with the settings `optimizer=prodigy` or `optimizer=schedulefree_adamw` runs with
+    added where the command line leaves them unset (`SETTINGS`), and the added overrides. A sweep
+    over optimizers, or an lr searched by a `search=` preset, gets nothing added."""
+    choices = [a.split("=", 1)[1] for a in args if a.startswith("optimizer=")]
+    if len(choices) != 1 or choices[0] not in SETTINGS:
+        return args, []
+    given = {a.lstrip("+~").split("=", 1)[0] for a in args}
+    searched = {"lr"} if any(a.startswith("search=") for a in args) else set()
+    added = [f"{key}={value}" for key, value in SETTINGS[choices[0]].items() if key not in given | searched]
+    return [*added, *args], added  # before any flag: Hydra takes the overrides as one run of words
 
 
 def check_lr_free(cfg: DictConfig) -> None:
