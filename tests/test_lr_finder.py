@@ -135,6 +135,20 @@ def test_fastai_rules_read_the_ema_curve_whatever_curve_is_shown(digits) -> None
     assert "ema" in result.table() and "zero_lag" in result.table()
 
 
+def test_a_result_shows_as_one_line_and_as_its_plot_in_a_notebook(digits) -> None:
+    """`repr` names the rule in use and its suggestion instead of printing the arrays; Jupyter's
+    `_repr_png_` hook gets the plot (what fastai's lr_find shows), leaving no figure open."""
+    import matplotlib.pyplot as plt
+
+    model, _, loader, optimizer = _setup(digits)
+    result = find_lr(model, loader, optimizer, num_iter=30, end_lr=10.0)
+    line = repr(result)
+    assert line.startswith(f"LRFinderResult(lrlab suggests {result.suggestion:.2e}") and "\n" not in line
+    assert f"{len(result.lrs)} steps over 1.0e-07.." in line and "array" not in line
+    png = result._repr_png_()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000 and not plt.get_fignums()
+
+
 def test_non_finite_loss_stops_and_is_excluded(digits) -> None:
     model, _, loader, optimizer = _setup(digits)
     batches = (list(loader) * 3)[:40]

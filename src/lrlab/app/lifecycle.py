@@ -46,24 +46,9 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
     uri = get_backend(job.cfg.tracking.backend).resolve_uri(job.cfg.tracking.uri, job.launch_dir)
     setup = build(job.cfg)
     cfg = job.cfg = setup.cfg
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    resume = load_resume(str(cfg.resume), config_yaml, job.launch_dir) if cfg.resume else None
-    changes = (
-        resume_changes(
-            yaml.safe_load(resume.meta.get("config") or "{}"), yaml.safe_load(config_yaml), resume.path
-        )
-        if resume
-        else {}
-    )
+    resume, changes, resumed_run = _resume_point(job, uri)
     hooks = RunCallbacks.create(setup, job.output_dir)
-    resumed_run = resume.meta.get("mlflow_run_id") if resume else None
     backend = get_backend(cfg.tracking.backend)
-    if resumed_run and is_main() and not backend.has_run(uri, resumed_run):
-        log.warning(
-            f"resume: the checkpoint's run {resumed_run} is not in {uri} (copied from another launch "
-            "folder?); the resumed training is recorded in a new run, tagged resumed_from"
-        )
-        resumed_run = None
     # Under torchrun every rank carries on as before (only rank 0 may read the store).
     status = backend.run_status(uri, resumed_run) if resumed_run and world_size() == 1 else None
     done = _nothing_to_resume(job, setup, resume, status)
@@ -102,6 +87,27 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
     if where:
         log.info(where)
     return result
+
+
+def _resume_point(job: Job, uri: str | None) -> tuple[ResumeState | None, dict, str | None]:
+    """What `resume=` continues: the checkpoint's state, the keys the command line changed
+    (key -> (checkpoint's, now)) and the run to continue in (None: a new run, e.g. for a checkpoint
+    copied from another launch folder, whose run is not in this store)."""
+    cfg = job.cfg
+    if not cfg.resume:
+        return None, {}, None
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    resume = load_resume(str(cfg.resume), config_yaml, job.launch_dir)
+    before = yaml.safe_load(resume.meta.get("config") or "{}")
+    changes = resume_changes(before, yaml.safe_load(config_yaml), resume.path)
+    resumed_run = resume.meta.get("mlflow_run_id")
+    if resumed_run and is_main() and not get_backend(cfg.tracking.backend).has_run(uri, resumed_run):
+        log.warning(
+            f"resume: the checkpoint's run {resumed_run} is not in {uri} (copied from another launch "
+            "folder?); the resumed training is recorded in a new run, tagged resumed_from"
+        )
+        resumed_run = None
+    return resume, changes, resumed_run
 
 
 def _log_artifact(resumed_run: str | None) -> str:

@@ -49,6 +49,27 @@ class LRFinderResult:
         """The suggestion of the configured rule."""
         return self.suggestions[self.method]
 
+    def __repr__(self) -> str:
+        """One line instead of the arrays: the rule in use, its suggestion and flag, the ramp."""
+        span = f"{self.lrs[0]:.1e}..{self.lrs[-1]:.1e}" if len(self.lrs) else "no steps"
+        flag = f" [{self.flags[self.method]}]" if self.flags.get(self.method) else ""
+        return (
+            f"LRFinderResult({self.method} suggests {self.suggestion:.2e}{flag}; {len(self.lrs)} steps "
+            f"over {span}, {self.stop_reason}; .table() shows every rule, .plot() the curve)"
+        )
+
+    def _repr_png_(self) -> bytes:
+        """The plot as PNG bytes: Jupyter shows a result as its plot, as fastai's `lr_find` does."""
+        import io
+
+        import matplotlib.pyplot as plt
+
+        figure = self.plot()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        plt.close(figure)
+        return buffer.getvalue()
+
     def table(self) -> str:
         """A short text table of every rule's suggestion, the curve it was computed on, a flag for
         suggestions at the ramp's edges, the spread when repeated; `*` marks the rule in use."""
