@@ -264,7 +264,8 @@ def load_torchvision(cfg: TorchvisionConfig | None = None, **fields: Any) -> Ima
         raise LrlabError(
             f"Could not load torchvision dataset {dataset} from data.root={root!r} "
             f"({type(exc).__name__}: {exc}); "
-            f"{hint}, or use an offline dataset: data=elpv, data=mnist5k, data=digits or data=imagefolder data.root=PATH."
+            f"{hint}, or use an offline dataset: data=elpv, data=mnist5k, data=digits or "
+            "data=imagefolder data.root=PATH."
         ) from exc
     classes = list(getattr(train, "classes", []))
     if not classes:
