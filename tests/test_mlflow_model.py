@@ -120,9 +120,21 @@ def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
     assert accuracy == pytest.approx(run.data.metrics["test/accuracy"], abs=1e-9)
 
     # task=evaluate rescores the same test split: its accuracy, and its loss is the CSV's
-    # probabilities' log loss on those images.
-    evaluated = run_cli("task=evaluate", f"checkpoint={best}")
+    # probabilities' log loss on those images. It takes the run as the MLflow UI names it.
+    evaluated = run_cli("task=evaluate", f"checkpoint=runs:/{run.info.run_id}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    fetched = next((tmp_path / "outputs").rglob("checkpoint/best.pt"))
+    assert fetched.read_bytes() == best.read_bytes()
+    # The registered model brings the same checkpoint; what a store lacks is named.
+    from lrlab.errors import ConfigError
+    from lrlab.integrations.mlflow_fetch import fetch_checkpoint
+
+    registered = fetch_checkpoint(uri, "models:/digits-classifier/1", tmp_path / "registered")
+    assert registered.read_bytes() == best.read_bytes()
+    with pytest.raises(ConfigError, match="holds no run nope"):
+        fetch_checkpoint(uri, "runs:/nope", tmp_path / "missing")
+    with pytest.raises(ConfigError, match=r"has no artifact checkpoints/last\.pt"):
+        fetch_checkpoint(uri, f"runs:/{run.info.run_id}/checkpoints/last.pt", tmp_path / "missing")
     (evaluation,) = [
         r for r in client.search_runs([run.info.experiment_id]) if r.info.run_name.endswith("-evaluate")
     ]

@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lrlab.app.lr_free import check_lr_free
 from lrlab.app.target_checks import check_targets
-from lrlab.app.tasks import CHECKPOINT_TASKS, TASKS
+from lrlab.app.tasks import CHECKPOINT_TASKS, TASKS, is_tracked
 from lrlab.core.compiling import compile_mode
 from lrlab.core.limits import check_limits
 from lrlab.core.monitor import Monitor
@@ -327,11 +327,13 @@ def validate(cfg: DictConfig) -> DictConfig:
     check_choice(merged.format, ("onnx", "torchscript"), "format")
     if merged.task in CHECKPOINT_TASKS:
         for key in ("checkpoint", "input") if merged.task == "predict" else ("checkpoint",):
+            if key == "checkpoint" and is_tracked(merged[key]):
+                continue  # fetched from the store by the task, which names what is missing
             if merged[key] is None or not Path(str(merged[key])).expanduser().exists():
                 raise ConfigError(
                     f"task={merged.task} needs {key}=PATH of an existing "
                     + (
-                        "checkpoint (e.g. outputs/<date>/<time>/checkpoints/best.pt)"
+                        "checkpoint (e.g. outputs/<date>/<time>/checkpoints/best.pt, or runs:/<run id>)"
                         if key == "checkpoint"
                         else "image file or folder"
                     )

@@ -300,6 +300,11 @@ class MlflowBackend(TrackingBackend):
     def has_run(self, uri: str | None, run_id: str) -> bool:
         return self.run_status(uri, run_id) is not None
 
+    def fetch_checkpoint(self, uri: str | None, ref: str, dest: Path) -> Path:
+        from lrlab.integrations.mlflow_fetch import fetch_checkpoint
+
+        return fetch_checkpoint(str(uri), ref, dest)
+
     def run_status(self, uri: str | None, run_id: str) -> str | None:
         from mlflow.exceptions import MlflowException
 

@@ -116,6 +116,14 @@ class TrackingBackend:
         store does not hold it or records no runs."""
         return None
 
+    def fetch_checkpoint(self, uri: str | None, ref: str, dest: Path) -> Path:
+        """A local copy under `dest` of the checkpoint `ref` (e.g. `runs:/<run id>`) names in the store."""
+        from lrlab.errors import ConfigError
+
+        raise ConfigError(
+            f"checkpoint={ref} names a tracked run or model, and this tracking backend has none."
+        )
+
 
 class NoTracking(TrackingBackend):
     """`tracking=none`: runs are recorded nowhere (their trackers do nothing)."""

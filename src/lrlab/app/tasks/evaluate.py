@@ -14,6 +14,7 @@ from lrlab.app.job import Job, RunResult
 from lrlab.app.run_record import log_evaluation
 from lrlab.app.schema import validate
 from lrlab.app.tasks import override_key
+from lrlab.app.tasks.checkpoint_ref import local_checkpoint
 from lrlab.app.tasks.checkpoint_tta import checkpoint_tta
 from lrlab.core.device import resolve_device
 from lrlab.integrations.tracking import get_backend
@@ -27,10 +28,10 @@ def run(job: Job) -> RunResult:
     cfg = validate(job.cfg)
     device = resolve_device(cfg.device)
     uri = get_backend(cfg.tracking.backend).resolve_uri(cfg.tracking.uri, job.launch_dir)
-    loaded = load_model(cfg.checkpoint, device=device)  # the one read of the checkpoint
+    loaded = load_model(local_checkpoint(cfg, job), device=device)  # the one read of the checkpoint
     tta = checkpoint_tta(cfg, job.overrides, loaded)
     data = data_to_evaluate(cfg, job.overrides, loaded)
-    report = evaluate_checkpoint(cfg.checkpoint, loaded, job.output_dir, tta, device, data)
+    report = evaluate_checkpoint(str(cfg.checkpoint), loaded, job.output_dir, tta, device, data)
     run_id = log_evaluation(uri, cfg, loaded.meta, report, job.overrides, tta, data, job.output_dir)
     return RunResult([], {}, output_dir=job.output_dir, test=report.metrics, run_id=run_id)
 

@@ -8,6 +8,7 @@ import logging
 
 from lrlab.app.job import Job, RunResult
 from lrlab.app.schema import validate
+from lrlab.app.tasks.checkpoint_ref import local_checkpoint
 from lrlab.errors import LrlabError
 from lrlab.models.checkpoint import load_model
 from lrlab.models.export import export_model
@@ -22,7 +23,7 @@ def run(job: Job) -> RunResult:
         raise LrlabError(
             f"{folder} is a file, where task=export writes its folder: move it, or set hydra.run.dir."
         )
-    done = export_model(load_model(cfg.checkpoint), folder, cfg.format)
+    done = export_model(load_model(local_checkpoint(cfg, job)), folder, cfg.format)
     diff = done.max_abs_diff
     check = "not checked" if diff is None else f"max |diff| vs PyTorch {diff:.1e}"
     log.info(f"exported {cfg.format}: {done.path} ({check}); inputs and classes: {done.sidecar}")

@@ -14,6 +14,7 @@ from typing import Any
 from lrlab.app.job import Job, RunResult
 from lrlab.app.schema import validate
 from lrlab.app.tasks import override_key
+from lrlab.app.tasks.checkpoint_ref import local_checkpoint
 from lrlab.app.tasks.checkpoint_tta import checkpoint_tta
 from lrlab.core.device import resolve_device
 from lrlab.errors import ConfigError, NothingDone
@@ -139,7 +140,7 @@ def run_predict(
 
 def run(job: Job) -> RunResult:
     cfg = validate(job.cfg)
-    loaded = load_model(cfg.checkpoint, device=resolve_device(cfg.device))  # the one read of it
+    loaded = load_model(local_checkpoint(cfg, job), device=resolve_device(cfg.device))  # the one read of it
     given = {override_key(o) for o in job.overrides}
     batch_size = cfg.data.batch_size if "data.batch_size" in given else DEFAULT_BATCH_SIZE
     workers = cfg.data.num_workers if "data.num_workers" in given else 0
