@@ -61,6 +61,14 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
         assert sorted(inputs) == ["test", "train", "valid"]
         assert {d.name for d in inputs.values()} == {"digits-train", "digits-valid", "digits-test"}
         assert json.loads(inputs["train"].profile)["num_rows"] == 1077
+        # the run's page opens with what it trained, how each LR was chosen, its figures and command
+        described = run.data.tags["mlflow.note.content"]
+        assert "**smoke**: `test_efficientnet` on `digits` (1,077 train / 360 valid / 360 test)" in described
+        assert (
+            "| full | 0.01 | fixed |" in described
+            and "`lrlab experiment=smoke train.checkpoints=true`" in described
+        )
+        assert f"test (once, after training): accuracy {run.data.metrics['test/accuracy']:.4f}" in described
         assert len({d.digest for d in inputs.values()}) == 3
         digests.append(inputs["train"].digest)
         valid = client.get_metric_history(run.info.run_id, "valid_loss")

@@ -143,6 +143,9 @@ class MlflowTracker(Tracker):
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def set_description(self, markdown: str) -> None:
+        self.client.set_tag(self.run_id, "mlflow.note.content", markdown)  # the UI's run description
+
     def on_stage_start(self, engine: Any, start: Any) -> None:
         """Per stage: chosen LR and rule, peak LR per group, trainable params, range-test artifacts."""
         name = start.stage.name

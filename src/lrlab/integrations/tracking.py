@@ -48,6 +48,9 @@ class Tracker(Callback):
 
     def log_epoch_table(self, rows: Sequence[EpochResult]) -> None: ...
 
+    def set_description(self, markdown: str) -> None:
+        """The run's summary, shown at the top of its page where the backend has one."""
+
     def log_datasets(
         self, name: str, digests: Mapping[str, str], sizes: Mapping[str, int], source: Mapping[str, Any]
     ) -> None:

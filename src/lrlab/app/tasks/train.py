@@ -10,6 +10,7 @@ from lrlab.app.console import format_time
 from lrlab.app.evaluate import TestReport, evaluate_split
 from lrlab.app.job import Job, RunResult
 from lrlab.app.lifecycle import TrackedRun, tracked_run
+from lrlab.app.run_description import run_description
 from lrlab.app.shared_curves import shared_curves
 from lrlab.core.distributed import is_main
 from lrlab.core.types import EpochResult
@@ -56,6 +57,8 @@ def train(run: TrackedRun) -> RunResult:
     if run.hooks.checkpoints and setup.cfg.tracking.log_model:  # first: the final metrics link to it
         _log_model(run.tracker, run.hooks.checkpoints, setup.cfg.tracking.register_model, setup)
     log_run_end(run.tracker, results, final, report.metrics)
+    stages = run.hooks.stage_log.stages
+    run.tracker.set_description(run_description(setup, stages, final, report.metrics, run.job.overrides))
     for path in report.files:
         run.tracker.log_artifact(path, "evaluation")
     total = sum(r.seconds for r in results)

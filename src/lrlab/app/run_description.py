@@ -1,0 +1,47 @@
+"""The few lines a training run shows at the top of its page in the tracker's UI (MLflow's run
+description): what was trained on what, each stage's LR and how it was chosen, the final valid and
+the test figures, and the command that reproduces it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lrlab.app.build import Setup
+
+SHOWN_FINAL = ("error_rate", "accuracy", "valid_loss")
+
+
+def _chosen_by(stage: Mapping[str, Any]) -> str:
+    if stage.get("race"):
+        return f"lr=auto: race around {stage['race']['suggestion']:.3g}, winner kept"
+    if not stage.get("rule"):
+        return "fixed"
+    flag = f" (flagged: {stage['flag']})" if stage.get("flag") else ""
+    return f"range test, `{stage['rule']}` rule{flag}"
+
+
+def run_description(
+    setup: Setup,
+    stages: Sequence[Mapping[str, Any]],
+    final: Mapping[str, float],
+    test: Mapping[str, float],
+    overrides: Sequence[str],
+) -> str:
+    """Markdown: model, data and split sizes, device and seed; a row per stage (its LR and what
+    chose it); the final valid metrics; the test metrics (per-class ones left to the metrics tab);
+    the command line."""
+    cfg = setup.cfg
+    sizes = " / ".join(f"{count:,} {split}" for split, count in setup.split_sizes.items())
+    lines = [
+        f"**{cfg.name}**: `{cfg.model.name}` on `{cfg.data.name}` ({sizes}), {setup.device}, seed {cfg.seed}"
+    ]
+    if stages:
+        lines += ["", "| stage | lr | chosen by |", "|---|---|---|"]
+        lines += [f"| {s['name']} | {s['lr']:.3g} | {_chosen_by(s)} |" for s in stages]
+    lines += ["", "valid (final): " + ", ".join(f"{k} {final[k]:.4f}" for k in SHOWN_FINAL if k in final)]
+    overall = {k: v for k, v in test.items() if "/" not in k}
+    if overall:
+        lines.append("test (once, after training): " + ", ".join(f"{k} {v:.4f}" for k, v in overall.items()))
+    lines += ["", f"`lrlab {' '.join(overrides)}`"]
+    return "\n".join(lines)
