@@ -1,0 +1,36 @@
+"""The run description a training leaves on its MLflow page, from fabricated stages."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from omegaconf import OmegaConf
+
+from lrlab.app.run_description import run_description
+
+
+def test_each_stage_says_what_chose_its_lr() -> None:
+    cfg = OmegaConf.create({"name": "elpv", "seed": 3, "model": {"name": "lite0"}, "data": {"name": "elpv"}})
+    setup = SimpleNamespace(cfg=cfg, split_sizes={"train": 1574, "valid": 525, "test": 525}, device="cuda:0")
+    stages = [
+        {"name": "head", "lr": 0.0123, "rule": "lrlab", "flag": None},
+        {"name": "unfrozen", "lr": 2e-3, "rule": "lrlab", "flag": "diverged tail"},
+        {"name": "more", "lr": 6e-3, "rule": "lrlab", "race": {"suggestion": 2e-3}},
+        {"name": "fixed", "lr": 1e-4, "rule": None},
+    ]
+    text = run_description(
+        setup, stages, {"error_rate": 0.2, "accuracy": 0.8}, {"accuracy": 0.79, "recall/0": 1.0}, ["seed=3"]
+    )
+    assert (
+        text.splitlines()[0]
+        == "**elpv**: `lite0` on `elpv` (1,574 train / 525 valid / 525 test), cuda:0, seed 3"
+    )
+    assert "| head | 0.0123 | range test, `lrlab` rule |" in text
+    assert "| unfrozen | 0.002 | range test, `lrlab` rule (flagged: diverged tail) |" in text
+    assert (
+        "| more | 0.006 | lr=auto: race around 0.002, winner kept |" in text
+        and "| fixed | 0.0001 | fixed |" in text
+    )
+    assert "valid (final): error_rate 0.2000, accuracy 0.8000" in text
+    assert "test (once, after training): accuracy 0.7900" in text and "recall" not in text
+    assert text.endswith("`lrlab seed=3`")
