@@ -34,3 +34,16 @@ def test_each_stage_says_what_chose_its_lr() -> None:
     assert "valid (final): error_rate 0.2000, accuracy 0.8000" in text
     assert "test (once, after training): accuracy 0.7900" in text and "recall" not in text
     assert text.endswith("`lrlab seed=3`")
+
+
+def test_a_long_report_is_cut_at_a_line_for_the_sweeps_page() -> None:
+    from lrlab.sweep.parent import DESCRIPTION_CHARS, report_headline
+
+    report = (
+        "# Sweep\n"
+        + "".join(f"| row {i} | {'x' * 50} |\n" for i in range(400))
+        + "## Trials, best first\n| 1 |"
+    )
+    text = report_headline(report, "r.md")
+    assert len(text) < DESCRIPTION_CHARS + 100 and "(cut short)" in text and "## Trials" not in text
+    assert all(line.endswith("|") for line in text.split("\n\n(cut short)")[0].splitlines()[1:])

@@ -99,6 +99,13 @@ def test_lr_vs_finder_sweep_finishes_resumes_and_reports(run_cli, tmp_path: Path
     assert float(parent.data.tags["best.error_rate"]) == pytest.approx(best.value)
     assert float(parent.data.tags["best.params.stages.0.lr"]) == pytest.approx(best.params["stages.0.lr"])
     assert parent.data.tags["mlflow.user"] and parent.data.tags["mlflow.source.type"] == "LOCAL"
+    # the parent's page opens with the report's answer, not its trial list
+    described = parent.data.tags["mlflow.note.content"]
+    assert described.startswith("# Range-test suggestions vs. searched learning rates: `smoke-lr_vs_finder`")
+    assert "regret" in described and "![" not in described
+    assert "## Trials" not in described and described.endswith(
+        "`finder_vs_search.md` in this run's artifacts."
+    )
 
     sweep_dir = tmp_path / "sweeps" / "smoke-lr_vs_finder"
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")

@@ -122,3 +122,22 @@ def log_outcome(
         parent.set_tags(tags)
     for path in artifacts:
         parent.log_artifact(path)
+    report = next((p for p in artifacts if p.suffix == ".md"), None)
+    if report is not None:
+        parent.set_description(report_headline(report.read_text(), report.name))
+
+
+DESCRIPTION_CHARS = 6000  # under MLflow's 8,000-character limit on a tag value
+
+
+def report_headline(report: str, name: str) -> str:
+    """The report's sections before its trial list, for the top of the parent run's page: the
+    answer (finder vs search, across seeds) without opening an artifact; its plots (relative links
+    the page cannot follow) left out, cut at a line when long."""
+    head = report.split("\n## Trials", 1)[0]
+    head = "\n".join(
+        line for line in head.splitlines() if not line.startswith("![")
+    ).rstrip()  # artifacts' links
+    if len(head) > DESCRIPTION_CHARS:
+        head = head[: head.rfind("\n", 0, DESCRIPTION_CHARS)] + "\n\n(cut short)"
+    return f"{head}\n\nThe whole report: `{name}` in this run's artifacts."
