@@ -76,6 +76,16 @@ def test_predict_batches_and_decoding_threads_keep_the_rows_and_their_order(
     threaded, skipped_threaded = predict_files(loaded, paths, batch_size=2, progress=True, workers=3)
     assert [r["path"] for r in threaded] == [str(p) for p in paths if p.name != "4b.png"]
     assert [p.name for p, _ in skipped] == [p.name for p, _ in skipped_threaded] == ["4b.png"]
+    from collections import Counter
+
+    from lrlab.app.tasks.predict import class_counts
+
+    counted = Counter(r["predicted"] for r in plain).most_common()
+    assert class_counts(plain) == ", ".join(f"{name}: {n}" for name, n in counted)
+    assert (
+        class_counts(plain, shown=1)
+        == f"{counted[0][0]}: {counted[0][1]}, {len(counted) - 1} more classes: {len(plain) - counted[0][1]}"
+    )
     for one, other in zip(plain, threaded, strict=True):
         assert one["predicted"] == other["predicted"] and one["probability"] == pytest.approx(
             other["probability"], abs=1e-6

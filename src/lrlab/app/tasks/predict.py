@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,14 @@ def predict_files(
     return rows, skipped
 
 
+def class_counts(rows: Sequence[dict[str, Any]], shown: int = 10) -> str:
+    """How many images each class was predicted for, most first (`shown` classes, then the rest)."""
+    counts = Counter(str(row["predicted"]) for row in rows).most_common()
+    text = ", ".join(f"{name}: {count}" for name, count in counts[:shown])
+    rest = sum(count for _, count in counts[shown:])
+    return text + (f", {len(counts) - shown} more classes: {rest}" if rest else "")
+
+
 def write_predictions(rows: Sequence[dict[str, Any]], path: Path, class_names: Sequence[str]) -> Path:
     fields = ["path", "predicted", "probability", *(f"p_{name}" for name in class_names)]
     with path.open("w", newline="") as handle:
@@ -133,6 +142,7 @@ def run_predict(
     output_dir.mkdir(parents=True, exist_ok=True)
     out = write_predictions(rows, output_dir / "predictions.csv", loaded.class_names)
     log.info(f"predicted {len(rows)} of {len(paths)} image(s) with {loaded.meta['model_name']}: {out}")
+    log.info(f"predicted classes: {class_counts(rows)}")
     if skipped:
         log.info(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(str(p) for p, _ in skipped[:10]))
     return out
