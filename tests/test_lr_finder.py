@@ -290,6 +290,10 @@ def test_lr_find_from_the_cli_logs_plot_csv_and_suggestions(run_cli, tmp_path: P
         run.data.metrics["lr_find/suggested_valley"], rel=1e-5
     )
     assert run.data.metrics["lr_find/seconds"] > 0
+    described = run.data.tags["mlflow.note.content"]  # the run page's top: what was tested, every rule
+    assert "range test of stage 0 (full), as its lr=find runs it" in described
+    valley = run.data.metrics["lr_find/suggested_valley"]
+    assert f"| valley | {valley:.3g} |" in described and "| **lrlab** (in use) |" in described
 
 
 def test_every_preset_uses_the_benchmarks_pair_and_fastai_keeps_valley(compose_cfg) -> None:

@@ -1,6 +1,6 @@
-"""The few lines a training run shows at the top of its page in the tracker's UI (MLflow's run
-description): what was trained on what, each stage's LR and how it was chosen, the final valid and
-the test figures, and the command that reproduces it."""
+"""The few lines a run shows at the top of its page in the tracker's UI (MLflow's run description):
+for a training, what was trained on what, each stage's LR and how it was chosen, the final valid and
+the test figures; for a range test, what it tested and every rule's suggestion; and the command."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lrlab.app.build import Setup
+from lrlab.finder.result import LRFinderResult
 
 SHOWN_FINAL = ("error_rate", "accuracy", "valid_loss")
 
@@ -19,6 +20,14 @@ def _chosen_by(stage: Mapping[str, Any]) -> str:
         return "fixed"
     flag = f" (flagged: {stage['flag']})" if stage.get("flag") else ""
     return f"range test, `{stage['rule']}` rule{flag}"
+
+
+def _headline(setup: Setup) -> str:
+    cfg = setup.cfg
+    sizes = " / ".join(f"{count:,} {split}" for split, count in setup.split_sizes.items())
+    return (
+        f"**{cfg.name}**: `{cfg.model.name}` on `{cfg.data.name}` ({sizes}), {setup.device}, seed {cfg.seed}"
+    )
 
 
 def run_description(
@@ -43,5 +52,27 @@ def run_description(
     overall = {k: v for k, v in test.items() if "/" not in k}
     if overall:
         lines.append("test (once, after training): " + ", ".join(f"{k} {v:.4f}" for k, v in overall.items()))
+    lines += ["", f"`lrlab {' '.join(overrides)}`"]
+    return "\n".join(lines)
+
+
+def range_test_description(
+    setup: Setup, tested: str, results: Mapping[str, LRFinderResult], overrides: Sequence[str]
+) -> str:
+    """Markdown: model and data, what the range test ramped (`tested`), and per curve (one, or one
+    per layer group) its length, stop reason and every rule's suggestion with its flag."""
+    lines = [_headline(setup), "", tested]
+    for name, result in results.items():
+        label = "" if name == "all" else f", layer group {name}"
+        lines += [
+            "",
+            f"{len(result.lrs)} steps{label}, {result.stop_reason}:",
+            "",
+            "| rule | lr | flag |",
+            "|---|---|---|",
+        ]
+        for rule, lr in result.suggestions.items():
+            mark = f"**{rule}** (in use)" if rule == result.method else rule
+            lines.append(f"| {mark} | {lr:.3g} | {result.flags.get(rule) or ''} |")
     lines += ["", f"`lrlab {' '.join(overrides)}`"]
     return "\n".join(lines)

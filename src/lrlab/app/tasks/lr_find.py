@@ -7,6 +7,7 @@ import logging
 
 from lrlab.app.job import Job, RunResult
 from lrlab.app.lifecycle import TrackedRun, tracked_run
+from lrlab.app.run_description import range_test_description
 from lrlab.core.distributed import is_main
 from lrlab.core.optim import group_lrs, set_lrs
 from lrlab.finder.range_test import find_lr
@@ -27,6 +28,7 @@ def lr_find(run: TrackedRun) -> RunResult:
     would take), as fastai's `lr_find` on a freshly built learner tests its frozen body."""
     setup, cfg = run.setup, run.setup.cfg
     first = first_training_stage(setup.stages)
+    tested = "range test of the model as built (no stage trains)"
     if first is not None:
         index, stage = first
         trainable, ratios = enter_stage(run.engine, setup.groups, stage)
@@ -34,10 +36,11 @@ def lr_find(run: TrackedRun) -> RunResult:
         start = [ratio * setup.finder.start_lr for ratio in ratios]
         set_lrs(setup.optimizer, group_lrs(setup.optimizer, start))
         names = ", ".join(setup.groups[i].name for i in trainable)
-        log.info(
+        tested = (
             f"range test of stage {index} ({stage.name}), as its lr=find runs it: trainable {names} "
             f"({trainable_count(setup.model):,} params), lr_spread {stage.lr_spread:g}"
         )
+        log.info(tested)
         run.tracker.set_tags({"lr_find.stage": stage.name})
     found = find_lr(
         setup.model,
@@ -57,6 +60,7 @@ def lr_find(run: TrackedRun) -> RunResult:
         final.update(_report(run, name, res))
     for key, value in final.items():
         run.tracker.log_metric(key, value)
+    run.tracker.set_description(range_test_description(setup, tested, results, run.job.overrides))
     run.tracker.flush()
     return RunResult([], final, extra={"lr_finder": results})
 
