@@ -34,6 +34,8 @@ def test_each_stage_says_what_chose_its_lr() -> None:
     assert "valid (final): error_rate 0.2000, accuracy 0.8000" in text
     assert "test (once, after training): accuracy 0.7900" in text and "recall" not in text
     assert text.endswith("`lrlab seed=3`")
+    in_a_sweep = ["seed=3", "trial.study=s", "trial.number=4", "tracking.parent_run_id=abc"]
+    assert run_description(setup, [], {}, {}, in_a_sweep).endswith("\n`lrlab seed=3`")
 
 
 def test_a_long_report_is_cut_at_a_line_for_the_sweeps_page() -> None:

@@ -8,9 +8,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lrlab.app.build import Setup
+from lrlab.app.tasks import override_key
 from lrlab.finder.result import LRFinderResult
 
 SHOWN_FINAL = ("error_rate", "accuracy", "valid_loss")
+BOOKKEEPING = ("trial.", "tracking.parent_run_id")  # what a sweep adds to a trial's command line
+
+
+def command(overrides: Sequence[str]) -> str:
+    """The `lrlab ...` line that repeats the run on its own (a sweep's bookkeeping left out)."""
+    kept = [o for o in overrides if not override_key(o).startswith(BOOKKEEPING)]
+    return f"`lrlab {' '.join(kept)}`"
 
 
 def _chosen_by(stage: Mapping[str, Any]) -> str:
@@ -52,7 +60,7 @@ def run_description(
     overall = {k: v for k, v in test.items() if "/" not in k}
     if overall:
         lines.append("test (once, after training): " + ", ".join(f"{k} {v:.4f}" for k, v in overall.items()))
-    lines += ["", f"`lrlab {' '.join(overrides)}`"]
+    lines += ["", command(overrides)]
     return "\n".join(lines)
 
 
@@ -74,5 +82,5 @@ def range_test_description(
         for rule, lr in result.suggestions.items():
             mark = f"**{rule}** (in use)" if rule == result.method else rule
             lines.append(f"| {mark} | {lr:.3g} | {result.flags.get(rule) or ''} |")
-    lines += ["", f"`lrlab {' '.join(overrides)}`"]
+    lines += ["", command(overrides)]
     return "\n".join(lines)
