@@ -104,3 +104,22 @@ def test_per_class_f1_is_scikit_learns_and_zero_for_a_class_never_hit() -> None:
     assert [r["f1"] for r in rows[:3]] == pytest.approx(expected.tolist())
     assert rows[1]["precision"] == 0 and rows[1]["recall"] == 0 and rows[1]["f1"] == 0
     assert math.isnan(rows[3]["f1"])
+
+
+def test_test_predictions_csv_has_a_row_per_image_with_its_loss(tmp_path) -> None:
+    """Without files (array sources) the rows are indexed only; each row's loss is -log of the
+    probability of the actual class, ready to sort for the worst images."""
+    import csv
+
+    from lrlab.app.interpret import Interpretation
+
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    path = Interpretation(
+        ["a", "b", "c"], np.array([0, 2]), np.array([0, 1]), probabilities
+    ).write_predictions(tmp_path / "test_predictions.csv")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["index", "actual", "predicted", "probability", "loss", "p_a", "p_b", "p_c"]
+    assert [(r["actual"], r["predicted"]) for r in rows] == [("a", "a"), ("b", "c")]
+    assert float(rows[1]["probability"]) == 0.6
+    assert float(rows[1]["loss"]) == pytest.approx(-math.log(0.3), rel=1e-5)

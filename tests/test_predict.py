@@ -127,6 +127,7 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
         "evaluation/confusion_matrix.png",
         "evaluation/top_losses.png",
         "evaluation/per_class.csv",
+        "evaluation/test_predictions.csv",
     } <= logged
     console = client.download_artifacts(run.info.run_id, "logs/lrlab.log", str(tmp_path))
     assert "test: the final model" in Path(console).read_text()  # the run's console, in the UI too
@@ -156,6 +157,20 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
     assert f"{best} on the test split of imagefolder, 20 held-out images" in other.stdout + other.stderr
     (tagged,) = client.search_runs([run.info.experiment_id], filter_string="tags.evaluated_on != ''")
     assert tagged.data.tags["evaluated_on"] == f"name=imagefolder root={folder}"
+    # Per-image predictions, each image's file named: a test image's row matches the model's answer.
+    table = client.download_artifacts(
+        tagged.info.run_id, "evaluation/test_predictions.csv", str(tmp_path / "t")
+    )
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 20 and [int(r["index"]) for r in rows] == list(range(20))
+    first = Path(rows[0]["path"])
+    assert first.parent.parent == folder and rows[0]["actual"] == first.parent.name
+    probability = load_model(best).predict_proba([Image.open(first)])[0]
+    assert float(rows[0][f"p_{rows[0]['predicted']}"]) == pytest.approx(float(probability.max()), abs=1e-5)
+    assert float(rows[0]["loss"]) == pytest.approx(
+        -np.log(float(probability[int(rows[0]["actual"])])), abs=1e-4
+    )
     (folder / "extra").mkdir()
     for i in range(10):
         Image.fromarray(np.zeros((8, 8), dtype=np.uint8), mode="L").save(folder / "extra" / f"{i}.png")

@@ -59,6 +59,7 @@ class Setup:
     schedule: Any
     stages: list[Stage]
     test_loader: Any = None  # None without a test split (data.test_pct=0)
+    test_paths: list[str] | None = None  # the test images' files, in the loader's order (file data)
     class_names: list[str] = field(default_factory=list)
     class_groups: dict[str, list[int]] | None = None  # coarser classes reported on test (ELPV: 2-class)
     split_sizes: dict[str, int] = field(default_factory=dict)  # images in train, valid and test
@@ -150,6 +151,7 @@ def build(cfg: DictConfig) -> Setup:
         instantiate(cfg.schedule),
         stages,
         test_loader=loaders.test,
+        test_paths=getattr(source.test, "paths", None),
         class_names=list(source.class_names),
         class_groups=source.class_groups,
         split_sizes=sizes,

@@ -39,10 +39,12 @@ def evaluate_split(
     preprocess: Preprocess | None,
     directory: Path,
     what: str | None = None,
+    paths: list[str] | None = None,
 ) -> TestReport:
     """Evaluate `engine.model` (`what`, in the console; None: a training's final model) on `loader`
-    once: metrics printed after the epoch tables, and the interpretation files in `directory`. An
-    empty report for no loader."""
+    once: metrics printed after the epoch tables, and the interpretation files in `directory` (the
+    per-image predictions name each image's file, given `paths` in the loader's order). An empty
+    report for no loader."""
     if loader is None:
         return TestReport()
     tap = ThumbnailTap(loader, preprocess.mean, preprocess.std) if preprocess is not None else loader
@@ -51,7 +53,9 @@ def evaluate_split(
     metrics["loss"] = loss
     for line in format_test_report(metrics, class_names, class_groups, len(targets), what):
         log.info(line)
-    interpretation = Interpretation(class_names, predictions.numpy(), targets.numpy(), probabilities.numpy())
+    interpretation = Interpretation(
+        class_names, predictions.numpy(), targets.numpy(), probabilities.numpy(), paths
+    )
     log.info("\n" + interpretation.table())
     wrong = interpretation.confidently_wrong(TOP_LOSSES)
     images = tap.images(wrong) if isinstance(tap, ThumbnailTap) else None
@@ -77,6 +81,7 @@ def evaluate_checkpoint(
     of `data`, by default its own data (rebuilt from the config saved in the checkpoint, so the split
     is the one it was never trained or chosen on). Other data must have the checkpoint's classes, in
     its order."""
+    from lrlab.data.files import files_loader
     from lrlab.data.loaders import make_loaders
     from lrlab.data.sources import load_source
     from lrlab.data.types import Normalization
@@ -93,12 +98,17 @@ def evaluate_checkpoint(
             f"{list(loaded.class_names)}: evaluation needs the same classes in the same order "
             "(for an image folder, one subfolder per class, named as in training)."
         )
-    norm = Normalization(loaded.preprocess.mean, loaded.preprocess.std, loaded.preprocess.interpolation)
-    data_device = device if data_cfg.get("in_memory") else "cpu"
-    test = make_loaders(source, data_cfg, norm, data_device).test
+    paths = getattr(source.test, "paths", None)
+    if data is not None and paths is not None:
+        # Other data from files: each file preprocessed as the checkpoint's own, as task=predict does.
+        labels = [int(y) for y in source.test.labels]
+        test = files_loader(paths, labels, loaded.preprocess, int(data_cfg.get("batch_size") or 32) * 2)
+    else:
+        norm = Normalization(loaded.preprocess.mean, loaded.preprocess.std, loaded.preprocess.interpolation)
+        data_device = device if data_cfg.get("in_memory") else "cpu"
+        test = make_loaders(source, data_cfg, norm, data_device).test
     engine = Engine(loaded.model, device, tta=tta)
     groups = source.class_groups
     what = f"{checkpoint} on the test split of {data_cfg.get('name')}"
-    return evaluate_split(
-        engine, test, source.class_names, groups, loaded.preprocess, output_dir / "evaluation", what
-    )
+    directory = output_dir / "evaluation"
+    return evaluate_split(engine, test, source.class_names, groups, loaded.preprocess, directory, what, paths)

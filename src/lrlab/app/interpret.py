@@ -19,12 +19,14 @@ from lrlab.core.metrics import confusion_matrix
 
 @dataclass
 class Interpretation:
-    """Predictions of one split: class names, predicted labels, targets and probabilities (N, C)."""
+    """Predictions of one split: class names, predicted labels, targets, probabilities (N, C) and,
+    for images from files, each one's path."""
 
     class_names: list[str]
     predictions: np.ndarray
     targets: np.ndarray
     probabilities: np.ndarray
+    paths: list[str] | None = None
 
     def matrix(self) -> np.ndarray:
         return confusion_matrix(self.predictions, self.targets, len(self.class_names))
@@ -62,18 +64,41 @@ class Interpretation:
     def write(
         self, directory: Path, images: np.ndarray | None = None, indices: Sequence[int] = ()
     ) -> list[Path]:
-        """`per_class.csv`, `confusion_matrix.png` and, given the images (N, H, W, C in 0..1) of
-        `indices`, `top_losses.png` in `directory`; returns the paths."""
+        """`per_class.csv`, `test_predictions.csv`, `confusion_matrix.png` and, given the images (N, H,
+        W, C in 0..1) of `indices`, `top_losses.png` in `directory`; returns the paths."""
         directory.mkdir(parents=True, exist_ok=True)
         table = directory / "per_class.csv"
         with table.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["class", "precision", "recall", "f1", "support"])
             writer.writeheader()
             writer.writerows(self.per_class())
-        paths = [table, self.plot_confusion(directory / "confusion_matrix.png")]
+        paths = [table, self.write_predictions(directory / "test_predictions.csv")]
+        paths.append(self.plot_confusion(directory / "confusion_matrix.png"))
         if images is not None and len(indices):
             paths.append(self.plot_top_losses(images, indices, directory / "top_losses.png"))
         return paths
+
+    def write_predictions(self, path: Path) -> Path:
+        """One row per image, in the split's order: its index (and file), actual and predicted
+        class, the prediction's probability, the loss (-log p of the actual class), and the
+        probability of every class: the table to sort and filter for error analysis."""
+        names = self.class_names
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            files = ["path"] if self.paths is not None else []
+            writer.writerow(
+                ["index", *files, "actual", "predicted", "probability", "loss", *(f"p_{n}" for n in names)]
+            )
+            for i, (target, predicted, probs) in enumerate(
+                zip(self.targets, self.predictions, self.probabilities)
+            ):
+                file = [self.paths[i]] if self.paths is not None else []
+                loss = -math.log(max(float(probs[target]), 1e-45))
+                writer.writerow(
+                    [i, *file, names[target], names[predicted], f"{probs[predicted]:.6g}", f"{loss:.6g}"]
+                    + [f"{p:.6g}" for p in probs]
+                )
+        return path
 
     def plot_confusion(self, path: Path) -> Path:
         """Counts (left) and row-normalised fractions (right): row = actual, column = predicted."""

@@ -39,6 +39,12 @@ class _Subset:
         return len(self.indices)
 
     @property
+    def paths(self) -> list[str] | None:
+        """The file of every image (an ImageFolder's `samples`), None for datasets without files."""
+        samples = getattr(self.base, "samples", None)
+        return [str(samples[i][0]) for i in self.indices] if samples is not None else None
+
+    @property
     def labels(self) -> np.ndarray:
         """The class index of every image, without decoding any."""
         return _dataset_targets(self.base)[self.indices]
@@ -47,6 +53,30 @@ class _Subset:
         image, label = self.base[self.indices[i]]
         image = image.convert("RGB")
         return (self.transform(image) if self.transform else image), label
+
+
+class FileImages:
+    """Image files and their labels, each file decoded and passed through `transform` (e.g. a
+    checkpoint's `Preprocess`): a map-style dataset for DataLoader."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], transform: Any):
+        self.paths, self.labels, self.transform = list(paths), [int(y) for y in labels], transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as image:
+            return self.transform(image), self.labels[i]
+
+
+def files_loader(paths: Sequence[str], labels: Sequence[int], transform: Any, batch_size: int) -> Any:
+    """The files in order, `transform`ed, in batches (a DataLoader of `FileImages`)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(FileImages(paths, labels, transform), batch_size=batch_size, shuffle=False)
 
 
 def _whole(dataset: Dataset) -> _Subset:

@@ -213,7 +213,7 @@ def materialize(dataset: Dataset, image_size: int) -> TensorSplit:
 
     pairs = map_in_threads(decoded, range(len(dataset)), desc="decoding into memory")
     labels = torch.tensor([label for _, label in pairs], dtype=torch.int64)
-    return TensorSplit(torch.stack([image for image, _ in pairs]), labels)
+    return TensorSplit(torch.stack([image for image, _ in pairs]), labels, getattr(dataset, "paths", None))
 
 
 def check_classes(source: ImageSource, name: str) -> None:

@@ -13,17 +13,20 @@ if TYPE_CHECKING:
 
 @dataclass
 class TensorSplit:
-    """Images as uint8 (N, C, H, W) at the training size, labels as int64 (N,)."""
+    """Images as uint8 (N, C, H, W) at the training size, labels as int64 (N,), and the file each
+    image was decoded from when it came from files (None for built-in arrays)."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    paths: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: Any) -> TensorSplit:
-        """The images and labels at positions `index` (an integer array)."""
-        return TensorSplit(self.images[index], self.labels[index])
+        """The images, labels (and paths) at positions `index` (an integer array)."""
+        paths = [self.paths[int(i)] for i in index] if self.paths is not None else None
+        return TensorSplit(self.images[index], self.labels[index], paths)
 
 
 @dataclass

@@ -53,6 +53,7 @@ def train(run: TrackedRun) -> RunResult:
             setup.class_groups,
             setup.preprocess,
             run.job.output_dir / "evaluation",
+            paths=setup.test_paths,
         )
     if run.hooks.checkpoints and setup.cfg.tracking.log_model:  # first: the final metrics link to it
         _log_model(run.tracker, run.hooks.checkpoints, setup.cfg.tracking.register_model, setup)
