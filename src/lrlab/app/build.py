@@ -131,14 +131,7 @@ def build(cfg: DictConfig) -> Setup:
     stages: list[Stage] = OmegaConf.to_object(cfg.stages)  # Stage is the schema of each entry
     check_stages_fit(stages, groups)
     sizes = source.sizes()
-    log.info(
-        f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, "
-        f"pretrained={cfg.model.pretrained}) on {cfg.data.name} ({sizes['train']} train / "
-        f"{sizes['valid']} valid / {sizes['test']} test, {source.num_classes} classes, "
-        f"{cfg.data.image_size} px) | device {device}{_processes()}, precision {precision} | "
-        f"setup {time.perf_counter() - started:.1f}s"
-    )
-    log.info("layer groups:\n" + model_summary(model, groups))
+    _log_setup(cfg, model, groups, source, f"device {device}{_processes()}, precision {precision}", started)
     return Setup(
         cfg,
         device,
@@ -161,6 +154,18 @@ def build(cfg: DictConfig) -> Setup:
         auto=AutoLrConfig(**OmegaConf.to_container(cfg.lr_auto, resolve=True)),
         class_weights=_class_weights(source) if cfg.data.balance == "weights" else None,
     )
+
+
+def _log_setup(cfg: DictConfig, model: Any, groups: Any, source: Any, where: str, started: float) -> None:
+    """The run's first lines: model, data and splits, device and precision, setup time; layer groups."""
+    sizes = source.sizes()
+    log.info(
+        f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, "
+        f"pretrained={cfg.model.pretrained}) on {cfg.data.name} ({sizes['train']} train / "
+        f"{sizes['valid']} valid / {sizes['test']} test, {source.num_classes} classes, "
+        f"{cfg.data.image_size} px) | {where} | setup {time.perf_counter() - started:.1f}s"
+    )
+    log.info("layer groups:\n" + model_summary(model, groups))
 
 
 def _class_weights(source: Any) -> torch.Tensor:
