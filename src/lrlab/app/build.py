@@ -130,8 +130,9 @@ def build(cfg: DictConfig) -> Setup:
     optimizer = build_optimizer(factory, model, groups, cfg.lr_finder.start_lr, None, cfg.train.layer_decay)
     stages: list[Stage] = OmegaConf.to_object(cfg.stages)  # Stage is the schema of each entry
     check_stages_fit(stages, groups)
-    sizes = source.sizes()
-    _log_setup(cfg, model, groups, source, f"device {device}{_processes()}, precision {precision}", started)
+    sizes = _log_setup(
+        cfg, model, groups, source, f"device {device}{_processes()}, precision {precision}", started
+    )
     return Setup(
         cfg,
         device,
@@ -156,8 +157,11 @@ def build(cfg: DictConfig) -> Setup:
     )
 
 
-def _log_setup(cfg: DictConfig, model: Any, groups: Any, source: Any, where: str, started: float) -> None:
-    """The run's first lines: model, data and splits, device and precision, setup time; layer groups."""
+def _log_setup(
+    cfg: DictConfig, model: Any, groups: Any, source: Any, where: str, started: float
+) -> dict[str, int]:
+    """The run's first lines (model, data and splits, device and precision, setup time; layer
+    groups); returns the split sizes they name."""
     sizes = source.sizes()
     log.info(
         f"lrlab: {cfg.model.name} ({count_parameters(model):,d} params, "
@@ -166,6 +170,7 @@ def _log_setup(cfg: DictConfig, model: Any, groups: Any, source: Any, where: str
         f"{cfg.data.image_size} px) | {where} | setup {time.perf_counter() - started:.1f}s"
     )
     log.info("layer groups:\n" + model_summary(model, groups))
+    return sizes
 
 
 def _class_weights(source: Any) -> torch.Tensor:

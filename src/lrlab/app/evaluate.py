@@ -101,8 +101,7 @@ def evaluate_checkpoint(
     paths = getattr(source.test, "paths", None)
     if data is not None and paths is not None:
         # Other data from files: each file preprocessed as the checkpoint's own, as task=predict does.
-        labels = [int(y) for y in source.test.labels]
-        test = files_loader(paths, labels, loaded.preprocess, int(data_cfg.get("batch_size") or 32) * 2)
+        test = files_loader(paths, source.test.labels, loaded.preprocess, data_cfg["batch_size"] * 2)
     else:
         norm = Normalization(loaded.preprocess.mean, loaded.preprocess.std, loaded.preprocess.interpolation)
         data_device = device if data_cfg.get("in_memory") else "cpu"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from lrlab.app.tasks import override_key
 from lrlab.errors import ConfigError
 from lrlab.train.stage import uses_range_test
 
@@ -36,7 +37,7 @@ def complete_lr_free_args(args: list[str]) -> tuple[list[str], list[str]]:
     choices = [a.split("=", 1)[1] for a in args if a.startswith("optimizer=")]
     if len(choices) != 1 or choices[0] not in SETTINGS:
         return args, []
-    given = {a.lstrip("+~").split("=", 1)[0] for a in args}
+    given = {override_key(a) for a in args}
     searched = {"lr"} if any(a.startswith("search=") for a in args) else set()
     added = [f"{key}={value}" for key, value in SETTINGS[choices[0]].items() if key not in given | searched]
     return [*added, *args], added  # before any flag: Hydra takes the overrides as one run of words

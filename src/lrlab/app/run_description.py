@@ -48,11 +48,7 @@ def run_description(
     """Markdown: model, data and split sizes, device and seed; a row per stage (its LR and what
     chose it); the final valid metrics; the test metrics (per-class ones left to the metrics tab);
     the command line."""
-    cfg = setup.cfg
-    sizes = " / ".join(f"{count:,} {split}" for split, count in setup.split_sizes.items())
-    lines = [
-        f"**{cfg.name}**: `{cfg.model.name}` on `{cfg.data.name}` ({sizes}), {setup.device}, seed {cfg.seed}"
-    ]
+    lines = [_headline(setup)]
     if stages:
         lines += ["", "| stage | lr | chosen by |", "|---|---|---|"]
         lines += [f"| {s['name']} | {s['lr']:.3g} | {_chosen_by(s)} |" for s in stages]

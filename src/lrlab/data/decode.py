@@ -16,12 +16,14 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def map_in_threads(fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
-    """`[fn(item) for item in items]`, in order, on one thread per usable core (at most 32), with a
-    progress bar named `desc` when stderr is a terminal."""
+def map_in_threads(
+    fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None, workers: int | None = None
+) -> list[Any]:
+    """`[fn(item) for item in items]`, in order, on `workers` threads (None: one per usable core, at
+    most 32), with a progress bar named `desc` when stderr is a terminal."""
     from tqdm.auto import tqdm
 
-    with ThreadPoolExecutor(max(1, min(32, usable_cores()))) as pool:
+    with ThreadPoolExecutor(workers or max(1, min(32, usable_cores()))) as pool:
         results = pool.map(fn, items)
         if desc is not None:
             results = tqdm(results, total=len(items), desc=desc, leave=False, disable=None)

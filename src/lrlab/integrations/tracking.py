@@ -121,8 +121,6 @@ class TrackingBackend:
 
     def fetch_checkpoint(self, uri: str | None, ref: str, dest: Path) -> Path:
         """A local copy under `dest` of the checkpoint `ref` (e.g. `runs:/<run id>`) names in the store."""
-        from lrlab.errors import ConfigError
-
         raise ConfigError(
             f"checkpoint={ref} names a tracked run or model, and this tracking backend has none."
         )

@@ -18,6 +18,7 @@ from lrlab.app.tasks import override_key
 from lrlab.app.tasks.checkpoint_ref import local_checkpoint
 from lrlab.app.tasks.checkpoint_tta import checkpoint_tta
 from lrlab.core.device import resolve_device
+from lrlab.data.decode import map_in_threads
 from lrlab.errors import ConfigError, NothingDone
 from lrlab.models.checkpoint import LoadedModel, load_model
 
@@ -55,18 +56,17 @@ def _readable(
     paths: Sequence[Path], skipped: list[tuple[Path, str]], workers: int = 0, chunk: int = 64
 ) -> Iterator[tuple[Path, Any]]:
     """(path, image) in order for every readable file, decoded `chunk` at a time by `workers`
-    threads (PIL releases the GIL while decoding; 0: in this thread); unreadable ones go to `skipped`."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for start in range(0, len(paths), chunk):
-            part = paths[start : start + chunk]
-            for path, image, error in pool.map(_decode, part) if workers else map(_decode, part):
-                if error is None:
-                    yield path, image
-                else:
-                    skipped.append((path, error))
-                    log.error("cannot read %s (%s): skipped", path, error)
+    threads (0: in this thread); unreadable ones go to `skipped`."""
+    for start in range(0, len(paths), chunk):
+        part = paths[start : start + chunk]
+        for path, image, error in (
+            map_in_threads(_decode, part, workers=workers) if workers else map(_decode, part)
+        ):
+            if error is None:
+                yield path, image
+            else:
+                skipped.append((path, error))
+                log.error("cannot read %s (%s): skipped", path, error)
 
 
 def predict_files(
