@@ -178,3 +178,32 @@ def predict_to_csv(run_cli, checkpoint: Path, folder: Path, outputs: Path, class
     with next(outputs.rglob("predictions.csv")).open() as handle:
         rows = list(csv.DictReader(handle))
     return rows, np.array([[float(r[f"p_{name}"]) for name in class_names] for r in rows])
+
+
+def write_image_tree(root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 6) -> None:
+    """ROOT/<class>/<i>.png: `per_class` random 24x20 RGB images per class (fixed seed)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def image_folder_config(root: Path, **changes: object) -> dict:
+    """An imagefolder data config for `write_image_tree`'s tree: 16 px, batches of 4, read from
+    files with timm's transforms (flips, crops of half the image or more), no loader workers."""
+    return {
+        "name": "imagefolder",
+        "root": str(root),
+        "image_size": 16,
+        "batch_size": 4,
+        "num_workers": 0,
+        "valid_pct": 0.25,
+        "split_seed": 0,
+        "in_memory": False,
+        "augment": {"hflip": 0.5, "scale": [0.5, 1.0]},
+        **changes,
+    }

@@ -37,8 +37,10 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
     assert "\r" not in first.stdout + first.stderr, "no progress bars in a log: one line per epoch"
     assert "test: the final model on 360 held-out images" in first.stdout
     assert first.stdout.index("epoch  train_loss") < first.stdout.index("test: the final model")
-    second = run_cli(*SMOKE)
+    assert "training images as the model sees them:" in first.stdout
+    second = run_cli(*SMOKE, "data.preview=0")  # drawing the preview must not change the training
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "training images as the model sees them" not in second.stdout
 
     client, runs = _runs(tmp_path)
     assert len(runs) == 2
@@ -66,7 +68,7 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
         assert "**smoke**: `test_efficientnet` on `digits` (1,077 train / 360 valid / 360 test)" in described
         assert (
             "| full | 0.01 | fixed |" in described
-            and "`lrlab experiment=smoke train.checkpoints=true`" in described
+            and "`lrlab experiment=smoke train.checkpoints=true" in described
         )
         assert f"test (once, after training): accuracy {run.data.metrics['test/accuracy']:.4f}" in described
         assert len({d.digest for d in inputs.values()}) == 3
@@ -81,12 +83,14 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
         histories.append(([m.value for m in valid], [m.value for m in errors]))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config", "epochs.csv", "checkpoints"} <= artifacts
+        previews = {a.path for a in client.list_artifacts(run.info.run_id, "data")}
+        assert previews == ({"data/train_batch.png"} if run.data.params["data.preview"] == "16" else set())
         names = {client.get_logged_model(o.model_id).name for o in run.outputs.model_outputs}
         assert names == {"model", "pytorch_model"}  # the served model and the raw network
         config_files = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
         assert {"config/config.yaml", "config/overrides.yaml"} <= config_files
     assert digests[0] == digests[1], "the same data has the same digest"
-    assert histories[0] == histories[1], "same config, seed and machine must give bit-identical metrics"
+    assert histories[0] == histories[1], "same config (preview aside), seed, machine: bit-identical metrics"
     weights = [load_checkpoint(p)["model"] for p in sorted((tmp_path / "outputs").rglob("last.pt"))]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert histories[0][1][-1] < 0.5, "the tiny model should learn digits in two epochs"

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import image_folder_config, write_image_tree
 from lrlab.data.loaders import MAX_AUTO_WORKERS, TensorLoader, loader_workers, make_loaders
 from lrlab.data.registry import SOURCES, DataConfig, get_source, register_source
 from lrlab.data.sources import DigitsConfig, load_digits, load_elpv, load_source
@@ -97,27 +98,9 @@ def test_flip_augmentation_flips_exactly() -> None:
     assert torch.allclose(x[0], flipped[0], atol=1e-5)
 
 
-def _write_tree(root: Path, classes=("cat", "dog"), per_class: int = 6) -> None:
-    rng = np.random.default_rng(0)
-    for c in classes:
-        (root / c).mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-
-
 def test_imagefolder_single_tree_split_and_timm_transforms(tmp_path: Path) -> None:
-    _write_tree(tmp_path)
-    cfg = {
-        "name": "imagefolder",
-        "root": str(tmp_path),
-        "image_size": 16,
-        "batch_size": 4,
-        "num_workers": 0,
-        "valid_pct": 0.25,
-        "split_seed": 0,
-        "in_memory": False,
-        "augment": {"hflip": 0.5, "scale": [0.5, 1.0]},
-    }
+    write_image_tree(tmp_path)
+    cfg = image_folder_config(tmp_path)
     source = load_source(cfg)
     assert source.class_names == ["cat", "dog"]
     assert source.sizes() == {"train": 6, "valid": 3, "test": 3}  # test ceil(0.2 * 12), valid ceil(0.25 * 12)
@@ -129,8 +112,8 @@ def test_imagefolder_single_tree_split_and_timm_transforms(tmp_path: Path) -> No
 
 
 def test_imagefolder_train_valid_tree_in_memory(tmp_path: Path) -> None:
-    _write_tree(tmp_path / "train")
-    _write_tree(tmp_path / "valid", per_class=2)
+    write_image_tree(tmp_path / "train")
+    write_image_tree(tmp_path / "valid", per_class=2)
     cfg = {
         "name": "imagefolder",
         "root": str(tmp_path),
@@ -325,9 +308,9 @@ def test_test_pct_zero_means_no_test_split_and_the_old_two_way_split() -> None:
 
 
 def test_imagefolder_uses_its_own_valid_and_test_folders(tmp_path: Path) -> None:
-    _write_tree(tmp_path / "train", per_class=10)
-    _write_tree(tmp_path / "val", per_class=3)
-    _write_tree(tmp_path / "test", per_class=2)
+    write_image_tree(tmp_path / "train", per_class=10)
+    write_image_tree(tmp_path / "val", per_class=3)
+    write_image_tree(tmp_path / "test", per_class=2)
     cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "num_workers": 0}
     assert load_source(cfg).sizes() == {"train": 20, "valid": 6, "test": 4}
     assert load_source({**cfg, "test_pct": 0}).sizes() == {"train": 20, "valid": 6, "test": 0}
@@ -335,7 +318,7 @@ def test_imagefolder_uses_its_own_valid_and_test_folders(tmp_path: Path) -> None
     source = load_source(cfg)
     assert source.sizes() == {"train": 16, "valid": 4, "test": 4}
     assert Counter(source.valid[i][1] for i in range(4)) == {0: 2, 1: 2}
-    _write_tree(tmp_path / "valid", classes=("cat", "cow"), per_class=1)
+    write_image_tree(tmp_path / "valid", classes=("cat", "cow"), per_class=1)
     with pytest.raises(LrlabError, match="different class folders"):
         load_source(cfg)
 
@@ -344,7 +327,7 @@ def test_imagefolder_skips_hidden_folders_and_names_what_it_cannot_use(tmp_path:
     """A Jupyter `.ipynb_checkpoints` folder is no class; an empty class folder, a tree without
     class folders and a class too small to split are each named, not torchvision's or
     scikit-learn's generic refusal (which named the class by its index)."""
-    _write_tree(tmp_path, per_class=6)
+    write_image_tree(tmp_path, per_class=6)
     (tmp_path / ".ipynb_checkpoints").mkdir()
     cfg = {"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "num_workers": 0}
     assert load_source(cfg).class_names == ["cat", "dog"]
@@ -396,7 +379,7 @@ def _with_bad_files(root: Path) -> list[Path]:
     import io
     import zlib
 
-    _write_tree(root, per_class=10)
+    write_image_tree(root, per_class=10)
     corrupt, empty = root / "cat" / "corrupt.jpg", root / "dog" / "empty.png"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 20)
     empty.write_bytes(b"")
@@ -439,7 +422,7 @@ def test_unreadable_images_can_be_left_out_with_a_count(tmp_path: Path, caplog) 
 
 
 def test_one_class_data_is_refused(tmp_path: Path) -> None:
-    _write_tree(tmp_path, classes=("only",), per_class=12)
+    write_image_tree(tmp_path, classes=("only",), per_class=12)
     with pytest.raises(LrlabError, match=r"has 1 class\(es\) \(only\); need at least 2"):
         load_source({"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "num_workers": 0})
     from lrlab.data.sources import check_classes
@@ -472,10 +455,10 @@ def test_the_balanced_sampler_draws_every_class_about_equally_and_repeats_by_see
     plain = drawn(make_loaders(source, {**cfg, "balance": "none"}, NORM, seed=3).train)
     assert plain.float().mean().item() == pytest.approx(0.1)  # a permutation: 20 of 200
 
-    _write_tree(tmp_path / "train", per_class=1)
+    write_image_tree(tmp_path / "train", per_class=1)
     for i in range(1, 18):  # cat 18 : dog 1
         Image.new("RGB", (20, 24)).save(tmp_path / "train" / "cat" / f"extra{i}.png")
-    _write_tree(tmp_path / "valid", per_class=1)
+    write_image_tree(tmp_path / "valid", per_class=1)
     files = {"name": "imagefolder", "root": str(tmp_path), "image_size": 8, "batch_size": 19,
              "num_workers": 0, "test_pct": 0, "augment": {}}  # fmt: skip
     tree = load_source(files)

@@ -36,6 +36,8 @@ _EXPORTS = {
     "TensorLoader": "lrlab.data.loaders",
     "make_loaders": "lrlab.data.loaders",
     "load_source": "lrlab.data.sources",
+    "BatchPreview": "lrlab.data.preview",
+    "preview_batch": "lrlab.data.preview",
     "ConfigError": "lrlab.errors",
     "LrlabError": "lrlab.errors",
     "FinderConfig": "lrlab.finder.config",

@@ -23,6 +23,7 @@ RESUMABLE = (
     "train.save_top_k",
     "train.progress",
     "train.log_every",
+    "data.preview",
     "tracking.*",
     "hydra.*",
     "device",

@@ -60,6 +60,9 @@ class DataConfig:
     # weights (weight the training loss by n / (classes x n_class)); valid and test stay as they are
     balance: str = "none"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # training images drawn, augmented as training augments them, into the run's
+    # data/train_batch.png (logged with the run): a look at what the model is given; 0: none
+    preview: int = 16
 
     def check(self) -> DataConfig:
         """Raise ConfigError naming the first bad value; returns self so calls can chain."""
@@ -67,6 +70,8 @@ class DataConfig:
             if not getattr(self, key) > 0:
                 raise ConfigError(f"data.{key}={getattr(self, key)!r} must be positive.")
         check_choice(self.balance, BALANCE_MODES, "data.balance")
+        if type(self.preview) is not int or self.preview < 0:
+            raise ConfigError(f"data.preview={self.preview!r} must be a number of images >= 0 (0: none).")
         workers = self.num_workers
         if workers != "auto" and (type(workers) is not int or workers < 0):
             raise ConfigError(f"data.num_workers={workers!r} must be a number >= 0 or auto.")

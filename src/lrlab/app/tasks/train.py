@@ -4,6 +4,7 @@ test split once, and the run's end record: final and test metrics, the epoch tab
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from lrlab.app.build import Setup
 from lrlab.app.console import format_time
@@ -14,6 +15,8 @@ from lrlab.app.run_description import run_description
 from lrlab.app.shared_curves import shared_curves
 from lrlab.core.distributed import is_main
 from lrlab.core.types import EpochResult
+from lrlab.data.preview import preview_batch
+from lrlab.data.types import Normalization
 from lrlab.integrations.tracking import Tracker
 from lrlab.train.checkpoints import CheckpointCallback
 from lrlab.train.stages import run_stages
@@ -32,6 +35,22 @@ def example_images(setup: Setup, count: int = EXAMPLE_IMAGES) -> list[bytes]:
     return [setup.preprocess.to_png(image) for image in images]
 
 
+def log_training_preview(setup: Setup, tracker: Tracker, output_dir: Path) -> Path | None:
+    """`data.preview` training images, augmented as training augments them, drawn into
+    `data/train_batch.png` of the run directory and logged with the run; the path, or None."""
+    count, preprocess = setup.cfg.data.preview, setup.preprocess
+    if not count or preprocess is None:
+        return None
+    norm = Normalization(preprocess.mean, preprocess.std, preprocess.interpolation)
+    preview = preview_batch(setup.train_loader, norm, setup.class_names, count, setup.cfg.seed)
+    if preview is None:
+        return None
+    path = preview.save(output_dir / "data" / "train_batch.png")
+    tracker.log_artifact(path, "data")
+    log.info(f"training images as the model sees them: {path}")
+    return path
+
+
 def run(job: Job) -> RunResult:
     return tracked_run(job, train)
 
@@ -41,6 +60,8 @@ def train(run: TrackedRun) -> RunResult:
     setup, engine = run.setup, run.engine
     if run.resume is not None:
         log.info(f"resuming after epoch {run.resume.global_epoch} from {run.resume.path}")
+    elif is_main():
+        log_training_preview(setup, run.tracker, run.job.output_dir)
     training = setup.training(shared_curves(setup.cfg, run.job.launch_dir))
     results = run_stages(engine, training, setup.stages, run.resume)
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
