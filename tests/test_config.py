@@ -147,6 +147,43 @@ def test_a_misspelt_key_fails_at_composition_naming_it(compose_cfg, override: st
     assert key in str(info.value) + str(info.value.__cause__)
 
 
+@pytest.mark.parametrize(
+    "added, message",
+    [
+        ("+train.grad_acum=2", "train.grad_acum is not a key of lrlab's config.*Closest: train.grad_accum"),
+        ("+stages.0.epoch=3", "stages.0.epoch is not a key.*Closest: stages.0.epochs"),
+        ("++data.augment.flipp=1", "data.augment.flipp is not a key.*Closest: data.augment.vflip"),
+        ("+foo=1", "foo is not a key of lrlab's config: `\\+foo=...` would add a key that nothing reads"),
+    ],
+)
+def test_a_key_added_with_plus_that_no_schema_has_fails_validation(
+    compose_cfg, added: str, message: str
+) -> None:
+    cfg = compose_cfg("experiment=smoke", added)  # Hydra adds it, even to a structured config
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+    # an argument the optimizer takes passes on; one it does not take is named, with what it takes
+    assert validate(compose_cfg("experiment=smoke", "+optimizer.amsgrad=true")).optimizer.amsgrad is True
+
+
+@pytest.mark.parametrize(
+    "added, message",
+    [
+        (
+            "+optimizer.momentm=0.9",
+            "optimizer.momentm is not an argument of torch.optim.AdamW.*It takes: betas",
+        ),
+        (
+            "+schedule.pct_strat=0.3",
+            "schedule.pct_strat is not an argument of .*one_cycle.*Closest: schedule.pct_start",
+        ),
+    ],
+)
+def test_an_argument_the_target_does_not_take_fails_validation(compose_cfg, added: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg("experiment=smoke", added))
+
+
 def test_an_elpv_key_is_not_a_key_of_another_source(compose_cfg) -> None:
     with pytest.raises(ConfigCompositionException) as info:
         compose_cfg("data=digits", "data.classes=2")

@@ -9,7 +9,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from lrlab.app.schema import check_model_name
+from lrlab.app.model_checks import check_model_name
 from lrlab.errors import ConfigError, LrlabError
 from lrlab.models.factory import create_model, normalization
 from lrlab.models.groups import layer_groups

@@ -14,7 +14,6 @@ Defaults live in these dataclasses only; the YAML files pick options and overrid
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -26,7 +25,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lrlab.app.key_checks import check_known_keys, check_target_keys
 from lrlab.app.lr_free import check_lr_free
+from lrlab.app.model_checks import check_model_name, check_pretrained
 from lrlab.app.target_checks import check_targets
 from lrlab.app.tasks import CHECKPOINT_TASKS, TASKS, is_tracked
 from lrlab.core.compiling import compile_mode
@@ -216,33 +217,6 @@ def _positive(value: float, key: str) -> None:
         raise ConfigError(f"{key}={value!r} must be a positive finite number.")
 
 
-def check_model_name(name: str) -> None:
-    """Fail with close matches when timm has no architecture called `name`."""
-    import timm
-
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.6)
-    hint = f" Close matches: {', '.join(close)}." if close else ""
-    raise ConfigError(
-        f"model.name={name!r} is not a timm model.{hint} "
-        "List every name with `python -c \"import timm; print(timm.list_models('*resnet*'))\"`."
-    )
-
-
-def check_pretrained(value: Any) -> None:
-    """`model.pretrained` is false, true, 'bundled' or the path of an existing weights file."""
-    if isinstance(value, bool) or value in ("bundled",):
-        return
-    if isinstance(value, str) and Path(value).expanduser().is_file():
-        return
-    raise ConfigError(
-        f"model.pretrained={value!r} is not valid: use false (random init), true (timm hub, needs "
-        "internet), bundled (offline ImageNet EfficientNet-Lite0/1/2), or the path of an existing "
-        ".pth/.safetensors weights file."
-    )
-
-
 def _check_stage(stage: DictConfig, key: str) -> None:
     from lrlab.finder.rules import RULES
 
@@ -295,6 +269,7 @@ def _merged(cfg: DictConfig) -> DictConfig:
 def validate(cfg: DictConfig) -> DictConfig:
     """Merge `cfg` into the schemas and check values; raises ConfigError naming the bad key."""
     merged = _merged(cfg)
+    check_known_keys(merged)
     check_limits(merged)
     for key in ("name", "tracking.experiment"):
         if not str(OmegaConf.select(merged, key) or "").strip():
@@ -344,6 +319,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     for i, stage in enumerate(merged.stages):
         _check_stage(stage, f"stages.{i}")
     check_lr_free(merged)
+    for section in ("optimizer", "schedule"):
+        check_target_keys(merged[section], section)
     check_model_name(merged.model.name)
     check_pretrained(merged.model.pretrained)
     return merged
