@@ -13,8 +13,10 @@ import yaml
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from lrlab.app.cli import CONFIG_DIR, deselect_null_groups
-from lrlab.app.schema import ModelConfig, TrackingConfig, validate
+from lrlab.app.cli import CONFIG_DIR, config_groups, deselect_null_groups
+from lrlab.app.key_checks import misspelt_key
+from lrlab.app.schema import LrlabConfig, ModelConfig, TrackingConfig, validate
+from lrlab.core.flat import flatten
 from lrlab.data.registry import get_source, registered_sources
 from lrlab.errors import ConfigError
 from lrlab.finder.config import FinderConfig
@@ -182,6 +184,21 @@ def test_a_key_added_with_plus_that_no_schema_has_fails_validation(
 def test_an_argument_the_target_does_not_take_fails_validation(compose_cfg, added: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate(compose_cfg("experiment=smoke", added))
+
+
+def test_every_key_of_every_preset_passes_the_command_line_key_check(compose_cfg) -> None:
+    """The check before Hydra walks the schemas; it must never refuse a key lrlab has."""
+    groups = config_groups()
+    for overrides in ([], ["experiment=smoke"], ["experiment=elpv_gpu"], ["stages=gradual"], ["lr=auto"]):
+        keys = flatten(OmegaConf.to_container(compose_cfg(*overrides)))
+        assert [k for k in keys if misspelt_key([f"{k}=1"], LrlabConfig, groups)] == []
+    for free in ("experiment=smoke", "data.clases=2", "optimizer.momentm=1", "hydra.verbose=true", "+foo=1"):
+        assert misspelt_key([free], LrlabConfig, groups) is None  # Hydra or validation reports these
+    assert misspelt_key(["--config-dir", "d", "mygroup=x"], LrlabConfig, groups) is None
+    assert "closest: lr_finder.smoothing" in misspelt_key(["lr_finder.smoothin=ema"], LrlabConfig, groups)
+    assert "precison is not a key of lrlab's config (closest: precision)" in misspelt_key(
+        ["precison=bf16"], LrlabConfig, groups
+    )
 
 
 def test_an_elpv_key_is_not_a_key_of_another_source(compose_cfg) -> None:

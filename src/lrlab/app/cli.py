@@ -24,8 +24,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from lrlab.app.key_checks import misspelt_key
 from lrlab.app.lr_free import complete_lr_free_args
-from lrlab.app.schema import rank_suffix, register_schemas
+from lrlab.app.schema import LrlabConfig, rank_suffix, register_schemas
 from lrlab.app.stage_overrides import MORE_CONFIG_ARGS, stage_override_problem
 from lrlab.core.launch import launched_rank, launched_world_size
 from lrlab.errors import LrlabError, disk_full
@@ -210,7 +211,7 @@ def main() -> None:
     if conflict:
         print(f"lrlab: error: {conflict}", file=sys.stderr)
         sys.exit(2)
-    unknown = unknown_group_option(sys.argv[1:])
+    unknown = unknown_group_option(sys.argv[1:]) or misspelt_key(sys.argv[1:], LrlabConfig, config_groups())
     if unknown:
         print(f"lrlab: error: {unknown}", file=sys.stderr)
         sys.exit(2)

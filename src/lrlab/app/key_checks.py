@@ -7,10 +7,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
-from collections.abc import Iterator
+import types
+import typing
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lrlab.app.stage_overrides import MORE_CONFIG_ARGS
 from lrlab.errors import ConfigError
 
 
@@ -70,3 +74,61 @@ def check_target_keys(node: DictConfig, section: str) -> None:
             raise ConfigError(
                 f"{section}.{key} is not an argument of {node['_target_']}, so it cannot be passed on.{hint}"
             )
+
+
+def _dataclass_of(annotation: Any) -> Any:
+    """The dataclass an annotation names (`X`, `X | None`), None for anything else."""
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return options[0] if len(options) == 1 and dataclasses.is_dataclass(options[0]) else None
+
+
+def misspelt_override(key: str, root: type, free: Iterable[str]) -> str | None:
+    """One sentence when the dotted `key` of a `key=value` override walks through the dataclass
+    schemas from `root` to a name the schema there lacks, with the closest names (Hydra's own report
+    suggests `+key=value`, which adds a key nothing reads); None when it is a key or reaches a node
+    without a fixed schema (`Any`; `free`: top-level names such as the config groups and `data`,
+    whose schema depends on the source)."""
+    parts = key.split(".")
+    if parts[0] in set(free):
+        return None
+    node: Any = root
+    for depth, part in enumerate(parts):
+        if typing.get_origin(node) is list:
+            if not part.isdigit() or not typing.get_args(node):
+                return None
+            node = typing.get_args(node)[0]
+            continue
+        schema = _dataclass_of(node)
+        if schema is None:
+            return None
+        hints = typing.get_type_hints(schema)
+        if part not in hints:
+            prefix = ".".join(parts[:depth])
+            close = [
+                f"{prefix}.{c}" if prefix else c for c in difflib.get_close_matches(part, list(hints), 3, 0.6)
+            ]
+            hint = f" (closest: {', '.join(close)})" if close else ""
+            where = f"a key of {prefix}" if prefix else "a key of lrlab's config"
+            return f"{key} is not {where}{hint}. `lrlab --cfg job` lists every key with its value."
+        node = hints[part]
+    return None
+
+
+def misspelt_key(args: list[str], root: type, groups: Iterable[str]) -> str | None:
+    """`misspelt_override` for the first plain `key=value` of a command line whose key no schema
+    has; the top-level names free are the config `groups` that are not fields of `root`, `data` and
+    `hydra`. None when a config dir or search path is given (it may add groups)."""
+    if any(arg.lstrip("+").startswith(MORE_CONFIG_ARGS) for arg in args):
+        return None
+    free = (set(groups) - {f.name for f in dataclasses.fields(root)}) | {"data", "hydra"}
+    for arg in args:
+        key, sep, _ = arg.partition("=")
+        if sep and not arg.startswith(("-", "+", "~")):
+            found = misspelt_override(key, root, free)
+            if found:
+                return found
+    return None
