@@ -78,6 +78,8 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
         assert [m.step for m in valid] == [0, 1]
         # digits 60/20/20: 1,077 training images, 16 steps of 64 per epoch
         assert len(client.get_metric_history(run.info.run_id, "step_train_loss")) == 2 * 16
+        norms = [m.value for m in client.get_metric_history(run.info.run_id, "step_grad_norm")]
+        assert len(norms) == 2 * 16 and min(norms) > 0
         assert run.data.params["data.test_pct"] == "0.2" and run.data.params["split.test"] == "360"
         _check_test_metrics(run.data.metrics, [m.value for m in errors])
         histories.append(([m.value for m in valid], [m.value for m in errors]))

@@ -75,6 +75,45 @@ def test_losses_are_read_back_in_chunks_of_log_every(digits) -> None:
     assert rec.chunks == [5, 5, 5, 1] and rec.steps == list(range(16))
 
 
+class NormRecorder(Callback):
+    def __init__(self):
+        self.norms: list[float] = []
+
+    def on_steps(self, engine, records):
+        self.norms += [r.grad_norm for r in records]
+
+
+def _manual_norms(digits, trainable: str, clip: float | None, precision: str = "32") -> list[float]:
+    """The gradient norm of each SGD step, computed by hand on a twin model."""
+    model = _mlp()
+    model[1].requires_grad_(trainable == "all")
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    norms = []
+    for x, y in list(_loaders(digits, 64)[0])[:6]:
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return norms
+
+
+@pytest.mark.parametrize(("trainable", "clip"), [("all", None), ("last", None), ("all", 0.5)])
+def test_each_steps_gradient_norm_before_clipping_reaches_the_callbacks(digits, trainable, clip) -> None:
+    model, rec = _mlp(), NormRecorder()
+    model[1].requires_grad_(trainable == "all")  # frozen parameters have no gradient: not counted
+    engine = Engine(model, log_every=4, callbacks=[rec], grad_clip=clip)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    batches = list(_loaders(digits, 64)[0])[:6]
+    engine.fit(batches, _loaders(digits, 64)[1], opt, None, epochs=1)
+    expected = _manual_norms(digits, trainable, clip)
+    np.testing.assert_allclose(rec.norms, expected, rtol=1e-5)
+    if clip:
+        assert max(rec.norms) > clip, "the norm before clipping, not after"
+
+
 def test_progress_bars_show_running_loss_speed_and_evaluation_only_when_asked(digits, capsys) -> None:
     train, valid = _loaders(digits, 64)
     for progress in (True, False):

@@ -22,7 +22,7 @@ from lrlab.core.ema import WeightAverage
 from lrlab.core.loss_buffer import LossBuffer
 from lrlab.core.lr_free import refresh_norm_statistics, set_optimizer_mode
 from lrlab.core.mixing import BatchTransform
-from lrlab.core.optim import momentum_of
+from lrlab.core.optim import gradient_norm, momentum_of
 from lrlab.core.settings import PRECISIONS, TTA_MODES, StepOptions
 from lrlab.core.types import Callback, EpochResult, StepRecord
 from lrlab.errors import TrainingDiverged, check_choice
@@ -98,9 +98,7 @@ class Engine:
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of the configured precision (a no-op for fp32)."""
         dtype = AUTOCAST_DTYPES.get(self.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.device, non_blocking=True)
@@ -125,11 +123,13 @@ class Engine:
         return loss.detach()
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Unscale, clip, step and clear gradients (skipped by the GradScaler on overflow)."""
-        if self.grad_clip:
-            if self.scaler:
-                self.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        """Unscale, clip, step and clear gradients (skipped by the GradScaler on overflow), keeping
+        the gradients' norm before clipping in `last_grad_norm` (a device tensor: no host sync)."""
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+        params, clip = self.model.parameters(), self.grad_clip
+        clipped = torch.nn.utils.clip_grad_norm_(params, clip) if clip else None
+        self.last_grad_norm = clipped if clipped is not None else gradient_norm(params, self.device)
         if self.scaler:
             self.scaler.step(optimizer)
             self.scaler.update()
@@ -168,13 +168,16 @@ class Engine:
         return lrs, momentum_of(optimizer.param_groups[-1])
 
     def _flush(
-        self, pending: LossBuffer, infos: list[tuple[int, dict[str, float], float | None]]
+        self, pending: LossBuffer, infos: list[tuple[int, dict[str, float], float | None]], norms: LossBuffer
     ) -> list[float]:
-        """Read the buffered step losses back, hand them to the callbacks and stop on NaN/inf."""
-        values = pending.read()
+        """Read the buffered step losses and gradient norms back, hand them on, stop on NaN/inf."""
+        values, grad_norms = pending.read(), norms.read()
         if not values:
             return []
-        records = [StepRecord(step, loss, lrs, mom) for (step, lrs, mom), loss in zip(infos, values)]
+        records = [
+            StepRecord(step, loss, lrs, mom, norm)
+            for (step, lrs, mom), loss, norm in zip(infos, values, grad_norms, strict=True)
+        ]
         infos.clear()
         for cb in self.callbacks:
             cb.on_steps(self, records)
@@ -195,7 +198,7 @@ class Engine:
         self.train_mode()
         set_optimizer_mode(optimizer, train=True)  # Schedule-Free: step on its training weights
         optimizer.zero_grad(set_to_none=True)
-        pending = LossBuffer()
+        pending, norms = LossBuffer(), LossBuffer()
         infos: list[tuple[int, dict[str, float], float | None]] = []
         losses: list[float] = []
         n_batches = len(loader)
@@ -213,13 +216,14 @@ class Engine:
             if scheduler is not None:
                 scheduler.step()
             pending.add(loss)
+            norms.add(self.last_grad_norm)
             infos.append((self.global_step, *info))
             self.global_step += 1
             if len(pending) >= self.log_every:
-                losses += self._flush(pending, infos)
+                losses += self._flush(pending, infos, norms)
                 if bar is not None:
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        losses += self._flush(pending, infos)
+        losses += self._flush(pending, infos, norms)
         if bar is not None:
             bar.close()
         return sum(losses) / max(1, len(losses))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -124,3 +124,15 @@ def momentum_of(group: dict[str, Any]) -> float | None:
     if "betas" in group:
         return float(group["betas"][0])
     return float(group["momentum"]) if "momentum" in group else None
+
+
+def gradient_norm(parameters: Iterable[nn.Parameter], device: torch.device | str) -> torch.Tensor:
+    """The L2 norm of all gradients together (frozen parameters have none), as a tensor on
+    `device` (no host sync); NaN when no parameter has a gradient."""
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.full((), float("nan"), device=device)
+    total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if total_norm is not None:
+        return total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))

@@ -12,12 +12,14 @@ Engine = Any  # the engine calling a hook (typed loosely: the engine module impo
 
 @dataclass
 class StepRecord:
-    """One optimizer step: its global index, mean loss, and the LR/momentum applied per layer group."""
+    """One optimizer step: its global index, mean loss, the LR/momentum applied per layer group
+    and the gradients' L2 norm before clipping (of the trainable parameters)."""
 
     step: int
     loss: float
     lrs: dict[str, float]
     momentum: float | None
+    grad_norm: float | None = None
 
 
 @dataclass

@@ -186,6 +186,8 @@ class MlflowTracker(Tracker):
                 self.log_metric(f"lr_{group}", lr, r.step)
             if r.momentum is not None:
                 self.log_metric("momentum", r.momentum, r.step)
+            if r.grad_norm is not None and math.isfinite(r.grad_norm):
+                self.log_metric("step_grad_norm", r.grad_norm, r.step)
 
     def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
         values = {
