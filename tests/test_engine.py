@@ -293,6 +293,19 @@ def test_compiled_training_matches_eager(digits) -> None:
     assert torch.allclose(weights[0], weights[1], atol=1e-5)
 
 
+def test_compiling_on_the_cpu_silences_torchs_no_cuda_runtime_notice() -> None:
+    """Inductor's C++ build logs "No CUDA runtime is found" on machines without CUDA, in the middle
+    of the epoch table; compiling for the CPU needs none."""
+    import logging
+
+    notice = logging.getLogger("torch.utils.cpp_extension")
+    notice.setLevel(logging.NOTSET)
+    Engine(_mlp(), compile=False)
+    assert notice.getEffectiveLevel() <= logging.WARNING, "eager engines leave torch's logging alone"
+    engine = Engine(_mlp(), compile="default")  # torch.compile is lazy: nothing compiles here
+    assert engine.forward_model is not engine.model and notice.getEffectiveLevel() == logging.ERROR
+
+
 def test_progress_defaults_to_auto_on_in_notebooks_and_off_in_logs(monkeypatch) -> None:
     import sys
 

@@ -27,6 +27,21 @@ def compile_mode(setting: Any) -> str | None:
     )
 
 
+def compile_model(model: Any, mode: str | None, device: Any) -> Any:
+    """`torch.compile(model, mode=mode)`, or `model` for no mode. On the CPU, the C++ build's notice
+    that no CUDA runtime was found (a torch log line in the middle of the epoch table) is silenced:
+    nothing compiled for the CPU needs one."""
+    import logging
+
+    import torch
+
+    if mode is None:
+        return model
+    if torch.device(device).type == "cpu":
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(model, mode=mode)
+
+
 def pad_rows(x: Any, rows: int) -> Any:
     """`x` with zero rows appended up to `rows` (on its device, in its memory format), so a compiled
     model sees one batch shape: a last partial evaluation batch would otherwise compile (or record

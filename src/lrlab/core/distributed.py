@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lrlab.core.compiling import compile_model
 from lrlab.core.engine import Engine
 from lrlab.core.launch import launched_world_size
 from lrlab.errors import LrlabError
@@ -142,7 +143,7 @@ class DistributedEngine(Engine):
         self.forward_model = None  # drop the old wrapper (and its gradient hooks) before the new one
         ids = [self.device] if self.device.type == "cuda" else None
         ddp = DistributedDataParallel(self.model, device_ids=ids)  # buffers: rank 0's, each forward
-        self.forward_model = torch.compile(ddp, mode=self.compile_mode) if self.compiled else ddp
+        self.forward_model = compile_model(ddp, self.compile_mode, self.device) if self.compiled else ddp
         self._wrapped_for = trainable
 
     def backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from lrlab.core.compiling import compile_mode, pad_rows
+from lrlab.core.compiling import compile_mode, compile_model, pad_rows
 from lrlab.core.device import resolve_precision
 from lrlab.core.ema import WeightAverage
 from lrlab.core.loss_buffer import LossBuffer
@@ -63,7 +63,7 @@ class Engine:
         self.precision = resolve_precision(check_choice(precision, PRECISIONS, "precision"), self.device)
         self.model = model
         self.compile_mode = compile_mode(options.compile)
-        self.forward_model = torch.compile(model, mode=self.compile_mode) if self.compile_mode else model
+        self.forward_model = compile_model(model, self.compile_mode, self.device)
         self.loss_fn = (loss_fn or nn.CrossEntropyLoss()).to(self.device)  # buffers (soft targets) too
         self.batch_transform = batch_transform  # training batches only, e.g. Mixup (`lrlab.core.mixing`)
         self.average = average  # EMA of the weights, swapped in after each epoch's training
