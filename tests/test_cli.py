@@ -84,7 +84,7 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
         _check_test_metrics(run.data.metrics, [m.value for m in errors])
         histories.append(([m.value for m in valid], [m.value for m in errors]))
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config", "epochs.csv", "checkpoints"} <= artifacts
+        assert {"config", "epochs.csv", "checkpoints", "training_curves.png"} <= artifacts
         previews = {a.path for a in client.list_artifacts(run.info.run_id, "data")}
         assert previews == ({"data/train_batch.png"} if run.data.params["data.preview"] == "16" else set())
         names = {client.get_logged_model(o.model_id).name for o in run.outputs.model_outputs}

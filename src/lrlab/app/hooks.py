@@ -9,6 +9,7 @@ from typing import Any
 
 from lrlab.app.build import Setup
 from lrlab.app.console import ConsoleTable, finder_file_stem
+from lrlab.app.curves import TrainingCurves
 from lrlab.core.distributed import is_main
 from lrlab.core.monitor import EarlyStopping, Monitor
 from lrlab.core.types import Callback
@@ -64,6 +65,7 @@ class RunCallbacks:
     checkpoints: CheckpointCallback | None = None
     stopping: EarlyStopping | None = None
     trial: TrialReporter | None = None
+    curves: TrainingCurves | None = None  # the training's curves (rank 0 of a training)
 
     @classmethod
     def create(cls, setup: Setup, output_dir: Path) -> RunCallbacks:
@@ -79,6 +81,8 @@ class RunCallbacks:
             hooks.checkpoints = CheckpointCallback(
                 output_dir / "checkpoints", description, monitor, cfg.train.save_top_k
             )
+        if cfg.task == "train" and main:
+            hooks.curves = TrainingCurves()
         if cfg.train.patience:
             hooks.stopping = EarlyStopping(monitor, cfg.train.patience)
         if cfg.trial.study is not None and main:
@@ -87,5 +91,13 @@ class RunCallbacks:
         return hooks
 
     def all(self, tracker: Any) -> list[Any]:
-        found = (self.console, self.stage_log, self.checkpoints, self.stopping, self.trial, tracker)
+        found = (
+            self.console,
+            self.stage_log,
+            self.checkpoints,
+            self.stopping,
+            self.trial,
+            self.curves,
+            tracker,
+        )
         return [c for c in found if c is not None]

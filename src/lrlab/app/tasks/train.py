@@ -83,12 +83,24 @@ def train(run: TrackedRun) -> RunResult:
     run.tracker.set_description(run_description(setup, stages, final, report.metrics, run.job.overrides))
     for path in report.files:
         run.tracker.log_artifact(path, "evaluation")
+    _log_curves(run)
     total = sum(r.seconds for r in results)
     speed = sum(r.train_images_per_s for r in results) / max(1, len(results))
     per_epoch = total / max(1, len(results))
     metrics = ", ".join(f"{k} {final[k]:.4f}" for k in ("valid_loss", "error_rate", "accuracy"))
     log.info(f"done in {format_time(total)} ({per_epoch:.1f} s/epoch, {speed:.0f} train images/s): {metrics}")
     return RunResult(results, final, test=report.metrics)
+
+
+def _log_curves(run: TrackedRun) -> None:
+    """training_curves.png in the run directory and the run (rank 0 of a training that stepped)."""
+    if run.hooks.curves is None:
+        return
+    since = f"since the resume after epoch {run.resume.global_epoch}" if run.resume is not None else None
+    path = run.hooks.curves.save(run.job.output_dir / "training_curves.png", since)
+    if path is not None:
+        run.tracker.log_artifact(path, None)
+        log.info(f"training curves: {path}")
 
 
 def log_run_end(

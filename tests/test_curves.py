@@ -1,0 +1,43 @@
+"""training_curves.png: every step's loss, LR per layer group and gradient norm, each epoch's
+valid loss, and where each stage started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lrlab.app.curves import TrainingCurves
+from lrlab.core.engine import Engine
+from lrlab.core.schedules import one_cycle
+from lrlab.data.loaders import TensorLoader
+from lrlab.data.sources import load_digits
+from lrlab.data.types import Normalization
+
+
+def test_curves_follow_every_step_and_epoch_of_two_fits_and_draw_them(tmp_path: Path) -> None:
+    digits = load_digits(image_size=8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    norm = Normalization((0.5,), (0.5,))
+    train = TensorLoader(digits.train, 64, norm, shuffle=True, drop_last=True)
+    valid = TensorLoader(digits.valid, 256, norm)
+    curves = TrainingCurves()
+    engine = Engine(model, log_every=5, callbacks=[curves])
+    assert curves.save(tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    groups = [{"params": model[1].parameters(), "group_name": "body"}, {"params": model[3].parameters()}]
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    for stage, epochs in (("first", 1), ("second", 2)):
+        schedule = one_cycle(opt, [1e-3, 1e-2], epochs * len(train))
+        engine.fit(train, valid, opt, schedule, epochs=epochs, stage=stage)
+    steps = 3 * len(train)  # 16 steps per epoch (1,077 training images in batches of 64)
+    assert curves.steps == list(range(steps)) and len(curves.losses) == steps
+    assert curves.stage_starts == [(0, "first"), (16, "second")]
+    assert [at for at, _ in curves.epochs] == [16, 32, 48]
+    assert [v for _, v in curves.epochs] == [r.valid_loss for r in engine.history]
+    assert sorted(curves.lrs) == ["1", "body"] and len(curves.lrs["body"]) == steps
+    assert max(lr for _, lr in curves.lrs["1"]) > 5 * max(lr for _, lr in curves.lrs["body"])
+    assert len(curves.grad_norms) == steps and min(n for _, n in curves.grad_norms) > 0
+    path = curves.save(tmp_path / "training_curves.png", "since the resume after epoch 1")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
