@@ -77,7 +77,7 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
 
 
 def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
-    run_cli, compose_cfg, tmp_path: Path
+    run_cli, compose_cfg, tmp_path: Path, monkeypatch
 ) -> None:
     import mlflow
     import mlflow.pytorch
@@ -133,6 +133,19 @@ def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
     assert registered.read_bytes() == best.read_bytes()
     with pytest.raises(ConfigError, match="holds no run nope"):
         fetch_checkpoint(uri, "runs:/nope", tmp_path / "missing")
+    # From Python, lrlab.load_model takes the same names: the store is tracking_uri, else
+    # MLFLOW_TRACKING_URI, else mlflow.db in the working folder
+    images = [Image.open(path) for path in sorted(folder.glob("*.png"))[:4]]
+    expected = loaded.predict_proba(images)
+    for ref in (f"runs:/{run.info.run_id}", "models:/digits-classifier/1"):
+        torch.testing.assert_close(load_model(ref, tracking_uri=uri).predict_proba(images), expected)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert load_model(f"runs:/{run.info.run_id}").class_names == loaded.class_names
+    with pytest.raises(
+        ConfigError, match=r"holds no run nope.*lrlab\.load_model\('runs:/nope', tracking_uri="
+    ):
+        load_model("runs:/nope", tracking_uri=uri)
     with pytest.raises(ConfigError, match=r"has no artifact checkpoints/last\.pt"):
         fetch_checkpoint(uri, f"runs:/{run.info.run_id}/checkpoints/last.pt", tmp_path / "missing")
     (evaluation,) = [

@@ -48,7 +48,7 @@ _EXPORTS = {
     "LayerGroup": "lrlab.core.types",
     "layer_groups": "lrlab.models.groups",
     "create_model": "lrlab.models.factory",
-    "load_model": "lrlab.models.checkpoint",
+    "load_model": "lrlab.integrations.model_uri",  # files, and runs:/ or models:/ from MLflow
     "LoadedModel": "lrlab.models.checkpoint",
     "normalization": "lrlab.models.factory",
 }
