@@ -39,35 +39,41 @@ class BatchPreview:
     def titles(self) -> list[str]:
         return [self.class_names[int(i)] for i in self.labels]
 
-    def figure(self) -> Any:
-        """The grid as a matplotlib Figure (not attached to pyplot: nothing is left open)."""
-        from matplotlib.figure import Figure
+    def image(self) -> Any:
+        """The grid as one PIL image: each picture (scaled to 96-192 px, small ones without
+        smoothing, so their pixels show) under its class name. Drawn with PIL rather than
+        matplotlib (about 10 ms instead of 500 ms for 16 images): every training draws it."""
+        from PIL import Image, ImageDraw, ImageFont
 
-        n = len(self.images)
+        n, h, w = self.images.shape[:3]
+        tile, label, pad, header = min(192, max(96, h)), 18, 4, 24
         cols = min(8, max(1, math.ceil(math.sqrt(n))))
         rows = max(1, math.ceil(n / cols))
-        fig = Figure(figsize=(1.7 * cols, 1.9 * rows + 0.3), layout="constrained")
-        axes = fig.subplots(rows, cols, squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, image, title in zip(axes.flat, self.images, self.titles()):
-            grey = image.shape[-1] == 1 or np.allclose(image[..., 0], image[..., -1])
-            ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=1)
-            ax.set_title(title, fontsize=8)
-        h, w = self.images.shape[1:3]
-        fig.suptitle(f"training images as the model sees them (augmented, {h}x{w} px)", fontsize=9)
-        return fig
+        width = max(440, pad + cols * (tile + pad))  # room for the title above a narrow grid
+        canvas = Image.new("RGB", (width, header + rows * (label + tile + pad)), "white")
+        draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=13)
+        title = f"training images as the model sees them (augmented, {h}x{w} px)"
+        draw.text((canvas.width / 2, header / 2), title, fill="black", font=font, anchor="mm")
+        scaling = Image.Resampling.NEAREST if h < tile else Image.Resampling.BILINEAR
+        for i, (pixels, name) in enumerate(zip(self.images, self.titles())):
+            bytes_ = np.rint(pixels * 255).astype(np.uint8)
+            picture = Image.fromarray(bytes_[..., 0] if bytes_.shape[-1] == 1 else bytes_).convert("RGB")
+            row, col = divmod(i, cols)
+            x, y = pad + col * (tile + pad), header + row * (label + tile + pad)
+            draw.text((x + tile / 2, y + label / 2), name, fill="black", font=font, anchor="mm")
+            canvas.paste(picture.resize((tile, tile), scaling), (x, y + label))
+        return canvas
 
     def save(self, path: str | Path) -> Path:
         """Write the grid as a PNG at `path` (folders created); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.figure().savefig(path, dpi=100)
+        self.image().save(path)
         return path
 
     def _repr_png_(self) -> bytes:
         buffer = io.BytesIO()
-        self.figure().savefig(buffer, format="png", dpi=100)
+        self.image().save(buffer, format="png")
         return buffer.getvalue()
 
 
