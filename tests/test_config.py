@@ -192,7 +192,15 @@ def test_every_key_of_every_preset_passes_the_command_line_key_check(compose_cfg
     for overrides in ([], ["experiment=smoke"], ["experiment=elpv_gpu"], ["stages=gradual"], ["lr=auto"]):
         keys = flatten(OmegaConf.to_container(compose_cfg(*overrides)))
         assert [k for k in keys if misspelt_key([f"{k}=1"], LrlabConfig, groups)] == []
-    for free in ("experiment=smoke", "data.clases=2", "optimizer.momentm=1", "hydra.verbose=true", "+foo=1"):
+    for free in (
+        "experiment=smoke",
+        "data.clases=2",
+        "optimizer.momentm=1",
+        "hydra.verbose=true",
+        "hydra/launcher=joblib",
+        "model@x=tiny",
+        "+foo=1",
+    ):
         assert misspelt_key([free], LrlabConfig, groups) is None  # Hydra or validation reports these
     assert misspelt_key(["--config-dir", "d", "mygroup=x"], LrlabConfig, groups) is None
     assert "closest: lr_finder.smoothing" in misspelt_key(["lr_finder.smoothin=ema"], LrlabConfig, groups)

@@ -127,7 +127,7 @@ def misspelt_key(args: list[str], root: type, groups: Iterable[str]) -> str | No
     free = (set(groups) - {f.name for f in dataclasses.fields(root)}) | {"data", "hydra"}
     for arg in args:
         key, sep, _ = arg.partition("=")
-        if sep and not arg.startswith(("-", "+", "~")):
+        if sep and not arg.startswith(("-", "+", "~")) and not {"/", "@"} & set(key):  # hydra/launcher=..
             found = misspelt_override(key, root, free)
             if found:
                 return found
