@@ -179,6 +179,7 @@ def test_unknown_group_option_lists_the_choices(run_cli) -> None:
         # a misspelt key: the closest keys, where Hydra's report suggests +key=value
         (["train.grad_acum=2"], "train.grad_acum is not a key of train (closest: train.grad_accum"),
         (["-m", "stages.0.epoch=1,2"], "stages.0.epoch is not a key of stages.0 (closest: stages.0.epochs)"),
+        (["data.batchsize=8"], "data.batchsize is not a key of data (closest: data.batch_size)"),
     ],
 )
 def test_a_bad_group_option_is_one_paragraph_with_close_matches(run_cli, args: list, expected: str) -> None:

@@ -188,10 +188,18 @@ def test_an_argument_the_target_does_not_take_fails_validation(compose_cfg, adde
 
 def test_every_key_of_every_preset_passes_the_command_line_key_check(compose_cfg) -> None:
     """The check before Hydra walks the schemas; it must never refuse a key lrlab has."""
-    groups = config_groups()
-    for overrides in ([], ["experiment=smoke"], ["experiment=elpv_gpu"], ["stages=gradual"], ["lr=auto"]):
+    groups, sources = config_groups(), [s.config for s in registered_sources().values()]
+    presets = [
+        [f"{group}={option}"] for group, option in OPTIONS if group in ("data", "experiment", "optimizer")
+    ]
+    for overrides in ([], ["stages=gradual"], ["lr=auto"], *presets):
         keys = flatten(OmegaConf.to_container(compose_cfg(*overrides)))
-        assert [k for k in keys if misspelt_key([f"{k}=1"], LrlabConfig, groups)] == []
+        assert [k for k in keys if misspelt_key([f"{k}=1"], LrlabConfig, groups, sources)] == []
+    # a data key no source has is refused; one another source has is left to Hydra's composition
+    assert "data.batchsize is not a key of data (closest: data.batch_size" in misspelt_key(
+        ["data.batchsize=8"], LrlabConfig, groups, sources
+    )
+    assert misspelt_key(["data=digits", "data.classes=2"], LrlabConfig, groups, sources) is None
     for free in (
         "experiment=smoke",
         "data.clases=2",

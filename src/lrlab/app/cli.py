@@ -29,6 +29,7 @@ from lrlab.app.lr_free import complete_lr_free_args
 from lrlab.app.schema import LrlabConfig, rank_suffix, register_schemas
 from lrlab.app.stage_overrides import MORE_CONFIG_ARGS, stage_override_problem
 from lrlab.core.launch import launched_rank, launched_world_size
+from lrlab.data.registry import registered_sources
 from lrlab.errors import LrlabError, disk_full
 
 register_schemas()
@@ -211,7 +212,9 @@ def main() -> None:
     if conflict:
         print(f"lrlab: error: {conflict}", file=sys.stderr)
         sys.exit(2)
-    unknown = unknown_group_option(sys.argv[1:]) or misspelt_key(sys.argv[1:], LrlabConfig, config_groups())
+    unknown = unknown_group_option(sys.argv[1:]) or misspelt_key(
+        sys.argv[1:], LrlabConfig, config_groups(), [s.config for s in registered_sources().values()]
+    )
     if unknown:
         print(f"lrlab: error: {unknown}", file=sys.stderr)
         sys.exit(2)

@@ -86,12 +86,12 @@ def _dataclass_of(annotation: Any) -> Any:
     return options[0] if len(options) == 1 and dataclasses.is_dataclass(options[0]) else None
 
 
-def misspelt_override(key: str, root: type, free: Iterable[str]) -> str | None:
+def misspelt_override(key: str, root: type, free: Iterable[str], within: str = "") -> str | None:
     """One sentence when the dotted `key` of a `key=value` override walks through the dataclass
     schemas from `root` to a name the schema there lacks, with the closest names (Hydra's own report
     suggests `+key=value`, which adds a key nothing reads); None when it is a key or reaches a node
     without a fixed schema (`Any`; `free`: top-level names such as the config groups and `data`,
-    whose schema depends on the source)."""
+    whose schema depends on the source). `within`: the dotted path `root` sits at (`data`)."""
     parts = key.split(".")
     if parts[0] in set(free):
         return None
@@ -107,7 +107,8 @@ def misspelt_override(key: str, root: type, free: Iterable[str]) -> str | None:
             return None
         hints = typing.get_type_hints(schema)
         if part not in hints:
-            prefix = ".".join(parts[:depth])
+            prefix = ".".join([within, *parts[:depth]] if within else parts[:depth])
+            key = f"{within}.{key}" if within else key
             close = [
                 f"{prefix}.{c}" if prefix else c for c in difflib.get_close_matches(part, list(hints), 3, 0.6)
             ]
@@ -118,10 +119,14 @@ def misspelt_override(key: str, root: type, free: Iterable[str]) -> str | None:
     return None
 
 
-def misspelt_key(args: list[str], root: type, groups: Iterable[str]) -> str | None:
+def misspelt_key(
+    args: list[str], root: type, groups: Iterable[str], data_schemas: Iterable[type] = ()
+) -> str | None:
     """`misspelt_override` for the first plain `key=value` of a command line whose key no schema
     has; the top-level names free are the config `groups` that are not fields of `root`, `data` and
-    `hydra`. None when a config dir or search path is given (it may add groups)."""
+    `hydra`. A `data.` key is refused only when none of `data_schemas` (every data source's) has it:
+    which source runs is only known once Hydra composes. None when a config dir or search path is
+    given (it may add groups)."""
     if any(arg.lstrip("+").startswith(MORE_CONFIG_ARGS) for arg in args):
         return None
     free = (set(groups) - {f.name for f in dataclasses.fields(root)}) | {"data", "hydra"}
@@ -129,6 +134,17 @@ def misspelt_key(args: list[str], root: type, groups: Iterable[str]) -> str | No
         key, sep, _ = arg.partition("=")
         if sep and not arg.startswith(("-", "+", "~")) and not {"/", "@"} & set(key):  # hydra/launcher=..
             found = misspelt_override(key, root, free)
+            if key.startswith("data.") and data_schemas:
+                found = _misspelt_data_key(key.removeprefix("data."), list(data_schemas))
             if found:
                 return found
     return None
+
+
+def _misspelt_data_key(key: str, schemas: list[type]) -> str | None:
+    """A source schema's report for a `data.` key (one naming close keys, if any does), when no
+    source's schema has the key."""
+    reports = [misspelt_override(key, schema, (), within="data") for schema in schemas]
+    if not all(reports):
+        return None
+    return next((r for r in reports if r and "(closest:" in r), reports[0])
