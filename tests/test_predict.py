@@ -73,7 +73,16 @@ def test_predict_batches_and_decoding_threads_keep_the_rows_and_their_order(
     (folder / "4b.png").write_bytes(b"not an image")
     paths = image_files(folder)
     plain, skipped = predict_files(loaded, paths, progress=True)
-    threaded, skipped_threaded = predict_files(loaded, paths, batch_size=2, progress=True, workers=3)
+    shown: list = []
+    threaded, skipped_threaded = predict_files(
+        loaded, paths, batch_size=2, progress=True, workers=3, thumbnails=shown
+    )
+    # the first readable images, in the rows' order, kept small for predictions.png
+    assert len(shown) == len(threaded) == 9 and [im.size for im in shown] == [(8, 8)] * 9
+    assert all(
+        np.array_equal(np.asarray(im)[..., 0], np.asarray(Image.open(r["path"])))
+        for im, r in zip(shown, threaded)
+    )
     assert [r["path"] for r in threaded] == [str(p) for p in paths if p.name != "4b.png"]
     assert [p.name for p, _ in skipped] == [p.name for p, _ in skipped_threaded] == ["4b.png"]
     from collections import Counter
@@ -191,6 +200,8 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
     assert [Path(r["path"]).name for r in rows] == ["0.png", "1.png", "2.png"]
+    grid = Image.open(out.parent / "predictions.png")  # the three readable images with their classes
+    assert grid.width >= 440 and "predictions.png" in console
     for row in rows:
         probs = [float(row[f"p_{d}"]) for d in range(10)]
         assert sum(probs) == pytest.approx(1, abs=1e-5) and float(row["probability"]) == max(probs)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lrlab.core.metrics import confusion_matrix
+from lrlab.data.preview import image_grid, picture
 
 
 @dataclass
@@ -128,23 +129,15 @@ class Interpretation:
     def plot_top_losses(self, images: np.ndarray, indices: Sequence[int], path: Path) -> Path:
         """The images of `indices` (most confidently wrong first), titled predicted / actual /
         probability of the prediction / probability of the actual class."""
-        cols = min(4, len(indices))
-        rows = math.ceil(len(indices) / cols)
-        fig = _figure(figsize=(2.6 * cols, 3.1 * rows + 0.3), layout="constrained")
-        axes = fig.subplots(rows, cols, squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, image, i in zip(axes.flat, images, indices):
-            grey = image.shape[-1] == 1 or np.allclose(image[..., 0], image[..., -1])
-            ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=1)
+        titles = []
+        for i in indices:
             p, t = self.predictions[i], self.targets[i]
-            ax.set_title(
+            titles.append(
                 f"{self.class_names[p]} / {self.class_names[t]}\n"
-                f"{self.probabilities[i, p]:.2f} / {self.probabilities[i, t]:.2f}",
-                fontsize=8,
+                f"{self.probabilities[i, p]:.2f} / {self.probabilities[i, t]:.2f}"
             )
-        fig.suptitle("most confidently wrong: predicted / actual, probability of each", fontsize=9)
-        fig.savefig(path, dpi=110)
+        header = "most confidently wrong: predicted / actual, probability of each"
+        image_grid([picture(image) for image in images], titles, header, columns=4).save(path)
         return path
 
 

@@ -1,5 +1,6 @@
 """`lrlab task=predict checkpoint=PATH input=FILE_OR_DIR`: class probabilities for image files
-from a saved model, as a CSV (path, predicted class, its probability, one column per class).
+from a saved model, as a CSV (path, predicted class, its probability, one column per class) and
+a grid of the first images with their predictions (`predictions.png`).
 Unreadable files are named and skipped; the rest are still predicted. `data.batch_size` sets the
 images per forward pass (64 unless given), `data.num_workers` the threads that decode the files."""
 
@@ -19,11 +20,13 @@ from lrlab.app.tasks.checkpoint_ref import local_checkpoint
 from lrlab.app.tasks.checkpoint_tta import checkpoint_tta
 from lrlab.core.device import resolve_device
 from lrlab.data.decode import map_in_threads
+from lrlab.data.preview import image_grid
 from lrlab.errors import ConfigError, NothingDone
 from lrlab.models.checkpoint import LoadedModel, load_model
 
 log = logging.getLogger("lrlab")
 DEFAULT_BATCH_SIZE = 64  # images per forward pass unless data.batch_size is given
+SHOWN, THUMBNAIL_PX = 24, 192  # predictions.png: the first images, at most this many pixels a side
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
 
 
@@ -76,16 +79,23 @@ def predict_files(
     tta: str | None = None,
     progress: Any = None,
     workers: int = 0,
+    thumbnails: list[Any] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
     """One row per readable file (path, predicted, probability, one probability per class) and
     the (path, reason) of every file that could not be read, `batch_size` images per forward pass,
-    decoded by `workers` threads; `tta` None: the checkpoint's own."""
+    decoded by `workers` threads; `tta` None: the checkpoint's own. `thumbnails`: a list that gets
+    small copies of the first `SHOWN` readable images, in the rows' order."""
     from tqdm.auto import tqdm
 
     rows, skipped, batch = [], [], []
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=progress)
 
     def flush() -> None:
+        if thumbnails is not None:
+            for _, image in batch[: max(0, SHOWN - len(thumbnails))]:
+                small = image.convert("RGB")
+                small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+                thumbnails.append(small)
         found = loaded.prediction_rows([image for _, image in batch], tta=tta)
         rows.extend({"path": str(path)} | row for (path, _), row in zip(batch, found))
         bar.update(len(batch))
@@ -110,6 +120,19 @@ def class_counts(rows: Sequence[dict[str, Any]], shown: int = 10) -> str:
     return text + (f", {len(counts) - shown} more classes: {rest}" if rest else "")
 
 
+def prediction_grid(rows: Sequence[dict[str, Any]], thumbnails: Sequence[Any], output_dir: Path) -> Path:
+    """`predictions.png`: the first images, each titled with its predicted class, the class's
+    probability and the file's name, to check the CSV by eye."""
+    titles = [
+        f"{row['predicted']} {row['probability']:.2f}\n{Path(row['path']).name[:24]}"
+        for row in rows[: len(thumbnails)]
+    ]
+    header = f"the first {len(thumbnails)} of {len(rows)} images: predicted class, its probability"
+    path = output_dir / "predictions.png"
+    image_grid(thumbnails, titles, header, columns=6).save(path)
+    return path
+
+
 def write_predictions(rows: Sequence[dict[str, Any]], path: Path, class_names: Sequence[str]) -> Path:
     fields = ["path", "predicted", "probability", *(f"p_{name}" for name in class_names)]
     with path.open("w", newline="") as handle:
@@ -130,7 +153,8 @@ def run_predict(
     """Predict every image under `inputs` with `loaded` (`lrlab.load_model`); writes and returns
     `<output_dir>/predictions.csv`."""
     paths = image_files(inputs)
-    rows, skipped = predict_files(loaded, paths, batch_size, tta, workers=workers)
+    shown: list[Any] = []
+    rows, skipped = predict_files(loaded, paths, batch_size, tta, workers=workers, thumbnails=shown)
     if not rows:
         shown = ", ".join(f"{p.name} ({why[:60]})" for p, why in skipped[:5]) + (
             ", ..." if len(skipped) > 5 else ""
@@ -142,6 +166,7 @@ def run_predict(
     output_dir.mkdir(parents=True, exist_ok=True)
     out = write_predictions(rows, output_dir / "predictions.csv", loaded.class_names)
     log.info(f"predicted {len(rows)} of {len(paths)} image(s) with {loaded.meta['model_name']}: {out}")
+    log.info(f"the first {len(shown)}, with their predictions: {prediction_grid(rows, shown, output_dir)}")
     log.info(f"predicted classes: {class_counts(rows)}")
     if skipped:
         log.info(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(str(p) for p, _ in skipped[:10]))
