@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lrlab.app.curves import TrainingCurves
 from lrlab.core.engine import Engine
 from lrlab.core.schedules import one_cycle
 from lrlab.data.loaders import TensorLoader
 from lrlab.data.sources import load_digits
 from lrlab.data.types import Normalization
+from lrlab.train.curves import TrainingCurves
 
 
 def test_curves_follow_every_step_and_epoch_of_two_fits_and_draw_them(tmp_path: Path) -> None:
@@ -26,6 +26,7 @@ def test_curves_follow_every_step_and_epoch_of_two_fits_and_draw_them(tmp_path: 
     curves = TrainingCurves()
     engine = Engine(model, log_every=5, callbacks=[curves])
     assert curves.save(tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+    assert curves._repr_png_() is None  # Jupyter shows nothing before the first step
     groups = [{"params": model[1].parameters(), "group_name": "body"}, {"params": model[3].parameters()}]
     opt = torch.optim.AdamW(groups, lr=1e-3)
     for stage, epochs in (("first", 1), ("second", 2)):
@@ -40,4 +41,4 @@ def test_curves_follow_every_step_and_epoch_of_two_fits_and_draw_them(tmp_path: 
     assert max(lr for _, lr in curves.lrs["1"]) > 5 * max(lr for _, lr in curves.lrs["body"])
     assert len(curves.grad_norms) == steps and min(n for _, n in curves.grad_norms) > 0
     path = curves.save(tmp_path / "training_curves.png", "since the resume after epoch 1")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves._repr_png_()[:8] == path.read_bytes()[:8]

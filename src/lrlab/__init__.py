@@ -29,6 +29,7 @@ _EXPORTS = {
     "RaceResult": "lrlab.train.race",
     "Training": "lrlab.train.stages",
     "run_stages": "lrlab.train.stages",
+    "TrainingCurves": "lrlab.train.curves",
     "ResumeState": "lrlab.train.resume",
     "ImageSource": "lrlab.data.types",
     "Normalization": "lrlab.data.types",

@@ -9,12 +9,12 @@ from typing import Any
 
 from lrlab.app.build import Setup
 from lrlab.app.console import ConsoleTable, finder_file_stem
-from lrlab.app.curves import TrainingCurves
 from lrlab.core.distributed import is_main
 from lrlab.core.monitor import EarlyStopping, Monitor
 from lrlab.core.types import Callback
 from lrlab.integrations.optuna import TrialReporter, load_trial
 from lrlab.train.checkpoints import CheckpointCallback
+from lrlab.train.curves import TrainingCurves
 
 
 class StageLog(Callback):

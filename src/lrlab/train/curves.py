@@ -1,10 +1,12 @@
 """The training at a glance (fastai's `recorder.plot_loss` and `plot_sched` in one figure): the
 loss of every optimizer step with each epoch's valid loss, the learning rate of every layer group,
 and the gradient norm, against the optimizer step, stage starts marked. Written for every training
-as `training_curves.png`, so a run without a tracker still shows whether its learning rate suited it."""
+as `training_curves.png`, so a run without a tracker still shows whether its learning rate suited it;
+from Python, pass one to the Engine's callbacks and show it in Jupyter."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,20 @@ class TrainingCurves(Callback):
         (a resumed run's); None when no step was trained."""
         if not self.steps:
             return None
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.figure(since).savefig(path, dpi=100)
+        return path
+
+    def _repr_png_(self) -> bytes | None:
+        if not self.steps:
+            return None
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+
+    def figure(self, since: str | None = None) -> Any:
+        """The three panels as a matplotlib Figure (not attached to pyplot: nothing is left open)."""
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(8, 7.5))  # fixed margins: a constrained layout doubles the drawing time
@@ -90,7 +106,4 @@ class TrainingCurves(Callback):
             )
         title = "training: loss, learning rate and gradient norm per optimizer step"
         fig.suptitle(title + (f"\n({since})" if since else ""), fontsize=10)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        return path
+        return fig
