@@ -21,7 +21,8 @@ def _python_block(section: str) -> str:
 def test_from_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     exec(compile(_python_block("From Python"), "README.md", "exec"), {})
-    assert (tmp_path / "lr_find.png").stat().st_size > 10_000
+    for picture in ("lr_find.png", "train_batch.png", "training_curves.png"):
+        assert (tmp_path / picture).stat().st_size > 10_000, picture
     lines = capsys.readouterr().out.strip().splitlines()
     assert 0.0 <= float(lines[-2]) < 0.9
     assert lines[-1] == "torch.Size([360])"  # the digits test split: 20% of 1,797
