@@ -35,6 +35,7 @@ def test_curves_follow_every_step_and_epoch_of_two_fits_and_draw_them(tmp_path: 
     steps = 3 * len(train)  # 16 steps per epoch (1,077 training images in batches of 64)
     assert curves.steps == list(range(steps)) and len(curves.losses) == steps
     assert curves.stage_starts == [(0, "first"), (16, "second")]
+    assert repr(curves) == "TrainingCurves(48 steps, 3 epochs, stages: first, second)"
     assert [at for at, _ in curves.epochs] == [16, 32, 48]
     assert [v for _, v in curves.epochs] == [r.valid_loss for r in engine.history]
     assert sorted(curves.lrs) == ["1", "body"] and len(curves.lrs["body"]) == steps

@@ -42,6 +42,11 @@ def test_a_checkpoint_rebuilds_the_model_and_its_preprocessing(compose_cfg, tmp_
     )
     assert loaded.preprocess.kind == "square" and loaded.preprocess.channels == 1
     assert "name: smoke" in loaded.meta["config"] and loaded.meta["lrlab_version"]
+    # one line in a notebook, not the network and the saved config
+    assert repr(loaded) == (
+        "LoadedModel(test_efficientnet, 10 classes ['0', '1', '2', '3', '4', '5', '6', '7', '...'], "
+        f"{loaded.preprocess.image_size} px, tta none)"
+    )
     from sklearn.datasets import load_digits
 
     raw = np.rint(load_digits().images[:12] * (255.0 / 16.0)).astype(np.uint8)  # 8x8 grey, as the source

@@ -122,6 +122,16 @@ class LoadedModel:
     class_names: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """One line (the dataclass's own would print the whole network and the saved config)."""
+        classes = self.class_names if len(self.class_names) <= 8 else [*self.class_names[:8], "..."]
+        run = self.meta.get("mlflow_run_id")
+        return (
+            f"LoadedModel({self.meta.get('model_name', type(self.model).__name__)}, "
+            f"{len(self.class_names)} classes {classes}, {self.preprocess.image_size} px, tta {self.tta}"
+            + (f", run {run})" if run else ")")
+        )
+
     @property
     def tta(self) -> str:
         """The TTA the checkpoint's run evaluated with (`train.tta`): none | hflip."""

@@ -29,6 +29,10 @@ class TrainingCurves(Callback):
     epochs: list[tuple[int, float]] = field(default_factory=list)
     stage_starts: list[tuple[int, str]] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        stages = ", ".join(name for _, name in self.stage_starts) or "none"
+        return f"TrainingCurves({len(self.steps)} steps, {len(self.epochs)} epochs, stages: {stages})"
+
     def on_fit_start(self, engine: Any, stage: str, epochs: int, steps_per_epoch: int) -> None:
         self.stage_starts.append((int(engine.global_step), stage))
 
