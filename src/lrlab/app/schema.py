@@ -29,7 +29,7 @@ from lrlab.app.key_checks import check_known_keys, check_target_keys
 from lrlab.app.lr_free import check_lr_free
 from lrlab.app.model_checks import check_model_name, check_pretrained
 from lrlab.app.target_checks import check_targets
-from lrlab.app.tasks import CHECKPOINT_TASKS, TASKS, is_tracked
+from lrlab.app.tasks import CHECKPOINT_TASKS, TASKS
 from lrlab.core.compiling import compile_mode
 from lrlab.core.limits import check_limits
 from lrlab.core.monitor import Monitor
@@ -37,7 +37,7 @@ from lrlab.core.settings import DEVICES, PRECISIONS, TTA_MODES
 from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError, check_choice
 from lrlab.finder.config import FinderConfig
-from lrlab.integrations.tracking import backend_names
+from lrlab.integrations.tracking import backend_names, is_tracked
 from lrlab.train.stage import SPREAD_MODES, AutoLrConfig, Stage, parse_trainable, uses_range_test
 
 TRIAL_METRICS = ("error_rate", "valid_loss", "accuracy", "train_loss")

@@ -128,7 +128,8 @@ def momentum_of(group: dict[str, Any]) -> float | None:
 
 def gradient_norm(parameters: Iterable[nn.Parameter], device: torch.device | str) -> torch.Tensor:
     """The L2 norm of all gradients together (frozen parameters have none), as a tensor on
-    `device` (no host sync); NaN when no parameter has a gradient."""
+    `device` (no host sync); NaN when no parameter has a gradient. Not `clip_grad_norm_` with an
+    infinite bound: that also multiplies every gradient by 1, a second pass over them each step."""
     grads = [p.grad.detach() for p in parameters if p.grad is not None]
     if not grads:
         return torch.full((), float("nan"), device=device)

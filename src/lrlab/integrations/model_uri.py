@@ -11,10 +11,9 @@ from pathlib import Path
 import torch
 
 from lrlab.errors import ConfigError
+from lrlab.integrations.tracking import is_tracked
 from lrlab.models.checkpoint import LoadedModel
 from lrlab.models.checkpoint import load_model as load_checkpoint_model
-
-MLFLOW_URIS = ("runs:/", "models:/")
 
 
 def load_model(
@@ -25,7 +24,7 @@ def load_model(
     mode on `device` with its preprocessing and class names. The store: `tracking_uri`, else
     `MLFLOW_TRACKING_URI`, else `mlflow.db` in the working folder (where `lrlab` puts it)."""
     ref = str(source)
-    if not ref.startswith(MLFLOW_URIS):
+    if not is_tracked(ref):
         return load_checkpoint_model(source, device)
     from lrlab.integrations.mlflow_fetch import fetch_checkpoint
     from lrlab.integrations.mlflow_store import default_tracking_uri

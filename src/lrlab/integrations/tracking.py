@@ -17,6 +17,14 @@ from typing import Any
 from lrlab.core.types import Callback, EpochResult
 from lrlab.errors import ConfigError
 
+TRACKED_SCHEMES = ("runs:/", "models:/")  # checkpoint names of a store's run or registered model
+
+
+def is_tracked(checkpoint: object) -> bool:
+    """Whether a checkpoint is named as a tracked run or model (fetched from the store: the CLI's
+    `checkpoint=`, `lrlab.load_model`) rather than as a file."""
+    return str(checkpoint).startswith(TRACKED_SCHEMES)
+
 
 class Tracker(Callback):
     """One run being recorded. As an engine callback it logs what the engine reports (stage

@@ -135,8 +135,8 @@ def report_headline(report: str, name: str) -> str:
     answer (finder vs search, across seeds) without opening an artifact; its plots (relative links
     the page cannot follow) left out, cut at a line when long."""
     head = report.split("\n## Trials", 1)[0]
-    plots = ("![",)  # links to the run's artifacts, which the page cannot follow
-    head = "\n".join(line for line in head.splitlines() if not line.startswith(plots)).rstrip()
+    plot = "!["  # a link to the run's artifacts, which the page cannot follow
+    head = "\n".join(line for line in head.splitlines() if not line.startswith(plot)).rstrip()
     if len(head) > DESCRIPTION_CHARS:
         head = head[: head.rfind("\n", 0, DESCRIPTION_CHARS)] + "\n\n(cut short)"
     return f"{head}\n\nThe whole report: `{name}` in this run's artifacts."

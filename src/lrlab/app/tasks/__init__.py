@@ -36,12 +36,6 @@ CHECKPOINT_TASK_KEYS: dict[str, tuple[str, ...]] = {
     "export": ("checkpoint", "format", "tracking"),
 }
 _ANY_TASK_KEYS = ("task", "trial")  # trial.*: a sweep's bookkeeping
-TRACKED_SCHEMES = ("runs:/", "models:/")  # checkpoint= values naming a run or model of the store
-
-
-def is_tracked(checkpoint: object) -> bool:
-    """Whether `checkpoint=` names a tracked run or model (fetched from the store) rather than a file."""
-    return str(checkpoint).startswith(TRACKED_SCHEMES)
 
 
 def override_key(override: str) -> str:

@@ -9,8 +9,7 @@ import logging
 from omegaconf import DictConfig
 
 from lrlab.app.job import Job
-from lrlab.app.tasks import is_tracked
-from lrlab.integrations.tracking import get_backend
+from lrlab.integrations.tracking import get_backend, is_tracked
 
 log = logging.getLogger("lrlab")
 

@@ -153,8 +153,8 @@ def run_predict(
     """Predict every image under `inputs` with `loaded` (`lrlab.load_model`); writes and returns
     `<output_dir>/predictions.csv`."""
     paths = image_files(inputs)
-    shown: list[Any] = []
-    rows, skipped = predict_files(loaded, paths, batch_size, tta, workers=workers, thumbnails=shown)
+    thumbnails: list[Any] = []
+    rows, skipped = predict_files(loaded, paths, batch_size, tta, workers=workers, thumbnails=thumbnails)
     if not rows:
         shown = ", ".join(f"{p.name} ({why[:60]})" for p, why in skipped[:5]) + (
             ", ..." if len(skipped) > 5 else ""
@@ -166,7 +166,8 @@ def run_predict(
     output_dir.mkdir(parents=True, exist_ok=True)
     out = write_predictions(rows, output_dir / "predictions.csv", loaded.class_names)
     log.info(f"predicted {len(rows)} of {len(paths)} image(s) with {loaded.meta['model_name']}: {out}")
-    log.info(f"the first {len(shown)}, with their predictions: {prediction_grid(rows, shown, output_dir)}")
+    grid = prediction_grid(rows, thumbnails, output_dir)
+    log.info(f"the first {len(thumbnails)}, with their predictions: {grid}")
     log.info(f"predicted classes: {class_counts(rows)}")
     if skipped:
         log.info(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(str(p) for p, _ in skipped[:10]))
