@@ -21,6 +21,7 @@ from lrlab.finder.config import FinderConfig
 from lrlab.integrations.optuna import SuccessiveHalvingJudge
 from lrlab.models.factory import create_model, normalization
 from lrlab.models.groups import layer_groups
+from lrlab.train.curves import TrainingCurves
 from lrlab.train.stage import AutoLrConfig, Stage
 from lrlab.train.stages import Training, run_stages
 
@@ -42,7 +43,7 @@ class Recorder(Callback):
         self.epochs.append(result)
 
 
-def _train(digits: ImageSource, stage: Stage, auto: AutoLrConfig | None = None):
+def _train(digits: ImageSource, stage: Stage, auto: AutoLrConfig | None = None, *callbacks: Callback):
     torch.manual_seed(0)
     model = create_model("test_efficientnet", num_classes=10)
     groups = layer_groups(model, 2)
@@ -51,7 +52,7 @@ def _train(digits: ImageSource, stage: Stage, auto: AutoLrConfig | None = None):
     valid = TensorLoader(digits.valid, 64, norm)
     optimizer = build_optimizer(ADAMW, model, groups, lr=1e-3)
     recorder = Recorder()
-    engine = Engine(model, callbacks=[recorder])
+    engine = Engine(model, callbacks=[recorder, *callbacks])
     auto = auto or AutoLrConfig()
     training = Training(
         groups, train, valid, optimizer, one_cycle, FINDER, auto=auto, judge=SuccessiveHalvingJudge
@@ -78,6 +79,30 @@ def test_the_winner_continues_bit_identically_to_a_run_at_its_lr(digits) -> None
     assert [r.valid_loss for r in history] == [r.valid_loss for r in fixed_history]
     for (name, mine), theirs in zip(model.state_dict().items(), fixed_model.state_dict().values()):
         assert torch.equal(mine, theirs), name
+
+
+def test_the_race_is_on_the_training_curves_the_winner_as_the_stage_start(digits) -> None:
+    curves = TrainingCurves()
+    _, history, recorder = _train(digits, Stage("full", 3, lr="auto"), AutoLrConfig(race=0.34), curves)
+    race = recorder.starts[0].race
+    steps = len(digits.train.labels) // 32  # per epoch
+    assert len(race.traces) == len(race.candidates) and race.start_step == 0
+    winner = race.winner_trace()
+    assert [r.step for r in winner.records] == list(range(steps))
+    assert [(epoch, at) for epoch, at, _ in winner.epochs] == [(0, steps)]
+    # The winner's raced epoch is the stage's start on the curves, not a gap before it.
+    assert curves.steps == list(range(3 * steps)) and curves.stage_starts == [(0, "full")]
+    assert curves.epochs == [(steps * (i + 1), r.valid_loss) for i, r in enumerate(history)]
+    losers = [c for c in race.candidates if c.lr != race.winner]
+    assert [line.label for line in curves.race_losers] == [f"race {c.lr:.2g} ({c.outcome})" for c in losers]
+    assert all(
+        line.steps[0] == 0 and len(line.steps) == len(line.losses) == len(line.lrs)
+        for line in curves.race_losers
+    )
+    assert curves.race_ends == [steps]
+    assert curves.figure().axes[0].get_legend_handles_labels()[1][2:4] == [
+        line.label for line in curves.race_losers
+    ]
 
 
 def test_the_pruner_stops_a_candidate_that_trails_after_the_first_rung(digits) -> None:
@@ -134,6 +159,14 @@ def test_lr_auto_from_the_cli_logs_the_race_and_one_training(run_cli, tmp_path: 
     candidates = run.data.params["stage.full.auto_candidates"].split(",")
     assert len(candidates) == 3 and all(c.split(":")[1] in ("finished", "pruned") for c in candidates)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")] == [0, 1, 2]
+    # The winner's raced steps are the run's first steps; the other candidates' are beside them.
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "step_train_loss"))
+    assert steps == list(range(len(steps))) and len(steps) > 0
+    winner = float(run.data.params["stage.full.lr"])
+    raced = {float(c.split(":")[0]) for c in candidates} - {float(f"{winner:.3g}")}
+    assert {k for k in run.data.metrics if k.startswith("race/")} == {
+        f"race/full/{lr:.3g}/step_train_loss" for lr in raced
+    }
     assert run.data.params["lr_auto.race"] == "0.2" and run.data.params["lr_auto.factors.0"] == "1.0"
 
 

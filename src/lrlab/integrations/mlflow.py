@@ -174,10 +174,22 @@ class MlflowTracker(Tracker):
             )
             self.log_metric(f"stages/{name}/race_seconds", race.seconds, engine.global_epoch)
             self.log_metric(f"stages/{name}/race_epochs", race.epochs_trained, engine.global_epoch)
+            self._log_race_steps(engine, name, race)
         self.log_params(params)
         self.log_metric(f"stages/{name}/lr", start.lr, engine.global_epoch)
         self.log_metric(f"stages/{name}/trainable_params", start.trainable_params, engine.global_epoch)
         self.flush()
+
+    def _log_race_steps(self, engine: Any, stage: str, race: Any) -> None:
+        """The winner's steps as the run's own (its epochs arrive replayed, without them); every
+        other candidate's loss per step as `race/<stage>/<lr>/step_train_loss`."""
+        winner = race.winner_trace()
+        for candidate, trace in zip(race.candidates, race.traces):
+            if trace is winner:
+                self.on_steps(engine, trace.records)
+                continue
+            for record in trace.records:
+                self.log_metric(f"race/{stage}/{candidate.lr:.3g}/step_train_loss", record.loss, record.step)
 
     def on_steps(self, engine: Any, records: list[StepRecord]) -> None:
         for r in records:

@@ -7,7 +7,8 @@ per epoch), passed in so that this layer imports no Optuna. This module only tra
 candidates in turn, each on the stage's full-length schedule, and holds a CPU copy of the best
 one that finished the race.
 The candidates' epochs are silent (callbacks see only the winner's, replayed), so trackers,
-checkpoints and an outer sweep's pruner see one training.
+checkpoints and an outer sweep's pruner see one training; each candidate's steps and valid losses
+are kept on the race (`RaceResult.traces`) for the callbacks that draw or log them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from lrlab.core.engine import Engine
+from lrlab.core.types import Callback, EpochResult, StepRecord
 from lrlab.errors import TrainingDiverged
 from lrlab.finder.snapshot import Snapshot, to_cpu
 from lrlab.train.resume import Decisions, ResumeState
@@ -42,14 +44,40 @@ class Candidate:
 
 
 @dataclass
+class RaceTrace(Callback):
+    """What one candidate trained, recorded as it trains: every optimizer step and, per epoch, its
+    global epoch, the step it ended at and its valid loss."""
+
+    records: list[StepRecord] = field(default_factory=list)
+    epochs: list[tuple[int, int, float]] = field(default_factory=list)
+
+    def on_steps(self, engine: Any, records: list[StepRecord]) -> None:
+        self.records.extend(records)
+
+    def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
+        self.epochs.append((result.epoch, int(engine.global_step), result.valid_loss))
+
+
+@dataclass
 class RaceResult:
-    """A finished race: the suggestion it started from, every candidate, the winner's LR."""
+    """A finished race: the suggestion it started from, every candidate (with its trace, in the
+    same order), the winner's LR and the optimizer step the race started at."""
 
     suggestion: float
     metric: str
     race_epochs: int
     candidates: list[Candidate] = field(default_factory=list)
     winner: float = math.nan
+    start_step: int = 0
+    traces: list[RaceTrace] = field(default_factory=list, repr=False)
+
+    def winner_trace(self) -> RaceTrace | None:
+        """The winner's steps and epochs: the start of the stage's training, which callbacks saw only
+        as replayed epochs."""
+        for candidate, trace in zip(self.candidates, self.traces):
+            if candidate.lr == self.winner:
+                return trace
+        return None
 
     @property
     def seconds(self) -> float:
@@ -103,16 +131,18 @@ def race(
     epochs = min(config.race_epochs(stage.epochs), stage.epochs)
     start = Snapshot(engine.model, training.optimizer, engine, training.train_loader)
     base_epoch, base_history = engine.global_epoch, list(engine.history)
-    result = RaceResult(suggestion, config.metric, epochs)
+    result = RaceResult(suggestion, config.metric, epochs, start_step=int(engine.global_step))
     best: tuple[float, float, ResumeState] | None = None
     log.info(
         f"stage {stage.name} lr=auto: racing {len(config.factors)} LRs around the suggestion "
         f"{suggestion:.3g} for up to {epochs} of {stage.epochs} epochs (Optuna successive halving, "
         f"reduction factor {config.reduction_factor}, on {config.metric})"
     )
-    callbacks, engine.callbacks = engine.callbacks, []
+    callbacks = engine.callbacks
     try:
         for factor in config.factors:
+            result.traces.append(RaceTrace())
+            engine.callbacks = [result.traces[-1]]
             start.restore(engine.model, training.optimizer, engine, training.train_loader)
             engine.global_epoch, engine.history = base_epoch, list(base_history)
             lr, began = suggestion * factor, time.perf_counter()
