@@ -1,6 +1,6 @@
 """The test report's metrics on hand-made predictions: accuracy, per-class recall, balanced
 accuracy (a class missing from the targets, a class never predicted), grouped (2-class) accuracy
-and metric keys made from class names."""
+metric keys made from class names, and the calibration error with its reliability diagram."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from lrlab.app.interpret import Interpretation
 from lrlab.core.metrics import (
     accuracy,
     balanced_accuracy,
+    calibration,
     class_keys,
     classification_report,
     confusion_matrix,
@@ -123,3 +125,29 @@ def test_test_predictions_csv_has_a_row_per_image_with_its_loss(tmp_path) -> Non
     assert [(r["actual"], r["predicted"]) for r in rows] == [("a", "a"), ("b", "c")]
     assert float(rows[1]["probability"]) == 0.6
     assert float(rows[1]["loss"]) == pytest.approx(-math.log(0.3), rel=1e-5)
+
+
+def test_calibration_bins_by_top_probability_and_weighs_each_gap_by_its_bin() -> None:
+    probabilities = np.array([[0.95, 0.05], [0.9, 0.1], [0.3, 0.7], [0.42, 0.58], [0.5, 0.5]])
+    targets = [0, 1, 1, 1, 0]
+    bins = calibration(probabilities, targets, bins=5)
+    # Bins (0.8, 1]: 0.95 right, 0.9 wrong; (0.6, 0.8]: 0.7 right; (0.4, 0.6]: 0.58 right and the
+    # tie 0.5 (argmax: class 0, right).
+    assert bins.counts.tolist() == [0, 0, 2, 1, 2]
+    np.testing.assert_allclose(bins.confidence[2:], [0.54, 0.7, 0.925])
+    np.testing.assert_allclose(bins.accuracy[2:], [1.0, 1.0, 0.5])
+    assert math.isnan(bins.accuracy[0]) and math.isnan(bins.confidence[1])
+    assert bins.ece == pytest.approx((2 * 0.46 + 1 * 0.3 + 2 * 0.425) / 5)
+    assert calibration(np.eye(3), [0, 1, 2]).ece == 0.0  # certain and right
+    assert calibration(np.eye(3), [1, 2, 0]).ece == 1.0  # certain and wrong
+    assert math.isnan(calibration(np.zeros((0, 3)), []).ece)
+
+
+def test_reliability_diagram_is_written_with_the_evaluation_files(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4), size=200)
+    targets = rng.integers(0, 4, size=200)
+    interpretation = Interpretation(["a", "b", "c", "d"], probabilities.argmax(1), targets, probabilities)
+    written = {p.name for p in interpretation.write(tmp_path)}
+    assert "reliability.png" in written and (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert interpretation.calibration().ece == pytest.approx(calibration(probabilities, targets).ece)

@@ -130,7 +130,7 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
     assert trained.returncode == 0, trained.stderr[-2000:]
     best = next((tmp_path / "outputs").rglob("best.pt"))
     run_dir = best.parent.parent
-    for name in ("per_class.csv", "confusion_matrix.png", "top_losses.png"):
+    for name in ("per_class.csv", "confusion_matrix.png", "reliability.png", "top_losses.png"):
         assert (run_dir / "evaluation" / name).is_file(), name
     from mlflow.tracking import MlflowClient
 
@@ -139,6 +139,7 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {
         "evaluation/confusion_matrix.png",
+        "evaluation/reliability.png",
         "evaluation/top_losses.png",
         "evaluation/per_class.csv",
         "evaluation/test_predictions.csv",
@@ -147,8 +148,9 @@ def test_train_evaluate_and_predict_from_a_checkpoint(run_cli, tmp_path: Path) -
     assert "test: the final model" in Path(console).read_text()  # the run's console, in the UI too
     evaluated = run_cli("task=evaluate", f"checkpoint={run_dir / 'checkpoints' / 'last.pt'}")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    accuracy = run.data.metrics["test/accuracy"]
+    accuracy, ece = run.data.metrics["test/accuracy"], run.data.metrics["test/ece"]
     assert f"accuracy {accuracy:.4f}" in evaluated.stdout + evaluated.stderr
+    assert f"calibration error {ece:.4f}" in evaluated.stdout + evaluated.stderr and 0 <= ece <= 1
     # task=evaluate is its own MLflow run beside the training run, pointing back at it
     runs = client.search_runs([run.info.experiment_id], filter_string="tags.task = 'evaluate'")
     assert len(runs) == 1 and runs[0].data.tags["source_run_id"] == run.info.run_id

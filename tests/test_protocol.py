@@ -57,7 +57,7 @@ def test_test_is_read_once_after_training_and_reported_apart(compose_cfg, tmp_pa
     last = result.epochs[-1]
     assert summary["metrics"] == last.metrics(), "what sweeps optimise is the valid split's"
     test = summary["test"]
-    assert {"accuracy", "error_rate", "balanced_accuracy", "loss"} <= set(test)
+    assert {"accuracy", "error_rate", "balanced_accuracy", "loss", "ece"} <= set(test)
     assert {f"recall/{d}" for d in range(10)} <= set(test) and "accuracy_2class" not in test
     assert all(0 <= test[k] <= 1 for k in test if k != "loss")
     assert result.test == test
@@ -80,6 +80,8 @@ def test_elpv_reports_per_class_recall_and_the_2class_accuracy(compose_cfg, tmp_
     cfg = compose_cfg(*overrides, "tracking=none", "train.checkpoints=false")
     test = run_experiment(cfg, tmp_path / "out", launch_dir=tmp_path).summary()["test"]
     recalls = {"recall/p_0", "recall/p_1_3", "recall/p_2_3", "recall/p_1"}
-    assert recalls | {"accuracy", "error_rate", "balanced_accuracy", "loss", "accuracy_2class"} == set(test)
+    assert recalls | {"accuracy", "error_rate", "balanced_accuracy", "loss", "ece", "accuracy_2class"} == set(
+        test
+    )
     # grouping can only merge mistakes: the 2-class accuracy is at least the 4-class one
     assert test["accuracy"] <= test["accuracy_2class"] <= 1

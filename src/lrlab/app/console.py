@@ -131,7 +131,8 @@ def format_test_report(
         "",
         title,
         f"  accuracy {report['accuracy']:.4f}  balanced accuracy {report['balanced_accuracy']:.4f}  "
-        f"loss {report['loss']:.4f}",
+        f"loss {report['loss']:.4f}"
+        + (f"  calibration error {report['ece']:.4f}" if "ece" in report else ""),
     ]
     recalls = [(name, report.get(f"recall/{key}")) for name, key in zip(class_names, class_keys(class_names))]
     lines.append("  recall: " + ", ".join(f"{name} {r:.4f}" for name, r in recalls if r is not None))

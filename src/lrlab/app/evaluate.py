@@ -24,8 +24,9 @@ TOP_LOSSES = 16
 
 @dataclass
 class TestReport:
-    """The test metrics (accuracy, error_rate, balanced_accuracy, loss, recall/<class>,
-    accuracy_<n>class) and the files written (per_class.csv, confusion_matrix.png, top_losses.png)."""
+    """The test metrics (accuracy, error_rate, balanced_accuracy, loss, ece, recall/<class>,
+    accuracy_<n>class) and the files written (per_class.csv, confusion_matrix.png, reliability.png,
+    top_losses.png)."""
 
     metrics: dict[str, float] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
@@ -49,13 +50,14 @@ def evaluate_split(
         return TestReport()
     tap = ThumbnailTap(loader, preprocess.mean, preprocess.std) if preprocess is not None else loader
     predictions, targets, loss, probabilities = engine.predict(tap, probabilities=True)
-    metrics = classification_report(predictions, targets, class_names, class_groups)
-    metrics["loss"] = loss
-    for line in format_test_report(metrics, class_names, class_groups, len(targets), what):
-        log.info(line)
     interpretation = Interpretation(
         class_names, predictions.numpy(), targets.numpy(), probabilities.numpy(), paths
     )
+    metrics = classification_report(predictions, targets, class_names, class_groups)
+    metrics["loss"] = loss
+    metrics["ece"] = interpretation.calibration().ece
+    for line in format_test_report(metrics, class_names, class_groups, len(targets), what):
+        log.info(line)
     log.info("\n" + interpretation.table())
     wrong = interpretation.confidently_wrong(TOP_LOSSES)
     images = tap.images(wrong) if isinstance(tap, ThumbnailTap) else None

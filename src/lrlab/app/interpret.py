@@ -1,6 +1,7 @@
 """Interpretation of a model's test predictions, as fastai's ClassificationInterpretation gives:
-per-class precision, recall and F1, the confusion matrix (counts and row-normalised) as a plot, and
-the most confidently wrong images as a grid, written as files a tracker can attach."""
+per-class precision, recall and F1, the confusion matrix (counts and row-normalised) as a plot, the
+most confidently wrong images as a grid, and (beyond fastai) a reliability diagram saying whether a
+predicted probability of 0.9 is right 90% of the time; written as files a tracker can attach."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lrlab.core.metrics import confusion_matrix
+from lrlab.core.metrics import Calibration, calibration, confusion_matrix
 from lrlab.data.preview import image_grid, picture
 
 
@@ -31,6 +32,10 @@ class Interpretation:
 
     def matrix(self) -> np.ndarray:
         return confusion_matrix(self.predictions, self.targets, len(self.class_names))
+
+    def calibration(self, bins: int = 15) -> Calibration:
+        """How the predicted class's probability compares with how often it is right, per bin."""
+        return calibration(self.probabilities, self.targets, bins)
 
     def per_class(self) -> list[dict[str, float | str | int]]:
         """One row per class: precision, recall, F1 (2TP / (2TP + FP + FN): 0, not nan, for a class
@@ -65,8 +70,9 @@ class Interpretation:
     def write(
         self, directory: Path, images: np.ndarray | None = None, indices: Sequence[int] = ()
     ) -> list[Path]:
-        """`per_class.csv`, `test_predictions.csv`, `confusion_matrix.png` and, given the images (N, H,
-        W, C in 0..1) of `indices`, `top_losses.png` in `directory`; returns the paths."""
+        """`per_class.csv`, `test_predictions.csv`, `confusion_matrix.png`, `reliability.png` and,
+        given the images (N, H, W, C in 0..1) of `indices`, `top_losses.png` in `directory`; returns
+        the paths."""
         directory.mkdir(parents=True, exist_ok=True)
         table = directory / "per_class.csv"
         with table.open("w", newline="") as handle:
@@ -75,6 +81,7 @@ class Interpretation:
             writer.writerows(self.per_class())
         paths = [table, self.write_predictions(directory / "test_predictions.csv")]
         paths.append(self.plot_confusion(directory / "confusion_matrix.png"))
+        paths.append(self.plot_reliability(directory / "reliability.png"))
         if images is not None and len(indices):
             paths.append(self.plot_top_losses(images, indices, directory / "top_losses.png"))
         return paths
@@ -124,6 +131,48 @@ class Interpretation:
             ax.set_ylabel("actual")
             ax.set_title(f"confusion matrix ({title})", fontsize=9)
         fig.savefig(path, dpi=110)
+        return path
+
+    def plot_reliability(self, path: Path) -> Path:
+        """Accuracy against confidence per bin (the diagonal is perfect calibration; a bar below it
+        is overconfident), and below, how many images each bin holds."""
+        bins = self.calibration()
+        lower, width = bins.edges[:-1], np.diff(bins.edges)
+        fig = _figure(figsize=(5, 5.6))
+        fig.subplots_adjust(left=0.14, right=0.96, top=0.9, bottom=0.1, hspace=0.08)
+        accuracy_ax, count_ax = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+        accuracy_ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="calibrated")
+        accuracy_ax.bar(
+            lower,
+            np.nan_to_num(bins.accuracy),
+            width,
+            align="edge",
+            color="tab:blue",
+            alpha=0.7,
+            edgecolor="white",
+            label="accuracy",
+        )
+        filled = bins.counts > 0
+        accuracy_ax.plot(
+            bins.confidence[filled],
+            bins.accuracy[filled],
+            "o",
+            color="tab:orange",
+            ms=4,
+            label="accuracy at the bin's mean confidence",
+        )
+        accuracy_ax.set_ylim(0, 1)
+        accuracy_ax.set_ylabel("accuracy")
+        accuracy_ax.legend(fontsize=8, loc="upper left")
+        count_ax.bar(lower, bins.counts, width, align="edge", color="tab:grey", edgecolor="white")
+        count_ax.set_xlim(0, 1)
+        count_ax.set_xlabel("confidence (probability of the predicted class)")
+        count_ax.set_ylabel("images")
+        fig.suptitle(
+            f"reliability: expected calibration error {bins.ece:.3f} ({int(bins.counts.sum())} images)",
+            fontsize=10,
+        )
+        fig.savefig(path, dpi=100)
         return path
 
     def plot_top_losses(self, images: np.ndarray, indices: Sequence[int], path: Path) -> Path:

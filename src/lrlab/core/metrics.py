@@ -4,13 +4,15 @@ arrays (numpy arrays, torch CPU tensors or lists), for the once-only test report
 Written by hand (a few lines each) rather than imported from scikit-learn so the definitions sit
 next to the report that uses them: `balanced_accuracy` is the mean recall over the classes present
 in the targets (scikit-learn's definition), and `grouped_accuracy` scores coarser classes (ELPV's
-functional vs defective) from the same fine-grained predictions.
+functional vs defective) from the same fine-grained predictions. The calibration error is written
+here too: scikit-learn's `calibration_curve` is for two classes only.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,6 +63,41 @@ def grouped_accuracy(predictions: Any, targets: Any, groups: Sequence[Sequence[i
     if labels.size and (labels.max() >= len(table) or (table[labels] < 0).any()):
         raise ValueError(f"a label is in none of the groups {[list(g) for g in groups]}")
     return accuracy(table[predictions], table[targets])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Top-label calibration over equal-width confidence bins (Guo et al., 2017): per bin, the
+    images whose predicted class has a probability in (lower, upper], their mean confidence and
+    their accuracy; `ece` is the mean gap between the two, weighted by the bins' sizes."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: 0 when every bin's accuracy equals its confidence."""
+        total = self.counts.sum()
+        if not total:
+            return float("nan")
+        gaps = np.abs(np.nan_to_num(self.accuracy) - np.nan_to_num(self.confidence))
+        return float((self.counts * gaps).sum() / total)
+
+
+def calibration(probabilities: Any, targets: Any, bins: int = 15) -> Calibration:
+    """Bin each image by its top class probability (`probabilities` N x C) and compare the bins'
+    mean confidence with their accuracy; empty bins hold nan."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    targets = _labels(targets)
+    confidence, predicted = probabilities.max(axis=1), probabilities.argmax(axis=1)
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(index, confidence, bins) / counts
+        hit_rate = np.bincount(index, (predicted == targets).astype(np.float64), bins) / counts
+    return Calibration(np.linspace(0.0, 1.0, bins + 1), counts, mean_confidence, hit_rate)
 
 
 def metric_key(name: str) -> str:
