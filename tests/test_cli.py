@@ -180,6 +180,8 @@ def test_unknown_group_option_lists_the_choices(run_cli) -> None:
         (["train.grad_acum=2"], "train.grad_acum is not a key of train (closest: train.grad_accum"),
         (["-m", "stages.0.epoch=1,2"], "stages.0.epoch is not a key of stages.0 (closest: stages.0.epochs)"),
         (["data.batchsize=8"], "data.batchsize is not a key of data (closest: data.batch_size)"),
+        # a key of another data source: the options that have it
+        (["experiment=smoke", "data.root=/x"], "data.root is not a key of data=digits: only data=cifar10"),
     ],
 )
 def test_a_bad_group_option_is_one_paragraph_with_close_matches(run_cli, args: list, expected: str) -> None:

@@ -333,6 +333,35 @@ def test_stage_overrides_are_checked_against_the_composed_presets() -> None:
     assert problem("model=nonexistent", "stages.5.lr=1") is None
 
 
+def test_a_data_key_of_another_source_names_the_options_that_have_it() -> None:
+    from lrlab.app.cli import CONFIG_DIR, config_groups
+    from lrlab.app.data_overrides import data_key_problem
+    from lrlab.data.registry import registered_sources
+
+    sources = {name: source.config for name, source in registered_sources().items()}
+
+    def problem(*args: str) -> str | None:
+        return data_key_problem(list(args), config_groups(), CONFIG_DIR, sources)
+
+    root = problem("experiment=smoke", "data.root=/cells")
+    assert root is not None and root.startswith("data.root is not a key of data=digits: only data=cifar10,")
+    assert "data=imagefolder" in root and "data=pets" in root and "data=mnist5k" not in root
+    dataset = problem("data=mnist5k", "data.dataset=CIFAR10")
+    assert dataset == (
+        "data.dataset is not a key of data=mnist5k: only data=cifar10, data=pets, data=torchvision have "
+        "it. Choose one of them with data=NAME; `lrlab --cfg job` lists every key with its value."
+    )
+    swept = problem("-m", "experiment=smoke,elpv", "data.root=/cells")
+    assert swept is not None and swept.startswith(
+        "data.root is not a key of data=digits (with experiment=smoke):"
+    )
+    # Keys every source has, the right source, and what Hydra reports better itself: nothing to say.
+    assert problem("experiment=smoke", "data.image_size=16", "data.augment.hflip=0") is None
+    assert problem("data=imagefolder", "data.root=/cells") is None
+    assert problem("experiment=smoke", "data.no_such_key=1") is None
+    assert problem("--config-dir", "/elsewhere", "experiment=smoke", "data.root=/cells") is None
+
+
 def test_checkpoint_tasks_name_the_overrides_they_do_not_read() -> None:
     from lrlab.app.tasks import unused_overrides
 

@@ -24,10 +24,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from lrlab.app.composition import MORE_CONFIG_ARGS
+from lrlab.app.data_overrides import data_key_problem
 from lrlab.app.key_checks import misspelt_key
 from lrlab.app.lr_free import complete_lr_free_args
 from lrlab.app.schema import LrlabConfig, rank_suffix, register_schemas
-from lrlab.app.stage_overrides import MORE_CONFIG_ARGS, stage_override_problem
+from lrlab.app.stage_overrides import stage_override_problem
 from lrlab.core.launch import launched_rank, launched_world_size
 from lrlab.data.registry import registered_sources
 from lrlab.errors import LrlabError, disk_full
@@ -218,7 +220,10 @@ def main() -> None:
     if unknown:
         print(f"lrlab: error: {unknown}", file=sys.stderr)
         sys.exit(2)
-    stage_problem = stage_override_problem(sys.argv[1:], config_groups(), CONFIG_DIR)
+    sources = {name: source.config for name, source in registered_sources().items()}
+    stage_problem = stage_override_problem(sys.argv[1:], config_groups(), CONFIG_DIR) or data_key_problem(
+        sys.argv[1:], config_groups(), CONFIG_DIR, sources
+    )
     if stage_problem:
         print(f"lrlab: error: {stage_problem}", file=sys.stderr)
         sys.exit(2)

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from lrlab.app.stage_overrides import MORE_CONFIG_ARGS
+from lrlab.app.composition import MORE_CONFIG_ARGS
 from lrlab.errors import ConfigError
 
 

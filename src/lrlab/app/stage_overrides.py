@@ -8,18 +8,14 @@ only when an override addresses a stage.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from lrlab.app.composition import compose_choices, group_choice_combinations
 from lrlab.app.tasks import override_key
 
 STAGE_KEY = re.compile(r"^[+~]{0,2}stages\.([^.=]+)\.")
-_NOT_PLAIN = ("-", "hydra.", "+hydra.", "++hydra.")
-# Arguments that add configs, so options and stages may exist beyond the packaged tree.
-MORE_CONFIG_ARGS = ("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath", "+hydra.searchpath")
-MAX_COMPOSED = 8  # group combinations composed up front; a larger sweep is left to Hydra
 
 
 def stage_override_problem(args: Sequence[str], groups: Sequence[str], config_dir: str) -> str | None:
@@ -31,11 +27,12 @@ def stage_override_problem(args: Sequence[str], groups: Sequence[str], config_di
     addressed = [(arg, match.group(1)) for arg in args if (match := STAGE_KEY.match(arg))]
     if not addressed:
         return None
-    combinations = _group_choice_combinations(args, groups)
+    combinations = group_choice_combinations(args, groups)
     for choices in combinations or ():
-        stages = _composed_stage_names(choices, config_dir)
-        if stages is None:
+        cfg = compose_choices(choices, config_dir)
+        if cfg is None:
             return None
+        stages = [str(stage.name) for stage in cfg.stages]
         swept = [c for c in choices if any(c not in other for other in combinations)]
         problem = _first_missing_stage(addressed, stages, config_dir, swept)
         if problem:
@@ -77,35 +74,3 @@ def _preset_sizes(config_dir: str) -> str:
         stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or []
         sizes.append(f"stages={path.stem}: {len(stages)}")
     return ", ".join(sizes)
-
-
-def _group_choice_combinations(args: Sequence[str], groups: Sequence[str]) -> list[list[str]] | None:
-    """Every combination of the command's group choices (`experiment=smoke,elpv` gives two), or None
-    when they cannot be listed here (see `stage_override_problem`)."""
-    per_group: list[list[str]] = []
-    for arg in args:
-        if arg.startswith(MORE_CONFIG_ARGS):
-            return None
-        key, sep, value = arg.partition("=")
-        if arg.startswith(_NOT_PLAIN) or not sep or key.lstrip("+~") not in groups:
-            continue
-        if "(" in value:
-            return None
-        per_group.append([f"{key}={option.strip()}" for option in value.split(",")])
-    combinations = [list(choice) for choice in itertools.product(*per_group)]
-    return combinations if len(combinations) <= MAX_COMPOSED else None
-
-
-def _composed_stage_names(choices: list[str], config_dir: str) -> list[str] | None:
-    """The stage names composed from these group choices; None on a composition error, which Hydra
-    reports itself."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir, version_base="1.3"):
-            cfg = compose("config", overrides=choices)
-    except (HydraException, OmegaConfBaseException, ValueError):
-        return None
-    return [str(stage.name) for stage in cfg.stages]
