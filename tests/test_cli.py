@@ -100,7 +100,7 @@ def test_smoke_run_logs_a_finished_run_and_is_reproducible(run_cli, tmp_path: Pa
     assert len(checkpoints) == 2
 
 
-TEST_KEYS = {"test/accuracy", "test/error_rate", "test/loss", "test/balanced_accuracy"}
+TEST_KEYS = {"test/accuracy", "test/error_rate", "test/loss", "test/balanced_accuracy", "test/ece"}
 
 
 def _check_test_metrics(metrics: dict[str, float], valid_errors: list[float]) -> None:

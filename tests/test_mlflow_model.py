@@ -27,6 +27,7 @@ from PIL import Image
 from conftest import predict_to_csv
 from lrlab import load_model
 from lrlab.app.build import build
+from lrlab.models.checkpoint import load_checkpoint
 from servers import free_port
 
 TOLERANCE = 1e-5
@@ -85,7 +86,8 @@ def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
 
     from lrlab.integrations.mlflow_store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
-    smoke = ("experiment=smoke", "epochs=1", "train.tta=hflip")
+    # best.pt by the highest valid loss: the first epoch, not the final model the run reports on
+    smoke = ("experiment=smoke", "epochs=2", "train.tta=hflip", "train.mode=max")
     trained = run_cli(*smoke, "train.checkpoints=true", "tracking.register_model=digits-classifier")
     assert trained.returncode == 0, trained.stderr[-3000:]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -95,8 +97,10 @@ def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     assert client.get_registered_model("digits-classifier").latest_versions[0].version in (1, "1")
-    best = next((tmp_path / "outputs").rglob("best.pt"))
-    loaded = load_model(best)
+    final = next((tmp_path / "outputs").rglob("final.pt"))
+    best = load_checkpoint(final.parent / "best.pt")
+    assert best["epoch"] == 0 and load_checkpoint(final)["epoch"] == 1
+    loaded = load_model(final)
     assert loaded.tta == "hflip"
 
     # The logged model's metrics are the run's final ones, each with its split's dataset.
@@ -114,7 +118,7 @@ def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
         for image, target in zip(x, y.tolist()):
             (folder / f"{len(targets):04d}.png").write_bytes(setup.preprocess.to_png(image))
             targets.append(target)
-    rows, csv_probs = predict_to_csv(run_cli, best, folder, tmp_path / "outputs", loaded.class_names)
+    rows, csv_probs = predict_to_csv(run_cli, final, folder, tmp_path / "outputs", loaded.class_names)
     columns = [f"p_{name}" for name in loaded.class_names]
     accuracy = float(np.mean(csv_probs.argmax(1) == np.array(targets)))
     assert accuracy == pytest.approx(run.data.metrics["test/accuracy"], abs=1e-9)
@@ -123,14 +127,14 @@ def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
     # probabilities' log loss on those images. It takes the run as the MLflow UI names it.
     evaluated = run_cli("task=evaluate", f"checkpoint=runs:/{run.info.run_id}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    fetched = next((tmp_path / "outputs").rglob("checkpoint/best.pt"))
-    assert fetched.read_bytes() == best.read_bytes()
+    fetched = next((tmp_path / "outputs").rglob("checkpoint/final.pt"))
+    assert fetched.read_bytes() == final.read_bytes()
     # The registered model brings the same checkpoint; what a store lacks is named.
     from lrlab.errors import ConfigError
     from lrlab.integrations.mlflow_fetch import fetch_checkpoint
 
     registered = fetch_checkpoint(uri, "models:/digits-classifier/1", tmp_path / "registered")
-    assert registered.read_bytes() == best.read_bytes()
+    assert registered.read_bytes() == final.read_bytes()
     with pytest.raises(ConfigError, match="holds no run nope"):
         fetch_checkpoint(uri, "runs:/nope", tmp_path / "missing")
     # From Python, lrlab.load_model takes the same names: the store is tracking_uri, else
@@ -209,3 +213,23 @@ def test_every_prediction_path_agrees_and_the_model_is_served_from_images(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_run_logged_before_final_pt_still_resolves_to_its_best_pt(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from lrlab.integrations.mlflow_fetch import fetch_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("old", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_ids = []
+    for names in (["best.pt"], ["best.pt", "final.pt"]):
+        run_id = client.create_run(experiment).info.run_id
+        for name in names:
+            (tmp_path / name).write_bytes(name.encode())
+            client.log_artifact(run_id, str(tmp_path / name), "checkpoints")
+        run_ids.append(run_id)
+    old, new = (fetch_checkpoint(uri, f"runs:/{r}", tmp_path / r) for r in run_ids)
+    assert (old.name, old.read_bytes()) == ("best.pt", b"best.pt")
+    assert (new.name, new.read_bytes()) == ("final.pt", b"final.pt")

@@ -94,7 +94,7 @@ def test_a_backend_registered_from_a_test_records_the_smoke_run(compose_cfg, fak
     assert tracker.metrics["valid_loss"] == epochs and len(epochs) == sum(s.epochs for s in cfg.stages)
     assert tracker.metrics["test/accuracy"] == [(epochs[-1][0], result.test["accuracy"])]
     assert tracker.table == result.epochs
-    assert tracker.models == [tmp_path / "run" / "checkpoints" / "best.pt"]
+    assert tracker.models == [tmp_path / "run" / "checkpoints" / "final.pt"]  # the model test/* scored
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to MLflow
 
 

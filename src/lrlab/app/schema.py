@@ -69,7 +69,7 @@ class TrainConfig:
     compile: bool | str = False
     log_every: int = 25  # optimizer steps between host read-backs of the loss
     progress: bool | str = "auto"  # batch progress bars: auto (when attached to a terminal) | true | false
-    checkpoints: bool = True  # write last.pt and best.pt (by valid_loss) in the run directory
+    checkpoints: bool = True  # write last.pt, best.pt (by train.monitor) and final.pt in the run directory
     # true: cuDNN times its algorithms per input shape (CUDA; measured on H200: first epoch 31 s
     # instead of 15 s, no faster afterwards for EfficientNet-Lite0)
     cudnn_benchmark: bool = False
@@ -106,7 +106,7 @@ class TrackingConfig:
     uri: str | None = None  # None: sqlite:///<launch dir>/mlflow.db (absolute, shared by multirun jobs)
     experiment: str = "${name}"  # MLflow experiment name
     run_name: str | None = None  # None: <name>-<task>-<timestamp>
-    log_model: bool = True  # log best.pt (checkpoints/) and the model in MLflow's format (model/)
+    log_model: bool = True  # log final.pt (checkpoints/) and the model in MLflow's format (model/)
     register_model: str | None = None  # also register that model in MLflow's registry under this name
     parent_run_id: str | None = None  # set by the sweeper: nests this run under the sweep's parent run
     system_metrics: bool = False  # also sample CPU, memory, disk, network (GPU with pynvml) into the run
@@ -140,7 +140,9 @@ class LrlabConfig:
     task: str = (
         "train"  # train | lr_find (range test) | predict (checkpoint, input) | evaluate | export (checkpoint)
     )
-    checkpoint: str | None = None  # a checkpoint file (best.pt / last.pt) for task=predict, evaluate, export
+    checkpoint: str | None = (
+        None  # a checkpoint file (final.pt / best.pt / last.pt) for task=predict, evaluate, export
+    )
     format: str = "onnx"  # task=export: onnx (pip install 'lrlab[export]') | torchscript
     input: str | None = None  # an image file or a folder of them, for task=predict
     resume: str | None = None  # auto (the newest last.pt of a run with this config) | PATH/TO/last.pt
@@ -308,7 +310,7 @@ def validate(cfg: DictConfig) -> DictConfig:
                 raise ConfigError(
                     f"task={merged.task} needs {key}=PATH of an existing "
                     + (
-                        "checkpoint (e.g. outputs/<date>/<time>/checkpoints/best.pt, or runs:/<run id>)"
+                        "checkpoint (e.g. outputs/<date>/<time>/checkpoints/final.pt, or runs:/<run id>)"
                         if key == "checkpoint"
                         else "image file or folder"
                     )

@@ -257,8 +257,8 @@ class MlflowTracker(Tracker):
     def log_model(
         self, checkpoint: Path, registered_name: str | None = None, examples: Sequence[bytes] = ()
     ) -> str | None:
-        """best.pt under `checkpoints/`, the served model under `model/` and the raw network under
-        `pytorch_model/` (`lrlab.integrations.mlflow_model`)."""
+        """The checkpoint (the final model's, `final.pt`) under `checkpoints/`, the served model under
+        `model/` and the raw network under `pytorch_model/` (`lrlab.integrations.mlflow_model`)."""
         from lrlab.integrations.mlflow_model import log_models
 
         self.log_artifact(checkpoint, "checkpoints")

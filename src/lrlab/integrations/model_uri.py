@@ -19,10 +19,11 @@ from lrlab.models.checkpoint import load_model as load_checkpoint_model
 def load_model(
     source: str | Path, device: str | torch.device = "cpu", tracking_uri: str | None = None
 ) -> LoadedModel:
-    """The model of an lrlab checkpoint file (`best.pt`, `last.pt`), or of the checkpoint a run or
-    registered model holds (`runs:/<run id>` takes the run's `checkpoints/best.pt`), rebuilt in eval
-    mode on `device` with its preprocessing and class names. The store: `tracking_uri`, else
-    `MLFLOW_TRACKING_URI`, else `mlflow.db` in the working folder (where `lrlab` puts it)."""
+    """The model of an lrlab checkpoint file (`final.pt`, `best.pt`, `last.pt`), or of the checkpoint
+    a run or registered model holds (`runs:/<run id>` takes the run's final model,
+    `checkpoints/final.pt`), rebuilt in eval mode on `device` with its preprocessing and class names.
+    The store: `tracking_uri`, else `MLFLOW_TRACKING_URI`, else `mlflow.db` in the working folder
+    (where `lrlab` puts it)."""
     ref = str(source)
     if not is_tracked(ref):
         return load_checkpoint_model(source, device)

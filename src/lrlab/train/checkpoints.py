@@ -1,5 +1,6 @@
 """Checkpoints of a training: the callback that writes `last.pt` every epoch (with the
-`ResumeState` to continue from) and `best.pt` by valid_loss, each written atomically in lrlab's
+`ResumeState` to continue from), `best.pt` by valid_loss and, when the training ends, `final.pt`
+(the final model: the one the test split scores and the tracker logs), each written atomically in lrlab's
 checkpoint file format (`lrlab.models.checkpoint`) with the model's description, so
 `lrlab.load_model(path)` rebuilds it; and `load_resume`, which finds the checkpoint `resume=` names."""
 
@@ -29,9 +30,9 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 class CheckpointCallback(Callback):
     """Writes `last.pt` every epoch and `best.pt` whenever the monitored metric improves (default:
-    valid_loss); with `save_top_k` > 1 also the k best epochs as `top/epoch<N>-<metric><value>.pt`.
-    `meta` (the model's description: architecture, classes, preprocessing, config, lrlab version)
-    goes into every file."""
+    valid_loss); with `save_top_k` > 1 also the k best epochs as `top/epoch<N>-<metric><value>.pt`;
+    `save_final()` writes the last epoch's model as `final.pt`. `meta` (the model's description:
+    architecture, classes, preprocessing, config, lrlab version) goes into every file."""
 
     def __init__(
         self,
@@ -46,6 +47,8 @@ class CheckpointCallback(Callback):
         self.save_top_k = save_top_k
         self.best_value = self.monitor.worst()
         self.best_path: Path | None = None
+        self.final_path: Path | None = None
+        self._last_payload: dict[str, Any] | None = None  # the latest epoch's, without training state
         self.top: list[tuple[float, Path]] = []
         self.stage_index: int | None = None  # the running stage, as the staged trainer announced it
         self.decisions: Decisions = {}
@@ -66,12 +69,22 @@ class CheckpointCallback(Callback):
             state = ResumeState.capture(engine, self.stage_index, self.decisions, result.stage_epoch + 1)
             resume = state.to_payload()
         save_atomic({**payload, "resume": resume}, self.directory / "last.pt")
+        self._last_payload = payload
         value = self.monitor.value(result)
         if self.monitor.better(value, self.best_value):
             self.best_value = value
             self.best_path = save_atomic(payload, self.directory / "best.pt")
         if self.save_top_k > 1:
             self._keep_top(value, payload, result.epoch)
+
+    def save_final(self) -> Path | None:
+        """`final.pt`: the model of the last epoch this callback saw, without the training state (as
+        `best.pt` holds its epoch's), or None before any epoch. What a training reports on test and
+        logs as its model, whichever epoch `best.pt` holds."""
+        if self._last_payload is None:
+            return None
+        self.final_path = save_atomic(self._last_payload, self.directory / "final.pt")
+        return self.final_path
 
     def _keep_top(self, value: float, payload: dict[str, Any], epoch: int) -> None:
         """Keep the files of the `save_top_k` best epochs, deleting the one that drops out."""

@@ -18,7 +18,6 @@ from lrlab.core.types import EpochResult
 from lrlab.data.preview import preview_batch
 from lrlab.data.types import Normalization
 from lrlab.integrations.tracking import Tracker
-from lrlab.train.checkpoints import CheckpointCallback
 from lrlab.train.stages import run_stages
 
 log = logging.getLogger("lrlab")
@@ -76,8 +75,9 @@ def train(run: TrackedRun) -> RunResult:
             run.job.output_dir / "evaluation",
             paths=setup.test_paths,
         )
-    if run.hooks.checkpoints and setup.cfg.tracking.log_model:  # first: the final metrics link to it
-        _log_model(run.tracker, run.hooks.checkpoints, setup.cfg.tracking.register_model, setup)
+    final_checkpoint = run.hooks.checkpoints.save_final() if run.hooks.checkpoints else None
+    if final_checkpoint is not None and setup.cfg.tracking.log_model:  # first: the final metrics link to it
+        _log_model(run.tracker, final_checkpoint, setup.cfg.tracking.register_model, setup)
     log_run_end(run.tracker, results, final, report.metrics)
     stages = run.hooks.stage_log.stages
     run.tracker.set_description(run_description(setup, stages, final, report.metrics, run.job.overrides))
@@ -116,13 +116,10 @@ def log_run_end(
     tracker.log_epoch_table(results)
 
 
-def _log_model(
-    tracker: Tracker, checkpoints: CheckpointCallback, registered_name: str | None, setup: Setup
-) -> None:
-    """best.pt and the model in the tracker's model format (registered when a name is given),
-    with the first test images as its input example."""
-    if checkpoints.best_path is None:
-        return
-    where = tracker.log_model(checkpoints.best_path, registered_name, example_images(setup))
+def _log_model(tracker: Tracker, checkpoint: Path, registered_name: str | None, setup: Setup) -> None:
+    """The final model's checkpoint and the model in the tracker's model format (registered when a
+    name is given), with the first test images as its input example: the model the test split
+    scored, so the metrics linked to it are its own."""
+    where = tracker.log_model(checkpoint, registered_name, example_images(setup))
     if where:
         log.info(where)
