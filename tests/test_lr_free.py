@@ -66,9 +66,12 @@ def test_norm_statistics_are_recomputed_but_held_layers_are_left_alone() -> None
     assert free.num_batches_tracked.item() == 3 and free.momentum == 0.1 and not model.training
 
 
-def test_prodigy_estimates_its_step_and_lowers_the_loss() -> None:
-    factory = partial(prodigyopt.Prodigy, lr=1.0, weight_decay=0.01, safeguard_warmup=True)
-    model, train, valid, optimizer = _digits(factory)
+def test_prodigy_estimates_its_step_and_lowers_the_loss(capsys, caplog) -> None:
+    factory = partial(prodigyopt.Prodigy, lr=1.0, weight_decay=0.01, safeguard_warmup=True, decouple=True)
+    with caplog.at_level("DEBUG", logger="lrlab"):
+        model, train, valid, optimizer = _digits(factory)
+    # Prodigy's own print of its settings goes to lrlab's debug log, not the console.
+    assert "decoupled" not in capsys.readouterr().out and "decoupled weight decay" in caplog.text
     engine = Engine(model)
     start = engine.evaluate(valid)["valid_loss"]
     results = engine.fit(train, valid, optimizer, constant(optimizer, [1.0] * 6, len(train)), 3)

@@ -3,8 +3,11 @@ weight-decay conventions), and per-group learning rates and momentum."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import inspect
+import io
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -12,6 +15,8 @@ import torch
 from torch import nn
 
 from lrlab.core.types import LayerGroup
+
+log = logging.getLogger("lrlab")
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -86,7 +91,12 @@ def build_optimizer(
     keywords = getattr(factory, "keywords", {}) or {}
     wd = float(keywords.get("weight_decay", 0.0) if weight_decay is None else weight_decay)
     torch_groups = param_groups(model, groups, wd, layer_decay)
-    return factory(torch_groups, lr=lr, **fused_default(factory, model))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # Prodigy prints its settings; they are in the config
+        optimizer = factory(torch_groups, lr=lr, **fused_default(factory, model))
+    if printed.getvalue().strip():
+        log.debug(f"{type(optimizer).__name__} printed: {printed.getvalue().strip()}")
+    return optimizer
 
 
 def fused_default(factory: OptimizerFactory, model: nn.Module) -> dict[str, bool]:
