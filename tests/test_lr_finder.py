@@ -147,6 +147,18 @@ def test_a_result_shows_as_one_line_and_as_its_plot_in_a_notebook(digits) -> Non
     assert f"{len(result.lrs)} steps over 1.0e-07.." in line and "array" not in line
     png = result._repr_png_()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000 and not plt.get_fignums()
+    # The lag-free curve is drawn beside fastai's EMA, and each marker sits on the curve its rule read.
+    figure = result.plot()
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert np.isnan(result.suggestions["descent"])  # 30 steps are too few for it: not drawn, not named
+    lag_free = lines["loss (zero_lag smoothed: bottom)"]
+    np.testing.assert_array_equal(lag_free.get_ydata(), result.curves["zero_lag"])
+    for rule, curve in (("bottom", result.curves["zero_lag"]), ("valley", result.smoothed)):
+        (marker,) = [line for label, line in lines.items() if label.startswith(f"{rule}: ")]
+        lr = result.suggestions[rule]
+        expected = np.interp(np.log(lr), np.log(result.lrs), curve)
+        assert marker.get_ydata()[0] == pytest.approx(expected)
+    plt.close(figure)
 
 
 def test_non_finite_loss_stops_and_is_excluded(digits) -> None:

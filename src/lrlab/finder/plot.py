@@ -62,6 +62,10 @@ class RangeTestCurve(Protocol):
     def spread(self) -> Mapping[str, Mapping[str, float]]: ...
     @property
     def flags(self) -> Mapping[str, str | None]: ...
+    @property
+    def rule_curves(self) -> Mapping[str, str]: ...
+    @property
+    def curves(self) -> Mapping[str, np.ndarray]: ...
 
 
 def rule_style(rule: str) -> tuple[str, str]:
@@ -129,16 +133,38 @@ def _curves(result: RangeTestCurve, ax: Any) -> None:
     else:
         ax.plot(result.lrs, result.losses, color="0.6", lw=0.8, alpha=0.7, label="loss (raw)")
     ax.plot(result.lrs, result.smoothed, color="tab:blue", lw=2, label=f"loss ({result.smoothing} smoothed)")
+    for name, curve in _other_drawn_curves(result).items():
+        readers = ", ".join(
+            r
+            for r, c in result.rule_curves.items()
+            if c == name and np.isfinite(result.suggestions.get(r, np.nan))
+        )
+        ax.plot(
+            result.lrs, curve, color="tab:blue", lw=1.2, ls="--", label=f"loss ({name} smoothed: {readers})"
+        )
     if result.val_losses is not None:
         ax.plot(result.lrs, result.val_losses, color="tab:green", lw=1.2, label="held-out loss")
 
 
+def _other_drawn_curves(result: RangeTestCurve) -> dict[str, np.ndarray]:
+    """The lag-free curve, drawn beside the main smoothed one when a shown rule reads it (fastai's
+    EMA trails the raw loss by up to ~50 steps, so the two part where the loss turns)."""
+    read = set(result.rule_curves.values())
+    return {
+        name: result.curves[name]
+        for name in ("zero_lag",)
+        if name in read and name != result.smoothing and name in result.curves and not result.repeats
+    }
+
+
 def _suggestions(result: RangeTestCurve, ax: Any) -> None:
-    finite = np.isfinite(result.smoothed)
+    drawn = {result.smoothing: result.smoothed, **_other_drawn_curves(result)}
     for rule, lr in result.suggestions.items():
+        curve = drawn.get(result.rule_curves.get(rule, result.smoothing), result.smoothed)
+        finite = np.isfinite(curve)
         if not (np.isfinite(lr) and finite.any()):
             continue
-        y = float(np.interp(np.log(lr), np.log(result.lrs[finite]), result.smoothed[finite]))
+        y = float(np.interp(np.log(lr), np.log(result.lrs[finite]), curve[finite]))
         band = f" (IQR {result.spread[rule]['log10_iqr']:.2f} dec)" if rule in result.spread else ""
         used = " (used)" if rule == result.method else ""
         flag = result.flags.get(rule)

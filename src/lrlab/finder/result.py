@@ -43,6 +43,7 @@ class LRFinderResult:
     rule_curves: dict[str, str] = field(default_factory=dict)
     flags: dict[str, str | None] = field(default_factory=dict)
     cached: bool = False  # the raw curve was reused from a CurveStore (then seconds is 0)
+    curves: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # every smoothing, by name
 
     @property
     def suggestion(self) -> float:
