@@ -43,3 +43,32 @@ def test_curves_follow_every_step_and_epoch_of_two_fits_and_draw_them(tmp_path: 
     assert len(curves.grad_norms) == steps and min(n for _, n in curves.grad_norms) > 0
     path = curves.save(tmp_path / "training_curves.png", "since the resume after epoch 1")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves._repr_png_()[:8] == path.read_bytes()[:8]
+
+
+def test_a_frozen_layer_group_has_no_learning_rate_on_the_curves(digits) -> None:
+    """In a head stage the body's optimizer groups still carry an LR; the curves draw only the
+    groups the stage trains, so the body's line starts where the body is unfrozen."""
+    from functools import partial
+
+    from lrlab.core.optim import build_optimizer
+    from lrlab.finder.config import FinderConfig
+    from lrlab.models.factory import create_model, normalization
+    from lrlab.models.groups import layer_groups
+    from lrlab.train.stage import Stage
+    from lrlab.train.stages import Training, run_stages
+
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", num_classes=10)
+    groups = layer_groups(model, 2)
+    train = TensorLoader(digits.train, 32, normalization(model), shuffle=True, drop_last=True, seed=0)
+    valid = TensorLoader(digits.valid, 64, normalization(model))
+    optimizer = build_optimizer(partial(torch.optim.AdamW), model, groups, lr=1e-3)
+    curves = TrainingCurves()
+    training = Training(groups, train, valid, optimizer, one_cycle, FinderConfig())
+    stages = [Stage("head", 1, lr=1e-3, trainable="head"), Stage("all", 1, lr=1e-3, lr_spread=10)]
+    run_stages(Engine(model, callbacks=[curves]), training, stages)
+    steps = len(train)
+    assert curves.stage_starts == [(0, "head"), (steps, "all")]
+    assert [at for at, _ in curves.lrs["head"]] == list(range(2 * steps))
+    for body in ("body0", "body1"):
+        assert [at for at, _ in curves.lrs[body]] == list(range(steps, 2 * steps)), body

@@ -47,14 +47,17 @@ class TrainingCurves(Callback):
     race_ends: list[int] = field(default_factory=list)
     _epochs_seen: set[int] = field(default_factory=set, repr=False)
     _race_start: int | None = field(default=None, repr=False)
+    _trainable: set[str] | None = field(default=None, repr=False)  # the stage's, as it announced them
 
     def __repr__(self) -> str:
         stages = ", ".join(name for _, name in self.stage_starts) or "none"
         return f"TrainingCurves({len(self.steps)} steps, {len(self.epochs)} epochs, stages: {stages})"
 
     def on_stage_start(self, engine: Any, start: Any) -> None:
-        """A raced stage began where its race did: the winner's steps and epochs join the curves
-        (callbacks see its epochs only replayed) and the other candidates are kept to draw."""
+        """The stage's trainable groups (the LRs drawn from now on); a raced stage began where its
+        race did: the winner's steps and epochs join the curves (callbacks see its epochs only
+        replayed) and the other candidates are kept to draw."""
+        self._trainable = set(getattr(start, "trainable_groups", None) or ()) or None
         race = getattr(start, "race", None)
         if race is None or not race.traces:
             return
@@ -87,7 +90,8 @@ class TrainingCurves(Callback):
             self.steps.append(record.step)
             self.losses.append(record.loss)
             for group, lr in record.lrs.items():
-                self.lrs.setdefault(group, []).append((record.step, lr))
+                if self._trainable is None or group in self._trainable:  # a frozen group's LR moves nothing
+                    self.lrs.setdefault(group, []).append((record.step, lr))
             if record.grad_norm is not None and np.isfinite(record.grad_norm):
                 self.grad_norms.append((record.step, record.grad_norm))
 
@@ -134,7 +138,7 @@ class TrainingCurves(Callback):
             lr_ax.plot(line.steps, line.lrs, color=colour, lw=1.0, ls=":")
         lr_ax.set_yscale("log")
         lr_ax.set_ylabel("learning rate")
-        lr_ax.legend(fontsize=8, ncol=min(4, len(self.lrs)))
+        lr_ax.legend(fontsize=8, ncol=max(1, min(4, len(self.lrs))))
         if self.grad_norms:
             at, norms = zip(*self.grad_norms)
             norm_ax.plot(at, norms, color="tab:green", lw=0.9)
