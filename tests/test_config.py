@@ -186,6 +186,12 @@ def test_an_argument_the_target_does_not_take_fails_validation(compose_cfg, adde
         validate(compose_cfg("experiment=smoke", added))
 
 
+def test_restore_best_needs_the_checkpoint_it_restores(compose_cfg) -> None:
+    assert validate(compose_cfg("experiment=smoke", "train.restore_best=true")).train.restore_best
+    with pytest.raises(ConfigError, match=r"train\.restore_best=true needs train\.checkpoints=true"):
+        validate(compose_cfg("experiment=smoke", "train.restore_best=true", "train.checkpoints=false"))
+
+
 def test_every_key_of_every_preset_passes_the_command_line_key_check(compose_cfg) -> None:
     """The check before Hydra walks the schemas; it must never refuse a key lrlab has."""
     groups, sources = config_groups(), [s.config for s in registered_sources().values()]

@@ -82,7 +82,12 @@ def test_checkpoints_follow_the_monitor_and_keep_the_top_k(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_a_run_stopped_early_finishes_with_a_tag_saying_why(run_cli, tmp_path: Path) -> None:
     proc = run_cli(
-        "experiment=smoke", "epochs=6", "train.monitor=accuracy", "train.mode=min", "train.patience=1"
+        "experiment=smoke",
+        "epochs=6",
+        "train.monitor=accuracy",
+        "train.mode=min",
+        "train.patience=1",
+        "train.restore_best=true",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     from mlflow.tracking import MlflowClient
@@ -94,3 +99,14 @@ def test_a_run_stopped_early_finishes_with_a_tag_saying_why(run_cli, tmp_path: P
     assert epochs < 6, "stopped before the stage's 6 epochs"
     assert "accuracy did not improve" in run.data.tags["early_stopping"]
     assert f"stage full stopped after epoch {epochs}" in run.data.tags["early_stopping"]
+    # train.restore_best: the best epoch (here the least accurate) is the final model, tested and logged
+    history = client.get_metric_history(run.info.run_id, "accuracy")
+    best = min(history, key=lambda m: (m.value, m.step))
+    assert best.step < epochs - 1 and run.data.metrics["final_accuracy"] == best.value
+    checkpoints = next((tmp_path / "outputs").rglob("final.pt")).parent
+    final, kept = load_checkpoint(checkpoints / "final.pt"), load_checkpoint(checkpoints / "best.pt")
+    assert final["epoch"] == kept["epoch"] == best.step
+    assert all(torch.equal(final["model"][k], kept["model"][k]) for k in kept["model"])
+    assert f"train.restore_best: the final model is epoch {best.step} (full)" in proc.stdout
+    evaluated = run_cli("task=evaluate", f"checkpoint={checkpoints / 'final.pt'}", "tracking=none")
+    assert f"loss {run.data.metrics['test/loss']:.4f}" in evaluated.stdout  # test/* scored those weights

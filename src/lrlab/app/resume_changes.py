@@ -21,6 +21,7 @@ RESUMABLE = (
     "train.monitor",
     "train.mode",
     "train.save_top_k",
+    "train.restore_best",
     "train.progress",
     "train.log_every",
     "data.preview",

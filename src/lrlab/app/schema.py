@@ -95,6 +95,9 @@ class TrainConfig:
     patience: int | None = None  # end a stage after this many epochs without improvement; None: off
     min_delta: float = 0.0  # the smallest change of `monitor` that counts as an improvement
     save_top_k: int = 1  # >1: also keep the k best epochs as checkpoints/top/epoch<N>-<metric><value>.pt
+    # end the training on best.pt's weights (by `monitor`, as Keras's restore_best_weights): the test
+    # split, final.pt and the logged model are then that epoch's; false: the last epoch's
+    restore_best: bool = False
     sync_batchnorm: bool = False  # under torchrun: BatchNorm statistics over the global batch (CUDA only)
 
 
@@ -283,6 +286,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     merged.precision = check_choice(merged.precision, PRECISIONS, "precision")
     check_choice(merged.tracking.backend, backend_names(), "tracking.backend")
     check_choice(merged.train.tta, TTA_MODES, "train.tta")
+    if merged.train.restore_best and not merged.train.checkpoints:
+        raise ConfigError("train.restore_best=true needs train.checkpoints=true: best.pt holds the weights.")
     check_targets(merged)
     compile_mode(merged.train.compile)
     _qualified(

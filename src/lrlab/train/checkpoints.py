@@ -49,6 +49,7 @@ class CheckpointCallback(Callback):
         self.best_path: Path | None = None
         self.final_path: Path | None = None
         self._last_payload: dict[str, Any] | None = None  # the latest epoch's, without training state
+        self._best_payload: dict[str, Any] | None = None  # best.pt's, in this process
         self.top: list[tuple[float, Path]] = []
         self.stage_index: int | None = None  # the running stage, as the staged trainer announced it
         self.decisions: Decisions = {}
@@ -72,19 +73,29 @@ class CheckpointCallback(Callback):
         self._last_payload = payload
         value = self.monitor.value(result)
         if self.monitor.better(value, self.best_value):
-            self.best_value = value
+            self.best_value, self._best_payload = value, payload
             self.best_path = save_atomic(payload, self.directory / "best.pt")
         if self.save_top_k > 1:
             self._keep_top(value, payload, result.epoch)
 
     def save_final(self) -> Path | None:
-        """`final.pt`: the model of the last epoch this callback saw, without the training state (as
-        `best.pt` holds its epoch's), or None before any epoch. What a training reports on test and
-        logs as its model, whichever epoch `best.pt` holds."""
+        """`final.pt`: the model of the last epoch this callback saw (or of the best, after
+        `restore_best`), without the training state, as `best.pt` holds its epoch's; None before
+        any epoch. What a training reports on test and logs as its model."""
         if self._last_payload is None:
             return None
         self.final_path = save_atomic(self._last_payload, self.directory / "final.pt")
         return self.final_path
+
+    def restore_best(self, model: nn.Module) -> dict[str, Any] | None:
+        """Load the weights of the best epoch this process saw into `model` and make them the final
+        model; that epoch's payload (epoch, stage, metrics), or None when there was none (a resumed
+        training whose best epoch came before the resume keeps its last epoch)."""
+        if self._best_payload is None:
+            return None
+        model.load_state_dict(self._best_payload["model"])
+        self._last_payload = self._best_payload
+        return self._best_payload
 
     def _keep_top(self, value: float, payload: dict[str, Any], epoch: int) -> None:
         """Keep the files of the `save_top_k` best epochs, deleting the one that drops out."""

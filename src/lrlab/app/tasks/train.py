@@ -64,6 +64,8 @@ def train(run: TrackedRun) -> RunResult:
     training = setup.training(shared_curves(setup.cfg, run.job.launch_dir))
     results = run_stages(engine, training, setup.stages, run.resume)
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
+    if setup.cfg.train.restore_best and run.hooks.checkpoints is not None:
+        final = _restore_best(run, final)
     report = TestReport()  # under torchrun rank 0 alone reports the test split, whole
     if is_main():
         report = evaluate_split(
@@ -90,6 +92,20 @@ def train(run: TrackedRun) -> RunResult:
     metrics = ", ".join(f"{k} {final[k]:.4f}" for k in ("valid_loss", "error_rate", "accuracy"))
     log.info(f"done in {format_time(total)} ({per_epoch:.1f} s/epoch, {speed:.0f} train images/s): {metrics}")
     return RunResult(results, final, test=report.metrics)
+
+
+def _restore_best(run: TrackedRun, final: dict[str, float]) -> dict[str, float]:
+    """train.restore_best: the best epoch's weights become the final model (rank 0, which alone
+    reports the test split); its valid metrics are then the final ones."""
+    best = run.hooks.checkpoints.restore_best(run.engine.model)
+    if best is None:
+        log.info("train.restore_best: no best epoch in this process; the last epoch's model stays")
+        return final
+    log.info(
+        f"train.restore_best: the final model is epoch {best['epoch']} ({best['stage']}), "
+        f"the best by {run.hooks.checkpoints.monitor.metric}"
+    )
+    return dict(best["metrics"])
 
 
 def _log_curves(run: TrackedRun) -> None:
