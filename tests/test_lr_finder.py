@@ -135,7 +135,7 @@ def test_fastai_rules_read_the_ema_curve_whatever_curve_is_shown(digits) -> None
     assert "ema" in result.table() and "zero_lag" in result.table()
 
 
-def test_a_result_shows_as_one_line_and_as_its_plot_in_a_notebook(digits) -> None:
+def test_a_result_shows_as_one_line_and_as_its_plot_in_a_notebook(digits, tmp_path: Path) -> None:
     """`repr` names the rule in use and its suggestion instead of printing the arrays; Jupyter's
     `_repr_png_` hook gets the plot (what fastai's lr_find shows), leaving no figure open."""
     import matplotlib.pyplot as plt
@@ -159,6 +159,21 @@ def test_a_result_shows_as_one_line_and_as_its_plot_in_a_notebook(digits) -> Non
         expected = np.interp(np.log(lr), np.log(result.lrs), curve)
         assert marker.get_ydata()[0] == pytest.approx(expected)
     plt.close(figure)
+    # The CSV holds every curve a rule read, as the plot draws them.
+    import csv
+
+    with result.to_csv(tmp_path / "lr_find.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == [
+        "step",
+        "lr",
+        "loss",
+        "smoothed_loss",
+        "zero_lag_loss",
+        "lightning_loss",
+        "torch_lr_finder_loss",
+    ]
+    np.testing.assert_allclose([float(r["zero_lag_loss"]) for r in rows], result.curves["zero_lag"])
 
 
 def test_non_finite_loss_stops_and_is_excluded(digits) -> None:

@@ -91,16 +91,21 @@ class LRFinderResult:
         return "\n".join(lines)
 
     def to_csv(self, path: str | Path) -> Path:
-        """Write (lr, loss, smoothed_loss[, val_loss]) rows, one per recorded step."""
+        """Write (step, lr, loss, smoothed_loss, <curve>_loss for every other smoothing a rule read
+        [, val_loss]) rows, one per recorded step."""
         path = Path(path)
+        others = {
+            name: curve
+            for name, curve in self.curves.items()
+            if name != self.smoothing and name in set(self.rule_curves.values())
+        }
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            header = ["step", "lr", "loss", "smoothed_loss"] + (
-                ["val_loss"] if self.val_losses is not None else []
-            )
-            writer.writerow(header)
+            header = ["step", "lr", "loss", "smoothed_loss", *(f"{name}_loss" for name in others)]
+            writer.writerow(header + (["val_loss"] if self.val_losses is not None else []))
             for i, (lr, loss, smooth) in enumerate(zip(self.lrs, self.losses, self.smoothed)):
                 row = [i, repr(float(lr)), repr(float(loss)), repr(float(smooth))]
+                row += [repr(float(curve[i])) for curve in others.values()]
                 if self.val_losses is not None:
                     row.append(repr(float(self.val_losses[i])))
                 writer.writerow(row)
