@@ -298,6 +298,16 @@ def test_elpv_splits_are_disjoint_and_cover_the_2624_images(elpv) -> None:
         share = 0.6 if part is split.train else 0.2
         for stratum, n in Counter(strata.tolist()).items():
             assert abs((strata[part] == stratum).sum() - share * n) <= 1
+    # Each image keeps its file (test_predictions.csv names it): the file decodes to that image.
+    from PIL import Image
+
+    from lrlab.data.sources import uint8_stack
+
+    assert len(elpv.test.paths) == len(elpv.test) and len(set(elpv.test.paths)) == len(elpv.test)
+    size = elpv.test.images.shape[-1]
+    for i in (0, len(elpv.test) // 2, len(elpv.test) - 1):
+        decoded = np.asarray(Image.open(elpv.test.paths[i]).convert("L"))[None]
+        assert torch.equal(uint8_stack(decoded, size)[0], elpv.test.images[i])
 
 
 def test_test_pct_zero_means_no_test_split_and_the_old_two_way_split() -> None:

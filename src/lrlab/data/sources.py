@@ -66,13 +66,18 @@ def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def split_tensors(
-    images: torch.Tensor, labels: np.ndarray, strata: np.ndarray, cfg: DataConfig
+    images: torch.Tensor,
+    labels: np.ndarray,
+    strata: np.ndarray,
+    cfg: DataConfig,
+    paths: list[str] | None = None,
 ) -> tuple[TensorSplit, TensorSplit, TensorSplit | None]:
-    """Stratified train, valid and test splits (test None when test_pct is 0) of a tensor stack."""
+    """Stratified train, valid and test splits (test None when test_pct is 0) of a tensor stack,
+    each image with its file when `paths` are given."""
     import torch
 
     split = split_indices(strata, cfg.valid_pct, cfg.test_pct, cfg.split_seed)
-    full = TensorSplit(images, torch.as_tensor(labels, dtype=torch.int64))
+    full = TensorSplit(images, torch.as_tensor(labels, dtype=torch.int64), paths)
     test = full.subset(split.test) if cfg.test_pct > 0 else None
     return full.subset(split.train), full.subset(split.valid), test
 
@@ -111,6 +116,13 @@ def _elpv_arrays(root: str | None = None) -> tuple[np.ndarray, np.ndarray, np.nd
     types = np.array([t for _, _, t in rows])
     images.setflags(write=False)
     return images, probs, types
+
+
+def _elpv_files(root: str | None = None) -> list[str]:
+    """The file of each ELPV image, in `_elpv_arrays`' order: per-image predictions name them."""
+    labels = _elpv_labels_file(root)
+    rows = [line.split() for line in labels.read_text().splitlines() if line.strip()]
+    return [str(labels.parent / row[0]) for row in rows]
 
 
 # ELPV's 2-class task from its 4 classes: functional = p in {0, 1/3}, defective = p in {2/3, 1}.
@@ -165,7 +177,7 @@ def load_elpv(cfg: ElpvConfig | None = None, **fields: Any) -> ImageSource:
     images, probs, types = _elpv_arrays(cfg.root)
     labels, names, strata = elpv_labels(probs, types, cfg.classes)
     stack = uint8_stack(images, cfg.image_size)
-    train, valid, test = split_tensors(stack, labels, strata, cfg)
+    train, valid, test = split_tensors(stack, labels, strata, cfg, _elpv_files(cfg.root))
     groups = {k: list(v) for k, v in ELPV_GROUPS.items()} if cfg.classes == 4 else None
     return ImageSource(train, valid, names, test, class_groups=groups)
 
