@@ -151,3 +151,25 @@ def test_reliability_diagram_is_written_with_the_evaluation_files(tmp_path) -> N
     written = {p.name for p in interpretation.write(tmp_path)}
     assert "reliability.png" in written and (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert interpretation.calibration().ece == pytest.approx(calibration(probabilities, targets).ece)
+
+
+def test_top_losses_name_the_file_of_each_image_read_from_files(tmp_path, monkeypatch) -> None:
+    import lrlab.app.interpret as interpret
+
+    drawn, draw = {}, interpret.image_grid
+
+    def grid(pictures, titles, header, columns=8):
+        drawn["titles"] = list(titles)
+        return draw(pictures, titles, header, columns)
+
+    monkeypatch.setattr(interpret, "image_grid", grid, raising=True)
+    probabilities = np.array([[0.1, 0.9], [0.8, 0.2]])
+    images = np.zeros((2, 8, 8, 3))
+    paths = ["/data/cells/cell0001.png", "/data/cells/cell0002.png"]
+    with_files = Interpretation(["a", "b"], np.array([1, 0]), np.array([0, 1]), probabilities, paths)
+    with_files.plot_top_losses(images, [0, 1], tmp_path / "top.png")
+    assert drawn["titles"] == ["b / a\n0.90 / 0.10\ncell0001.png", "a / b\n0.80 / 0.20\ncell0002.png"]
+    Interpretation(["a", "b"], np.array([1, 0]), np.array([0, 1]), probabilities).plot_top_losses(
+        images, [0], tmp_path / "top.png"
+    )
+    assert drawn["titles"] == ["b / a\n0.90 / 0.10"]

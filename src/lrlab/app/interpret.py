@@ -177,13 +177,15 @@ class Interpretation:
 
     def plot_top_losses(self, images: np.ndarray, indices: Sequence[int], path: Path) -> Path:
         """The images of `indices` (most confidently wrong first), titled predicted / actual /
-        probability of the prediction / probability of the actual class."""
+        probability of the prediction / probability of the actual class, and the file's name for
+        data read from files."""
         titles = []
         for i in indices:
             p, t = self.predictions[i], self.targets[i]
+            file = f"\n{Path(self.paths[i]).name[:24]}" if self.paths is not None else ""
             titles.append(
                 f"{self.class_names[p]} / {self.class_names[t]}\n"
-                f"{self.probabilities[i, p]:.2f} / {self.probabilities[i, t]:.2f}"
+                f"{self.probabilities[i, p]:.2f} / {self.probabilities[i, t]:.2f}{file}"
             )
         header = "most confidently wrong: predicted / actual, probability of each"
         image_grid([picture(image) for image in images], titles, header, columns=4).save(path)
