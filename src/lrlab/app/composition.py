@@ -6,7 +6,7 @@ needs it."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from omegaconf import DictConfig
 
@@ -46,3 +46,23 @@ def compose_choices(choices: list[str], config_dir: str) -> DictConfig | None:
             return compose("config", overrides=choices, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError):
         return None
+
+
+def first_composed_problem(
+    args: Sequence[str],
+    groups: Sequence[str],
+    config_dir: str,
+    check: Callable[[DictConfig, list[str]], str | None],
+) -> str | None:
+    """Compose each combination of the command's group choices and return the first problem
+    `check(config, swept)` finds (`swept`: the choices this combination has and another lacks, to
+    name in a sweep); None when there is none or the compositions cannot be known here."""
+    combinations = group_choice_combinations(args, groups)
+    for choices in combinations or ():
+        cfg = compose_choices(choices, config_dir)
+        if cfg is None:
+            return None
+        problem = check(cfg, [c for c in choices if any(c not in other for other in combinations)])
+        if problem:
+            return problem
+    return None

@@ -10,7 +10,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lrlab.app.composition import NOT_PLAIN, compose_choices, group_choice_combinations
+from omegaconf import DictConfig
+
+from lrlab.app.composition import NOT_PLAIN, first_composed_problem
 from lrlab.app.tasks import override_key
 
 
@@ -23,26 +25,23 @@ def data_key_problem(
     partial = _keys_of_some_sources(args, schemas)
     if not partial:
         return None
-    combinations = group_choice_combinations(args, groups)
-    for choices in combinations or ():
-        cfg = compose_choices(choices, config_dir)
-        if cfg is None:
-            return None
+
+    def check(cfg: DictConfig, swept: list[str]) -> str | None:
         source, option = str(cfg.data.name), str(cfg.hydra.runtime.choices.get("data"))
-        for arg, key in partial:
-            if key in _fields(schemas.get(source)):
-                continue
-            having = [f"data={name}" for name in _options_with(key, config_dir, schemas)]
-            swept = [
-                c for c in choices if not c.startswith("data=") and any(c not in o for o in combinations)
-            ]
-            where = f" (with {' '.join(swept)})" if swept else ""
-            return (
-                f"{override_key(arg)} is not a key of data={option}{where}: only {', '.join(having)} "
-                f"{'has' if len(having) == 1 else 'have'} it. Choose one of them with data=NAME; "
-                "`lrlab --cfg job` lists every key with its value."
-            )
-    return None
+        missing = [(arg, key) for arg, key in partial if key not in _fields(schemas.get(source))]
+        if not missing:
+            return None
+        arg, key = missing[0]
+        having = [f"data={name}" for name in _options_with(key, config_dir, schemas)]
+        others = [c for c in swept if not c.startswith("data=")]  # the data option is named already
+        where = f" (with {' '.join(others)})" if others else ""
+        return (
+            f"{override_key(arg)} is not a key of data={option}{where}: only {', '.join(having)} "
+            f"{'has' if len(having) == 1 else 'have'} it. Choose one of them with data=NAME; "
+            "`lrlab --cfg job` lists every key with its value."
+        )
+
+    return first_composed_problem(args, groups, config_dir, check)
 
 
 def _keys_of_some_sources(args: Sequence[str], schemas: Mapping[str, type]) -> list[tuple[str, str]]:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from lrlab.app.composition import compose_choices, group_choice_combinations
+from lrlab.app.composition import first_composed_problem
 from lrlab.app.tasks import override_key
 
 STAGE_KEY = re.compile(r"^[+~]{0,2}stages\.([^.=]+)\.")
@@ -27,17 +27,14 @@ def stage_override_problem(args: Sequence[str], groups: Sequence[str], config_di
     addressed = [(arg, match.group(1)) for arg in args if (match := STAGE_KEY.match(arg))]
     if not addressed:
         return None
-    combinations = group_choice_combinations(args, groups)
-    for choices in combinations or ():
-        cfg = compose_choices(choices, config_dir)
-        if cfg is None:
-            return None
-        stages = [str(stage.name) for stage in cfg.stages]
-        swept = [c for c in choices if any(c not in other for other in combinations)]
-        problem = _first_missing_stage(addressed, stages, config_dir, swept)
-        if problem:
-            return problem
-    return None
+    return first_composed_problem(
+        args,
+        groups,
+        config_dir,
+        lambda cfg, swept: _first_missing_stage(
+            addressed, [str(stage.name) for stage in cfg.stages], config_dir, swept
+        ),
+    )
 
 
 def _first_missing_stage(

@@ -47,7 +47,6 @@ class CheckpointCallback(Callback):
         self.save_top_k = save_top_k
         self.best_value = self.monitor.worst()
         self.best_path: Path | None = None
-        self.final_path: Path | None = None
         self._last_payload: dict[str, Any] | None = None  # the latest epoch's, without training state
         self._best_payload: dict[str, Any] | None = None  # best.pt's, in this process
         self.top: list[tuple[float, Path]] = []
@@ -84,8 +83,7 @@ class CheckpointCallback(Callback):
         any epoch. What a training reports on test and logs as its model."""
         if self._last_payload is None:
             return None
-        self.final_path = save_atomic(self._last_payload, self.directory / "final.pt")
-        return self.final_path
+        return save_atomic(self._last_payload, self.directory / "final.pt")
 
     def restore_best(self, model: nn.Module) -> dict[str, Any] | None:
         """Load the weights of the best epoch this process saw into `model` and make them the final

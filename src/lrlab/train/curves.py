@@ -57,8 +57,8 @@ class TrainingCurves(Callback):
         """The stage's trainable groups (the LRs drawn from now on); a raced stage began where its
         race did: the winner's steps and epochs join the curves (callbacks see its epochs only
         replayed) and the other candidates are kept to draw."""
-        self._trainable = set(getattr(start, "trainable_groups", None) or ()) or None
-        race = getattr(start, "race", None)
+        self._trainable = set(start.trainable_groups) or None
+        race = start.race
         if race is None or not race.traces:
             return
         self._race_start = race.start_step
