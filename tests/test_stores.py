@@ -38,11 +38,12 @@ study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=flo
 
 
 def _start_together(script: str, url: str, tmp_path: Path) -> list[subprocess.CompletedProcess]:
-    """Start WORKERS processes that wait on one file, then release them in the same instant."""
+    """Start WORKERS processes that wait on one file, then release them in the same instant (at the
+    script's `GATE` line, or before it starts)."""
     gate = tmp_path / "go"
-    body = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.001)\n" + textwrap.dedent(
-        script
-    )
+    wait = f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.001)\n"
+    script = textwrap.dedent(script)
+    body = script.replace("GATE\n", wait) if "GATE\n" in script else wait + script
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", body, url, str(i)],
@@ -83,6 +84,38 @@ def test_concurrent_sweep_workers_share_one_healthy_optuna_storage(tmp_path: Pat
 
     study = optuna.load_study(study_name="s", storage=url)
     assert sorted(t.value for t in study.trials) == [float(i) for i in range(WORKERS)]
+
+
+TAG_WRITER = """
+import sys
+from lrlab.integrations.mlflow import MlflowTracker
+parent = MlflowTracker(sys.argv[1], "shared", run_id=PARENT)
+GATE
+for child in CHILDREN:
+    parent.end_child(child, "KILLED", {"trial.state": "FAIL", "lrlab.ended": "by worker " + sys.argv[2]})
+parent.set_description("worker " + sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_workers_ending_the_same_runs_at_once_all_succeed(tmp_path: Path) -> None:
+    """Sweep workers that finish together write the same new tags on one parent and its children:
+    the store's unique (run, key) constraint must not fail the slower writer."""
+    from mlflow.tracking import MlflowClient
+
+    from lrlab.integrations.mlflow import MlflowTracker
+
+    url = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = MlflowTracker(url, "shared", run_name="parent")
+    children = [MlflowTracker(url, "shared", parent_run_id=parent.run_id).run_id for _ in range(20)]
+    script = TAG_WRITER.replace("PARENT", repr(parent.run_id)).replace("CHILDREN", repr(children))
+    results = _start_together(script, url, tmp_path)
+    assert [r.returncode for r in results] == [0] * WORKERS, [r.stderr[-2000:] for r in results]
+    client = MlflowClient(url)
+    assert client.get_run(parent.run_id).data.tags["mlflow.note.content"].startswith("worker ")
+    for child in children:
+        run = client.get_run(child)
+        assert (run.info.status, run.data.tags["trial.state"]) == ("KILLED", "FAIL")
 
 
 def _half_built(path: Path, runs: int) -> None:

@@ -236,6 +236,7 @@ def test_trials_asked_beyond_the_total_go_back_to_waiting(store: Path) -> None:
     kept = session.ask(2)  # trial 2 would make three taken trials: it goes back to the queue
     assert [t.number for t in kept] == [1]
     assert _states(session) == [TrialState.RUNNING, TrialState.RUNNING, TrialState.WAITING]
+    assert [t.user_attrs[SOURCE] for t in session.study.trials] == ["search"] * 3  # the waiting one too
     other.study.tell(0, state=TrialState.FAIL)  # the other worker's trial failed: one more is needed
     assert [t.number for t in session.ask(1)] == [2]
 

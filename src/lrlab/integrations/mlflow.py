@@ -24,6 +24,7 @@ from lrlab.integrations.mlflow_store import (
     experiment_id,
     forget_engine,
     opened_client,
+    set_run_tags,
 )
 from lrlab.integrations.process import worker_id
 from lrlab.integrations.stores import open_sqlite
@@ -70,7 +71,7 @@ class MlflowTracker(Tracker):
         if run_id is not None:
             self._first_params = dict(self.client.get_run(run_id).data.params)
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, OWNER_TAG, owner[OWNER_TAG])
+            set_run_tags(self.client, run_id, owner)
             self.run_id: str = run_id
         else:
             tags = {
@@ -84,7 +85,6 @@ class MlflowTracker(Tracker):
         self.model_id: str | None = None  # the served model's id once logged
         self._metric_cls = mlflow.entities.Metric
         self._param_cls = mlflow.entities.Param
-        self._tag_cls = mlflow.entities.RunTag
         self.finished = False
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -103,8 +103,7 @@ class MlflowTracker(Tracker):
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags in one store transaction (values cut to MLflow's length limit)."""
-        entries = [self._tag_cls(k, str(v)[:5000]) for k, v in tags.items()]
-        self.client.log_batch(self.run_id, tags=entries)
+        set_run_tags(self.client, self.run_id, {k: str(v)[:5000] for k, v in tags.items()})
 
     def log_metric(self, key: str, value: float, step: int = 0) -> None:
         """Buffer one metric value (written at the next flush)."""
@@ -144,7 +143,7 @@ class MlflowTracker(Tracker):
         self.client.log_text(self.run_id, text, artifact_file)
 
     def set_description(self, markdown: str) -> None:
-        self.client.set_tag(self.run_id, "mlflow.note.content", markdown)  # the UI's run description
+        set_run_tags(self.client, self.run_id, {"mlflow.note.content": markdown})  # the UI's run description
 
     def on_stage_start(self, engine: Any, start: Any) -> None:
         """Per stage: chosen LR and rule, peak LR per group, trainable params, range-test artifacts."""
@@ -284,8 +283,7 @@ class MlflowTracker(Tracker):
         return [run.info.run_id for run in runs]
 
     def end_child(self, run_id: str, status: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
+        set_run_tags(self.client, run_id, tags)
         self.client.set_terminated(run_id, status)
 
     def describe(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +146,10 @@ def end_orphaned_runs(client: Any, experiment_id: str) -> list[str]:
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
         owner = run.data.tags.get(OWNER_TAG, "")
         if owner and owner_gone(owner):
-            client.set_tag(
-                run.info.run_id, "lrlab.ended", f"KILLED by a later run: its process {owner} was gone"
+            set_run_tags(
+                client,
+                run.info.run_id,
+                {"lrlab.ended": f"KILLED by a later run: its process {owner} was gone"},
             )
             client.set_terminated(run.info.run_id, status="KILLED")
             log.warning(
@@ -154,3 +157,11 @@ def end_orphaned_runs(client: Any, experiment_id: str) -> list[str]:
             )
             ended.append(run.info.run_id)
     return ended
+
+
+def set_run_tags(client: Any, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set a run's tags in one batch: MLflow's batch retries when another process inserts the same
+    tag at the same moment (two sweep workers ending on one parent), where `set_tag` fails."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])

@@ -177,11 +177,11 @@ class SweepSession:
         allowed = set(taken[: self.settings.n_trials])
         kept = []
         for trial in asked:
+            if SOURCE not in trial.user_attrs:  # also on one handed back: every trial names its source
+                trial.set_user_attr(SOURCE, SEARCH_SOURCE)
             if trial.number not in allowed:
                 self.storage.set_trial_state_values(self._id(trial), TrialState.WAITING)
                 continue
-            if SOURCE not in trial.user_attrs:
-                trial.set_user_attr(SOURCE, SEARCH_SOURCE)
             kept.append(trial)
         return kept
 
