@@ -79,6 +79,45 @@ def test_checkpoints_follow_the_monitor_and_keep_the_top_k(tmp_path: Path) -> No
     ]
 
 
+def test_a_resumed_stage_keeps_its_wait_and_a_stopped_one_trains_no_further_epoch() -> None:
+    engine, stopping = _Engine(), EarlyStopping(Monitor(), patience=2)
+    stopping.resume_stage([_result(epoch, loss) for epoch, loss in enumerate([1.0, 0.9, 0.95])])
+    stopping.on_fit_start(engine, "unfrozen", 10, 1)
+    assert engine.stop_reason is None
+    stopping.on_epoch_end(engine, _result(3, 0.91))  # the second epoch without a new best, as uninterrupted
+    assert "did not improve on 0.9 for 2 epoch(s)" in engine.stop_reason
+
+    from lrlab.core.engine import Engine
+
+    stopped = EarlyStopping(Monitor(), patience=1)
+    stopped.resume_stage([_result(0, 1.0), _result(1, 1.2)])  # stopped after epoch 1, then interrupted
+    fitted = Engine(torch.nn.Linear(2, 2), callbacks=[stopped])
+    assert fitted.fit([], [], None, None, epochs=5, stage="unfrozen", start_epoch=2) == []
+    assert fitted.global_epoch == 0 and "stopped after epoch 2" in fitted.stop_reason
+
+
+def test_a_resumed_training_keeps_the_best_epoch_and_top_k_of_the_interrupted_run(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    before, after = tmp_path / "before", tmp_path / "after"
+    first = CheckpointCallback(before, monitor=Monitor("accuracy"), save_top_k=2)
+    history = [_result(epoch, 1.0, accuracy) for epoch, accuracy in enumerate([0.5, 0.8, 0.7])]
+    for result in history:
+        first.on_epoch_end(_Engine(), result)
+    resumed = CheckpointCallback(after, monitor=Monitor("accuracy"), save_top_k=2)
+    resumed.continue_from(SimpleNamespace(path=str(before / "last.pt"), history=history))
+    resumed.on_epoch_end(_Engine(), _result(3, 1.0, 0.75))  # better than 0.5, not than 0.8
+    assert load_checkpoint(after / "best.pt")["epoch"] == 1
+    assert sorted(p.name for p in (after / "top").iterdir()) == [
+        "epoch1-accuracy0.8000.pt",
+        "epoch3-accuracy0.7500.pt",
+    ]
+    model = torch.nn.Linear(2, 2)
+    assert resumed.restore_best(model)["epoch"] == 1
+    best_weights = load_checkpoint(before / "best.pt")["model"]
+    assert all(torch.equal(model.state_dict()[k], best_weights[k]) for k in best_weights)
+
+
 @pytest.mark.slow
 def test_a_run_stopped_early_finishes_with_a_tag_saying_why(run_cli, tmp_path: Path) -> None:
     proc = run_cli(

@@ -1,6 +1,7 @@
 """Resuming an interrupted training: 4 epochs straight and 2 epochs + SIGTERM + `resume=auto` for
-the rest give bit-identical weights and metrics on CPU, in the same MLflow run (with AdamW under
-the weight EMA and Mixup, the LR-free optimizers, and `lr=auto`, interrupted after its race)."""
+the rest give bit-identical weights, final models and metrics on CPU, in the same MLflow run (with
+AdamW under the weight EMA and Mixup, the LR-free optimizers, `lr=auto`, interrupted after its race,
+and early stopping with the best epoch restored, whose wait and best epoch span the interruption)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,10 @@ OPTIMIZERS = {
     "prodigy": ("optimizer=prodigy", "schedule=constant", "lr=1"),  # its step-size estimate: optimizer state
     "schedulefree": ("optimizer=schedulefree_adamw", "schedule=constant", "lr=0.0025"),  # train/eval weights
     "lr_auto": ("lr=auto", "lr_finder.num_iter=30"),  # the race's winner, its first epoch replayed
+    # epoch 0 is the best (the valid loss falls): the wait and best.pt carry over, stopping after epoch 2
+    "early_stopping": ("train.patience=2", "train.mode=max", "train.restore_best=true"),
 }
+EPOCHS = {"early_stopping": 3}
 
 
 @pytest.mark.slow
@@ -57,9 +61,17 @@ def test_an_interrupted_training_resumes_bit_identically_into_the_same_run(
     weights_resumed, history_resumed, (run,) = _final(interrupted)
     assert run.info.status == "FINISHED" and run.info.run_id == killed.info.run_id
     assert "resumed_from" in run.data.tags
-    assert history_resumed == history and len(history) == 4
-    assert weights.keys() == weights_resumed.keys()
-    assert all(torch.equal(weights[k], weights_resumed[k]) for k in weights)
+    assert history_resumed == history and len(history) == EPOCHS.get(optimizer, 4)
+    final, final_resumed = (_final_model(d) for d in (straight, interrupted))
+    for straight_weights, resumed_weights in ((weights, weights_resumed), (final, final_resumed)):
+        assert straight_weights.keys() == resumed_weights.keys()
+        assert all(torch.equal(straight_weights[k], resumed_weights[k]) for k in straight_weights)
+
+
+def _final_model(directory: Path) -> dict[str, torch.Tensor]:
+    """The weights of the newest run's final model (`final.pt`: the best epoch's under restore_best)."""
+    newest = max((directory / "outputs").rglob("final.pt"), key=lambda p: p.stat().st_mtime)
+    return load_checkpoint(newest)["model"]
 
 
 def test_resume_without_a_matching_checkpoint_is_bad_input(run_cli, tmp_path: Path) -> None:

@@ -308,8 +308,7 @@ class Engine:
     ) -> list[EpochResult]:
         """Train epochs `start_epoch`..`epochs - 1` (a resumed stage starts later), evaluating after
         each; callbacks see every step and epoch (first `replay`'s: epochs trained elsewhere, as an
-        `lr=auto` race's winner), and one that sets `engine.stop_reason` ends the stage after the
-        current epoch."""
+        `lr=auto` race's winner), and one that sets `engine.stop_reason` ends the stage."""
         steps = self.steps_per_epoch(train_loader)
         self.stop_reason: str | None = None
         self.fit_context = (optimizer, scheduler, train_loader)
@@ -319,6 +318,8 @@ class Engine:
             cb.on_epoch_end(self, done)
         results: list[EpochResult] = []
         for stage_epoch in range(start_epoch, epochs):
+            if self.stop_reason:  # a callback's, after an epoch or before any (a stopped stage resumed)
+                break
             start = time.perf_counter()
             train_loss = self.train_epoch(train_loader, optimizer, scheduler)
             train_seconds = time.perf_counter() - start
@@ -342,8 +343,6 @@ class Engine:
             for cb in self.callbacks:
                 cb.on_epoch_end(self, result)
             self.global_epoch += 1
-            if self.stop_reason:
-                break
         for cb in self.callbacks:
             cb.on_fit_end(self, stage, results)
         return results

@@ -4,6 +4,7 @@ the rule checkpoints and stopping share, so "best" means the same thing to both.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,11 +56,25 @@ class EarlyStopping(Callback):
     stops: dict[str, str] = field(default_factory=dict)
     _best: float = field(default=math.nan, init=False)
     _waited: int = field(default=0, init=False)
+    _resumed: list[EpochResult] = field(default_factory=list, init=False)
+
+    def resume_stage(self, earlier: Sequence[EpochResult]) -> None:
+        """Before a resumed training: the resumed stage's epochs trained before the interruption,
+        counted when the stage starts, so the patience left and the best value are those of an
+        uninterrupted run."""
+        self._resumed = list(earlier)
 
     def on_fit_start(self, engine: Any, stage: str, epochs: int, steps_per_epoch: int) -> None:
         self._best, self._waited = self.monitor.worst(), 0
+        earlier, self._resumed = self._resumed, []
+        for result in earlier:
+            self._count(engine, result)
 
     def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
+        self._count(engine, result)
+
+    def _count(self, engine: Any, result: EpochResult) -> None:
+        """Count one epoch: a new best resets the wait; `patience` epochs without one stop the stage."""
         value = self.monitor.value(result)
         if self.monitor.better(value, self._best):
             self._best, self._waited = value, 0

@@ -7,7 +7,8 @@ checkpoint file format (`lrlab.models.checkpoint`) with the model's description,
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,27 @@ class CheckpointCallback(Callback):
             self.best_value, self._best_payload = value, payload
             self.best_path = save_atomic(payload, self.directory / "best.pt")
         if self.save_top_k > 1:
-            self._keep_top(value, payload, result.epoch)
+            self._keep_top(value, result.epoch, lambda path: save_atomic(payload, path))
+
+    def continue_from(self, resume: ResumeState) -> None:
+        """Before a resumed training: the best epoch and the top-k of the epochs trained before the
+        interruption, their files copied from the interrupted run's checkpoints (where they still
+        are), so `best.pt`, `top/` and `train.restore_best` cover the whole training."""
+        before = Path(resume.path).parent
+        best_epoch = None
+        for result in resume.history:
+            value = self.monitor.value(result)
+            if self.monitor.better(value, self.best_value):
+                self.best_value, best_epoch = value, result.epoch
+            if self.save_top_k > 1:
+                self._keep_top(value, result.epoch, lambda path: _copy(before / "top" / path.name, path))
+        found = before / "best.pt"
+        if best_epoch is None or not found.is_file():
+            return
+        payload = load_checkpoint(found)
+        if payload.get("epoch") == best_epoch:
+            self._best_payload = {k: v for k, v in payload.items() if k != "resume"}
+            self.best_path = _copy(found, self.directory / "best.pt")
 
     def save_final(self) -> Path | None:
         """`final.pt`: the model of the last epoch this callback saw (or of the best, after
@@ -86,29 +107,43 @@ class CheckpointCallback(Callback):
         return save_atomic(self._last_payload, self.directory / "final.pt")
 
     def restore_best(self, model: nn.Module) -> dict[str, Any] | None:
-        """Load the weights of the best epoch this process saw into `model` and make them the final
-        model; that epoch's payload (epoch, stage, metrics), or None when there was none (a resumed
-        training whose best epoch came before the resume keeps its last epoch)."""
+        """Load the weights of the best epoch into `model` and make them the final model; that
+        epoch's payload (epoch, stage, metrics), or None when there is none (no finite metric, or a
+        resumed training whose best epoch's file is gone keeps its last epoch)."""
         if self._best_payload is None:
             return None
         model.load_state_dict(self._best_payload["model"])
         self._last_payload = self._best_payload
         return self._best_payload
 
-    def _keep_top(self, value: float, payload: dict[str, Any], epoch: int) -> None:
-        """Keep the files of the `save_top_k` best epochs, deleting the one that drops out."""
+    def _keep_top(self, value: float, epoch: int, write: Callable[[Path], Path | None]) -> None:
+        """Keep the files of the `save_top_k` best epochs (`write` puts an epoch's file in place, None
+        when it cannot), deleting the one that drops out."""
         if math.isnan(value):
             return
         rank = sum(self.monitor.better(kept, value) or kept == value for kept, _ in self.top)
         if rank >= self.save_top_k:
             return
-        path = save_atomic(
-            payload, self.directory / "top" / f"epoch{epoch}-{self.monitor.metric}{value:.4f}.pt"
-        )
+        path = write(self.directory / "top" / f"epoch{epoch}-{self.monitor.metric}{value:.4f}.pt")
+        if path is None:
+            return
         self.top.insert(rank, (value, path))
         for _, dropped in self.top[self.save_top_k :]:
             dropped.unlink(missing_ok=True)
         del self.top[self.save_top_k :]
+
+
+def _copy(source: Path, destination: Path) -> Path | None:
+    """`source` copied to `destination` (atomically; nothing to do when they are one file), or
+    None when `source` is gone."""
+    if not source.is_file():
+        return None
+    if destination.exists() and destination.samefile(source):
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".partial")
+    shutil.copyfile(source, partial)
+    return partial.replace(destination)
 
 
 def load_resume(resume: str, config_yaml: str, launch_dir: Path) -> ResumeState:

@@ -59,6 +59,7 @@ def train(run: TrackedRun) -> RunResult:
     setup, engine = run.setup, run.engine
     if run.resume is not None:
         log.info(f"resuming after epoch {run.resume.global_epoch} from {run.resume.path}")
+        _continue_hooks(run)
     elif is_main():
         log_training_preview(setup, run.tracker, run.job.output_dir)
     training = setup.training(shared_curves(setup.cfg, run.job.launch_dir))
@@ -92,6 +93,16 @@ def train(run: TrackedRun) -> RunResult:
     metrics = ", ".join(f"{k} {final[k]:.4f}" for k in ("valid_loss", "error_rate", "accuracy"))
     log.info(f"done in {format_time(total)} ({per_epoch:.1f} s/epoch, {speed:.0f} train images/s): {metrics}")
     return RunResult(results, final, test=report.metrics)
+
+
+def _continue_hooks(run: TrackedRun) -> None:
+    """A resumed training's best epoch, top-k and early-stopping wait start where the interrupted
+    run left them, not afresh."""
+    resume = run.resume
+    if run.hooks.checkpoints is not None:
+        run.hooks.checkpoints.continue_from(resume)
+    if run.hooks.stopping is not None and resume.stage_epochs_done:
+        run.hooks.stopping.resume_stage(resume.history[-resume.stage_epochs_done :])
 
 
 def _restore_best(run: TrackedRun, final: dict[str, float]) -> dict[str, float]:
