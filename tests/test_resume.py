@@ -29,15 +29,21 @@ def _final(directory: Path) -> tuple[dict[str, torch.Tensor], list[float], list]
 
 
 OPTIMIZERS = {
-    # AdamW with the weight EMA and Mixup: the average, the live weights and Mixup's numpy draws resume
-    "adamw_ema_mixup": ("train.ema_decay=0.9", "train.mixup_alpha=0.4"),
+    # AdamW with the weight EMA and Mixup: the average, the live weights and Mixup's numpy draws
+    # resume; and early stopping with the best epoch restored: epoch 0 is the best (the valid loss
+    # falls), so the wait and best.pt carry over the interruption, stopping after epoch 2
+    "adamw_ema_mixup_early_stopping": (
+        "train.ema_decay=0.9",
+        "train.mixup_alpha=0.4",
+        "train.patience=2",
+        "train.mode=max",
+        "train.restore_best=true",
+    ),
     "prodigy": ("optimizer=prodigy", "schedule=constant", "lr=1"),  # its step-size estimate: optimizer state
     "schedulefree": ("optimizer=schedulefree_adamw", "schedule=constant", "lr=0.0025"),  # train/eval weights
     "lr_auto": ("lr=auto", "lr_finder.num_iter=30"),  # the race's winner, its first epoch replayed
-    # epoch 0 is the best (the valid loss falls): the wait and best.pt carry over, stopping after epoch 2
-    "early_stopping": ("train.patience=2", "train.mode=max", "train.restore_best=true"),
 }
-EPOCHS = {"early_stopping": 3}
+EPOCHS = {"adamw_ema_mixup_early_stopping": 3}
 
 
 @pytest.mark.slow
