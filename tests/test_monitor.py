@@ -138,6 +138,7 @@ def test_a_run_stopped_early_finishes_with_a_tag_saying_why(run_cli, tmp_path: P
     assert epochs < 6, "stopped before the stage's 6 epochs"
     assert "accuracy did not improve" in run.data.tags["early_stopping"]
     assert f"stage full stopped after epoch {epochs}" in run.data.tags["early_stopping"]
+    assert f"early stopping: {run.data.tags['early_stopping']}" in proc.stdout  # below the epoch table
     # train.restore_best: the best epoch (here the least accurate) is the final model, tested and logged
     history = client.get_metric_history(run.info.run_id, "accuracy")
     best = min(history, key=lambda m: (m.value, m.step))

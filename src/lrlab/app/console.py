@@ -87,7 +87,7 @@ def finder_file_stem(stage_name: str) -> str:
 
 class ConsoleTable(Callback):
     """Prints each stage's decisions (saving its range-test plot in `directory`), a header when a
-    stage starts fitting and one row per epoch."""
+    stage starts fitting, one row per epoch and, when the stage stopped early, why."""
 
     def __init__(self, directory: str | Path | None = None):
         self.directory = Path(directory) if directory is not None else None
@@ -112,6 +112,12 @@ class ConsoleTable(Callback):
 
     def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
         log.info(table_row(result))
+
+    def on_fit_end(self, engine: Any, stage: str, results: list[EpochResult]) -> None:
+        if getattr(
+            engine, "stop_reason", None
+        ):  # below the table: why it has fewer rows than the stage's epochs
+            log.info(f"early stopping: {engine.stop_reason}")
 
 
 def format_test_report(
