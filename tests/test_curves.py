@@ -72,3 +72,28 @@ def test_a_frozen_layer_group_has_no_learning_rate_on_the_curves(digits) -> None
     assert [at for at, _ in curves.lrs["head"]] == list(range(2 * steps))
     for body in ("body0", "body1"):
         assert [at for at, _ in curves.lrs[body]] == list(range(steps, 2 * steps)), body
+
+
+def test_an_early_stop_and_the_best_epoch_are_marked() -> None:
+    from lrlab.core.monitor import EarlyStopping, Monitor
+    from lrlab.core.schedules import constant
+
+    digits = load_digits(image_size=8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    norm = Normalization((0.5,), (0.5,))
+    train, valid = TensorLoader(digits.train, 64, norm, shuffle=True), TensorLoader(digits.valid, 256, norm)
+    curves = TrainingCurves()
+    stopping = EarlyStopping(Monitor("accuracy", "min"), patience=1)  # accuracy rises: stops after epoch 2
+    engine = Engine(model, callbacks=[stopping, curves])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    engine.fit(train, valid, opt, constant(opt, [0.05], 10 * len(train)), epochs=10, stage="s")
+    assert curves.early_stops == [engine.global_step] == [2 * len(train)]
+    figure = curves.figure(best=(0, "best.pt: epoch 0, best accuracy"))
+    loss_ax = figure.axes[0]
+    (star,) = [line for line in loss_ax.get_lines() if line.get_label().startswith("best.pt")]
+    assert (star.get_xdata()[0], star.get_ydata()[0]) == curves.epochs[0]
+    assert "stopped early" in [text.get_text() for text in loss_ax.texts]
+    assert (
+        len(curves.figure(best=(7, "an epoch not drawn")).axes[0].get_lines()) == len(loss_ax.get_lines()) - 1
+    )

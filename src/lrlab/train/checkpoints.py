@@ -98,6 +98,11 @@ class CheckpointCallback(Callback):
             self._best_payload = {k: v for k, v in payload.items() if k != "resume"}
             self.best_path = _copy(found, self.directory / "best.pt")
 
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch `best.pt` holds (None before any with a finite monitored value)."""
+        return int(self._best_payload["epoch"]) if self._best_payload is not None else None
+
     def save_final(self) -> Path | None:
         """`final.pt`: the model of the last epoch this callback saw (or of the best, after
         `restore_best`), without the training state, as `best.pt` holds its epoch's; None before

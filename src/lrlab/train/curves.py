@@ -1,7 +1,8 @@
 """The training at a glance (fastai's `recorder.plot_loss` and `plot_sched` in one figure): the
 loss of every optimizer step with each epoch's valid loss, the learning rate of every layer group,
 and the gradient norm, against the optimizer step, stage starts marked; an `lr=auto` race's winner
-is the stage's first steps and its other candidates are drawn over the same steps. Written for every training
+is the stage's first steps and its other candidates are drawn over the same steps; early stops and
+the best epoch are marked. Written for every training
 as `training_curves.png`, so a run without a tracker still shows whether its learning rate suited it;
 from Python, pass one to the Engine's callbacks and show it in Jupyter."""
 
@@ -45,7 +46,8 @@ class TrainingCurves(Callback):
     stage_starts: list[tuple[int, str]] = field(default_factory=list)
     race_losers: list[RaceLine] = field(default_factory=list)
     race_ends: list[int] = field(default_factory=list)
-    _epochs_seen: set[int] = field(default_factory=set, repr=False)
+    early_stops: list[int] = field(default_factory=list)  # the step where a stage stopped early
+    _epoch_points: dict[int, tuple[int, float]] = field(default_factory=dict, repr=False)
     _race_start: int | None = field(default=None, repr=False)
     _trainable: set[str] | None = field(default=None, repr=False)  # the stage's, as it announced them
 
@@ -100,19 +102,26 @@ class TrainingCurves(Callback):
         race's trace is not added twice."""
         self._add_epoch(result.epoch, int(engine.global_step), result.valid_loss)
 
+    def on_fit_end(self, engine: Any, stage: str, results: list[EpochResult]) -> None:
+        if getattr(engine, "stop_reason", None):
+            self.early_stops.append(int(engine.global_step))
+
     def _add_epoch(self, epoch: int, step: int, valid_loss: float) -> None:
-        if epoch not in self._epochs_seen:
-            self._epochs_seen.add(epoch)
+        if epoch not in self._epoch_points:
+            self._epoch_points[epoch] = (step, valid_loss)
             self.epochs.append((step, valid_loss))
 
-    def save(self, path: str | Path, since: str | None = None) -> Path | None:
+    def save(
+        self, path: str | Path, since: str | None = None, best: tuple[int, str] | None = None
+    ) -> Path | None:
         """Draw the curves into `path` (a PNG), `since` saying what part of the training they cover
-        (a resumed run's); None when no step was trained."""
+        (a resumed run's) and `best` which epoch to mark on the valid loss, with its label (the
+        checkpointed best); None when no step was trained."""
         if not self.steps:
             return None
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.figure(since).savefig(path, dpi=100)
+        self.figure(since, best).savefig(path, dpi=100)
         return path
 
     def _repr_png_(self) -> bytes | None:
@@ -122,8 +131,9 @@ class TrainingCurves(Callback):
         self.figure().savefig(buffer, format="png", dpi=100)
         return buffer.getvalue()
 
-    def figure(self, since: str | None = None) -> Any:
-        """The three panels as a matplotlib Figure (not attached to pyplot: nothing is left open)."""
+    def figure(self, since: str | None = None, best: tuple[int, str] | None = None) -> Any:
+        """The three panels as a matplotlib Figure (not attached to pyplot: nothing is left open);
+        `best`: an epoch to mark on the valid loss, and its label."""
         from matplotlib.figure import Figure
 
         fig = Figure(figsize=(8, 7.5))  # fixed margins: a constrained layout doubles the drawing time
@@ -131,6 +141,10 @@ class TrainingCurves(Callback):
         loss_ax, lr_ax, norm_ax = fig.subplots(3, 1, sharex=True)
         colours = list(zip(self.race_losers, itertools.cycle(RACE_COLOURS)))
         self._draw_losses(loss_ax, colours)
+        if best is not None and best[0] in self._epoch_points:
+            at, value = self._epoch_points[best[0]]
+            loss_ax.plot([at], [value], "*", color="tab:red", ms=12, zorder=5, label=best[1])
+            loss_ax.legend(fontsize=8)
         for group, points in self.lrs.items():
             at, values = zip(*points)
             lr_ax.plot(at, values, lw=1.2, label=group)
@@ -145,8 +159,10 @@ class TrainingCurves(Callback):
             norm_ax.set_yscale("log")
         norm_ax.set_ylabel("gradient norm")
         norm_ax.set_xlabel("optimizer step")
-        marks = [(at, stage, "--") for at, stage in self.stage_starts]
-        for at, label, style in marks + [(at, "race ends", ":") for at in self.race_ends]:
+        marks = [(at, stage, "--", 1) for at, stage in self.stage_starts]
+        marks += [(at, "race ends", ":", 1) for at in self.race_ends]
+        marks += [(at, "stopped early", "-.", -1) for at in self.early_stops]  # labelled on its left
+        for at, label, style, side in marks:
             for ax in (loss_ax, lr_ax, norm_ax):
                 ax.axvline(at, color="grey", lw=0.8, ls=style)
             loss_ax.annotate(
@@ -154,9 +170,10 @@ class TrainingCurves(Callback):
                 (at, 1.0),
                 xycoords=("data", "axes fraction"),
                 fontsize=8,
-                xytext=(3, -10),
+                xytext=(3 * side, -10),
                 textcoords="offset points",
                 color="grey",
+                ha="left" if side > 0 else "right",
             )
         title = "training: loss, learning rate and gradient norm per optimizer step"
         fig.suptitle(title + (f"\n({since})" if since else ""), fontsize=10)

@@ -124,7 +124,14 @@ def _log_curves(run: TrackedRun) -> None:
     if run.hooks.curves is None:
         return
     since = f"since the resume after epoch {run.resume.global_epoch}" if run.resume is not None else None
-    path = run.hooks.curves.save(run.job.output_dir / "training_curves.png", since)
+    checkpoints, best = run.hooks.checkpoints, None
+    if checkpoints is not None and checkpoints.best_epoch is not None:
+        kept = "the final model" if run.setup.cfg.train.restore_best else "best.pt"
+        best = (
+            checkpoints.best_epoch,
+            f"{kept}: epoch {checkpoints.best_epoch}, best {checkpoints.monitor.metric}",
+        )
+    path = run.hooks.curves.save(run.job.output_dir / "training_curves.png", since, best)
     if path is not None:
         run.tracker.log_artifact(path, None)
         log.info(f"training curves: {path}")
