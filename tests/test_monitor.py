@@ -148,5 +148,8 @@ def test_a_run_stopped_early_finishes_with_a_tag_saying_why(run_cli, tmp_path: P
     assert final["epoch"] == kept["epoch"] == best.step
     assert all(torch.equal(final["model"][k], kept["model"][k]) for k in kept["model"])
     assert f"train.restore_best: the final model is epoch {best.step} (full)" in proc.stdout
+    description = run.data.tags["mlflow.note.content"]  # the run's page says both, too
+    assert f"early stopping: {run.data.tags['early_stopping']}" in description
+    assert f"final model: epoch {best.step} (full), the best by accuracy (train.restore_best)" in description
     evaluated = run_cli("task=evaluate", f"checkpoint={checkpoints / 'final.pt'}", "tracking=none")
     assert f"loss {run.data.metrics['test/loss']:.4f}" in evaluated.stdout  # test/* scored those weights

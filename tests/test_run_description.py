@@ -33,7 +33,16 @@ def test_each_stage_says_what_chose_its_lr() -> None:
     )
     assert "valid (final): error_rate 0.2000, accuracy 0.8000" in text
     assert "test (once, after training): accuracy 0.7900" in text and "recall" not in text
-    assert text.endswith("`lrlab seed=3`")
+    assert text.endswith("`lrlab seed=3`") and "early stopping" not in text and "final model" not in text
+    stages[1]["stopped_early"] = (
+        "valid_loss did not improve on 0.3 for 2 epoch(s); stage unfrozen stopped after epoch 5"
+    )
+    restored = "epoch 3 (unfrozen), the best by valid_loss (train.restore_best)"
+    text = run_description(setup, stages, {"error_rate": 0.2}, {}, ["seed=3"], restored)
+    assert (
+        "\n\nearly stopping: valid_loss did not improve on 0.3 for 2 epoch(s); stage unfrozen stopped" in text
+    )
+    assert f"\n\nfinal model: {restored}\n\nvalid (final): error_rate 0.2000" in text
     in_a_sweep = ["seed=3", "trial.study=s", "trial.number=4", "tracking.parent_run_id=abc"]
     assert run_description(setup, [], {}, {}, in_a_sweep).endswith("\n`lrlab seed=3`")
 

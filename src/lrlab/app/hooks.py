@@ -11,7 +11,7 @@ from lrlab.app.build import Setup
 from lrlab.app.console import ConsoleTable, finder_file_stem
 from lrlab.core.distributed import is_main
 from lrlab.core.monitor import EarlyStopping, Monitor
-from lrlab.core.types import Callback
+from lrlab.core.types import Callback, EpochResult
 from lrlab.integrations.optuna import TrialReporter, load_trial
 from lrlab.train.checkpoints import CheckpointCallback
 from lrlab.train.curves import TrainingCurves
@@ -19,7 +19,7 @@ from lrlab.train.curves import TrainingCurves
 
 class StageLog(Callback):
     """Records each stage's decisions (LR, rule, range-test seconds, steps and curve file, lr=auto's
-    race) and its steps per epoch, for `RunResult.stages`."""
+    race), its steps per epoch and why it stopped early, if it did, for `RunResult.stages`."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -54,6 +54,11 @@ class StageLog(Callback):
     def on_fit_start(self, engine: Any, stage: str, epochs: int, steps_per_epoch: int) -> None:
         if self.stages:
             self.stages[-1]["steps_per_epoch"] = steps_per_epoch
+
+    def on_fit_end(self, engine: Any, stage: str, results: list[EpochResult]) -> None:
+        reason = getattr(engine, "stop_reason", None)
+        if reason and self.stages:
+            self.stages[-1]["stopped_early"] = reason
 
 
 @dataclass

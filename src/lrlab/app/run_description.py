@@ -44,14 +44,19 @@ def run_description(
     final: Mapping[str, float],
     test: Mapping[str, float],
     overrides: Sequence[str],
+    final_model: str | None = None,
 ) -> str:
     """Markdown: model, data and split sizes, device and seed; a row per stage (its LR and what
-    chose it); the final valid metrics; the test metrics (per-class ones left to the metrics tab);
-    the command line."""
+    chose it) and why a stage stopped early; which epoch the final model is, when not the last
+    (`final_model`); the final valid metrics; the test metrics (per-class ones left to the metrics
+    tab); the command line."""
     lines = [_headline(setup)]
     if stages:
         lines += ["", "| stage | lr | chosen by |", "|---|---|---|"]
         lines += [f"| {s['name']} | {s['lr']:.3g} | {_chosen_by(s)} |" for s in stages]
+        stops = [f"early stopping: {s['stopped_early']}" for s in stages if s.get("stopped_early")]
+        lines += ["", *stops] if stops else []
+    lines += ["", f"final model: {final_model}"] if final_model else []
     lines += ["", "valid (final): " + ", ".join(f"{k} {final[k]:.4f}" for k in SHOWN_FINAL if k in final)]
     overall = {k: v for k, v in test.items() if "/" not in k}
     if overall:

@@ -65,8 +65,9 @@ def train(run: TrackedRun) -> RunResult:
     training = setup.training(shared_curves(setup.cfg, run.job.launch_dir))
     results = run_stages(engine, training, setup.stages, run.resume)
     final = results[-1].metrics() if results else engine.evaluate(setup.valid_loader)
+    final_model = None  # the last epoch's
     if setup.cfg.train.restore_best and run.hooks.checkpoints is not None:
-        final = _restore_best(run, final)
+        final, final_model = _restore_best(run, final)
     report = TestReport()  # under torchrun rank 0 alone reports the test split, whole
     if is_main():
         report = evaluate_split(
@@ -83,7 +84,8 @@ def train(run: TrackedRun) -> RunResult:
         _log_model(run.tracker, final_checkpoint, setup.cfg.tracking.register_model, setup)
     log_run_end(run.tracker, results, final, report.metrics)
     stages = run.hooks.stage_log.stages
-    run.tracker.set_description(run_description(setup, stages, final, report.metrics, run.job.overrides))
+    description = run_description(setup, stages, final, report.metrics, run.job.overrides, final_model)
+    run.tracker.set_description(description)
     for path in report.files:
         run.tracker.log_artifact(path, "evaluation")
     _log_curves(run)
@@ -105,18 +107,16 @@ def _continue_hooks(run: TrackedRun) -> None:
         run.hooks.stopping.resume_stage(resume.history[-resume.stage_epochs_done :])
 
 
-def _restore_best(run: TrackedRun, final: dict[str, float]) -> dict[str, float]:
+def _restore_best(run: TrackedRun, final: dict[str, float]) -> tuple[dict[str, float], str | None]:
     """train.restore_best: the best epoch's weights become the final model (rank 0, which alone
-    reports the test split); its valid metrics are then the final ones."""
+    reports the test split); its valid metrics are then the final ones. Also says which epoch."""
     best = run.hooks.checkpoints.restore_best(run.engine.model)
     if best is None:
         log.info("train.restore_best: no best epoch in this process; the last epoch's model stays")
-        return final
-    log.info(
-        f"train.restore_best: the final model is epoch {best['epoch']} ({best['stage']}), "
-        f"the best by {run.hooks.checkpoints.monitor.metric}"
-    )
-    return dict(best["metrics"])
+        return final, None
+    which = f"epoch {best['epoch']} ({best['stage']}), the best by {run.hooks.checkpoints.monitor.metric}"
+    log.info(f"train.restore_best: the final model is {which}")
+    return dict(best["metrics"]), f"{which} (train.restore_best)"
 
 
 def _log_curves(run: TrackedRun) -> None:
