@@ -17,6 +17,8 @@ def test_params_of_other_tasks_sweeps_and_an_unused_range_test_are_left_out(comp
     finder = run_params(compose_cfg("experiment=smoke", "stages.0.lr_rule=steep", "stages.0.lr=find"))
     assert finder["lr_finder"]["suggest"] == "lrlab"
     assert "lr_finder" in run_params(compose_cfg("experiment=smoke", "task=lr_find"))
+    assert "batch_finder" not in plain
+    assert run_params(compose_cfg("experiment=smoke", "task=batch_size"))["batch_finder"]["min_steps"] == 10
 
     trial = run_params(compose_cfg("experiment=smoke", "trial.study=s", "trial.number=3"))
     assert trial["trial"]["number"] == 3

@@ -1,5 +1,5 @@
-"""The life of a tracked run (task=train and task=lr_find): everything that can fail on bad input
-(config values, model name, weights, data, the tracking store) is built first; then the tracker's
+"""The life of a tracked run (task=train, lr_find and batch_size): everything that can fail on bad
+input (config values, model name, weights, data, the tracking store) is built first; then the tracker's
 run is opened, the task's body runs, and the run always ends FINISHED, FAILED or KILLED (a sweep's
 trial also records its state: COMPLETE, FAIL or PRUNED)."""
 

@@ -20,8 +20,8 @@ def run_experiment(
     overrides: list[str] | None = None,
     parent_run_id: str | None = None,
 ) -> RunResult:
-    """Run the task `cfg.task` names (train, lr_find, evaluate, predict, export), recording to the
-    tracking backend `cfg.tracking.backend` names; `launch_dir` (default: the working directory)
-    is where the default stores live."""
+    """Run the task `cfg.task` names (train, lr_find, batch_size, evaluate, predict, export),
+    recording to the tracking backend `cfg.tracking.backend` names; `launch_dir` (default: the
+    working directory) is where the default stores live."""
     job = Job(cfg, Path(output_dir), Path(launch_dir or Path.cwd()), list(overrides or []), parent_run_id)
     return run_task(job)

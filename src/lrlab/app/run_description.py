@@ -30,7 +30,8 @@ def _chosen_by(stage: Mapping[str, Any]) -> str:
     return f"range test, `{stage['rule']}` rule{flag}"
 
 
-def _headline(setup: Setup) -> str:
+def headline(setup: Setup) -> str:
+    """The first line of every run's description: experiment, model, data and splits, device, seed."""
     cfg = setup.cfg
     sizes = " / ".join(f"{count:,} {split}" for split, count in setup.split_sizes.items())
     return (
@@ -50,7 +51,7 @@ def run_description(
     chose it) and why a stage stopped early; which epoch the final model is, when not the last
     (`final_model`); the final valid metrics; the test metrics (per-class ones left to the metrics
     tab); the command line."""
-    lines = [_headline(setup)]
+    lines = [headline(setup)]
     if stages:
         lines += ["", "| stage | lr | chosen by |", "|---|---|---|"]
         lines += [f"| {s['name']} | {s['lr']:.3g} | {_chosen_by(s)} |" for s in stages]
@@ -70,7 +71,7 @@ def range_test_description(
 ) -> str:
     """Markdown: model and data, what the range test ramped (`tested`), and per curve (one, or one
     per layer group) its length, stop reason and every rule's suggestion with its flag."""
-    lines = [_headline(setup), "", tested]
+    lines = [headline(setup), "", tested]
     for name, result in results.items():
         label = "" if name == "all" else f", layer group {name}"
         lines += [

@@ -60,6 +60,8 @@ def run_params(cfg: DictConfig) -> dict[str, Any]:
         params.pop("lr_finder", None)
     if not any(str(s.get("lr")) == "auto" for s in stages):
         params.pop("lr_auto", None)
+    if cfg.task != "batch_size":
+        params.pop("batch_finder", None)
     return params
 
 

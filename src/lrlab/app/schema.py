@@ -38,6 +38,7 @@ from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError, check_choice
 from lrlab.finder.config import FinderConfig
 from lrlab.integrations.tracking import backend_names, is_tracked
+from lrlab.train.batch_config import BatchFinderConfig
 from lrlab.train.stage import SPREAD_MODES, AutoLrConfig, Stage, parse_trainable, uses_range_test
 
 TRIAL_METRICS = ("error_rate", "valid_loss", "accuracy", "train_loss")
@@ -140,8 +141,9 @@ class LrlabConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     lr_finder: FinderConfig = field(default_factory=FinderConfig)
     lr_auto: AutoLrConfig = field(default_factory=AutoLrConfig)  # lr=auto's race
+    batch_finder: BatchFinderConfig = field(default_factory=BatchFinderConfig)  # task=batch_size
     task: str = (
-        "train"  # train | lr_find (range test) | predict (checkpoint, input) | evaluate | export (checkpoint)
+        "train"  # train | lr_find | batch_size (probes) | predict (checkpoint, input) | evaluate | export
     )
     checkpoint: str | None = (
         None  # a checkpoint file (final.pt / best.pt / last.pt) for task=predict, evaluate, export
@@ -271,6 +273,22 @@ def _merged(cfg: DictConfig) -> DictConfig:
     return merged
 
 
+def _check_sections(merged: DictConfig) -> None:
+    """The settings each section's own dataclass checks: the monitor, the data source, the range
+    test, lr=auto's race and the batch-size probe."""
+    _qualified(
+        lambda: Monitor(merged.train.monitor, merged.train.mode, merged.train.min_delta),
+        "train",
+        ("monitor", "mode"),
+    )
+    OmegaConf.to_object(merged.data).check()
+    finder = OmegaConf.to_container(merged.lr_finder, resolve=True)
+    _qualified(lambda: FinderConfig(**finder).check(), "lr_finder", finder)
+    OmegaConf.to_object(merged.lr_auto).check()
+    probe = OmegaConf.to_container(merged.batch_finder, resolve=True)
+    _qualified(lambda: BatchFinderConfig(**probe).check(), "batch_finder", probe)
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Merge `cfg` into the schemas and check values; raises ConfigError naming the bad key."""
     merged = _merged(cfg)
@@ -290,15 +308,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError("train.restore_best=true needs train.checkpoints=true: best.pt holds the weights.")
     check_targets(merged)
     compile_mode(merged.train.compile)
-    _qualified(
-        lambda: Monitor(merged.train.monitor, merged.train.mode, merged.train.min_delta),
-        "train",
-        ("monitor", "mode"),
-    )
-    OmegaConf.to_object(merged.data).check()
-    finder = OmegaConf.to_container(merged.lr_finder, resolve=True)
-    _qualified(lambda: FinderConfig(**finder).check(), "lr_finder", finder)
-    OmegaConf.to_object(merged.lr_auto).check()
+    _check_sections(merged)
     if merged.trial.study is not None:
         check_choice(merged.trial.metric, TRIAL_METRICS, "trial.metric")
         if merged.trial.storage is None or merged.trial.number is None:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 TASKS: dict[str, str] = {
     "train": "lrlab.app.tasks.train:run",
     "lr_find": "lrlab.app.tasks.lr_find:run",
+    "batch_size": "lrlab.app.tasks.batch_size:run",
     "evaluate": "lrlab.app.tasks.evaluate:run",
     "predict": "lrlab.app.tasks.predict:run",
     "export": "lrlab.app.tasks.export:run",
