@@ -9,7 +9,8 @@
 # Sections: the gpu-marked tests (CUDA paths, NCCL with one process), step speed eager and under
 # reduce-overhead (Lite0 300 px bf16, batch 32/128/256, lrlab vs the plain loop, first pass),
 # profiles of the training step (host syncs, device busy share), the file loader alone with 0-15
-# workers on the 16 cores, an ELPV 300 px run of 1+1 epochs (first-epoch time), then
+# workers on the 16 cores, an ELPV 300 px run of 1+1 epochs (first-epoch time), the batch-size
+# probe on it (largest batch within the memory margin, throughput knee), then
 # max-autotune-no-cudagraphs if time is left.
 # Writes $OUT/run.log (everything printed) and $OUT/results.tar.gz (JSON figures, logs, plots).
 set -uo pipefail
@@ -33,7 +34,7 @@ else
   # batch 128 first: the targets are set there, and a cold compile per batch size may use up a section
   device=cuda precision=bf16 size=300 steps=30 repeats=3 batches="128 32 256" prof_batch=128
   workers="0 2 4 8 15"
-  tests=(tests/test_gpu.py tests/test_optim.py -m gpu)
+  tests=(tests/test_gpu.py tests/test_optim.py tests/test_batch_size.py -m gpu)
   elpv_size=""
   if [ -d .whl ]; then  # the GPU image lacks Hydra, OmegaConf and Optuna: carried as wheels
     $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -82,6 +83,9 @@ section "loader alone, ELPV 300 px" 50 $py benchmarks/loader_speed.py --root .gp
 section "ELPV 300 px, 1+1 epochs" 90 $py -m lrlab experiment=elpv_gpu data.root=.gpu/elpv \
   model.pretrained=.gpu/lite0_fp16.safetensors device=$device precision=$precision tracking=none \
   train.progress=false freeze_epochs=1 epochs=1 $elpv_size hydra.run.dir="$DETAIL/elpv"
+section "batch-size probe, ELPV" 60 $py -m lrlab task=batch_size experiment=elpv_gpu data.root=.gpu/elpv \
+  model.pretrained=.gpu/lite0_fp16.safetensors device=$device precision=$precision tracking=none \
+  batch_finder.max_size=1024 batch_finder.min_steps=1 batch_finder.min_seconds=0.3 $elpv_size hydra.run.dir="$DETAIL/batch_size"
 section "step speed, max-autotune-no-cudagraphs" 150 "${speed[@]}" --compile max-autotune-no-cudagraphs \
   --json "$DETAIL/step_speed_max-autotune-no-cudagraphs.json"
 echo "== done: $((SECONDS - start))s of the ${BUDGET}s budget"
