@@ -52,6 +52,20 @@ def test_doubling_then_a_binary_search_finds_the_largest_batch_that_fits() -> No
     assert nothing.largest is None and nothing.suggested is None and len(nothing.probes) == 1
 
 
+def test_the_probe_trains_what_the_widest_stage_trains() -> None:
+    from lrlab.train.stage import Stage
+    from lrlab.train.stages import widest_stage
+
+    head, body, unfrozen = (
+        Stage("head", 1, trainable="head"),
+        Stage("body", 2, trainable="from:-2"),
+        Stage("all", 3),
+    )
+    assert widest_stage([head, unfrozen, body], 4) is unfrozen
+    assert widest_stage([head, body], 4) is body
+    assert widest_stage([head, Stage("later", 0)], 4) is head and widest_stage([Stage("none", 0)], 4) is None
+
+
 def test_the_suggestion_is_the_smallest_batch_within_the_tolerance_of_the_fastest() -> None:
     speeds = {8: 100.0, 16: 190.0, 32: 300.0, 64: 310.0, 128: 305.0}
     probes = [BatchProbe(size, True, speed) for size, speed in speeds.items()]

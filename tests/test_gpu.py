@@ -190,7 +190,7 @@ RESUME_RUN = (
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=GPU)])  # CPU: tests/test_resume.py
 def test_a_resumed_run_repeats_the_straight_run_bit_for_bit(
     run_cli, tmp_path: Path, device: str, monkeypatch
 ) -> None:

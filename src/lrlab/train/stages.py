@@ -114,6 +114,13 @@ def first_training_stage(stages: Sequence[Stage]) -> tuple[int, Stage] | None:
     return next(((i, s) for i, s in enumerate(stages) if s.epochs > 0), None)
 
 
+def widest_stage(stages: Sequence[Stage], n_groups: int) -> Stage | None:
+    """The training stage that trains the most layer groups (the first of equals): the one whose
+    step needs the most memory, as the batch-size probe wants."""
+    training = [s for s in stages if s.epochs > 0]
+    return max(training, key=lambda s: len(trainable_group_indices(s.trainable, n_groups)), default=None)
+
+
 def trainable_count(model: nn.Module) -> int:
     """How many parameters of `model` train now (requires_grad)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -19,7 +19,7 @@ from lrlab.errors import ConfigError
 from lrlab.finder.snapshot import Snapshot
 from lrlab.train.batch_config import BatchFinderConfig
 from lrlab.train.batch_size import BatchProbe, BatchSizeResult, find_batch_size, sample_pool
-from lrlab.train.stages import enter_stage, trainable_count
+from lrlab.train.stages import enter_stage, trainable_count, widest_stage
 
 log = logging.getLogger("lrlab")
 
@@ -36,7 +36,8 @@ def batch_size(run: TrackedRun) -> RunResult:
             "task=batch_size probes one device: run it without torchrun (data.batch_size is global)"
         )
     config = BatchFinderConfig(**OmegaConf.to_container(cfg.batch_finder, resolve=True))
-    widest = max(setup.stages, key=lambda s: (s.epochs > 0, s.trainable == "all"), default=None)
+
+    widest = widest_stage(setup.stages, len(setup.groups))
     snapshot = Snapshot(setup.model, setup.optimizer, run.engine, setup.train_loader)
     if widest is not None:
         enter_stage(run.engine, setup.groups, widest)
