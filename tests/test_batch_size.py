@@ -38,7 +38,7 @@ def test_doubling_then_a_binary_search_finds_the_largest_batch_that_fits() -> No
     pool = (torch.randn(300, 3, 8, 8), torch.randint(0, 10, (300,)))
     seen: list[BatchProbe] = []
     config = BatchFinderConfig(steps=2, min_seconds=0.0)
-    result = find_batch_size(engine, optimizer, pool, config, report=seen.append)
+    result = find_batch_size(engine, optimizer, pool, config, report=lambda probe, total: seen.append(probe))
     assert [p.batch_size for p in result.probes] == [8, 16, 32, 64, 128, 96, 112, 104]
     assert [p.fits for p in result.probes] == [True] * 4 + [False, True, False, False]
     assert seen == result.probes and result.largest == 96

@@ -21,6 +21,7 @@ from lrlab.train.batch_config import BatchFinderConfig
 
 OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory")
 MAX_TIMED_STEPS = 50
+TABLE_HEADER = "batch  fits  images/s  peak memory"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,12 @@ class BatchProbe:
     images_per_s: float | None = None
     peak_memory_bytes: int | None = None
     note: str = ""
+
+    def row(self, total_memory_bytes: int | None = None) -> str:
+        """This probe's line under `TABLE_HEADER` (its memory as a share of `total_memory_bytes`)."""
+        speed = f"{self.images_per_s:8.0f}" if self.images_per_s else "       -"
+        memory = _gib(self.peak_memory_bytes, total_memory_bytes)
+        return f"{self.batch_size:<6} {'yes' if self.fits else 'no ':<5}{speed}  {memory}{self.note}"
 
 
 @dataclass
@@ -67,12 +74,8 @@ class BatchSizeResult:
 
     def table(self) -> str:
         """The probes by batch size, as the console prints them."""
-        rows = ["batch  fits  images/s  peak memory"]
-        for p in sorted(self.probes, key=lambda p: p.batch_size):
-            speed = f"{p.images_per_s:8.0f}" if p.images_per_s else "       -"
-            memory = _gib(p.peak_memory_bytes, self.total_memory_bytes)
-            rows.append(f"{p.batch_size:<6} {'yes' if p.fits else 'no ':<5}{speed}  {memory}{p.note}")
-        return "\n".join(rows)
+        probes = sorted(self.probes, key=lambda p: p.batch_size)
+        return "\n".join([TABLE_HEADER, *(p.row(self.total_memory_bytes) for p in probes)])
 
 
 def _gib(used: int | None, total: int | None) -> str:
@@ -107,6 +110,11 @@ def _batches(
         index = torch.arange(start, start + size) % len(labels)
         start = (start + size) % len(labels)
         yield images[index], labels[index]
+
+
+def device_memory(device: torch.device) -> int | None:
+    """A CUDA device's total memory in bytes (None elsewhere: the probe measures no peak there)."""
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -158,17 +166,15 @@ def find_batch_size(
     pool: tuple[torch.Tensor, torch.Tensor],
     config: BatchFinderConfig,
     limit: int | None = None,
-    report: Callable[[BatchProbe], None] | None = None,
+    report: Callable[[BatchProbe, int | None], None] | None = None,
 ) -> BatchSizeResult:
     """Double the batch from `config.start` until one does not fit or `limit` (default
     `config.max_size`) is passed, then halve the gap to the failed size down to `config.multiple`.
     The model and optimizer are trained by the probes: snapshot and restore them around this call
-    when training follows. `report` sees each probe as it ends."""
+    when training follows. `report` sees each probe as it ends, with the device's memory."""
     config.check()
     limit = min(limit or config.max_size, config.max_size)
-    total = (
-        torch.cuda.get_device_properties(engine.device).total_memory if engine.device.type == "cuda" else None
-    )
+    total = device_memory(engine.device)
     engine.train_mode()
     began, probes = time.perf_counter(), []
 
@@ -176,7 +182,7 @@ def find_batch_size(
         probe = _probe(engine, optimizer, pool, size, config, total)
         probes.append(probe)
         if report is not None:
-            report(probe)
+            report(probe, total)
         return probe
 
     size, fitted, failed = config.start, None, None

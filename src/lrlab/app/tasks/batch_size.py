@@ -18,7 +18,7 @@ from lrlab.core.distributed import world_size
 from lrlab.errors import ConfigError
 from lrlab.finder.snapshot import Snapshot
 from lrlab.train.batch_config import BatchFinderConfig
-from lrlab.train.batch_size import BatchProbe, BatchSizeResult, find_batch_size, sample_pool
+from lrlab.train.batch_size import TABLE_HEADER, BatchProbe, BatchSizeResult, find_batch_size, sample_pool
 from lrlab.train.stages import enter_stage, trainable_count, widest_stage
 
 log = logging.getLogger("lrlab")
@@ -36,7 +36,6 @@ def batch_size(run: TrackedRun) -> RunResult:
             "task=batch_size probes one device: run it without torchrun (data.batch_size is global)"
         )
     config = BatchFinderConfig(**OmegaConf.to_container(cfg.batch_finder, resolve=True))
-
     widest = widest_stage(setup.stages, len(setup.groups))
     snapshot = Snapshot(setup.model, setup.optimizer, run.engine, setup.train_loader)
     if widest is not None:
@@ -51,14 +50,14 @@ def batch_size(run: TrackedRun) -> RunResult:
         f"(batch_finder.max_size {config.max_size}; {images:,} train images / batch_finder.min_steps "
         f"{config.min_steps})"
     )
-    log.info("batch  fits  images/s  peak memory")
+    log.info(TABLE_HEADER)
     result = find_batch_size(
         run.engine,
         setup.optimizer,
         pool,
         config,
         limit,
-        report=lambda probe: log.info(BatchSizeResult([probe], 0).table().splitlines()[1]),
+        report=lambda probe, total: log.info(probe.row(total)),
     )
     snapshot.restore(setup.model, setup.optimizer, run.engine, setup.train_loader)
     return _report(run, result, limit, config)
@@ -66,7 +65,7 @@ def batch_size(run: TrackedRun) -> RunResult:
 
 def _answer(result: BatchSizeResult, limit: int, config: BatchFinderConfig) -> list[str]:
     if result.suggested is None:
-        return [f"no batch size fits: even {config.start} ran out of memory (batch_finder.start)"]
+        return [f"no batch size fits: not even batch_finder.start={config.start}"]
     fastest = result.fastest
     capped = all(p.fits for p in result.probes)
     return [
