@@ -114,10 +114,10 @@ class ConsoleTable(Callback):
         log.info(table_row(result))
 
     def on_fit_end(self, engine: Any, stage: str, results: list[EpochResult]) -> None:
-        if getattr(
-            engine, "stop_reason", None
-        ):  # below the table: why it has fewer rows than the stage's epochs
-            log.info(f"early stopping: {engine.stop_reason}")
+        """Below the table: why it has fewer rows than the stage has epochs."""
+        reason = getattr(engine, "stop_reason", None)
+        if reason:
+            log.info(f"early stopping: {reason}")
 
 
 def format_test_report(

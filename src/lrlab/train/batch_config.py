@@ -10,8 +10,9 @@ from dataclasses import dataclass
 class BatchFinderConfig:
     """`batch_finder.*`: where the doubling starts and stops (`max_size`, and a batch that leaves the
     epoch fewer than `min_steps` optimizer steps is not tried), the optimizer steps timed per size
-    (after one untimed warm-up step; more until `min_seconds` have passed), the throughput tolerance
-    of the suggestion, the share of the device's memory left free, and the binary search's step."""
+    in one round (after one untimed warm-up step; more rounds until `min_seconds` have passed), the
+    throughput tolerance of the suggestion, the share of the device's memory left free, and the
+    binary search's step."""
 
     start: int = 8
     max_size: int = 1024

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,10 +51,11 @@ class BatchSizeResult:
     tolerance: float
     total_memory_bytes: int | None = None
     seconds: float = 0.0
-    fitting: list[BatchProbe] = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.fitting = sorted((p for p in self.probes if p.fits), key=lambda p: p.batch_size)
+    @property
+    def fitting(self) -> list[BatchProbe]:
+        """The probes that fit, by batch size."""
+        return sorted((p for p in self.probes if p.fits), key=lambda p: p.batch_size)
 
     @property
     def largest(self) -> int | None:
@@ -131,7 +132,8 @@ def _probe(
     config: BatchFinderConfig,
     total: int | None,
 ) -> BatchProbe:
-    """One warm-up and `config.steps` timed optimizer steps of `size` images each."""
+    """One warm-up, then rounds of `config.steps` timed optimizer steps of `size` images each until
+    `config.min_seconds` have passed (one host sync per round)."""
     cuda = engine.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(engine.device)
@@ -141,10 +143,11 @@ def _probe(
         if cuda:
             torch.cuda.synchronize(engine.device)
         start, steps, seconds = time.perf_counter(), 0, 0.0
-        while steps < config.steps or (seconds < config.min_seconds and steps < MAX_TIMED_STEPS):
-            loss, _ = engine.step(batches, optimizer, micro_batches=1)
+        while steps == 0 or (seconds < config.min_seconds and steps < MAX_TIMED_STEPS):
+            for _ in range(config.steps):  # one read-back per round: the device stays queued
+                loss, _ = engine.step(batches, optimizer, micro_batches=1)
             float(loss)  # waits for the device
-            steps, seconds = steps + 1, time.perf_counter() - start
+            steps, seconds = steps + config.steps, time.perf_counter() - start
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise

@@ -45,8 +45,8 @@ def batch_size(run: TrackedRun) -> RunResult:
     pool = sample_pool(setup.train_loader, limit)
     where = f"stage {widest.name}'s " if widest is not None else ""
     log.info(
-        f"batch-size probe: {where}{trainable_count(setup.model):,} trainable params; at least "
-        f"{config.steps} timed steps ({config.min_seconds:g} s) per size from {config.start} up to {limit} "
+        f"batch-size probe: {where}{trainable_count(setup.model):,} trainable params; rounds of "
+        f"{config.steps} timed steps for {config.min_seconds:g} s per size from {config.start} up to {limit} "
         f"(batch_finder.max_size {config.max_size}; {images:,} train images / batch_finder.min_steps "
         f"{config.min_steps})"
     )
