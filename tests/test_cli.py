@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 from pathlib import Path
@@ -15,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import spawn_lrlab
 from lrlab.app.cli import CONFIG_DIR
+from lrlab.app.tasks import TASKS
 from lrlab.train.checkpoints import load_checkpoint
 
 SMOKE = ("experiment=smoke", "train.checkpoints=true")
@@ -133,6 +135,7 @@ def test_unknown_model_fails_cleanly_before_any_run(run_cli, tmp_path: Path) -> 
         ("lr=-1", "stages.0.lr"),
         ("precision=64", "precision"),
         ("stages.0.lr_rule=stepp", "stages.0.lr_rule"),
+        ("task=trian", "task='trian' is not valid; choose one of: train, lr_find"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(run_cli, override: str, expected: str) -> None:
@@ -224,6 +227,9 @@ def test_help_lists_the_options_not_the_schemas(run_cli) -> None:
     data_options = sorted(f.stem for f in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
     assert f"data: {', '.join(data_options)}\n" in groups and "elpv" in data_options
     assert "lr_finder: default, fastai\n" in groups and "schema" not in groups
+    header = " ".join(proc.stdout.split("== Configuration groups ==")[0].split())
+    tasks = header.split("Tasks (task=NAME")[1]
+    assert all(re.search(rf"\b{name}\b", tasks) for name in TASKS), tasks
 
 
 def test_experiment_null_composes_the_plain_config(run_cli) -> None:

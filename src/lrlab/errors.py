@@ -1,5 +1,7 @@
 """User-facing errors: raised for bad input, printed as one paragraph without a traceback."""
 
+import difflib
+
 
 class LrlabError(Exception):
     """A problem the user can fix (bad config value, missing data, unavailable weights); the CLI
@@ -23,7 +25,9 @@ def check_choice(value: object, allowed: tuple[str, ...], key: str) -> str:
     (the one message for a bad choice, whichever layer checks it)."""
     text = str(value)
     if text not in allowed:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)}.")
+        close = difflib.get_close_matches(text, allowed, n=2, cutoff=0.6)
+        hint = f" (closest: {', '.join(close)})" if close else ""
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)}{hint}.")
     return text
 
 

@@ -28,8 +28,9 @@ from omegaconf.errors import OmegaConfBaseException
 from lrlab.app.key_checks import check_known_keys, check_target_keys
 from lrlab.app.lr_free import check_lr_free
 from lrlab.app.model_checks import check_model_name, check_pretrained
+from lrlab.app.path_checks import check_paths
 from lrlab.app.target_checks import check_targets
-from lrlab.app.tasks import CHECKPOINT_TASKS, TASKS
+from lrlab.app.tasks import TASKS
 from lrlab.core.compiling import compile_mode
 from lrlab.core.limits import check_limits
 from lrlab.core.monitor import Monitor
@@ -37,7 +38,7 @@ from lrlab.core.settings import DEVICES, PRECISIONS, TTA_MODES
 from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError, check_choice
 from lrlab.finder.config import FinderConfig
-from lrlab.integrations.tracking import backend_names, is_tracked
+from lrlab.integrations.tracking import backend_names
 from lrlab.train.batch_config import BatchFinderConfig
 from lrlab.train.stage import SPREAD_MODES, AutoLrConfig, Stage, parse_trainable, uses_range_test
 
@@ -317,20 +318,7 @@ def validate(cfg: DictConfig) -> DictConfig:
                 "(the sweeper sets all three)."
             )
     check_choice(merged.format, ("onnx", "torchscript"), "format")
-    if merged.task in CHECKPOINT_TASKS:
-        for key in ("checkpoint", "input") if merged.task == "predict" else ("checkpoint",):
-            if key == "checkpoint" and is_tracked(merged[key]):
-                continue  # fetched from the store by the task, which names what is missing
-            if merged[key] is None or not Path(str(merged[key])).expanduser().exists():
-                raise ConfigError(
-                    f"task={merged.task} needs {key}=PATH of an existing "
-                    + (
-                        "checkpoint (e.g. outputs/<date>/<time>/checkpoints/final.pt, or runs:/<run id>)"
-                        if key == "checkpoint"
-                        else "image file or folder"
-                    )
-                    + f"; got {key}={merged[key]!r}."
-                )
+    check_paths(merged)
     if not merged.stages:
         raise ConfigError("stages is empty: give at least one stage (name, epochs, lr).")
     for i, stage in enumerate(merged.stages):

@@ -8,6 +8,8 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from lrlab.errors import check_choice
+
 if TYPE_CHECKING:
     from lrlab.app.job import Job, RunResult
 
@@ -61,13 +63,14 @@ def unused_overrides(task: str, overrides: list[str]) -> list[str]:
 
 def run_task(job: Job) -> RunResult:
     """Run the task `job.cfg.task` names; overrides it does not read are named in a warning."""
-    unused = unused_overrides(str(job.cfg.task), job.overrides)
+    name = check_choice(job.cfg.task, tuple(TASKS), "task")
+    unused = unused_overrides(name, job.overrides)
     if unused:
         logging.getLogger("lrlab").warning(
             "not used by task=%s, whose checkpoint brings the model and its preprocessing: %s",
             job.cfg.task,
             " ".join(unused),
         )
-    module, _, function = TASKS[str(job.cfg.task)].partition(":")
+    module, _, function = TASKS[name].partition(":")
     task: Any = getattr(importlib.import_module(module), function)
     return task(job)
