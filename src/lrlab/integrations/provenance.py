@@ -1,5 +1,6 @@
-"""Where a run's code and libraries came from: the git commit and dirty flag of the launch folder
-and the versions of lrlab and the libraries that shape its numbers, as tags any tracker records."""
+"""Where a run's code and libraries came from: the git commit and dirty flag of the launch folder,
+of lrlab's own source when it is a git checkout (an editable install), and the versions of lrlab and
+the libraries that shape its numbers, as tags any tracker records."""
 
 from __future__ import annotations
 
@@ -24,11 +25,21 @@ def provenance_tags(cwd: str | Path | None = None) -> dict[str, str]:
             tags[f"version.{pkg}"] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             continue
-    where = Path(cwd or Path.cwd())
-    commit = _git("rev-parse", "HEAD", cwd=where)
-    if commit:
-        status = _git("status", "--porcelain", "--untracked-files=no", cwd=where)
-        tags.update(
-            {"git.commit": commit, "mlflow.source.git.commit": commit, "git.dirty": str(bool(status))}
-        )
+    launch = _commit(Path(cwd or Path.cwd()))
+    if launch:
+        tags.update({"git.commit": launch[0], "mlflow.source.git.commit": launch[0], "git.dirty": launch[1]})
+    here = Path(__file__).resolve()
+    # only where git tracks this very file: a regular install inside a repo's ignored .venv is not
+    source = _commit(here.parents[1]) if _git("ls-files", here.name, cwd=here.parent) else None
+    if source:
+        tags.update({"lrlab.git.commit": source[0], "lrlab.git.dirty": source[1]})
     return tags
+
+
+def _commit(folder: Path) -> tuple[str, str] | None:
+    """The HEAD commit of the git work tree holding `folder` and whether tracked files changed."""
+    commit = _git("rev-parse", "HEAD", cwd=folder)
+    if not commit:
+        return None
+    status = _git("status", "--porcelain", "--untracked-files=no", cwd=folder)
+    return commit, str(bool(status))
