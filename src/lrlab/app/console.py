@@ -26,10 +26,12 @@ def format_time(seconds: float) -> str:
 
 
 def table_header() -> str:
+    """The epoch table's column names, aligned with `table_row`."""
     return "  ".join(f"{c:<10}" if c != "epoch" else f"{c:<5}" for c in COLUMNS).rstrip()
 
 
 def table_row(result: EpochResult) -> str:
+    """One epoch's line of the console table (fastai's columns, plus training images/s)."""
     cells = (
         [f"{result.stage_epoch:<5d}"]
         + [f"{v:<10.6f}" for v in (result.train_loss, result.valid_loss, result.error_rate, result.accuracy)]

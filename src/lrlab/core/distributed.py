@@ -49,10 +49,12 @@ def is_distributed() -> bool:
 
 
 def world_size() -> int:
+    """Processes training together (1 without torchrun)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def rank() -> int:
+    """This process's rank (0 without torchrun)."""
     return dist.get_rank() if is_distributed() else 0
 
 

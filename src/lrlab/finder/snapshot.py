@@ -15,6 +15,8 @@ from lrlab.core.reproducibility import LoopState, loader_generator, rng_state
 
 
 def to_cpu(obj: Any) -> Any:
+    """A detached CPU copy of every tensor in `obj` (nested dicts and lists kept), so a snapshot
+    survives the training that follows."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):

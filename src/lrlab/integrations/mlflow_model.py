@@ -72,17 +72,17 @@ def _example_batch(loaded: Any, model: Any, examples: Sequence[bytes]) -> tuple[
         return tensors.numpy(), model(tensors).numpy()
 
 
-def _served_signature(class_names: Sequence[str]) -> Any:
+def _served_signature(loaded: Any) -> Any:
     """The served model's schema: one binary `image` column in; the predicted class and one
-    probability column per class out."""
+    probability column per class out (`LoadedModel.prediction_columns`)."""
     from mlflow.models import ModelSignature
     from mlflow.types import DataType
     from mlflow.types.schema import ColSpec, Schema
 
-    from lrlab.integrations.mlflow_pyfunc import INPUT_COLUMN, output_columns
+    from lrlab.integrations.mlflow_pyfunc import INPUT_COLUMN
 
     outputs = [ColSpec(DataType.string, "predicted")]
-    outputs += [ColSpec(DataType.double, name) for name in output_columns(list(class_names))[1:]]
+    outputs += [ColSpec(DataType.double, name) for name in loaded.prediction_columns[1:]]
     return ModelSignature(inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]), outputs=Schema(outputs))
 
 
@@ -137,7 +137,7 @@ def log_models(
                 python_model=str(Path(__file__).with_name("mlflow_served.py")),
                 artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
                 code_paths=[str(_lrlab_code(Path(tmp)))],
-                signature=_served_signature(loaded.class_names),
+                signature=_served_signature(loaded),
                 input_example=pd.DataFrame({INPUT_COLUMN: list(examples)}) if examples else None,
                 metadata={**metadata, "output": "predicted class, its probability, p_<class> per class"},
                 pip_requirements=_requirements(),

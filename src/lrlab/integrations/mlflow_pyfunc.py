@@ -76,8 +76,4 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         rows = []
         for start in range(0, len(images), BATCH_SIZE):
             rows += self.loaded.prediction_rows(images[start : start + BATCH_SIZE])
-        return pd.DataFrame(rows, columns=output_columns(self.loaded.class_names))
-
-
-def output_columns(class_names: Sequence[str]) -> list[str]:
-    return ["predicted", "probability", *(f"p_{name}" for name in class_names)]
+        return pd.DataFrame(rows, columns=self.loaded.prediction_columns)

@@ -151,6 +151,7 @@ def register_backend(name: str, backend: str | type[TrackingBackend]) -> None:
 
 
 def backend_names() -> tuple[str, ...]:
+    """The registered tracking backends (`tracking.backend` choices)."""
     return tuple(_BACKENDS)
 
 

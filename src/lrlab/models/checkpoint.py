@@ -153,6 +153,11 @@ class LoadedModel:
         x = torch.stack([self.preprocess(image) for image in images]).to(device)
         return self.probability_model(tta)(x).cpu()
 
+    @property
+    def prediction_columns(self) -> list[str]:
+        """The columns of `prediction_rows`, in order: `predicted`, `probability`, `p_<class>`..."""
+        return ["predicted", "probability", *(f"p_{name}" for name in self.class_names)]
+
     def prediction_rows(self, images: list[Any], tta: str | None = None) -> list[dict[str, Any]]:
         """Per image the predicted class, its probability and one `p_<class>` column per class:
         the rows of `task=predict`'s CSV and of the served model's answer."""

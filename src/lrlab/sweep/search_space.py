@@ -76,6 +76,7 @@ def _finite_values(dist: BaseDistribution) -> list[Any] | None:
 
 
 def describe_distribution(dist: BaseDistribution) -> str:
+    """An Optuna distribution as the report prints it, e.g. `float [1e-05, 0.1], log`."""
     if isinstance(dist, CategoricalDistribution):
         return f"choice{tuple(dist.choices)}"
     kind = "int" if isinstance(dist, IntDistribution) else "float"

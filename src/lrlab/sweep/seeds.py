@@ -142,6 +142,7 @@ def metric_names(recipes: Iterable[Recipe]) -> list[str]:
 
 
 def param_names(recipes: Iterable[Recipe]) -> list[str]:
+    """Every param any recipe sets, sorted: the seed table's recipe columns."""
     return sorted({k for r in recipes for k in r.params})
 
 

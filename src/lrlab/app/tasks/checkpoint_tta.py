@@ -11,6 +11,8 @@ from lrlab.models.checkpoint import LoadedModel
 
 
 def checkpoint_tta(cfg: DictConfig, overrides: list[str], loaded: LoadedModel) -> str:
+    """The TTA a checkpoint task uses: `train.tta` when the command line sets it, else the one the
+    checkpoint's run scored with (the config's default would silently change its numbers)."""
     if any(override_key(o) == "train.tta" for o in overrides):
         return cfg.train.tta
     return loaded.tta

@@ -133,8 +133,9 @@ def prediction_grid(rows: Sequence[dict[str, Any]], thumbnails: Sequence[Any], o
     return path
 
 
-def write_predictions(rows: Sequence[dict[str, Any]], path: Path, class_names: Sequence[str]) -> Path:
-    fields = ["path", "predicted", "probability", *(f"p_{name}" for name in class_names)]
+def write_predictions(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]) -> Path:
+    """`predictions.csv`: the file's path, then `columns` (`LoadedModel.prediction_columns`)."""
+    fields = ["path", *columns]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -164,7 +165,7 @@ def run_predict(
             "no predictions.csv was written."
         )
     output_dir.mkdir(parents=True, exist_ok=True)
-    out = write_predictions(rows, output_dir / "predictions.csv", loaded.class_names)
+    out = write_predictions(rows, output_dir / "predictions.csv", loaded.prediction_columns)
     log.info(f"predicted {len(rows)} of {len(paths)} image(s) with {loaded.meta['model_name']}: {out}")
     grid = prediction_grid(rows, thumbnails, output_dir)
     log.info(f"the first {len(thumbnails)}, with their predictions: {grid}")
@@ -175,6 +176,7 @@ def run_predict(
 
 
 def run(job: Job) -> RunResult:
+    """`task=predict`: predict `input` with `checkpoint`, recorded as the tracking backend says."""
     cfg = validate(job.cfg)
     loaded = load_model(local_checkpoint(cfg, job), device=resolve_device(cfg.device))  # the one read of it
     given = {override_key(o) for o in job.overrides}
