@@ -5,6 +5,7 @@ and early stopping with the best epoch restored, whose wait and best epoch span 
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,15 @@ def _final(directory: Path) -> tuple[dict[str, torch.Tensor], list[float], list]
     client = MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     (run,) = runs
-    history = [m.value for m in client.get_metric_history(run.info.run_id, "valid_loss")]
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "valid_loss"))
     return checkpoint["model"], history, runs
+
+
+def _epoch_table(directory: Path) -> list[tuple[str, ...]]:
+    """The newest run's `epochs.csv` without its timings (stage, epochs, losses, error, accuracy)."""
+    newest = max((directory / "outputs").rglob("epochs.csv"), key=lambda p: p.stat().st_mtime)
+    with newest.open() as handle:
+        return [tuple(row[:7]) for row in csv.reader(handle)]
 
 
 OPTIMIZERS = {
@@ -59,6 +67,7 @@ def test_an_interrupted_training_resumes_bit_identically_into_the_same_run(
     assert terminate_after_second_epoch(*run, cwd=interrupted) == 143
     (killed,) = _final(interrupted)[2]
     assert killed.info.status == "KILLED"
+    assert len(_epoch_table(interrupted)) > 1, "a killed run keeps the epochs it trained in epochs.csv"
     resumed = run_cli(*run, "resume=auto", cwd=interrupted)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after epoch" in resumed.stdout + resumed.stderr
@@ -68,6 +77,7 @@ def test_an_interrupted_training_resumes_bit_identically_into_the_same_run(
     assert run.info.status == "FINISHED" and run.info.run_id == killed.info.run_id
     assert "resumed_from" in run.data.tags
     assert history_resumed == history and len(history) == EPOCHS.get(optimizer, 4)
+    assert _epoch_table(interrupted) == _epoch_table(straight)  # the resumed run's table is whole
     final, final_resumed = (_final_model(d) for d in (straight, interrupted))
     for straight_weights, resumed_weights in ((weights, weights_resumed), (final, final_resumed)):
         assert straight_weights.keys() == resumed_weights.keys()

@@ -3,6 +3,7 @@ records a real smoke run through the `Tracker` protocol, and an unknown backend 
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,7 +26,7 @@ class FakeTracker(Tracker):
         self.tags: dict[str, Any] = {}
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.stages: list[str] = []
-        self.table: list[Any] = []
+        self.artifacts: list[Path] = []
         self.models: list[Path] = []
         self.status: str | None = None
 
@@ -44,8 +45,8 @@ class FakeTracker(Tracker):
     def on_epoch_end(self, engine: Any, result: Any) -> None:
         self.log_metric("valid_loss", result.valid_loss, result.epoch)
 
-    def log_epoch_table(self, rows: Any) -> None:
-        self.table = list(rows)
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.artifacts.append(Path(path))
 
     def log_model(self, checkpoint: Path, registered_name: str | None = None, examples: Any = ()) -> str:
         self.models.append(Path(checkpoint))
@@ -93,7 +94,13 @@ def test_a_backend_registered_from_a_test_records_the_smoke_run(compose_cfg, fak
     epochs = [(r.epoch, r.valid_loss) for r in result.epochs]
     assert tracker.metrics["valid_loss"] == epochs and len(epochs) == sum(s.epochs for s in cfg.stages)
     assert tracker.metrics["test/accuracy"] == [(epochs[-1][0], result.test["accuracy"])]
-    assert tracker.table == result.epochs
+    table = tmp_path / "run" / "epochs.csv"  # the run directory's table, logged with the run
+    assert table in tracker.artifacts
+    with table.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(int(r["epoch"]), r["stage"], float(r["valid_loss"])) for r in rows] == [
+        (r.epoch, r.stage, r.valid_loss) for r in result.epochs
+    ]
     assert tracker.models == [tmp_path / "run" / "checkpoints" / "final.pt"]  # the model test/* scored
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to MLflow
 

@@ -15,6 +15,7 @@ from lrlab.core.types import Callback, EpochResult
 from lrlab.integrations.optuna import TrialReporter, load_trial
 from lrlab.train.checkpoints import CheckpointCallback
 from lrlab.train.curves import TrainingCurves
+from lrlab.train.epoch_table import EpochTable
 
 
 class StageLog(Callback):
@@ -71,6 +72,7 @@ class RunCallbacks:
     stopping: EarlyStopping | None = None
     trial: TrialReporter | None = None
     curves: TrainingCurves | None = None  # the training's curves (rank 0 of a training)
+    epoch_table: EpochTable | None = None  # epochs.csv in the run directory (rank 0 of a training)
 
     @classmethod
     def create(cls, setup: Setup, output_dir: Path) -> RunCallbacks:
@@ -88,6 +90,7 @@ class RunCallbacks:
             )
         if cfg.task == "train" and main:
             hooks.curves = TrainingCurves()
+            hooks.epoch_table = EpochTable(output_dir / "epochs.csv")
         if cfg.train.patience:
             hooks.stopping = EarlyStopping(monitor, cfg.train.patience)
         if cfg.trial.study is not None and main:
@@ -103,6 +106,7 @@ class RunCallbacks:
             self.stopping,
             self.trial,
             self.curves,
+            self.epoch_table,
             tracker,
         )
         return [c for c in found if c is not None]

@@ -4,7 +4,6 @@ terminal status that is never left RUNNING (the `mlflow` entry of the tracking r
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import tempfile
@@ -213,39 +212,6 @@ class MlflowTracker(Tracker):
 
     def on_fit_end(self, engine: Any, stage: str, results: list[EpochResult]) -> None:
         self.flush()
-
-    def log_epoch_table(self, rows: Sequence[EpochResult]) -> None:
-        """The per-epoch table as `epochs.csv`."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "epochs.csv"
-            with path.open("w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(
-                    [
-                        "stage",
-                        "epoch",
-                        "stage_epoch",
-                        "train_loss",
-                        "valid_loss",
-                        "error_rate",
-                        "accuracy",
-                        "seconds",
-                    ]
-                )
-                for r in rows:
-                    writer.writerow(
-                        [
-                            r.stage,
-                            r.epoch,
-                            r.stage_epoch,
-                            r.train_loss,
-                            r.valid_loss,
-                            r.error_rate,
-                            r.accuracy,
-                            round(r.seconds, 3),
-                        ]
-                    )
-            self.log_artifact(path)
 
     def log_datasets(
         self, name: str, digests: Mapping[str, str], sizes: Mapping[str, int], source: Mapping[str, Any]

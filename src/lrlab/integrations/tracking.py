@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lrlab.core.types import Callback, EpochResult
+from lrlab.core.types import Callback
 from lrlab.errors import ConfigError
 
 TRACKED_SCHEMES = ("runs:/", "models:/")  # checkpoint names of a store's run or registered model
@@ -53,8 +53,6 @@ class Tracker(Callback):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
     def log_text(self, text: str, artifact_file: str) -> None: ...
-
-    def log_epoch_table(self, rows: Sequence[EpochResult]) -> None: ...
 
     def set_description(self, markdown: str) -> None:
         """The run's summary, shown at the top of its page where the backend has one."""

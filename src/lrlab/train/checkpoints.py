@@ -67,7 +67,8 @@ class CheckpointCallback(Callback):
         }
         resume = None  # only a staged training (which announces its stages) can be resumed
         if self.stage_index is not None:
-            state = ResumeState.capture(engine, self.stage_index, self.decisions, result.stage_epoch + 1)
+            done = result.stage_epoch + 1
+            state = ResumeState.capture(engine, self.stage_index, self.decisions, done, result.epoch + 1)
             resume = state.to_payload()
         save_atomic({**payload, "resume": resume}, self.directory / "last.pt")
         self._last_payload = payload

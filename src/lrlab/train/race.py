@@ -211,10 +211,9 @@ def _capture(engine: Engine, index: int, decisions: Decisions, epochs: int, sche
     """A CPU copy of the training state after a candidate's last raced epoch (`fit` has already
     counted that epoch, hence the global epoch as it is)."""
     optimizer = engine.fit_context[0]
-    state = ResumeState.capture(engine, index, decisions, epochs)
+    state = ResumeState.capture(engine, index, decisions, epochs, engine.global_epoch)
     return replace(
         state,
-        global_epoch=engine.global_epoch,
         optimizer=to_cpu(optimizer.state_dict()),
         scheduler=copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None,
         model=to_cpu(engine.model.state_dict()),

@@ -49,10 +49,12 @@ class ResumeState:
 
     @classmethod
     def capture(
-        cls, engine: Any, stage_index: int, decisions: Decisions, stage_epochs_done: int
+        cls, engine: Any, stage_index: int, decisions: Decisions, stage_epochs_done: int, global_epoch: int
     ) -> ResumeState:
-        """The state at the end of the engine's current epoch (call from `on_epoch_end`); the
-        weights are saved beside it by the checkpoint, so `model` stays empty here."""
+        """The state after the engine's latest epoch, `global_epoch` being the next epoch's number
+        (from `on_epoch_end`: the ended epoch's + 1; the engine's own counter is one behind there,
+        except for the epochs an `lr=auto` race replays). The weights are saved beside it by the
+        checkpoint, so `model` stays empty here."""
         optimizer, scheduler, loader = engine.fit_context
         gen = loader_generator(loader)
         return cls(
@@ -60,7 +62,7 @@ class ResumeState:
             stage_epochs_done=stage_epochs_done,
             decisions=dict(decisions),
             global_step=engine.global_step,
-            global_epoch=engine.global_epoch + 1,
+            global_epoch=global_epoch,
             history=list(engine.history),
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict() if scheduler is not None else None,

@@ -72,7 +72,8 @@ def _report(run: TrackedRun, name: str, res: LRFinderResult) -> dict[str, float]
     log.info(f"\nLR range test{label}: {len(res.lrs)} steps, {res.stop_reason}, {res.seconds:.1f}s")
     log.info(res.table())
     suffix = "" if name == "all" else f"_{name}"
-    title = f"{cfg.name}: {cfg.model.name} on {cfg.data.name}{label}"
+    named = "" if cfg.name == cfg.data.name else f"{cfg.name}: "  # the experiment's name when it says more
+    title = f"{named}{cfg.model.name} on {cfg.data.name}{label}"
     png, csv_path = res.save(run.job.output_dir, f"lr_find{suffix}", title=title)
     log.info(f"plot: {png}")
     prefix = "lr_find" if name == "all" else f"lr_find/{name}"

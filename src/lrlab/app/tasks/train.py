@@ -1,5 +1,5 @@
 """`task=train` (the default): staged training (`lrlab.train.stages`), then the final model on the
-test split once, and the run's end record: final and test metrics, the epoch table, the model."""
+test split once, and the run's end record: final and test metrics, `epochs.csv`, the model."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from lrlab.core.types import EpochResult
 from lrlab.data.preview import preview_batch
 from lrlab.data.types import Normalization
 from lrlab.integrations.tracking import Tracker
+from lrlab.train.epoch_table import write_epoch_table
 from lrlab.train.stages import run_stages
 
 log = logging.getLogger("lrlab")
@@ -89,6 +90,8 @@ def train(run: TrackedRun) -> RunResult:
     for path in report.files:
         run.tracker.log_artifact(path, "evaluation")
     _log_curves(run)
+    if run.hooks.epoch_table is not None:  # rank 0 of a training: the whole table, resumed epochs too
+        run.tracker.log_artifact(write_epoch_table(results, run.hooks.epoch_table.path), None)
     total = sum(r.seconds for r in results)
     speed = sum(r.train_images_per_s for r in results) / max(1, len(results))
     per_epoch = total / max(1, len(results))
@@ -140,14 +143,13 @@ def _log_curves(run: TrackedRun) -> None:
 def log_run_end(
     tracker: Tracker, results: list[EpochResult], final: dict[str, float], test: dict[str, float]
 ) -> None:
-    """Final (valid) and test metrics, the best valid loss, seconds per epoch and the epoch table."""
+    """Final (valid) and test metrics, the best valid loss and seconds per epoch."""
     step = results[-1].epoch if results else 0
     tracker.log_split_metrics({f"final_{key}": value for key, value in final.items()}, "valid", step)
     tracker.log_split_metrics({f"test/{key}": value for key, value in test.items()}, "test", step)
     if results:
         tracker.log_metric("best_valid_loss", min(r.valid_loss for r in results))
         tracker.log_metric("seconds_per_epoch", sum(r.seconds for r in results) / len(results))
-    tracker.log_epoch_table(results)
 
 
 def _log_model(tracker: Tracker, checkpoint: Path, registered_name: str | None, setup: Setup) -> None:
