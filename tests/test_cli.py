@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import spawn_lrlab
-from lrlab.app.cli import CONFIG_DIR
+from lrlab.app.cli import CONFIG_DIR, bare_word_problem
 from lrlab.app.tasks import TASKS
 from lrlab.train.checkpoints import load_checkpoint
 
@@ -179,6 +179,11 @@ def test_unknown_group_option_lists_the_choices(run_cli) -> None:
         ),
         (["-m", "optimizer=adamw,sgdd"], "(closest: sgd)"),
         (["--cfg", "job", "-m", "experiment=smoke"], "--cfg and --multirun cannot be combined: choose one"),
+        # a git-style command word: the override that says it
+        (
+            ["lr_find", "experiment=smoke"],
+            "'lr_find' is not an override: lrlab takes key=value, so the task is task=lr_find",
+        ),
         # a misspelt key: the closest keys, where Hydra's report suggests +key=value
         (["train.grad_acum=2"], "train.grad_acum is not a key of train (closest: train.grad_accum"),
         (["-m", "stages.0.epoch=1,2"], "stages.0.epoch is not a key of stages.0 (closest: stages.0.epochs)"),
@@ -191,6 +196,15 @@ def test_a_bad_group_option_is_one_paragraph_with_close_matches(run_cli, args: l
     proc = run_cli(*args)
     assert proc.returncode == 2 and expected in proc.stderr
     assert proc.stderr.count("\n") == 1 and "search path" not in proc.stderr
+
+
+def test_flags_values_and_overrides_are_not_bare_words() -> None:
+    assert (
+        bare_word_problem(["--cfg", "job", "--package", "model", "-cd", "conf", "experiment=smoke"]) is None
+    )
+    assert bare_word_problem(["-m", "~search", "--info", "plugins"]) is None
+    assert "task=train" in bare_word_problem(["train"])
+    assert "`lrlab --help` lists the groups" in bare_word_problem(["experiment=smoke", "smoke"])
 
 
 def test_version_is_lrlabs(run_cli) -> None:

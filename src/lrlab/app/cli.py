@@ -195,6 +195,30 @@ def conflicting_modes(args: list[str]) -> str | None:
     )
 
 
+_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun")
+_VALUE_FLAGS += ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+
+
+def bare_word_problem(args: list[str]) -> str | None:
+    """One paragraph for an argument that is neither a flag, a flag's value nor `key=value` (`lrlab
+    train`, as git-style tools are called), which Hydra reports as a grammar error; None otherwise."""
+    from lrlab.app.tasks import TASKS
+
+    for previous, arg in zip(["", *args], args):
+        if "=" in arg or arg.startswith(("-", "~")) or previous in _VALUE_FLAGS:
+            continue
+        if arg in TASKS:
+            return (
+                f"'{arg}' is not an override: lrlab takes key=value, so the task is task={arg} "
+                f"(tasks: {', '.join(TASKS)}; train when none is given)."
+            )
+        return (
+            f"'{arg}' is not an override: lrlab takes key=value (e.g. experiment=smoke, data.batch_size=64, "
+            f"task=lr_find); `lrlab --help` lists the groups, keys and tasks."
+        )
+    return None
+
+
 def main() -> None:
     """Console-script entry point (`lrlab`, `python -m lrlab`)."""
     if sys.argv[1:] in (["--version"], ["-V"]):
@@ -210,7 +234,7 @@ def main() -> None:
             f"lrlab: {optimizer} runs with {' '.join(added)} (added; set any of them to choose otherwise)",
             file=sys.stderr,
         )
-    conflict = conflicting_modes(sys.argv[1:])
+    conflict = conflicting_modes(sys.argv[1:]) or bare_word_problem(sys.argv[1:])
     if conflict:
         print(f"lrlab: error: {conflict}", file=sys.stderr)
         sys.exit(2)
