@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from textwrap import shorten
 from typing import Any
 
 from lrlab.app.job import Job, RunResult
@@ -157,7 +158,7 @@ def run_predict(
     thumbnails: list[Any] = []
     rows, skipped = predict_files(loaded, paths, batch_size, tta, workers=workers, thumbnails=thumbnails)
     if not rows:
-        shown = ", ".join(f"{p.name} ({why[:60]})" for p, why in skipped[:5]) + (
+        shown = ", ".join(f"{p.name} ({shorten(why, 90, placeholder=' ...')})" for p, why in skipped[:5]) + (
             ", ..." if len(skipped) > 5 else ""
         )
         raise NothingDone(
