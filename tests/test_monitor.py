@@ -79,6 +79,17 @@ def test_checkpoints_follow_the_monitor_and_keep_the_top_k(tmp_path: Path) -> No
     ]
 
 
+def test_an_lr_auto_winners_replayed_earlier_epochs_write_no_checkpoint(tmp_path: Path) -> None:
+    """The race kept the winner's state after its last raced epoch only: an earlier raced epoch,
+    replayed to the callbacks, must not save those weights under its own epoch and metrics."""
+    callback, engine = CheckpointCallback(tmp_path), _Engine()
+    engine.history = [_result(0, 0.5), _result(1, 0.9)]  # the winner's race: epoch 0 had the lower loss
+    callback.on_epoch_end(engine, engine.history[0])
+    assert not (tmp_path / "best.pt").exists() and not (tmp_path / "last.pt").exists()
+    callback.on_epoch_end(engine, engine.history[1])
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1 and callback.best_epoch == 1
+
+
 def test_a_resumed_stage_keeps_its_wait_and_a_stopped_one_trains_no_further_epoch() -> None:
     engine, stopping = _Engine(), EarlyStopping(Monitor(), patience=2)
     stopping.resume_stage([_result(epoch, loss) for epoch, loss in enumerate([1.0, 0.9, 0.95])])

@@ -29,6 +29,14 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
+def holds_weights_of(engine: Any, result: EpochResult) -> bool:
+    """Whether the engine's model holds the weights at the end of `result`'s epoch: its latest epoch.
+    Not so for the earlier raced epochs an `lr=auto` winner replays to the callbacks, whose weights
+    the race did not keep."""
+    history = getattr(engine, "history", None)
+    return not history or history[-1].epoch == result.epoch
+
+
 class CheckpointCallback(Callback):
     """Writes `last.pt` every epoch and `best.pt` whenever the monitored metric improves (default:
     valid_loss); with `save_top_k` > 1 also the k best epochs as `top/epoch<N>-<metric><value>.pt`;
@@ -58,6 +66,8 @@ class CheckpointCallback(Callback):
         self.stage_index, self.decisions = start.index, dict(start.decisions)
 
     def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
+        if not holds_weights_of(engine, result):
+            return  # an lr=auto race's earlier epoch, replayed: only its last raced epoch's weights exist
         payload = {
             "model": model_state(engine.model),
             "epoch": result.epoch,
