@@ -191,6 +191,18 @@ def test_an_unflagged_suggestion_gets_no_warning(digits, caplog, tmp_path: Path)
     assert "range test: 30 steps" in caplog.text and "warning:" not in caplog.text
 
 
+def test_a_range_test_passing_over_few_images_many_times_is_warned_about(digits, caplog) -> None:
+    from lrlab.app.console import ConsoleTable
+
+    _, groups, train, valid, optimizer, engine, _ = _setup(digits)  # 10 steps per epoch
+    engine.callbacks += [ConsoleTable()]
+    finder = FinderConfig(num_iter=120, stop_div=False)
+    stage = Stage("head", 1, lr="find", trainable="head")
+    with caplog.at_level("INFO", logger="lrlab"):
+        run_stages(engine, Training(groups, train, valid, optimizer, one_cycle, finder), [stage])
+    assert "warning: the range test's 120 steps passed over the training images 12 times" in caplog.text
+
+
 @pytest.mark.parametrize("preset", ["fastai_fine_tune", "gradual"])
 def test_stage_presets_run_and_log_from_the_cli(run_cli, tmp_path: Path, preset: str) -> None:
     from mlflow.tracking import MlflowClient

@@ -87,14 +87,19 @@ def finder_file_stem(stage_name: str) -> str:
     return f"lr_find_{stage_name}"
 
 
+MEMORISING_PASSES = 10  # range-test passes over the training images beyond which the console warns
+
+
 class ConsoleTable(Callback):
     """Prints each stage's decisions (saving its range-test plot in `directory`), a header when a
     stage starts fitting, one row per epoch and, when the stage stopped early, why."""
 
     def __init__(self, directory: str | Path | None = None):
         self.directory = Path(directory) if directory is not None else None
+        self._range_steps = 0  # the running stage's range-test steps, until its fit says its epoch
 
     def on_stage_start(self, engine: Any, start: Any) -> None:
+        self._range_steps = len(start.finder.lrs) if start.finder is not None else 0
         log.info("")
         for line in describe_stage(start):
             log.info(line)
@@ -110,6 +115,14 @@ class ConsoleTable(Callback):
     def on_fit_start(self, engine: Any, stage: str, epochs: int, steps_per_epoch: int) -> None:
         log.info("")
         log.info(f"stage {stage}: {epochs} epoch(s) x {steps_per_epoch} steps")
+        steps, self._range_steps = self._range_steps, 0
+        passes = steps / max(1, steps_per_epoch)
+        if passes > MEMORISING_PASSES:
+            log.warning(
+                f"  warning: the range test's {steps} steps passed over the training images "
+                f"{passes:.0f} times: on so few images its curve can show them memorised more than "
+                "learnt; check the stage's valid loss (a smaller data.batch_size gives more steps per epoch)"
+            )
         log.info(table_header())
 
     def on_epoch_end(self, engine: Any, result: EpochResult) -> None:
