@@ -17,6 +17,7 @@ class _Engine:
     def __init__(self) -> None:
         self.model = torch.nn.Linear(2, 2)
         self.stop_reason: str | None = None
+        self.history: list[EpochResult] = []  # no epochs trained: the model's weights are any epoch's
 
 
 def _result(epoch: int, valid_loss: float, accuracy: float = 0.5) -> EpochResult:

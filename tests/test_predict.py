@@ -25,6 +25,7 @@ from lrlab.train.checkpoints import CheckpointCallback
 class _Engine:
     def __init__(self, model: torch.nn.Module):
         self.model = model
+        self.history: list = []  # no epochs trained: the model's weights are any epoch's
 
 
 def _saved(compose_cfg, tmp_path: Path) -> tuple[Path, torch.nn.Module]:

@@ -195,8 +195,10 @@ def conflicting_modes(args: list[str]) -> str | None:
     )
 
 
-_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun")
-_VALUE_FLAGS += ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+_VALUE_FLAGS = (  # Hydra's flags whose next argument is their value, not an override
+    *("--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun"),
+    *("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"),
+)
 
 
 def bare_word_problem(args: list[str]) -> str | None:

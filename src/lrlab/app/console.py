@@ -71,23 +71,36 @@ def describe_stage(start: Any) -> list[str]:
     return lines
 
 
-def stage_warning(start: Any) -> str | None:
-    """A warning line when the suggestion a stage trains at is flagged (`lrlab.finder.flags`)."""
-    flag = start.finder.flags.get(start.rule) if start.finder is not None and start.rule else None
-    if not flag:
-        return None
-    return (
-        f"  warning: the {start.rule} suggestion lies in the curve's {flag} ({EDGE_FLAGS[flag]}); "
-        f"look at the plot, or set stages.{start.index}.lr"
-    )
+MEMORISING_PASSES = 10  # range-test passes over the training images beyond which the console warns
+
+
+def stage_warnings(start: Any) -> list[str]:
+    """Warning lines about the range test a stage's LR came from: the suggestion it trains at is
+    flagged (`lrlab.finder.flags`), or the test passed over the training images more than
+    `MEMORISING_PASSES` times (its curve can then show them memorised more than learnt)."""
+    if start.finder is None:
+        return []
+    warnings = []
+    flag = start.finder.flags.get(start.rule) if start.rule else None
+    if flag:
+        warnings.append(
+            f"  warning: the {start.rule} suggestion lies in the curve's {flag} ({EDGE_FLAGS[flag]}); "
+            f"look at the plot, or set stages.{start.index}.lr"
+        )
+    steps = len(start.finder.lrs)
+    passes = steps / start.steps_per_epoch if start.steps_per_epoch else 0.0
+    if passes > MEMORISING_PASSES:
+        warnings.append(
+            f"  warning: the range test's {steps} steps passed over the training images {passes:.0f} "
+            "times: on so few images its curve can show them memorised more than learnt; check the "
+            "stage's valid loss (a smaller data.batch_size gives more steps per epoch)"
+        )
+    return warnings
 
 
 def finder_file_stem(stage_name: str) -> str:
     """File name (without suffix) of a stage's range-test plot and curve in the run directory."""
     return f"lr_find_{stage_name}"
-
-
-MEMORISING_PASSES = 10  # range-test passes over the training images beyond which the console warns
 
 
 class ConsoleTable(Callback):
@@ -96,15 +109,12 @@ class ConsoleTable(Callback):
 
     def __init__(self, directory: str | Path | None = None):
         self.directory = Path(directory) if directory is not None else None
-        self._range_steps = 0  # the running stage's range-test steps, until its fit says its epoch
 
     def on_stage_start(self, engine: Any, start: Any) -> None:
-        self._range_steps = len(start.finder.lrs) if start.finder is not None else 0
         log.info("")
         for line in describe_stage(start):
             log.info(line)
-        warning = stage_warning(start)
-        if warning:
+        for warning in stage_warnings(start):
             log.warning(warning)
         if start.finder is not None and self.directory is not None:
             png, _ = start.finder.save(
@@ -115,14 +125,6 @@ class ConsoleTable(Callback):
     def on_fit_start(self, engine: Any, stage: str, epochs: int, steps_per_epoch: int) -> None:
         log.info("")
         log.info(f"stage {stage}: {epochs} epoch(s) x {steps_per_epoch} steps")
-        steps, self._range_steps = self._range_steps, 0
-        passes = steps / max(1, steps_per_epoch)
-        if passes > MEMORISING_PASSES:
-            log.warning(
-                f"  warning: the range test's {steps} steps passed over the training images "
-                f"{passes:.0f} times: on so few images its curve can show them memorised more than "
-                "learnt; check the stage's valid loss (a smaller data.batch_size gives more steps per epoch)"
-            )
         log.info(table_header())
 
     def on_epoch_end(self, engine: Any, result: EpochResult) -> None:

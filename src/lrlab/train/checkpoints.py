@@ -33,8 +33,7 @@ def holds_weights_of(engine: Any, result: EpochResult) -> bool:
     """Whether the engine's model holds the weights at the end of `result`'s epoch: its latest epoch.
     Not so for the earlier raced epochs an `lr=auto` winner replays to the callbacks, whose weights
     the race did not keep."""
-    history = getattr(engine, "history", None)
-    return not history or history[-1].epoch == result.epoch
+    return not engine.history or engine.history[-1].epoch == result.epoch
 
 
 class CheckpointCallback(Callback):

@@ -50,6 +50,7 @@ class StageStart:
     cleared_optimizer_state: bool = False
     decisions: Decisions = field(default_factory=dict)  # (lr, rule) of every stage started so far
     race: RaceResult | None = None  # lr=auto: the race that chose `lr`
+    steps_per_epoch: int = 0  # optimizer steps in one pass over the training images
 
 
 def trainable_group_indices(trainable: str, n_groups: int) -> list[int]:
@@ -262,6 +263,7 @@ def run_stages(
             lr = raced.winner
         decisions[index] = (lr, rule)
         start = {"stage": stage, "index": index, "lr": lr, "rule": rule, "finder": found, "race": raced}
+        start["steps_per_epoch"] = steps
         start.update(trainable_groups=trainable, cleared_optimizer_state=cleared, decisions=dict(decisions))
         _announce(engine, groups, {**start, "layer_lrs": [lr * r for r in ratios]})
         scheduler, first = make_scheduler(lr), 0

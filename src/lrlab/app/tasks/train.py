@@ -18,7 +18,6 @@ from lrlab.core.types import EpochResult
 from lrlab.data.preview import preview_batch
 from lrlab.data.types import Normalization
 from lrlab.integrations.tracking import Tracker
-from lrlab.train.epoch_table import write_epoch_table
 from lrlab.train.stages import run_stages
 
 log = logging.getLogger("lrlab")
@@ -90,8 +89,9 @@ def train(run: TrackedRun) -> RunResult:
     for path in report.files:
         run.tracker.log_artifact(path, "evaluation")
     _log_curves(run)
-    if run.hooks.epoch_table is not None:  # rank 0 of a training: the whole table, resumed epochs too
-        run.tracker.log_artifact(write_epoch_table(results, run.hooks.epoch_table.path), None)
+    table = run.hooks.epoch_table  # rank 0 of a training: kept whole, resumed epochs too
+    if table is not None and table.path.exists():
+        run.tracker.log_artifact(table.path, None)
     total = sum(r.seconds for r in results)
     speed = sum(r.train_images_per_s for r in results) / max(1, len(results))
     per_epoch = total / max(1, len(results))
