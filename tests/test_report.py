@@ -85,6 +85,37 @@ def test_markdown_and_plot(tmp_path: Path) -> None:
     assert paths[1].stat().st_size > 10_000
 
 
+def test_a_shared_range_test_counts_in_full_for_every_finder_trial() -> None:
+    """Two finder trials shared one 3 s curve: the second spent nothing on it, yet as a lone
+    `lr=find` run it would pay it, so its compute and the per-trial average count it in full."""
+    study = optuna.create_study(study_name="shared")
+    study.set_user_attr("lrlab.metric", ["error_rate"])
+    for source, lr, error, spent, wall in [
+        ("lr_finder:valley", 1e-3, 0.20, 3.0, 10),
+        ("lr_finder:steep", 5e-3, 0.08, 0.0, 6),
+        ("search", 4e-3, 0.10, 0.0, 8),
+    ]:
+        stage = {"index": 0, "name": "full", "lr": lr, "finder_seconds": spent}
+        if source != "search":
+            stage["finder_curve_seconds"] = 3.0
+        trial = create_trial(
+            value=error,
+            params={"stages.0.lr": lr},
+            distributions={"stages.0.lr": LR},
+            user_attrs={"source": source, "stages": [stage], "finder_seconds": spent},
+        )
+        trial.datetime_start, trial.datetime_complete = T0, T0 + dt.timedelta(seconds=wall)
+        study.add_trial(trial)
+    valley, steep = analyse(study)[0]
+    assert (valley.seconds, valley.range_test_seconds) == (10, 3.0)
+    assert (steep.seconds, steep.range_test_seconds) == (9, 3.0)
+    text = markdown(study)
+    assert "| steep | 0.005 | 0.0800 | n/a | 1 of 2 | -0.0200 | not beaten in 1 | 9.0 |" in text
+    assert "as a lone `lr=find` run takes it): 9.5 s on average, of which range tests 3.0 s." in text
+    assert "The 2 finder trials took 16 s together here" in text
+    assert "8.0 s over 1 trials (0.8x one finder trial)" in text
+
+
 def _seed_trial(seed: int, lr: float, error: float, source: str = "search"):
     return create_trial(
         value=error,

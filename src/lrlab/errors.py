@@ -27,7 +27,9 @@ def check_choice(value: object, allowed: tuple[str, ...], key: str) -> str:
     if text not in allowed:
         close = difflib.get_close_matches(text, allowed, n=2, cutoff=0.6)
         hint = f" (closest: {', '.join(close)})" if close else ""
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(allowed)}{hint}.")
+        # a YAML boolean as typed (true), also where a str field has made it the text 'True'
+        shown = text.lower() if text in ("True", "False") else repr(value)
+        raise ConfigError(f"{key}={shown} is not valid; choose one of: {', '.join(allowed)}{hint}.")
     return text
 
 

@@ -208,6 +208,7 @@ def _result_from(curve: _Curve, config: FinderConfig, group: str) -> LRFinderRes
         curve.stop_reason,
     )
     result.rule_curves, result.curves = rule_curves(config.rule_curve), curves
+    result.curve_seconds = curve.seconds
     result.flags = (
         {r: edge_flag(lrs, result.smoothed, lr) for r, lr in suggestions.items()} if len(losses) else {}
     )

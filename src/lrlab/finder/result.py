@@ -43,6 +43,8 @@ class LRFinderResult:
     rule_curves: dict[str, str] = field(default_factory=dict)
     flags: dict[str, str | None] = field(default_factory=dict)
     cached: bool = False  # the raw curve was reused from a CurveStore (then seconds is 0)
+    # what measuring the curve took, also when this run reused it: a lone run of the test pays it
+    curve_seconds: float = 0.0
     curves: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # every smoothing, by name
 
     @property
@@ -175,4 +177,6 @@ def summarize_repeats(results: Sequence[LRFinderResult]) -> LRFinderResult:
         dict(first.rule_curves),
     )
     summary.flags = {r: edge_flag(summary.lrs, summary.smoothed, lr) for r, lr in suggestions.items()}
+    summary.cached = all(r.cached for r in results)
+    summary.curve_seconds = sum(r.curve_seconds for r in results)
     return summary

@@ -25,7 +25,8 @@ class FinderRow:
     rank: int
     regret: float
     beaten_after: int | None
-    seconds: float
+    seconds: float  # as a lone run would take it: wall clock, plus any range test it reused
+    range_test_seconds: float  # its range tests in full, reused ones included
 
 
 def source_of(trial: FrozenTrial) -> str:
@@ -38,6 +39,19 @@ def trial_seconds(trial: FrozenTrial) -> float:
     if trial.datetime_start and trial.datetime_complete:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
     return 0.0
+
+
+def range_test_seconds(trial: FrozenTrial) -> tuple[float, float]:
+    """(seconds the trial's range tests cost in full, seconds it spent on them): a trial that reused
+    an earlier trial's curve spent nothing on it, but a lone `lr=find` run would pay it. Trials of
+    older studies carry only the spent seconds (`finder_seconds`), then both are that."""
+    stages = trial.user_attrs.get("stages") or []
+    spent = sum(float(s.get("finder_seconds") or 0.0) for s in stages)
+    if not any("finder_curve_seconds" in s for s in stages):
+        spent = float(trial.user_attrs.get("finder_seconds") or spent)
+        return spent, spent
+    full = sum(float(s.get("finder_curve_seconds", s.get("finder_seconds")) or 0.0) for s in stages)
+    return full, spent
 
 
 def lr_keys(study: optuna.Study) -> list[str]:
@@ -90,6 +104,7 @@ def analyse(study: optuna.Study) -> tuple[list[FinderRow], list[FrozenTrial], st
         value = trial.values[0]
         better = [t for t in searched if sign * t.values[0] < sign * value]
         beaten = next((i + 1 for i, t in enumerate(searched) if sign * t.values[0] < sign * value), None)
+        full, spent = range_test_seconds(trial)
         rows.append(
             FinderRow(
                 rule,
@@ -98,7 +113,8 @@ def analyse(study: optuna.Study) -> tuple[list[FinderRow], list[FrozenTrial], st
                 len(better) + 1,
                 sign * (value - best) if searched else math.nan,
                 beaten,
-                trial_seconds(trial),
+                trial_seconds(trial) + full - spent,
+                full,
             )
         )
     return rows, searched, metric

@@ -109,13 +109,13 @@ def _finder_table(
     """Each finder rule's LRs, final metrics, rank, regret, trials-to-beat and compute; unfinished
     finder trials with their state and reason."""
     columns = ["rule", *heads, metric, "valid_loss", "rank among searched", "regret"]
-    columns += ["searched trials to beat it", "compute (s)"]
+    columns += ["searched trials to beat it", "compute as a lone run (s)"]
     lines = ["## Finder rules", "", *table_head(columns)]
     for r in rows:
         beaten = str(r.beaten_after) if r.beaten_after else f"not beaten in {len(searched)}"
         cells = [r.rule, *(_fmt(r.trial.params.get(k), ".3g") for k in keys), _fmt(r.value)]
         cells += [_fmt(_valid_loss(r.trial)), f"{r.rank} of {len(searched) + 1}", _fmt(r.regret, "+.4f")]
-        lines.append(table_row([*cells, beaten, f"{r.seconds:.0f}"], len(columns)))
+        lines.append(table_row([*cells, beaten, _in_seconds(r.seconds)], len(columns)))
     unfinished = [t for t in study.trials if finder_rule(source_of(t)) and t.state != TrialState.COMPLETE]
     for t in unfinished:
         reason = t.user_attrs.get("error") or t.user_attrs.get("pruned") or ""
@@ -144,22 +144,39 @@ def _best_table(
 
 
 def _compute(rows: list[FinderRow], all_searched: list[FrozenTrial]) -> list[str]:
-    """One finder trial's wall clock (and its range tests) against the whole search."""
+    """One finder trial's cost as a lone `lr=find` run would pay it (wall clock, a range test it
+    reused from an earlier trial counted in full) against the whole search."""
     search_seconds = sum(trial_seconds(t) for t in all_searched)
-    search = f"- The search: {search_seconds:.0f} s over {len(all_searched)} trials"
+    search = f"- The search: {_seconds(search_seconds)} over {len(all_searched)} trials"
     if not rows:
         return ["## Compute", "", f"{search}.", ""]
     finder_seconds = sum(r.seconds for r in rows) / len(rows)
-    range_test = sum(float(r.trial.user_attrs.get("finder_seconds") or 0.0) for r in rows) / len(rows)
+    range_test = sum(r.range_test_seconds for r in rows) / len(rows)
+    together = sum(trial_seconds(r.trial) for r in rows)
     ratio = f"{search} ({search_seconds / finder_seconds:.1f}x one finder trial)." if finder_seconds else ""
+    shared = ""
+    if together < finder_seconds * len(rows) - 0.5:
+        shared = (
+            f" The {len(rows)} finder trials took {_seconds(together)} together here: trials whose range "
+            "test started from the same state shared one curve."
+        )
     return [
         "## Compute",
         "",
-        f"- One finder trial (range tests + one training, wall clock): {finder_seconds:.0f} s on average, "
-        f"of which range tests {range_test:.0f} s.",
+        "- One finder trial (range tests + one training, wall clock, as a lone `lr=find` run takes it): "
+        f"{_seconds(finder_seconds)} on average, of which range tests {_seconds(range_test)}.{shared}",
         ratio,
         "",
     ]
+
+
+def _in_seconds(value: float) -> str:
+    """A number of seconds to read at a glance: whole seconds, tenths below 10."""
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def _seconds(value: float) -> str:
+    return f"{_in_seconds(value)} s"
 
 
 def write_report(study: optuna.Study, directory: str | Path) -> list[Path]:
