@@ -383,6 +383,24 @@ def test_torchvisions_official_test_split_is_the_test_split(monkeypatch, tmp_pat
     assert load_source({**cfg, "test_pct": 0}).test is None
 
 
+class UnreachableVision(TinyVision):
+    """A download that fails as torchvision's do offline: the reason on the message's last line."""
+
+    def __init__(self, root: str, train: bool = True, download: bool = False):
+        raise RuntimeError("Error downloading train.gz:\nTried http://example.invalid/, got:\n<no route>\n")
+
+
+def test_a_failed_download_is_one_paragraph_with_its_reason(monkeypatch, tmp_path: Path) -> None:
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "UnreachableVision", UnreachableVision, raising=False)
+    cfg = {"name": "torchvision", "dataset": "UnreachableVision", "root": str(tmp_path), "download": True}
+    with pytest.raises(LrlabError) as info:
+        load_source({**cfg, "image_size": 4})
+    message = str(info.value)
+    assert "\n" not in message and "got: <no route>); check the internet connection" in message
+
+
 def _with_bad_files(root: Path) -> list[Path]:
     """Four damaged files among 20 good ones: garbage, empty, and two that pass PIL's `verify()`
     but cannot be decoded (a JPEG cut short, a PNG whose zlib stream is damaged)."""

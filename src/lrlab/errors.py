@@ -1,6 +1,7 @@
 """User-facing errors: raised for bad input, printed as one paragraph without a traceback."""
 
 import difflib
+import textwrap
 
 
 class LrlabError(Exception):
@@ -18,6 +19,14 @@ class NothingDone(LrlabError):
 
 class ConfigError(LrlabError):
     """The composed configuration has a bad key, type or value."""
+
+
+def describe(exc: BaseException, width: int = 300) -> str:
+    """`TypeName: message` of a caught library exception, on one line and at most `width`
+    characters, to quote inside a one-paragraph error (some messages span lines: a download's
+    reason sits on its second)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return textwrap.shorten(text, width=width, placeholder=" ...")
 
 
 def check_choice(value: object, allowed: tuple[str, ...], key: str) -> str:

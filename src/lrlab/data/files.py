@@ -19,7 +19,7 @@ from lrlab.data.registry import DataConfig, register_source
 from lrlab.data.sources import config_with
 from lrlab.data.splits import split_indices
 from lrlab.data.types import ImageSource
-from lrlab.errors import ConfigError, LrlabError
+from lrlab.errors import ConfigError, LrlabError, describe
 
 if TYPE_CHECKING:
     import numpy as np
@@ -205,7 +205,7 @@ def verify_images(dataset: Any, skip: bool) -> int:
             with Image.open(sample[0]) as image:
                 image.load()
         except Exception as exc:  # PIL raises many types for damaged files
-            return sample[0], f"{type(exc).__name__}: {exc}"
+            return sample[0], describe(exc)
         return None
 
     checked = map_in_threads(problem, dataset.samples, desc=f"checking images in {dataset.root}")
@@ -293,7 +293,7 @@ def load_torchvision(cfg: TorchvisionConfig | None = None, **fields: Any) -> Ima
         hint = "pass data.download=true (needs internet)" if not download else "check the internet connection"
         raise LrlabError(
             f"Could not load torchvision dataset {dataset} from data.root={root!r} "
-            f"({type(exc).__name__}: {exc}); "
+            f"({describe(exc)}); "
             f"{hint}, or use an offline dataset: data=elpv, data=mnist5k, data=digits or "
             "data=imagefolder data.root=PATH."
         ) from exc

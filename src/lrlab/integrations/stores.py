@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from lrlab.errors import ConfigError, LrlabError
+from lrlab.errors import ConfigError, LrlabError, describe
 from lrlab.integrations.locks import file_lock, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,10 @@ def open_sqlite(
         except Exception as exc:
             if not existed:
                 raise
-            records, reason = _records(path), (str(exc).splitlines() or [""])[0][:200]
+            records = _records(path)
             if records:
                 raise StoreError(
-                    f"The {what} {path} cannot be opened ({type(exc).__name__}: {reason}) "
+                    f"The {what} {path} cannot be opened ({describe(exc, 200)}) "
                     f"and holds {records} run/trial record(s), so lrlab neither moves nor deletes it. "
                     "Copy it away, then either point lrlab at a new file (tracking.uri / "
                     f"hydra.sweeper.storage) or repair it with the owning tool (`mlflow db upgrade {url}` "
@@ -149,10 +149,10 @@ def open_sqlite(
                 reset()
             if records is None:
                 log.warning(
-                    "The %s %s cannot be read at all (%s: %s; %d bytes), so whether it held runs or "
+                    "The %s %s cannot be read at all (%s; %d bytes), so whether it held runs or "
                     "trials is unknown. It was moved to %s, untouched, and a new one created; to salvage "
                     "its rows: %s, then point lrlab at the recovered file.",
-                    what, path, type(exc).__name__, reason, aside.stat().st_size, aside, _recovery(aside),
+                    what, path, describe(exc, 200), aside.stat().st_size, aside, _recovery(aside),
                 )  # fmt: skip
             else:
                 log.warning(

@@ -19,7 +19,7 @@ from torch import nn
 
 from lrlab.core.settings import TTA_MODES
 from lrlab.data.preprocess import Preprocess
-from lrlab.errors import LrlabError, disk_full
+from lrlab.errors import LrlabError, describe, disk_full
 
 FORMAT = "lrlab-checkpoint-1"
 
@@ -86,9 +86,8 @@ def _load_plain(path: Path, source: Any, map_location: str | torch.device) -> An
         try:
             return torch.load(source, map_location=map_location, weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CheckpointError(
-                f"checkpoint {path} is damaged or not a checkpoint ({type(exc).__name__}: {first[:200]}). "
+                f"checkpoint {path} is damaged or not a checkpoint ({describe(exc, 200)}). "
                 "lrlab loads checkpoints with weights_only=True and never runs code from them."
             ) from exc
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lrlab.data.types import Normalization
-from lrlab.errors import LrlabError
+from lrlab.errors import LrlabError, describe
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,9 @@ def _timm_model(
             with _hub_offline_unless_reachable():
                 return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
         except Exception as exc:  # hub errors come from requests, huggingface_hub, urllib, timm
-            first_line = str(exc).splitlines()[0] if str(exc) else "no details"
             raise LrlabError(
                 f"Could not get hub weights for model.name={name!r} with model.pretrained=true "
-                f"({type(exc).__name__}: {first_line}). {OFFLINE_HINT}"
+                f"({describe(exc)}). {OFFLINE_HINT}"
             ) from exc
     if pretrained in (False, None):
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)

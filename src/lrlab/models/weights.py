@@ -16,6 +16,8 @@ import timm
 import torch
 from torch import nn
 
+from lrlab.errors import describe
+
 BUNDLED_MODEL_NAME = "tf_efficientnet_lite0"
 
 
@@ -109,13 +111,12 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:
-            raise WeightsError(f"{path} is not a readable safetensors file ({exc})") from exc
+            raise WeightsError(f"{path} is not a readable safetensors file ({describe(exc)})") from exc
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's unpickler raises Key/Index/Value/RuntimeError on garbage
-        first = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
         raise WeightsError(
-            f"{path} cannot be read as plain tensors ({first}). lrlab loads weights with "
+            f"{path} cannot be read as plain tensors ({describe(exc)}). lrlab loads weights with "
             "weights_only=True so that a file cannot run code; save a state dict "
             "(torch.save(model.state_dict(), path)) or a .safetensors file."
         ) from exc

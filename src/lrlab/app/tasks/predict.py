@@ -22,7 +22,7 @@ from lrlab.app.tasks.checkpoint_tta import checkpoint_tta
 from lrlab.core.device import resolve_device
 from lrlab.data.decode import map_in_threads
 from lrlab.data.preview import image_grid
-from lrlab.errors import ConfigError, NothingDone
+from lrlab.errors import ConfigError, NothingDone, describe
 from lrlab.models.checkpoint import LoadedModel, load_model
 
 log = logging.getLogger("lrlab")
@@ -53,7 +53,7 @@ def _decode(path: Path) -> tuple[Path, Any, str | None]:
             image.load()
             return path, image.copy(), None
     except Exception as exc:  # PIL raises many types for damaged files
-        return path, None, f"{type(exc).__name__}: {exc}"
+        return path, None, describe(exc)
 
 
 def _readable(
