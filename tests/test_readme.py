@@ -1,4 +1,5 @@
-"""README's code stays true: its "From Python" example runs as written."""
+"""README's code stays true: its "From Python" example runs as written, and its contents line
+links every section by the anchor GitHub gives its heading."""
 
 from __future__ import annotations
 
@@ -26,3 +27,17 @@ def test_from_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     lines = capsys.readouterr().out.strip().splitlines()
     assert 0.0 <= float(lines[-2]) < 0.9
     assert lines[-1] == "torch.Size([360])"  # the digits test split: 20% of 1,797
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_contents_line_links_every_section() -> None:
+    text = README.read_text()
+    contents = next(line for line in text.splitlines() if line.startswith("Contents: "))
+    linked = re.findall(r"\]\(#([^)]+)\)", contents)
+    sections = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    assert linked == [_anchor(h) for h in sections]
+    assert _anchor("Quick start (fresh machine, Python >= 3.11)") == "quick-start-fresh-machine-python--311"
