@@ -116,6 +116,32 @@ def test_a_shared_range_test_counts_in_full_for_every_finder_trial() -> None:
     assert "8.0 s over 1 trials (0.8x one finder trial)" in text
 
 
+def test_every_rule_has_its_own_colour_and_marker_in_the_plot(tmp_path: Path, monkeypatch) -> None:
+    """Ten finder rules and the searched points: no two legend entries look alike (the plot used
+    to cycle ten colours, so the tenth rule took the first's)."""
+    import matplotlib.pyplot as plt
+
+    from lrlab.finder.rules import RULES
+    from lrlab.sweep.report_plot import plot
+
+    study = optuna.create_study(study_name="styles")
+    study.set_user_attr("lrlab.metric", ["error_rate"])
+    for i, rule in enumerate([*RULES, None, None]):
+        source = f"lr_finder:{rule}" if rule else "search"
+        study.add_trial(_trial(10 ** (-4 + i / 5), 0.1 + i / 100, source, 1.0))
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert plot(study, tmp_path / "plot.png") is not None
+    handles, labels = figures[0].axes[0].get_legend_handles_labels()
+    styles = []
+    for handle in handles:
+        if hasattr(handle, "get_marker"):
+            styles.append((handle.get_marker(), handle.get_color()))
+        else:  # the searched points' scatter
+            styles.append(("o", tuple(handle.get_facecolor()[0])))
+    assert len(labels) == len(RULES) + 1 and len(set(styles)) == len(styles), styles
+
+
 def _seed_trial(seed: int, lr: float, error: float, source: str = "search"):
     return create_trial(
         value=error,

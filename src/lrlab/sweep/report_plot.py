@@ -1,6 +1,7 @@
 """The report's plot: final metric against each searched stage LR on a log axis, with searched
 trials as points (pruned ones hollow, at their last report), each finder rule's suggestion as a
-vertical line and a star, over the range-test curve of the first finder trial. matplotlib is
+vertical line and a marker in the rule's own colour and shape (those of the range-test plot), over
+the range-test curve of the first finder trial. matplotlib is
 imported only when a plot is drawn. Its numbers come from `lrlab.sweep.analysis`, like the report's
 tables; `lrlab.sweep.report` imports this module, never the other way."""
 
@@ -13,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lrlab.finder.plot import rule_style
 from lrlab.sweep.analysis import (
     ALL_STAGES_LR,
     FinderRow,
@@ -46,7 +48,7 @@ def plot(study: optuna.Study, path: Path) -> Path | None:
     for ax, key in zip(axes[0], keys, strict=True):
         twin = _range_test_curve(ax, key, rows)
         _trials(ax, key, searched, pruned)
-        _suggestions(ax, key, rows, plt.get_cmap("tab10"))
+        _suggestions(ax, key, rows)
         ax.set_xlabel(f"{names.get(key, key)} learning rate ({key})")
         ax.set_ylabel(f"final {metric}")
         ax.grid(True, which="major", alpha=0.3)
@@ -108,14 +110,26 @@ def _trials(ax: Any, key: str, searched: list[FrozenTrial], pruned: list[FrozenT
         ax.scatter(px, py, facecolors="none", edgecolors="C0", s=28, label=label, zorder=3)
 
 
-def _suggestions(ax: Any, key: str, rows: list[FinderRow], colors: Any) -> None:
-    """Each finder rule's LR as a dashed vertical line, and its final value as a star."""
-    for i, r in enumerate(rows):
+def _suggestions(ax: Any, key: str, rows: list[FinderRow]) -> None:
+    """Each finder rule's LR as a dashed vertical line, and its final value as a marker, both in
+    the rule's style (distinct for every registered rule, as in the range-test plot)."""
+    for r in rows:
         if key not in r.trial.params:
             continue
         lr = r.trial.params[key]
+        marker, colour = rule_style(r.rule)
         label = f"{r.rule}: {lr:.2g} -> {r.value:.3f}"
-        ax.axvline(lr, color=colors(i + 1), ls="--", lw=1.4, label=label)
+        ax.axvline(lr, color=colour, ls="--", lw=1.4)
         ax.scatter(
-            [lr], [r.value], marker="*", s=110, color=colors(i + 1), edgecolors="k", linewidths=0.5, zorder=4
+            [lr], [r.value], marker=marker, s=80, color=colour, edgecolors="k", linewidths=0.5, zorder=4
+        )
+        ax.plot(
+            [],
+            [],
+            ls="--",
+            marker=marker,
+            color=colour,
+            markeredgecolor="k",
+            markeredgewidth=0.5,
+            label=label,
         )
