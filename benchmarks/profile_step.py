@@ -27,7 +27,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from step_speed import add_step_arguments, lrlab_pass, random_images
+from step_speed import add_step_arguments, hold_memory_unless, lrlab_pass, random_images
 
 SYNC_EVENTS = {
     "item": ("aten::_local_scalar_dense",),
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rows", type=int, default=15, help="operators listed")
     args = parser.parse_args()
+    hold_memory_unless(args)
     result = profile_training(args)
     print(
         f"# lrlab training step, {args.model} {args.image_size}px batch {args.batch}, precision "

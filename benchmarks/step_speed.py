@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from lrlab.core.engine import Engine
+from lrlab.core.host_memory import hold_freed_memory
 from lrlab.core.optim import build_optimizer
 from lrlab.core.settings import StepOptions
 from lrlab.data.loaders import TensorLoader
@@ -168,6 +169,18 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-every", type=int, default=StepOptions.log_every, help="lrlab's loss read-back interval"
     )
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="keep glibc's malloc defaults (the lrlab command holds freed memory: lrlab.core.host_memory)",
+    )
+
+
+def hold_memory_unless(args: argparse.Namespace) -> str:
+    """Hold freed host memory as the lrlab command does, unless --malloc-defaults; says which."""
+    if args.malloc_defaults:
+        return "malloc defaults"
+    return "freed memory held" if hold_freed_memory() else "malloc as the environment sets it"
 
 
 def main() -> None:
@@ -176,6 +189,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128, 256])
     parser.add_argument("--repeats", type=int, default=4, help="warm rounds (the fastest pass counts)")
     args = parser.parse_args()
+    memory = hold_memory_unless(args)
     device = torch.device(args.device)
     name = (
         torch.cuda.get_device_name(device)
@@ -184,7 +198,7 @@ def main() -> None:
     )
     print(
         f"# {args.model} {args.image_size}px, precision {args.precision}, channels_last, compile "
-        f"{args.compile or 'off'}, {args.steps} steps per pass, torch {torch.__version__}, {name}"
+        f"{args.compile or 'off'}, {args.steps} steps per pass, torch {torch.__version__}, {name}, {memory}"
     )
     print(f"{'batch':>5} {'method':<8} {'img/s':>9} {'x plain':>8} {'first pass s':>12} {'overhead s':>10}")
     results = {}

@@ -18,6 +18,7 @@ _EXPORTS = {
     "EpochResult": "lrlab.core.types",
     "StepRecord": "lrlab.core.types",
     "Engine": "lrlab.core.engine",
+    "hold_freed_memory": "lrlab.core.host_memory",
     "TrainingDiverged": "lrlab.errors",
     "build_optimizer": "lrlab.core.optim",
     "constant": "lrlab.core.schedules",

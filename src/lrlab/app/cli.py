@@ -55,11 +55,13 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     seconds, per-stage LRs), which the sweeper turns into the trial's objective values."""
     from lrlab.app.run import run_experiment
     from lrlab.core import distributed
+    from lrlab.core.host_memory import hold_freed_memory
 
     global _work_started
     _work_started = True
     hydra_cfg = HydraConfig.get()
     signal.signal(signal.SIGTERM, _interrupt)
+    hold_freed_memory()
     try:
         _quiet_other_ranks()
         result = run_experiment(
