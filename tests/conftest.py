@@ -17,6 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from lrlab.app.cli import CONFIG_DIR
+from lrlab.core.host_memory import hold_freed_memory
 
 # Tests must never reach the network: hub clients fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +29,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(min(2, _share))
 else:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The tests' own trainings run as the lrlab command's do, with freed host memory held for reuse.
+hold_freed_memory()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
