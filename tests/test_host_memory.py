@@ -39,10 +39,12 @@ def _held(mode: str, **environ: str) -> tuple[str, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt, Linux only")
 def test_freed_memory_stays_with_the_process_only_when_held() -> None:
-    assert _held("default") == ("False", 0)  # glibc gave the mmapped buffer back at once
+    applied, kept = _held("default")
+    assert applied == "False" and kept < 64  # glibc gave the mmapped buffer back at once
     applied, kept = _held("hold")
     assert applied == "True" and kept >= 250  # the heap kept it for the next allocation
-    assert _held("hold", MALLOC_ARENA_MAX="2") == ("False", 0)  # the user's own malloc settings win
+    applied, kept = _held("hold", MALLOC_ARENA_MAX="2")
+    assert applied == "False" and kept < 64  # the user's own malloc settings win
 
 
 def test_the_users_allocator_choice_is_respected() -> None:
