@@ -48,7 +48,7 @@ def test_an_identical_start_reuses_the_curve_and_any_change_misses(tmp_path: Pat
 
     model, loader, optimizer = _setup()  # a new process would build exactly this
     again = run(model, loader, optimizer, suggest="valley")
-    assert again.cached and again.seconds == 0.0 and store.puts == 1
+    assert again.cached and again.spent_seconds == 0.0 and again.seconds == first.seconds and store.puts == 1
     np.testing.assert_array_equal(again.losses, first.losses)
     np.testing.assert_array_equal(again.lrs, first.lrs)
     assert again.suggestion == first.suggestions["valley"] == suggest(again.lrs, again.smoothed, "valley")

@@ -129,10 +129,11 @@ def test_every_rule_has_its_own_colour_and_marker_in_the_plot(tmp_path: Path, mo
     for i, rule in enumerate([*RULES, None, None]):
         source = f"lr_finder:{rule}" if rule else "search"
         study.add_trial(_trial(10 ** (-4 + i / 5), 0.1 + i / 100, source, 1.0))
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to read its legend
     assert plot(study, tmp_path / "plot.png") is not None
     handles, labels = figures[0].axes[0].get_legend_handles_labels()
+    close(figures[0])  # no figure left open for later tests in this process
     styles = []
     for handle in handles:
         if hasattr(handle, "get_marker"):

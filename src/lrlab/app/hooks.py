@@ -34,8 +34,8 @@ class StageLog(Callback):
             "rule": start.rule,
         }
         if start.finder is not None:
-            entry["finder_seconds"] = float(start.finder.seconds)
-            entry["finder_curve_seconds"] = float(start.finder.curve_seconds)
+            entry["finder_seconds"] = float(start.finder.spent_seconds)
+            entry["finder_curve_seconds"] = float(start.finder.seconds)
             entry["finder_steps"] = len(start.finder.lrs)
             entry["suggestions"] = {r: float(v) for r, v in start.finder.suggestions.items()}
             entry["flag"] = start.finder.flags.get(start.rule) if start.rule else None

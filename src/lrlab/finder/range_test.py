@@ -208,7 +208,6 @@ def _result_from(curve: _Curve, config: FinderConfig, group: str) -> LRFinderRes
         curve.stop_reason,
     )
     result.rule_curves, result.curves = rule_curves(config.rule_curve), curves
-    result.curve_seconds = curve.seconds
     result.flags = (
         {r: edge_flag(lrs, result.smoothed, lr) for r, lr in suggestions.items()} if len(losses) else {}
     )
@@ -285,8 +284,7 @@ def find_lr(
                 )
                 curve, cached = _recorded_curve(curve_store, key, (*run, label))
                 runs.append(_result_from(curve, config, name))
-                if cached:  # this run spent no time on it: a sweep's compute counts the curve once
-                    runs[-1].cached, runs[-1].seconds = True, 0.0
+                runs[-1].cached = cached
             out[name] = runs[0] if config.repeats == 1 else summarize_repeats(runs)
     finally:
         snapshot.restore(model, optimizer, engine, train_loader)

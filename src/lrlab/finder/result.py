@@ -42,10 +42,16 @@ class LRFinderResult:
     spread: dict[str, dict[str, float]] = field(default_factory=dict)
     rule_curves: dict[str, str] = field(default_factory=dict)
     flags: dict[str, str | None] = field(default_factory=dict)
-    cached: bool = False  # the raw curve was reused from a CurveStore (then seconds is 0)
-    # what measuring the curve took, also when this run reused it: a lone run of the test pays it
-    curve_seconds: float = 0.0
+    cached: bool = False  # the raw curve was reused from a CurveStore: `seconds` is what it cost then
     curves: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # every smoothing, by name
+
+    @property
+    def spent_seconds(self) -> float:
+        """What this run spent on the curve: nothing when it reused one (a sweep counts it once);
+        `seconds` is what a lone run of the test pays."""
+        if self.repeats:
+            return sum(r.spent_seconds for r in self.repeats)
+        return 0.0 if self.cached else self.seconds
 
     @property
     def suggestion(self) -> float:
@@ -178,5 +184,4 @@ def summarize_repeats(results: Sequence[LRFinderResult]) -> LRFinderResult:
     )
     summary.flags = {r: edge_flag(summary.lrs, summary.smoothed, lr) for r, lr in suggestions.items()}
     summary.cached = all(r.cached for r in results)
-    summary.curve_seconds = sum(r.curve_seconds for r in results)
     return summary

@@ -163,7 +163,7 @@ class MlflowTracker(Tracker):
             with tempfile.TemporaryDirectory() as tmp:
                 for path in start.finder.save(tmp, f"lr_find_{name}", title=f"stage {name}"):
                     self.log_artifact(path, f"lr_finder/{name}")
-            self.log_metric(f"stages/{name}/lr_find_seconds", start.finder.seconds, engine.global_epoch)
+            self.log_metric(f"stages/{name}/lr_find_seconds", start.finder.spent_seconds, engine.global_epoch)
         if start.race is not None:
             race = start.race
             params[f"stage.{name}.auto_suggestion"] = f"{race.suggestion:.6g}"

@@ -43,13 +43,10 @@ def trial_seconds(trial: FrozenTrial) -> float:
 
 def range_test_seconds(trial: FrozenTrial) -> tuple[float, float]:
     """(seconds the trial's range tests cost in full, seconds it spent on them): a trial that reused
-    an earlier trial's curve spent nothing on it, but a lone `lr=find` run would pay it. Trials of
-    older studies carry only the spent seconds (`finder_seconds`), then both are that."""
+    an earlier trial's curve spent nothing on it, but a lone `lr=find` run would pay it. Stages of
+    older studies carry only the spent seconds (`finder_seconds`), which then count as the cost."""
     stages = trial.user_attrs.get("stages") or []
     spent = sum(float(s.get("finder_seconds") or 0.0) for s in stages)
-    if not any("finder_curve_seconds" in s for s in stages):
-        spent = float(trial.user_attrs.get("finder_seconds") or spent)
-        return spent, spent
     full = sum(float(s.get("finder_curve_seconds", s.get("finder_seconds")) or 0.0) for s in stages)
     return full, spent
 

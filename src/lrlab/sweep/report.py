@@ -155,7 +155,7 @@ def _compute(rows: list[FinderRow], all_searched: list[FrozenTrial]) -> list[str
     together = sum(trial_seconds(r.trial) for r in rows)
     ratio = f"{search} ({search_seconds / finder_seconds:.1f}x one finder trial)." if finder_seconds else ""
     shared = ""
-    if together < finder_seconds * len(rows) - 0.5:
+    if sum(r.seconds for r in rows) - together > 0.5:  # some trial reused a range test
         shared = (
             f" The {len(rows)} finder trials took {_seconds(together)} together here: trials whose range "
             "test started from the same state shared one curve."
