@@ -13,6 +13,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import terminate_after_second_epoch
+from lrlab.app.resume_changes import fresh_start_note
+from lrlab.app.schema import validate
+from lrlab.errors import ConfigError
 from lrlab.train.checkpoints import load_checkpoint
 
 RUN = ("experiment=smoke", "epochs=4", "train.checkpoints=true", "hydra.run.dir=outputs/${now:%H-%M-%S-%f}")
@@ -90,9 +93,43 @@ def _final_model(directory: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(newest)["model"]
 
 
-def test_resume_without_a_matching_checkpoint_is_bad_input(run_cli, tmp_path: Path) -> None:
-    proc = run_cli("experiment=smoke", "resume=auto", "tracking=none")
-    assert proc.returncode == 2 and "resume=auto: no checkpoints/last.pt under" in proc.stderr
+def test_resume_auto_without_a_matching_checkpoint_starts_a_new_training(run_cli, tmp_path: Path) -> None:
+    """As Lightning's ckpt_path="last" and Composer's autoresume do, so a scheduler can submit the
+    same command from the first attempt on; the note names the nearest other last.pt and whether
+    it could be continued."""
+    first = run_cli("experiment=smoke", "resume=auto", "tracking=none")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "no checkpoints/last.pt under" in first.stdout and "starting a new training" in first.stdout
+    assert "The nearest one" not in first.stdout
+    (written,) = (tmp_path / "outputs").rglob("checkpoints/last.pt")
+    longer = run_cli("experiment=smoke", "resume=auto", "tracking=none", "epochs=3")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert (
+        f"The nearest one, {written}, differs in epochs (2 -> 3), stages.0.epochs (2 -> 3): " in longer.stdout
+    )
+    assert f"pass resume={written}" in longer.stdout
+    assert len(list((tmp_path / "outputs").rglob("checkpoints/last.pt"))) == 2
+
+
+def test_fresh_start_note_names_the_nearest_checkpoint_and_whether_it_continues() -> None:
+    current = {"epochs": 4, "lr": 0.01, "optimizer": {"name": "adamw"}}
+    candidates = [
+        (Path("new/last.pt"), {"epochs": 2, "lr": 0.1, "optimizer": {"name": "sgd"}}),
+        (Path("old/last.pt"), {"epochs": 2, "lr": 0.1, "optimizer": {"name": "adamw"}}),
+    ]
+    note = fresh_start_note(Path("outputs"), candidates, current)
+    assert (
+        "The nearest one, old/last.pt, differs in epochs (2 -> 4), lr (0.1 -> 0.01): it is another training."
+        in note
+    )
+    same_training = [(Path("a/last.pt"), {**current, "epochs": 3})]
+    assert "pass resume=a/last.pt" in fresh_start_note(Path("outputs"), same_training, current)
+    assert fresh_start_note(Path("outputs"), [], current).endswith("after an interruption).")
+
+
+def test_resume_auto_without_checkpoints_is_refused(compose_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"resume=auto needs train\.checkpoints=true"):
+        validate(compose_cfg("experiment=smoke", "resume=auto", "train.checkpoints=false"))
 
 
 def test_resumes_users_try(run_cli, tmp_path: Path) -> None:

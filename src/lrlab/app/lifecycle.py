@@ -16,13 +16,14 @@ from omegaconf import OmegaConf
 from lrlab.app.build import Setup, build, make_engine
 from lrlab.app.hooks import RunCallbacks
 from lrlab.app.job import Job, RunResult
-from lrlab.app.resume_changes import resume_changes
+from lrlab.app.resume_changes import fresh_start_note, resume_changes
 from lrlab.app.run_record import log_console, log_run_start, open_tracker
 from lrlab.core.distributed import is_main, world_size
 from lrlab.core.engine import Engine
 from lrlab.errors import RunPruned
 from lrlab.integrations.tracking import Tracker, get_backend
-from lrlab.train.checkpoints import load_resume
+from lrlab.models.checkpoint import CheckpointError, load_checkpoint
+from lrlab.train.checkpoints import load_resume, resumable_checkpoints, saved_config
 from lrlab.train.resume import ResumeState
 
 log = logging.getLogger("lrlab")
@@ -98,6 +99,9 @@ def _resume_point(job: Job, uri: str | None) -> tuple[ResumeState | None, dict, 
         return None, {}, None
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     resume = load_resume(str(cfg.resume), config_yaml, job.launch_dir)
+    if resume is None:
+        _say_fresh_start(job, config_yaml)
+        return None, {}, None
     before = yaml.safe_load(resume.meta.get("config") or "{}")
     changes = resume_changes(before, yaml.safe_load(config_yaml), resume.path)
     resumed_run = resume.meta.get("mlflow_run_id")
@@ -108,6 +112,20 @@ def _resume_point(job: Job, uri: str | None) -> tuple[ResumeState | None, dict, 
         )
         resumed_run = None
     return resume, changes, resumed_run
+
+
+def _say_fresh_start(job: Job, config_yaml: str, looked_at: int = 20) -> None:
+    """Warn that `resume=auto` found no checkpoint of this config and starts a new training, naming
+    how the nearest of the newest `looked_at` last.pt files differs (a user who meant to continue
+    it learns why it was not); damaged ones are passed over."""
+    candidates = []
+    for path in resumable_checkpoints(job.launch_dir)[:looked_at]:
+        try:
+            meta = load_checkpoint(path).get("meta") or {}
+        except CheckpointError:
+            continue
+        candidates.append((path, saved_config(meta.get("config") or "{}")))
+    log.warning(fresh_start_note(job.launch_dir / "outputs", candidates, saved_config(config_yaml)))
 
 
 def _log_artifact(resumed_run: str | None) -> str:

@@ -35,3 +35,8 @@ def check_paths(merged: DictConfig) -> None:
             f"resume={resume!r} is not a file: pass resume=PATH/TO/checkpoints/last.pt of the "
             "interrupted run, or resume=auto (the newest last.pt under outputs/ from a run with this config)."
         )
+    if str(resume) == "auto" and not merged.train.checkpoints:
+        raise ConfigError(
+            "resume=auto needs train.checkpoints=true: without last.pt an interrupted run leaves nothing to "
+            "continue, and every resubmission would start over."
+        )

@@ -151,7 +151,9 @@ class LrlabConfig:
     )
     format: str = "onnx"  # task=export: onnx (pip install 'lrlab[export]') | torchscript
     input: str | None = None  # an image file or a folder of them, for task=predict
-    resume: str | None = None  # auto (the newest last.pt of a run with this config) | PATH/TO/last.pt
+    resume: str | None = (
+        None  # auto (the newest last.pt of a run with this config, else a new start) | PATH/TO/last.pt
+    )
     name: str = "${data.name}"  # experiment name: MLflow experiment and run-name prefix
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | mps

@@ -161,35 +161,38 @@ def _copy(source: Path, destination: Path) -> Path | None:
     return partial.replace(destination)
 
 
-def load_resume(resume: str, config_yaml: str, launch_dir: Path) -> ResumeState:
+def load_resume(resume: str, config_yaml: str, launch_dir: Path) -> ResumeState | None:
     """The training state of the checkpoint `resume` names (a `last.pt`, or `auto`: the newest
     `outputs/**/last.pt` under `launch_dir` whose run had this same config: `config_yaml`, the
-    resolved config as checkpoints store it, compared without its `resume` key); ConfigError when
-    there is none or it holds no training state."""
-    import yaml
-
-    def plain(saved: str) -> dict[str, Any]:
-        found = yaml.safe_load(saved) or {}
-        found.pop("resume", None)
-        return found
-
-    if resume != "auto":
-        candidates = [Path(resume).expanduser()]
-    else:
-        found = (launch_dir / "outputs").rglob("checkpoints/last.pt")
-        candidates = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
-    wanted = plain(config_yaml)
+    resolved config as checkpoints store it, compared without its `resume` key). None when `auto`
+    finds none (the caller starts a new training); ConfigError when the checkpoint holds no state."""
+    wanted = saved_config(config_yaml)
+    candidates = [Path(resume).expanduser()] if resume != "auto" else resumable_checkpoints(launch_dir)
     for path in candidates:
         checkpoint = load_checkpoint(path)
         meta = checkpoint.get("meta") or {}
-        if resume == "auto" and plain(meta.get("config") or "{}") != wanted:
+        if resume == "auto" and saved_config(meta.get("config") or "{}") != wanted:
             continue
         if not checkpoint.get("resume"):
             raise ConfigError(
                 f"resume: {path} holds no training state to continue from (written by an older lrlab)"
             )
         return ResumeState.from_checkpoint(checkpoint, str(path))
-    raise ConfigError(
-        f"resume=auto: no checkpoints/last.pt under {launch_dir / 'outputs'} comes from a run with this "
-        "config (same overrides, train.checkpoints=true); pass resume=PATH/TO/last.pt"
-    )
+    return None
+
+
+def resumable_checkpoints(launch_dir: Path) -> list[Path]:
+    """Every `outputs/**/checkpoints/last.pt` under `launch_dir`, newest first: what `resume=auto`
+    looks through."""
+    found = (launch_dir / "outputs").rglob("checkpoints/last.pt")
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def saved_config(config_yaml: str) -> dict[str, Any]:
+    """A resolved config as a checkpoint stores it (YAML text), without its `resume` key: what
+    `resume=auto` compares."""
+    import yaml
+
+    found = yaml.safe_load(config_yaml) or {}
+    found.pop("resume", None)
+    return found
