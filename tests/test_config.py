@@ -395,3 +395,17 @@ def test_checkpoint_tasks_name_the_overrides_they_do_not_read() -> None:
         "device=cuda",
         "checkpointx=1",
     ]
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"), [("16-mixed", "16"), ("bf16-mixed", "bf16"), ("32-true", "32")]
+)
+def test_lightnings_precision_names_mean_the_same_setting(compose_cfg, written: str, meant: str) -> None:
+    assert validate(compose_cfg(f"precision={written}")).precision == meant
+
+
+def test_pure_half_precision_is_refused_naming_the_mixed_one(compose_cfg) -> None:
+    with pytest.raises(
+        ConfigError, match=r"precision=bf16-true: lrlab trains mixed precision only.*use precision=bf16"
+    ):
+        validate(compose_cfg("precision=bf16-true"))

@@ -34,7 +34,7 @@ from lrlab.app.tasks import TASKS
 from lrlab.core.compiling import compile_mode
 from lrlab.core.limits import check_limits
 from lrlab.core.monitor import Monitor
-from lrlab.core.settings import DEVICES, PRECISIONS, TTA_MODES
+from lrlab.core.settings import DEVICES, TTA_MODES, precision_choice
 from lrlab.data.registry import DataConfig, get_source, registered_sources
 from lrlab.errors import ConfigError, check_choice
 from lrlab.finder.config import FinderConfig
@@ -304,7 +304,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             )
     merged.task = check_choice(merged.task, tuple(TASKS), "task")
     merged.device = check_choice(merged.device, DEVICES, "device")
-    merged.precision = check_choice(merged.precision, PRECISIONS, "precision")
+    merged.precision = precision_choice(merged.precision)
     check_choice(merged.tracking.backend, backend_names(), "tracking.backend")
     check_choice(merged.train.tta, TTA_MODES, "train.tta")
     if merged.train.restore_best and not merged.train.checkpoints:

@@ -23,7 +23,7 @@ from lrlab.core.loss_buffer import LossBuffer
 from lrlab.core.lr_free import refresh_norm_statistics, set_optimizer_mode
 from lrlab.core.mixing import BatchTransform
 from lrlab.core.optim import gradient_norm, momentum_of
-from lrlab.core.settings import PRECISIONS, TTA_MODES, StepOptions
+from lrlab.core.settings import TTA_MODES, StepOptions, precision_choice
 from lrlab.core.types import Callback, EpochResult, StepRecord
 from lrlab.errors import TrainingDiverged, check_choice
 
@@ -60,7 +60,7 @@ class Engine:
     ):
         options = replace(options or StepOptions(), **overrides)
         self.device = torch.device(device)
-        self.precision = resolve_precision(check_choice(precision, PRECISIONS, "precision"), self.device)
+        self.precision = resolve_precision(precision_choice(precision), self.device)
         self.model = model
         self.compile_mode = compile_mode(options.compile)
         self.forward_model = compile_model(model, self.compile_mode, self.device)

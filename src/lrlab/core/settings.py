@@ -9,12 +9,26 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from lrlab.core.limits import LIMITS
-from lrlab.errors import check_choice
+from lrlab.errors import ConfigError, check_choice
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "32", "bf16", "16")
+PRECISIONS = ("auto", "32", "bf16", "16")  # bf16 and 16: fp32 weights with autocast (mixed precision)
+PRECISION_ALIASES = {"32-true": "32", "bf16-mixed": "bf16", "16-mixed": "16"}
+"""Lightning's names for the same settings, accepted as written there."""
 TTA_MODES = ("none", "hflip")  # hflip: evaluate each image and its mirror, averaging probabilities
 HEADS = ("classify", "regress", "ordinal")  # model.head (lrlab.models.heads)
+
+
+def precision_choice(value: object) -> str:
+    """`value` as one of PRECISIONS (Lightning's names translated); ConfigError naming the choices
+    otherwise, and for Lightning's pure half precisions, which lrlab does not train."""
+    text = PRECISION_ALIASES.get(str(value), str(value))
+    if text in ("bf16-true", "16-true"):
+        raise ConfigError(
+            f"precision={text}: lrlab trains mixed precision only (fp32 weights, half-precision "
+            f"autocast); use precision={text.split('-')[0]}, as {text.split('-')[0]}-mixed in Lightning."
+        )
+    return check_choice(text, PRECISIONS, "precision")
 
 
 def progress_enabled(setting: bool | str) -> bool:
