@@ -223,6 +223,32 @@ def bare_word_problem(args: list[str]) -> str | None:
     return None
 
 
+def command_line_problem(args: list[str], launch_dir: Path) -> str | None:
+    """One paragraph for the first thing wrong with the command line that can be told before Hydra
+    composes the config (modes, bare words, unknown options or keys, stage and data keys, an
+    unwritable output folder, a sweep under torchrun); None when there is none."""
+    sources = {name: source.config for name, source in registered_sources().items()}
+    checks = (
+        lambda: conflicting_modes(args) or bare_word_problem(args),
+        lambda: unknown_group_option(args),
+        lambda: misspelt_key(args, LrlabConfig, config_groups(), list(sources.values())),
+        lambda: stage_override_problem(args, config_groups(), CONFIG_DIR),
+        lambda: data_key_problem(args, config_groups(), CONFIG_DIR, sources),
+        lambda: unwritable_output(args, launch_dir),
+        lambda: _sweep_under_torchrun(args),
+    )
+    return next((problem for check in checks if (problem := check())), None)
+
+
+def _sweep_under_torchrun(args: list[str]) -> str | None:
+    if launched_world_size() > 1 and {"-m", "--multirun"} & set(args):
+        return (
+            "lrlab -m (a sweep) cannot run under torchrun: every process would run its own sweep. "
+            "Sweep without torchrun, or launch one torchrun per configuration."
+        )
+    return None
+
+
 def main() -> None:
     """Console-script entry point (`lrlab`, `python -m lrlab`)."""
     if sys.argv[1:] in (["--version"], ["-V"]):
@@ -238,33 +264,9 @@ def main() -> None:
             f"lrlab: {optimizer} runs with {' '.join(added)} (added; set any of them to choose otherwise)",
             file=sys.stderr,
         )
-    conflict = conflicting_modes(sys.argv[1:]) or bare_word_problem(sys.argv[1:])
-    if conflict:
-        print(f"lrlab: error: {conflict}", file=sys.stderr)
-        sys.exit(2)
-    unknown = unknown_group_option(sys.argv[1:]) or misspelt_key(
-        sys.argv[1:], LrlabConfig, config_groups(), [s.config for s in registered_sources().values()]
-    )
-    if unknown:
-        print(f"lrlab: error: {unknown}", file=sys.stderr)
-        sys.exit(2)
-    sources = {name: source.config for name, source in registered_sources().items()}
-    stage_problem = stage_override_problem(sys.argv[1:], config_groups(), CONFIG_DIR) or data_key_problem(
-        sys.argv[1:], config_groups(), CONFIG_DIR, sources
-    )
-    if stage_problem:
-        print(f"lrlab: error: {stage_problem}", file=sys.stderr)
-        sys.exit(2)
-    unwritable = unwritable_output(sys.argv[1:], Path.cwd())
-    if unwritable:
-        print(f"lrlab: error: {unwritable}", file=sys.stderr)
-        sys.exit(2)
-    if launched_world_size() > 1 and {"-m", "--multirun"} & set(sys.argv[1:]):
-        print(
-            "lrlab: error: lrlab -m (a sweep) cannot run under torchrun: every process would run its "
-            "own sweep. Sweep without torchrun, or launch one torchrun per configuration.",
-            file=sys.stderr,
-        )
+    problem = command_line_problem(sys.argv[1:], Path.cwd())
+    if problem:
+        print(f"lrlab: error: {problem}", file=sys.stderr)
         sys.exit(2)
     try:
         _hydra_main()
