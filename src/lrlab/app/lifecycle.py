@@ -100,7 +100,8 @@ def _resume_point(job: Job, uri: str | None) -> tuple[ResumeState | None, dict, 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     resume = load_resume(str(cfg.resume), config_yaml, job.launch_dir)
     if resume is None:
-        _say_fresh_start(job, config_yaml)
+        if is_main():
+            _say_fresh_start(job, config_yaml)
         return None, {}, None
     before = yaml.safe_load(resume.meta.get("config") or "{}")
     changes = resume_changes(before, yaml.safe_load(config_yaml), resume.path)
