@@ -4,6 +4,8 @@ and the "Across seeds" section and seeds.csv of a seed grid, with and without fi
 from __future__ import annotations
 
 import datetime as dt
+import math
+import random
 from pathlib import Path
 
 import optuna
@@ -266,3 +268,41 @@ def test_an_lr_grid_holding_find_plots_only_its_numbers(tmp_path: Path) -> None:
     only_find = optuna.create_study(study_name="find-only")
     only_find.add_trial(create_trial(value=0.1, params={"lr": "find"}, distributions=space))
     assert [p.name for p in write_report(only_find, tmp_path / "find")] == ["finder_vs_search.md"]
+
+
+def _two_param_study(n: int, seed_matters: bool = False) -> optuna.Study:
+    """`n` searched trials over a head and a body LR (and a seed): the error depends on the body LR
+    alone (or on the seed alone), so fANOVA must give it the largest share."""
+    study = optuna.create_study(study_name="two")
+    study.set_user_attr("lrlab.metric", ["error_rate"])
+    seeds = CategoricalDistribution([0, 1, 2])
+    distributions = {"stages.0.lr": LR, "stages.1.lr": LR, "seed": seeds}
+    rng = random.Random(0)
+    for _ in range(n):
+        params = {"stages.0.lr": 10 ** rng.uniform(-5, -1), "stages.1.lr": 10 ** rng.uniform(-5, -1)}
+        params["seed"] = rng.choice([0, 1, 2])
+        error = 0.1 * params["seed"] if seed_matters else abs(math.log10(params["stages.1.lr"]) + 3) / 10
+        study.add_trial(
+            create_trial(
+                value=error, params=params, distributions=distributions, user_attrs={"source": "search"}
+            )
+        )
+    return study
+
+
+def test_the_report_says_which_searched_parameter_mattered() -> None:
+    text = markdown(_two_param_study(24))
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert rows[0].startswith("| `stages.1.lr` | 0.") and float(rows[0].split("|")[2]) > 0.7
+    assert {r.split("`")[1] for r in rows} == {"stages.0.lr", "stages.1.lr", "seed"}
+    assert "fANOVA over the 24 complete searched trials" in text
+    noise = markdown(_two_param_study(24, seed_matters=True))
+    first = next(line for line in noise.splitlines() if line.startswith("| `"))
+    assert first.startswith("| `seed` |") and float(first.split("|")[2]) > 0.7
+
+
+def test_too_few_trials_or_one_searched_parameter_get_no_importance() -> None:
+    assert "Not estimated: 6 complete searched trials, and the estimate needs 10" in markdown(
+        _two_param_study(6)
+    )
+    assert "Which parameters mattered" not in markdown(_study())  # one searched param

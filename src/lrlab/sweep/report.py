@@ -1,7 +1,8 @@
 """The finder-vs-search report of a sweep: for each range-test rule, its suggested LRs, final
 metrics, rank among the searched trials, regret and compute, against the best searched trial;
 plus a plot of final error against LR with the finder's suggestions and the range-test curve.
-When `seed` is a param with two values or more, an "Across seeds" section (`lrlab.sweep.seeds`:
+When two params or more were searched, which of them mattered (`lrlab.sweep.importance`). When
+`seed` is a param with two values or more, an "Across seeds" section (`lrlab.sweep.seeds`:
 mean ± std per recipe of the valid error and the test metrics) and `seeds.csv`; a seed grid
 without finder trials gets that section and its trials instead of the finder tables.
 
@@ -34,6 +35,7 @@ from lrlab.sweep.analysis import (
     trial_seconds,
 )
 from lrlab.sweep.baselines import finder_rule
+from lrlab.sweep.importance import section as importance_section
 from lrlab.sweep.markdown import param_cell, table_head, table_row
 from lrlab.sweep.report_plot import plot
 from lrlab.sweep.results import RESULTS_FILE
@@ -68,12 +70,13 @@ def markdown(study: optuna.Study) -> str:
     seeds = [] if recipes is None else seeds_section(recipes, seed_values(trials), _fixed(study))
     if recipes is not None and not any(finder_rule(source_of(t)) for t in trials):
         title = f"# Sweep `{study.study_name}`: across seeds"
-        body = [*seeds, *trials_table(searched, metric, direction)]
+        body = [*seeds, *trials_table(searched, metric, direction), *importance_section(study, searched)]
     else:
         title = f"# Range-test suggestions vs. searched learning rates: `{study.study_name}`"
         body = [
             *_finder_table(study, rows, searched, metric, keys, heads),
             *_best_table(searched, metric, keys, heads, direction),
+            *importance_section(study, searched),
             *seeds,
         ]
     lines = [
