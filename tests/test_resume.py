@@ -16,7 +16,8 @@ from conftest import terminate_after_second_epoch
 from lrlab.app.resume_changes import fresh_start_note
 from lrlab.app.schema import validate
 from lrlab.errors import ConfigError
-from lrlab.train.checkpoints import load_checkpoint
+from lrlab.models.checkpoint import CheckpointError
+from lrlab.train.checkpoints import CONFIG_FILE, load_checkpoint, load_resume
 
 RUN = ("experiment=smoke", "epochs=4", "train.checkpoints=true", "hydra.run.dir=outputs/${now:%H-%M-%S-%f}")
 
@@ -102,6 +103,7 @@ def test_resume_auto_without_a_matching_checkpoint_starts_a_new_training(run_cli
     assert "no checkpoints/last.pt under" in first.stdout and "starting a new training" in first.stdout
     assert "The nearest one" not in first.stdout
     (written,) = (tmp_path / "outputs").rglob("checkpoints/last.pt")
+    assert "name: smoke" in (written.parent / CONFIG_FILE).read_text()
     longer = run_cli("experiment=smoke", "resume=auto", "tracking=none", "epochs=3")
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert (
@@ -109,6 +111,19 @@ def test_resume_auto_without_a_matching_checkpoint_starts_a_new_training(run_cli
     )
     assert f"pass resume={written}" in longer.stdout
     assert len(list((tmp_path / "outputs").rglob("checkpoints/last.pt"))) == 2
+
+
+def test_resume_auto_reads_config_yaml_instead_of_opening_other_runs_checkpoints(tmp_path: Path) -> None:
+    """A last.pt whose config.yaml names another training is passed over unopened (here it could
+    not even be read); one without config.yaml (an older run) is opened, as before."""
+    other = tmp_path / "outputs" / "a" / "checkpoints"
+    other.mkdir(parents=True)
+    (other / "last.pt").write_bytes(b"not a checkpoint")
+    (other / CONFIG_FILE).write_text("seed: 1\nresume: auto\n")
+    assert load_resume("auto", "seed: 2\nresume: null\n", tmp_path) is None
+    (other / CONFIG_FILE).unlink()
+    with pytest.raises(CheckpointError, match="is damaged or not a checkpoint"):
+        load_resume("auto", "seed: 2\n", tmp_path)
 
 
 def test_fresh_start_note_names_the_nearest_checkpoint_and_whether_it_continues() -> None:

@@ -22,8 +22,8 @@ from lrlab.core.distributed import is_main, world_size
 from lrlab.core.engine import Engine
 from lrlab.errors import RunPruned
 from lrlab.integrations.tracking import Tracker, get_backend
-from lrlab.models.checkpoint import CheckpointError, load_checkpoint
-from lrlab.train.checkpoints import load_resume, resumable_checkpoints, saved_config
+from lrlab.models.checkpoint import CheckpointError
+from lrlab.train.checkpoints import load_resume, recorded_config, resumable_checkpoints, saved_config
 from lrlab.train.resume import ResumeState
 
 log = logging.getLogger("lrlab")
@@ -122,10 +122,9 @@ def _say_fresh_start(job: Job, config_yaml: str, looked_at: int = 20) -> None:
     candidates = []
     for path in resumable_checkpoints(job.launch_dir)[:looked_at]:
         try:
-            meta = load_checkpoint(path).get("meta") or {}
+            candidates.append((path, saved_config(recorded_config(path))))
         except CheckpointError:
             continue
-        candidates.append((path, saved_config(meta.get("config") or "{}")))
     log.warning(fresh_start_note(job.launch_dir / "outputs", candidates, saved_config(config_yaml)))
 
 

@@ -24,6 +24,10 @@ from lrlab.train.resume import Decisions, ResumeState
 __all__ = ["CheckpointCallback", "CheckpointError", "load_checkpoint", "model_state", "save_atomic"]
 
 
+CONFIG_FILE = "config.yaml"
+"""Beside `last.pt`: the resolved config of the run that writes the checkpoints."""
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict as contiguous CPU tensors (independent of device and memory format)."""
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -40,7 +44,8 @@ class CheckpointCallback(Callback):
     """Writes `last.pt` every epoch and `best.pt` whenever the monitored metric improves (default:
     valid_loss); with `save_top_k` > 1 also the k best epochs as `top/epoch<N>-<metric><value>.pt`;
     `save_final()` writes the last epoch's model as `final.pt`. `meta` (the model's description:
-    architecture, classes, preprocessing, config, lrlab version) goes into every file."""
+    architecture, classes, preprocessing, config, lrlab version) goes into every file, and its
+    config also into `config.yaml` beside them, which `resume=auto` reads."""
 
     def __init__(
         self,
@@ -80,6 +85,7 @@ class CheckpointCallback(Callback):
             state = ResumeState.capture(engine, self.stage_index, self.decisions, done, result.epoch + 1)
             resume = state.to_payload()
         save_atomic({**payload, "resume": resume}, self.directory / "last.pt")
+        self._write_config()
         self._last_payload = payload
         value = self.monitor.value(result)
         if self.monitor.better(value, self.best_value):
@@ -87,6 +93,16 @@ class CheckpointCallback(Callback):
             self.best_path = save_atomic(payload, self.directory / "best.pt")
         if self.save_top_k > 1:
             self._keep_top(value, result.epoch, lambda path: save_atomic(payload, path))
+
+    def _write_config(self) -> None:
+        """`config.yaml` beside `last.pt`: the run's resolved config as the checkpoints hold it, so
+        `resume=auto` compares it without opening every `last.pt` (written once, atomically)."""
+        target = self.directory / CONFIG_FILE
+        if "config" not in self.meta or target.is_file():
+            return
+        partial = target.with_name(target.name + ".partial")
+        partial.write_text(str(self.meta["config"]))
+        partial.replace(target)
 
     def continue_from(self, resume: ResumeState) -> None:
         """Before a resumed training: the best epoch and the top-k of the epochs trained before the
@@ -169,6 +185,12 @@ def load_resume(resume: str, config_yaml: str, launch_dir: Path) -> ResumeState 
     wanted = saved_config(config_yaml)
     candidates = [Path(resume).expanduser()] if resume != "auto" else resumable_checkpoints(launch_dir)
     for path in candidates:
+        if (
+            resume == "auto"
+            and (path.parent / CONFIG_FILE).is_file()
+            and saved_config(recorded_config(path)) != wanted
+        ):
+            continue  # its config.yaml says another training: no need to open it
         checkpoint = load_checkpoint(path)
         meta = checkpoint.get("meta") or {}
         if resume == "auto" and saved_config(meta.get("config") or "{}") != wanted:
@@ -186,6 +208,15 @@ def resumable_checkpoints(launch_dir: Path) -> list[Path]:
     looks through."""
     found = (launch_dir / "outputs").rglob("checkpoints/last.pt")
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def recorded_config(path: Path) -> str:
+    """The resolved config (YAML) of the run that wrote checkpoint `path`: the `config.yaml` beside
+    it, or where that is missing (runs before it was written) the checkpoint's own."""
+    beside = path.parent / CONFIG_FILE
+    if beside.is_file():
+        return beside.read_text()
+    return str((load_checkpoint(path).get("meta") or {}).get("config") or "{}")
 
 
 def saved_config(config_yaml: str) -> dict[str, Any]:
