@@ -270,9 +270,10 @@ def test_an_lr_grid_holding_find_plots_only_its_numbers(tmp_path: Path) -> None:
     assert [p.name for p in write_report(only_find, tmp_path / "find")] == ["finder_vs_search.md"]
 
 
-def _two_param_study(n: int, seed_matters: bool = False) -> optuna.Study:
+def _two_param_study(n: int, matters: str = "body") -> optuna.Study:
     """`n` searched trials over a head and a body LR (and a seed): the error depends on the body LR
-    alone (or on the seed alone), so fANOVA must give it the largest share."""
+    alone (or on the seed alone, or on nothing: 0.9 everywhere), so fANOVA must give it the
+    largest share."""
     study = optuna.create_study(study_name="two")
     study.set_user_attr("lrlab.metric", ["error_rate"])
     seeds = CategoricalDistribution([0, 1, 2])
@@ -281,7 +282,11 @@ def _two_param_study(n: int, seed_matters: bool = False) -> optuna.Study:
     for _ in range(n):
         params = {"stages.0.lr": 10 ** rng.uniform(-5, -1), "stages.1.lr": 10 ** rng.uniform(-5, -1)}
         params["seed"] = rng.choice([0, 1, 2])
-        error = 0.1 * params["seed"] if seed_matters else abs(math.log10(params["stages.1.lr"]) + 3) / 10
+        error = {
+            "body": abs(math.log10(params["stages.1.lr"]) + 3) / 10,
+            "seed": 0.1 * params["seed"],
+            "nothing": 0.9,
+        }[matters]
         study.add_trial(
             create_trial(
                 value=error, params=params, distributions=distributions, user_attrs={"source": "search"}
@@ -296,13 +301,26 @@ def test_the_report_says_which_searched_parameter_mattered() -> None:
     assert rows[0].startswith("| `stages.1.lr` | 0.") and float(rows[0].split("|")[2]) > 0.7
     assert {r.split("`")[1] for r in rows} == {"stages.0.lr", "stages.1.lr", "seed"}
     assert "fANOVA over the 24 complete searched trials" in text
-    noise = markdown(_two_param_study(24, seed_matters=True))
+    noise = markdown(_two_param_study(24, matters="seed"))
     first = next(line for line in noise.splitlines() if line.startswith("| `"))
     assert first.startswith("| `seed` |") and float(first.split("|")[2]) > 0.7
 
 
 def test_too_few_trials_or_one_searched_parameter_get_no_importance() -> None:
-    assert "Not estimated: 6 complete searched trials, and the estimate needs 10" in markdown(
-        _two_param_study(6)
+    few = markdown(_two_param_study(6))
+    assert (
+        "Not estimated: 6 complete searched trials with a finite objective, and the estimate needs 10" in few
     )
+    flat = markdown(_two_param_study(12, matters="nothing"))
+    assert "Not estimated: every complete searched trial scored 0.9, so nothing is explained." in flat
     assert "Which parameters mattered" not in markdown(_study())  # one searched param
+
+
+def test_a_failing_importance_estimate_is_a_line_not_a_failed_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args, **kwargs):
+        raise RuntimeError("Encountered zero total variance in all trees.")
+
+    monkeypatch.setattr("lrlab.sweep.importance.importances", fail)
+    text = markdown(_two_param_study(12))
+    assert "Not estimated: Optuna's fANOVA failed (RuntimeError: Encountered zero total variance" in text
+    assert "## Compute" in text

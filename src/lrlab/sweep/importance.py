@@ -5,12 +5,14 @@ are left out: their objective is not the searched one's, or is missing."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import optuna
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 from optuna.trial import FrozenTrial, TrialState
 
+from lrlab.errors import describe
 from lrlab.sweep.markdown import param_cell, table_head, table_row
 
 MIN_TRIALS = 10
@@ -53,19 +55,25 @@ def importances(study: optuna.Study, trials: Sequence[FrozenTrial], seed: int = 
 def section(study: optuna.Study, searched: Sequence[FrozenTrial]) -> list[str]:
     """The report's section: each varied param's importance and the best trial's value of it; a line
     saying why not when the trials are too few; nothing when fewer than two params were searched."""
-    complete = [t for t in searched if t.state == TrialState.COMPLETE and t.values]
+    complete = [
+        t for t in searched if t.state == TrialState.COMPLETE and t.values and math.isfinite(t.values[0])
+    ]
     params = varied_params(complete)
     if len(params) < 2:
         return []
     if len(complete) < MIN_TRIALS:
-        return [
-            HEADING,
-            "",
-            f"Not estimated: {len(complete)} complete searched trials, and the estimate needs "
-            f"{MIN_TRIALS} or more (raise `hydra.sweeper.n_trials`).",
-            "",
-        ]
-    found = importances(study, complete)
+        why = (
+            f"{len(complete)} complete searched trials with a finite objective, and the estimate "
+            f"needs {MIN_TRIALS} or more (raise `hydra.sweeper.n_trials`)"
+        )
+        return [HEADING, "", f"Not estimated: {why}.", ""]
+    if len({t.values[0] for t in complete}) == 1:
+        why = f"every complete searched trial scored {complete[0].values[0]:.4g}, so nothing is explained"
+        return [HEADING, "", f"Not estimated: {why}.", ""]
+    try:
+        found = importances(study, complete)
+    except (RuntimeError, ValueError) as exc:  # the report must not end a sweep over its side table
+        return [HEADING, "", f"Not estimated: Optuna's fANOVA failed ({describe(exc)}).", ""]
     pick = max if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else min
     best = pick(complete, key=lambda trial: trial.values[0])
     columns = ["parameter", "importance", "best trial's value"]
