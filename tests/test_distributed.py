@@ -147,11 +147,11 @@ RUN = (
 )
 
 
-def _run(cwd: Path, processes: int) -> subprocess.CompletedProcess:
-    cwd.mkdir()
+def _run(cwd: Path, processes: int, *extra: str) -> subprocess.CompletedProcess:
+    cwd.mkdir(exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = [sys.executable, *(launcher if processes > 1 else []), "-m", "lrlab", *RUN]
+    command = [sys.executable, *(launcher if processes > 1 else []), "-m", "lrlab", *RUN, *extra]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -201,3 +201,11 @@ def test_torchrun_two_processes_match_one_process(tmp_path: Path) -> None:
     assert not any("module." in key for key in load_checkpoint(out / "checkpoints" / "best.pt")["model"])
     assert sorted(p.name for p in out.glob("lrlab*.log")) == ["lrlab-rank1.log", "lrlab.log"]
     assert (out / ".hydra-rank1" / "config.yaml").is_file()
+
+    # Resubmitted once FINISHED, every rank learns so from rank 0 (the one that reads the store):
+    # nothing is trained or tested again.
+    again = _run(tmp_path / "two", 2, f"resume={out / 'checkpoints' / 'last.pt'}")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "nothing to resume:" in again.stdout + again.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'two' / 'mlflow.db'}")
+    assert len(client.get_metric_history(run.info.run_id, "test/accuracy")) == 1

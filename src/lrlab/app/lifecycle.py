@@ -18,7 +18,7 @@ from lrlab.app.hooks import RunCallbacks
 from lrlab.app.job import Job, RunResult
 from lrlab.app.resume_changes import fresh_start_note, resume_changes
 from lrlab.app.run_record import log_console, log_run_start, open_tracker
-from lrlab.core.distributed import is_main, world_size
+from lrlab.core.distributed import from_main, is_main
 from lrlab.core.engine import Engine
 from lrlab.errors import RunPruned
 from lrlab.integrations.tracking import Tracker, get_backend
@@ -50,8 +50,8 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
     resume, changes, resumed_run = _resume_point(job, uri)
     hooks = RunCallbacks.create(setup, job.output_dir)
     backend = get_backend(cfg.tracking.backend)
-    # Under torchrun every rank carries on as before (only rank 0 may read the store).
-    status = backend.run_status(uri, resumed_run) if resumed_run and world_size() == 1 else None
+    # Under torchrun only rank 0 may read the store: every rank acts on what it read.
+    status = from_main(backend.run_status(uri, resumed_run) if resumed_run and is_main() else None)
     done = _nothing_to_resume(job, setup, resume, status)
     if done is not None:
         return done

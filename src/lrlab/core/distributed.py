@@ -28,7 +28,7 @@ import contextlib
 import datetime
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -41,6 +41,7 @@ from lrlab.core.launch import launched_world_size
 from lrlab.errors import LrlabError
 
 TIMEOUT = datetime.timedelta(minutes=30)
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -100,6 +101,16 @@ def barrier() -> None:
     """Wait until every rank gets here (no-op in one process)."""
     if is_distributed():
         dist.barrier()
+
+
+def from_main(value: T) -> T:
+    """Rank 0's `value` on every rank (`value` itself in one process): for what only rank 0 may
+    read, such as the tracking store."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
