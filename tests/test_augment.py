@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 
 import pytest
+import timm
 import torch
 from torch import nn
 
 from lrlab.core.engine import Engine
 from lrlab.core.losses import OrdinalCrossEntropy
 from lrlab.data.augment import affine_params, jitter, warp
+from lrlab.models.checkpoint import ProbabilityModel
 
 
 def _corners(theta: torch.Tensor) -> torch.Tensor:
@@ -79,6 +81,37 @@ def test_flip_tta_averages_probabilities_of_the_image_and_its_mirror() -> None:
     assert tta["valid_loss"] == pytest.approx(math.log(2), rel=1e-5)
     with pytest.raises(Exception, match="tta"):
         Engine(_LeftHalf(), tta="vflip")
+
+
+class _TopHalf(nn.Module):
+    """As _LeftHalf for the top and bottom halves: a mirror keeps its prediction, flipping it upside
+    down swaps it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.shape[-2] // 2
+        return torch.stack([x[..., :h, :].mean(dim=(1, 2, 3)), x[..., h:, :].mean(dim=(1, 2, 3))], 1) * 10
+
+
+def test_flips_tta_also_averages_the_image_upside_down() -> None:
+    x = torch.zeros(2, 1, 4, 4)
+    x[0, :, :2, :] = 1.0  # bright top half
+    x[1, :, 2:, :] = 0.2  # dim bottom half
+    y = torch.tensor([0, 1])
+    mirrored = Engine(_TopHalf(), tta="hflip").evaluate([(x, y)])
+    assert mirrored["accuracy"] == 1.0 and mirrored["valid_loss"] < 0.2  # a mirror changes nothing here
+    flips = Engine(_TopHalf(), tta="flips").evaluate([(x, y)])
+    assert flips["valid_loss"] == pytest.approx(math.log(2), rel=1e-5)  # 2 views each way: p = 0.5
+
+
+@pytest.mark.parametrize("tta", ["hflip", "flips"])
+def test_the_engine_and_the_prediction_model_apply_a_tta_alike(tta: str) -> None:
+    """The test split (the engine) and every prediction path (ProbabilityModel) average the same views."""
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", num_classes=5).eval()
+    x = torch.randn(6, 3, 32, 32)
+    scored = Engine(model, tta=tta, progress=False)._eval_scores(x).softmax(1)
+    assert torch.allclose(scored, ProbabilityModel(model, tta)(x), atol=1e-6)
+    assert not torch.allclose(scored, model(x).softmax(1), atol=1e-3)
 
 
 def test_label_smoothing_and_tta_reach_the_engine(compose_cfg) -> None:

@@ -126,3 +126,17 @@ def test_export_cli_writes_the_file_and_refuses_an_unknown_format(
     )
     assert blocked.returncode == 2 and "is a file, where task=export writes its folder" in blocked.stderr
     assert "Traceback" not in blocked.stderr
+
+
+def test_onnx_export_carries_the_flips_tta(compose_cfg, tmp_path: Path) -> None:
+    """flips (4 views) goes into the graph as hflip does, within the export's check."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    setup = build(compose_cfg("experiment=smoke", "tracking=none", "train.tta=flips"))
+    callback = CheckpointCallback(tmp_path / "ckpt", setup.model_description())
+    callback.on_epoch_end(_Engine(setup.model), EpochResult("full", 0, 0, 1.0, 0.5, 0.1, 0.9, 1.0))
+    loaded = load_model(tmp_path / "ckpt" / "best.pt")
+    assert loaded.tta == "flips"
+    done = export_model(loaded, tmp_path / "export", "onnx")
+    assert done.max_abs_diff is not None and done.max_abs_diff <= TOLERANCE
+    assert json.loads(done.sidecar.read_text())["tta"] == "flips"

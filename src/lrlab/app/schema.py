@@ -91,7 +91,7 @@ class TrainConfig:
     # layer-wise LR decay (timm's, BEiT's rule): each block's LR x layer_decay ** (blocks above it),
     # on top of the stage's LR per layer group, e.g. 0.75; None: off
     layer_decay: float | None = None
-    tta: str = "none"  # none | hflip: evaluate each image and its mirror, averaging probabilities
+    tta: str = "none"  # none | hflip (image and mirror) | flips (also upside down, and both): mean probs
     monitor: str = "valid_loss"  # the valid-split metric best.pt, save_top_k and patience follow
     mode: str = "auto"  # auto (max for accuracy, else min) | min | max
     patience: int | None = None  # end a stage after this many epochs without improvement; None: off

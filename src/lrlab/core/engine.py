@@ -23,7 +23,7 @@ from lrlab.core.loss_buffer import LossBuffer
 from lrlab.core.lr_free import refresh_norm_statistics, set_optimizer_mode
 from lrlab.core.mixing import BatchTransform
 from lrlab.core.optim import gradient_norm, momentum_of
-from lrlab.core.settings import TTA_MODES, StepOptions, precision_choice
+from lrlab.core.settings import TTA_FLIPS, TTA_MODES, StepOptions, precision_choice
 from lrlab.core.types import Callback, EpochResult, StepRecord
 from lrlab.errors import TrainingDiverged, check_choice
 
@@ -258,14 +258,13 @@ class Engine:
         return total_loss, predictions, targets
 
     def _eval_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits, or with `tta="hflip"` the log of the image's and its mirror's mean probabilities."""
+        """Logits, or with a TTA (`hflip`, `flips`) the log of its views' mean probabilities."""
         with self.autocast():
-            logits = self.forward_model(x).float()
             if self.tta == "none":
-                return logits
-            mirrored = self.forward_model(torch.flip(x, dims=[-1])).float()
-        pair = torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)])
-        return torch.logsumexp(pair, 0) - math.log(2)
+                return self.forward_model(x).float()
+            views = [self.forward_model(x.flip(dims) if dims else x).float() for dims in TTA_FLIPS[self.tta]]
+        stacked = torch.stack([view.log_softmax(1) for view in views])
+        return torch.logsumexp(stacked, 0) - math.log(len(views))
 
     def _eval_loss(self, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.tta == "none":

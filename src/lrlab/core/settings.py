@@ -15,7 +15,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "32", "bf16", "16")  # bf16 and 16: fp32 weights with autocast (mixed precision)
 PRECISION_ALIASES = {"32-true": "32", "bf16-mixed": "bf16", "16-mixed": "16"}
 """Lightning's names for the same settings, accepted as written there."""
-TTA_MODES = ("none", "hflip")  # hflip: evaluate each image and its mirror, averaging probabilities
+TTA_FLIPS = {"none": ((),), "hflip": ((), (-1,)), "flips": ((), (-1,), (-2,), (-2, -1))}
+"""Test-time augmentation: the image dims each view flips (`()`: the image as it is); the views'
+probabilities are averaged. hflip: the image and its mirror; flips: also upside down and both
+(for images with no up or left, such as solar cells, micrographs or aerial tiles)."""
+TTA_MODES = tuple(TTA_FLIPS)
 HEADS = ("classify", "regress", "ordinal")  # model.head (lrlab.models.heads)
 
 

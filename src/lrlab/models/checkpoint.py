@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lrlab.core.settings import TTA_MODES
+from lrlab.core.settings import TTA_FLIPS, TTA_MODES
 from lrlab.data.preprocess import Preprocess
 from lrlab.errors import LrlabError, describe, disk_full
 
@@ -94,8 +94,9 @@ def _load_plain(path: Path, source: Any, map_location: str | torch.device) -> An
 
 class ProbabilityModel(nn.Module):
     """A classifier that returns class probabilities with its test-time augmentation inside:
-    `tta="hflip"` averages the probabilities of each image and its mirror, as the test split was
-    scored. The one prediction path: predict, load_model, the served model and the exported graph."""
+    `tta="hflip"` averages the probabilities of each image and its mirror (`flips`: also flipped
+    upside down, and both), as the test split was scored. The one prediction path: predict,
+    load_model, the served model and the exported graph."""
 
     def __init__(self, model: nn.Module, tta: str = "none") -> None:
         super().__init__()
@@ -104,10 +105,9 @@ class ProbabilityModel(nn.Module):
         self.model, self.tta = model, tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = self.model(x).float().softmax(-1)
-        if self.tta == "hflip":
-            probs = (probs + self.model(x.flip(-1)).float().softmax(-1)) / 2
-        return probs
+        views = TTA_FLIPS[self.tta]
+        probs = [self.model(x.flip(dims) if dims else x).float().softmax(-1) for dims in views]
+        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
 
 
 @dataclass
@@ -133,7 +133,7 @@ class LoadedModel:
 
     @property
     def tta(self) -> str:
-        """The TTA the checkpoint's run evaluated with (`train.tta`): none | hflip."""
+        """The TTA the checkpoint's run evaluated with (`train.tta`): none | hflip | flips."""
         if "tta" in self.meta:
             return str(self.meta["tta"])
         import yaml
