@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from lrlab import Engine, load_model
+from lrlab import Engine, hold_freed_memory, load_model
 from lrlab.app.evaluate import checkpoint_data
 from lrlab.core.metrics import balanced_accuracy, per_class_recall
 from lrlab.core.settings import TTA_MODES
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(TTA_MODES), choices=TTA_MODES)
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args(argv)
+    hold_freed_memory()  # as the lrlab command does: CPU evaluation reuses its buffers
     rows = [row for run in args.runs for row in score(run, args.modes)]
     summary(rows, args.modes)
     if args.json:
