@@ -277,7 +277,7 @@ def test_a_misspelt_key_in_a_config_not_from_the_tree_fails_validation(compose_c
         (["data=imagefolder"], "data.root"),
         (["task=fit"], "task='fit' is not valid; choose one of: train, lr_find"),
         (["task=tran"], "(closest: train)"),
-        (["train.tta=true"], "train.tta=true is not valid; choose one of: none, hflip."),
+        (["train.tta=true"], "train.tta=true is not valid; choose one of: none, hflip, flips."),
         (["resume=/no/such/last.pt"], "resume='/no/such/last.pt' is not a file: pass resume=PATH/TO/"),
         (["tracking.backend=wandb"], "choose one of: mlflow, none"),
         (["lr=-1"], "stages.0.lr=-1.0 must be a positive finite number"),
