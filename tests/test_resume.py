@@ -104,6 +104,10 @@ def test_resume_auto_without_a_matching_checkpoint_starts_a_new_training(run_cli
     assert "The nearest one" not in first.stdout
     (written,) = (tmp_path / "outputs").rglob("checkpoints/last.pt")
     assert "name: smoke" in (written.parent / CONFIG_FILE).read_text()
+    # Resubmitted once FINISHED, without a tracking store to say so: its checkpoints say so.
+    again = run_cli("experiment=smoke", "resume=auto", "tracking=none")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing to resume:" in again.stdout and "test: the final" not in again.stdout
     longer = run_cli("experiment=smoke", "resume=auto", "tracking=none", "epochs=3")
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert (

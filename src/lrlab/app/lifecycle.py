@@ -9,6 +9,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -23,7 +25,13 @@ from lrlab.core.engine import Engine
 from lrlab.errors import RunPruned
 from lrlab.integrations.tracking import Tracker, get_backend
 from lrlab.models.checkpoint import CheckpointError
-from lrlab.train.checkpoints import load_resume, recorded_config, resumable_checkpoints, saved_config
+from lrlab.train.checkpoints import (
+    finished_mark,
+    load_resume,
+    recorded_config,
+    resumable_checkpoints,
+    saved_config,
+)
 from lrlab.train.resume import ResumeState
 
 log = logging.getLogger("lrlab")
@@ -51,7 +59,7 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
     hooks = RunCallbacks.create(setup, job.output_dir)
     backend = get_backend(cfg.tracking.backend)
     # Under torchrun only rank 0 may read the store: every rank acts on what it read.
-    status = from_main(backend.run_status(uri, resumed_run) if resumed_run and is_main() else None)
+    status = from_main(_recorded_status(backend, uri, resumed_run, resume) if is_main() else None)
     done = _nothing_to_resume(job, setup, resume, status)
     if done is not None:
         return done
@@ -84,6 +92,8 @@ def tracked_run(job: Job, body: Callable[[TrackedRun], RunResult]) -> RunResult:
         log_console(tracker, job.output_dir, _log_artifact(resumed_run), failure)
         tracker.finish(status)
     result.output_dir, result.stages, result.run_id = job.output_dir, hooks.stage_log.stages, tracker.run_id
+    if hooks.checkpoints is not None:
+        hooks.checkpoints.mark_finished()
     where = tracker.describe()
     if where:
         log.info(where)
@@ -128,6 +138,18 @@ def _say_fresh_start(job: Job, config_yaml: str, looked_at: int = 20) -> None:
     log.warning(fresh_start_note(job.launch_dir / "outputs", candidates, saved_config(config_yaml)))
 
 
+def _recorded_status(
+    backend: Any, uri: str | None, run_id: str | None, resume: ResumeState | None
+) -> str | None:
+    """How the resumed checkpoint's run ended: its status in the tracking store, or for a run the
+    store does not hold (`tracking=none`) FINISHED when its checkpoints say so; None if unknown."""
+    if run_id:
+        return backend.run_status(uri, run_id)
+    if resume is not None and finished_mark(Path(resume.path).parent).is_file():
+        return "FINISHED"
+    return None
+
+
 def _log_artifact(resumed_run: str | None) -> str:
     """Where a run keeps its console log: `logs/lrlab.log`, and one more file per resume."""
     return f"logs/lrlab-resumed-{time.strftime('%Y%m%d-%H%M%S')}.log" if resumed_run else "logs/lrlab.log"
@@ -143,8 +165,9 @@ def _nothing_to_resume(
     if not resume.trained_all([stage.epochs for stage in setup.stages]):
         return None
     run_id = resume.meta.get("mlflow_run_id")
+    run = f"run {run_id}" if run_id else "its run"
     log.info(
-        f"nothing to resume: {resume.path} ends the training of run {run_id} (epoch "
+        f"nothing to resume: {resume.path} ends the training of {run} (epoch "
         f"{resume.global_epoch}, every stage done), and that run is FINISHED with its test report "
         "and model. To train longer, raise the epochs with resume=PATH/TO/last.pt."
     )

@@ -104,6 +104,12 @@ class CheckpointCallback(Callback):
         partial.write_text(str(self.meta["config"]))
         partial.replace(target)
 
+    def mark_finished(self) -> None:
+        """Record beside `last.pt` that its training ended FINISHED (test split scored, model
+        written), so resubmitting it redoes nothing even where no tracking store keeps the status."""
+        if (self.directory / "last.pt").is_file():
+            finished_mark(self.directory).touch()
+
     def continue_from(self, resume: ResumeState) -> None:
         """Before a resumed training: the best epoch and the top-k of the epochs trained before the
         interruption, their files copied from the interrupted run's checkpoints (where they still
@@ -208,6 +214,11 @@ def resumable_checkpoints(launch_dir: Path) -> list[Path]:
     looks through."""
     found = (launch_dir / "outputs").rglob("checkpoints/last.pt")
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def finished_mark(directory: Path) -> Path:
+    """The file in a run's `checkpoints/` that says its training ended FINISHED."""
+    return directory / "finished"
 
 
 def recorded_config(path: Path) -> str:
