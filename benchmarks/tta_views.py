@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lrlab import Engine, hold_freed_memory, load_model
 from lrlab.app.evaluate import checkpoint_data
-from lrlab.core.metrics import balanced_accuracy, per_class_recall
+from lrlab.core.metrics import accuracy, balanced_accuracy, per_class_recall
 from lrlab.core.settings import TTA_MODES
 from lrlab.data.loaders import make_loaders
 from lrlab.data.sources import load_source
@@ -40,7 +40,7 @@ def score(run_dir: Path, modes: list[str]) -> list[dict]:
         for split, loader in (("valid", loaders.valid), ("test", loaders.test)):
             found = engine.predict(loader)
             classes = len(source.class_names)
-            row[f"{split}_acc"] = float((found.predictions == found.targets).float().mean())
+            row[f"{split}_acc"] = accuracy(found.predictions, found.targets)
             row[f"{split}_balanced"] = balanced_accuracy(found.predictions, found.targets, classes)
             row[f"{split}_loss"] = found.loss
             recall = per_class_recall(found.predictions, found.targets, classes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,9 +16,10 @@ from mlflow.tracking import MlflowClient
 from conftest import terminate_after_second_epoch
 from lrlab.app.resume_changes import fresh_start_note
 from lrlab.app.schema import validate
+from lrlab.core.types import EpochResult
 from lrlab.errors import ConfigError
 from lrlab.models.checkpoint import CheckpointError
-from lrlab.train.checkpoints import CONFIG_FILE, load_checkpoint, load_resume
+from lrlab.train.checkpoints import CONFIG_FILE, CheckpointCallback, load_checkpoint, load_resume
 
 RUN = ("experiment=smoke", "epochs=4", "train.checkpoints=true", "hydra.run.dir=outputs/${now:%H-%M-%S-%f}")
 
@@ -128,6 +130,25 @@ def test_resume_auto_reads_config_yaml_instead_of_opening_other_runs_checkpoints
     (other / CONFIG_FILE).unlink()
     with pytest.raises(CheckpointError, match="is damaged or not a checkpoint"):
         load_resume("auto", "seed: 2\n", tmp_path)
+
+
+def test_a_training_in_a_used_checkpoints_directory_rewrites_its_config_and_clears_finished(
+    tmp_path: Path,
+) -> None:
+    """A resume into the same run directory (a fixed hydra.run.dir) may change `epochs`: its first
+    last.pt brings config.yaml up to date, and the earlier training's `finished` mark goes, so a
+    kill before its end is resumed, not taken for done."""
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    (directory / CONFIG_FILE).write_text("epochs: 2\n")
+    (directory / "finished").touch()
+    callback = CheckpointCallback(directory, {"config": "epochs: 3\n"})
+    engine = SimpleNamespace(model=torch.nn.Linear(2, 2), history=[])
+    callback.on_epoch_end(engine, EpochResult("full", 0, 0, 1.0, 0.5, 0.1, 0.9, 1.0))
+    assert (directory / CONFIG_FILE).read_text() == "epochs: 3\n"
+    assert not (directory / "finished").exists()
+    callback.mark_finished()
+    assert (directory / "finished").is_file()
 
 
 def test_fresh_start_note_names_the_nearest_checkpoint_and_whether_it_continues() -> None:

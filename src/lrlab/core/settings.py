@@ -28,9 +28,10 @@ def precision_choice(value: object) -> str:
     otherwise, and for Lightning's pure half precisions, which lrlab does not train."""
     text = PRECISION_ALIASES.get(str(value), str(value))
     if text in ("bf16-true", "16-true"):
+        mixed = text.removesuffix("-true")
         raise ConfigError(
             f"precision={text}: lrlab trains mixed precision only (fp32 weights, half-precision "
-            f"autocast); use precision={text.split('-')[0]}, as {text.split('-')[0]}-mixed in Lightning."
+            f"autocast); use precision={mixed}, as {mixed}-mixed in Lightning."
         )
     return check_choice(text, PRECISIONS, "precision")
 

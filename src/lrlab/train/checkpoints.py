@@ -65,6 +65,7 @@ class CheckpointCallback(Callback):
         self.top: list[tuple[float, Path]] = []
         self.stage_index: int | None = None  # the running stage, as the staged trainer announced it
         self.decisions: Decisions = {}
+        self._started = False  # whether this training has written its first last.pt
 
     def on_stage_start(self, engine: Any, start: Any) -> None:
         self.stage_index, self.decisions = start.index, dict(start.decisions)
@@ -85,7 +86,8 @@ class CheckpointCallback(Callback):
             state = ResumeState.capture(engine, self.stage_index, self.decisions, done, result.epoch + 1)
             resume = state.to_payload()
         save_atomic({**payload, "resume": resume}, self.directory / "last.pt")
-        self._write_config()
+        if not self._started:
+            self._start_directory()
         self._last_payload = payload
         value = self.monitor.value(result)
         if self.monitor.better(value, self.best_value):
@@ -94,15 +96,17 @@ class CheckpointCallback(Callback):
         if self.save_top_k > 1:
             self._keep_top(value, result.epoch, lambda path: save_atomic(payload, path))
 
-    def _write_config(self) -> None:
-        """`config.yaml` beside `last.pt`: the run's resolved config as the checkpoints hold it, so
-        `resume=auto` compares it without opening every `last.pt` (written once, atomically)."""
-        target = self.directory / CONFIG_FILE
-        if "config" not in self.meta or target.is_file():
-            return
-        partial = target.with_name(target.name + ".partial")
-        partial.write_text(str(self.meta["config"]))
-        partial.replace(target)
+    def _start_directory(self) -> None:
+        """At this training's first `last.pt`: `config.yaml` beside it (the run's resolved config
+        as the checkpoints hold it, so `resume=auto` compares it without opening every `last.pt`;
+        atomically), and no `finished` mark left by an earlier training in the same directory."""
+        self._started = True
+        finished_mark(self.directory).unlink(missing_ok=True)
+        if "config" in self.meta:
+            target = self.directory / CONFIG_FILE
+            partial = target.with_name(target.name + ".partial")
+            partial.write_text(str(self.meta["config"]))
+            partial.replace(target)
 
     def mark_finished(self) -> None:
         """Record beside `last.pt` that its training ended FINISHED (test split scored, model
@@ -191,11 +195,8 @@ def load_resume(resume: str, config_yaml: str, launch_dir: Path) -> ResumeState 
     wanted = saved_config(config_yaml)
     candidates = [Path(resume).expanduser()] if resume != "auto" else resumable_checkpoints(launch_dir)
     for path in candidates:
-        if (
-            resume == "auto"
-            and (path.parent / CONFIG_FILE).is_file()
-            and saved_config(recorded_config(path)) != wanted
-        ):
+        beside = path.parent / CONFIG_FILE
+        if resume == "auto" and beside.is_file() and saved_config(beside.read_text()) != wanted:
             continue  # its config.yaml says another training: no need to open it
         checkpoint = load_checkpoint(path)
         meta = checkpoint.get("meta") or {}
